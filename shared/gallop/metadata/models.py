@@ -1,0 +1,86 @@
+"""Metadata tables. The schema itself is owned by the Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps in UTC on every database: SQLite keeps no zone, so it is put back."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class VersionStatus(StrEnum):
+    PENDING = "PENDING"
+    VALID = "VALID"
+    REJECTED = "REJECTED"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    versions: Mapped[list[DatasetVersion]] = relationship(back_populates="dataset")
+
+
+class DatasetVersion(Base):
+    __tablename__ = "dataset_versions"
+    __table_args__ = (UniqueConstraint("dataset_id", "version_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    version_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    row_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    group_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    source_key: Mapped[str] = mapped_column(String(1024))
+    data_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    report_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    dataset: Mapped[Dataset] = relationship(back_populates="versions")
+
+
+class Upload(Base):
+    """One presigned upload, and the version it became once ingested."""
+
+    __tablename__ = "uploads"
+
+    upload_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    key: Mapped[str] = mapped_column(String(1024))
+    file_format: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=VersionStatus.PENDING.value)
+    version_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

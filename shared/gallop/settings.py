@@ -1,0 +1,89 @@
+"""One settings model for every function, job and command.
+
+Resource names reach Lambda code as environment variables set by CDK; locally the
+same variables are set by the local stack. An explicit argument wins over the
+environment. Names of the variables are the constants below, so that the
+infrastructure and the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "GALLOP_"
+
+# Variables every deployed function needs (the CDK stack sets exactly these).
+ENV_DATA_BUCKET = "GALLOP_DATA_BUCKET"
+ENV_DATABASE_URL = "DATABASE_URL"
+ENV_API_KEYS = "GALLOP_API_KEYS"
+ENV_INGEST_QUEUE_URL = "GALLOP_INGEST_QUEUE_URL"
+ENV_AWS_ENDPOINT_URL = "GALLOP_AWS_ENDPOINT_URL"
+
+RAW_PREFIX = "raw/"
+CURATED_PREFIX = "curated/"
+QUARANTINE_PREFIX = "quarantine/"
+STAGING_PREFIX = "staging/"
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with local defaults."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    state_dir: Path = Field(
+        default=Path.home() / ".gallop",
+        description="Local stack state: S3 objects and the SQLite metadata file.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        validation_alias="DATABASE_URL",
+        description="SQLAlchemy URL; defaults to SQLite under state_dir.",
+    )
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str | None = Field(
+        default=None, description="S3/SQS endpoint override (the local moto server)."
+    )
+    data_bucket: str = "gallop-data"
+    ingest_queue_name: str = "gallop-ingest"
+    ingest_queue_url: str | None = None
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated API keys accepted in the x-api-key header.",
+    )
+    max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    upload_url_expiry_seconds: int = Field(default=900, gt=0, le=7 * 24 * 3600)
+    report_max_rows: int = Field(
+        default=20, gt=0, description="Row numbers quoted per problem in a validation report."
+    )
+
+    @field_validator("state_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        return f"sqlite:///{self.state_dir / 'gallop.db'}"
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept plain postgres:// URLs (as Heroku, RDS docs and psql write them)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,132 @@
+"""Object storage on S3: the only module that knows bucket layout and boto3's S3 calls."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from gallop import aws
+from gallop.settings import (
+    CURATED_PREFIX,
+    QUARANTINE_PREFIX,
+    RAW_PREFIX,
+    STAGING_PREFIX,
+    Settings,
+    get_settings,
+)
+
+
+class ObjectMissing(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class RawKey:
+    """`raw/{dataset}/{upload_id}/{file}`: the only shape of key users upload to."""
+
+    dataset: str
+    upload_id: str
+    filename: str
+
+    @property
+    def key(self) -> str:
+        return f"{RAW_PREFIX}{self.dataset}/{self.upload_id}/{self.filename}"
+
+    @classmethod
+    def parse(cls, key: str) -> RawKey:
+        parts = key.split("/")
+        if len(parts) != 4 or parts[0] + "/" != RAW_PREFIX or not all(parts[1:]):
+            raise ValueError(f"not a raw upload key: {key!r}")
+        return cls(parts[1], parts[2], parts[3])
+
+
+def curated_prefix(dataset: str, version_id: str) -> str:
+    return f"{CURATED_PREFIX}{dataset}/{version_id}/"
+
+
+def quarantine_prefix(dataset: str, upload_id: str) -> str:
+    return f"{QUARANTINE_PREFIX}{dataset}/{upload_id}/"
+
+
+def staging_prefix(dataset: str, upload_id: str) -> str:
+    return f"{STAGING_PREFIX}{dataset}/{upload_id}/"
+
+
+class Store:
+    """A bucket, seen through the few operations gallop needs."""
+
+    def __init__(self, bucket: str, s3_client: Any | None = None) -> None:
+        self.bucket = bucket
+        self._s3 = s3_client
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Store:
+        settings = settings or get_settings()
+        return cls(settings.data_bucket, aws.client("s3", settings))
+
+    @property
+    def s3(self) -> Any:
+        if self._s3 is None:
+            self._s3 = aws.client("s3")
+        return self._s3
+
+    def size(self, key: str) -> int:
+        try:
+            return int(self.s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                raise ObjectMissing(key) from exc
+            raise
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+        except ObjectMissing:
+            return False
+        return True
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey"):
+                raise ObjectMissing(key) from exc
+            raise
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+    def put_json(self, key: str, payload: Any) -> None:
+        body = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
+        self.put_bytes(key, body, "application/json")
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get_bytes(key))
+
+    def copy(self, source_key: str, dest_key: str) -> None:
+        self.s3.copy_object(
+            Bucket=self.bucket, Key=dest_key, CopySource={"Bucket": self.bucket, "Key": source_key}
+        )
+
+    def delete(self, key: str) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=key)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        ):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        return keys
+
+    def presigned_post(self, key: str, max_bytes: int, expires_in: int) -> dict[str, Any]:
+        """A browser/curl-friendly upload form limited to one key and a size range."""
+        return self.s3.generate_presigned_post(
+            Bucket=self.bucket,
+            Key=key,
+            Conditions=[["content-length-range", 1, max_bytes]],
+            ExpiresIn=expires_in,
+        )
