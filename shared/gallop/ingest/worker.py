@@ -1,0 +1,59 @@
+"""What the ingest function does with each SQS message, with its logs and metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from gallop.ingest.events import objects_created
+from gallop.ingest.service import UnknownDataset, ingest_object
+from gallop.metadata.db import engine_for
+from gallop.settings import RAW_PREFIX, get_settings
+from gallop.storage import Store
+
+
+class IngestWorker:
+    """Holds the clients a warm Lambda container reuses; built lazily on first message."""
+
+    def __init__(self, log: Any, meter: Any) -> None:
+        self.log = log
+        self.meter = meter
+        self._store: Store | None = None
+
+    def handle_message(self, message_id: str, body: str) -> None:
+        settings = get_settings()
+        if self._store is None:
+            self._store = Store.from_settings(settings)
+        engine = engine_for(settings.sqlalchemy_url)
+        for created in objects_created(body):
+            if created.bucket != settings.data_bucket or not created.key.startswith(RAW_PREFIX):
+                self.log.warning(
+                    "ignored object outside raw/",
+                    extra={"key": created.key, "bucket": created.bucket},
+                )
+                continue
+            started = time.perf_counter()
+            try:
+                outcome = ingest_object(created.key, self._store, engine, settings)
+            except UnknownDataset as exc:
+                # Retrying cannot help; the object stays in raw/ for an operator.
+                self.log.error(str(exc), extra={"key": created.key, "message_id": message_id})
+                self.meter.add_metric(name="UnknownDataset", unit=MetricUnit.Count, value=1)
+                continue
+            seconds = time.perf_counter() - started
+            self.log.info(
+                "ingested",
+                extra={
+                    "key": created.key,
+                    "status": outcome.status,
+                    "version_id": outcome.version_id,
+                    "new": outcome.created,
+                    "seconds": round(seconds, 3),
+                },
+            )
+            self.meter.add_metric(
+                name=f"Versions{outcome.status.title()}", unit=MetricUnit.Count, value=1
+            )
+            self.meter.add_metric(name="IngestSeconds", unit=MetricUnit.Seconds, value=seconds)
