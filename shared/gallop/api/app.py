@@ -1,0 +1,91 @@
+"""The FastAPI application behind API Gateway (through Mangum) and `gallop serve`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine, text
+
+from gallop import __version__
+from gallop.api import datasets
+from gallop.api.auth import require_api_key
+from gallop.api.schemas import Health
+from gallop.metadata.db import engine_for
+from gallop.observability import logger as make_logger
+from gallop.settings import Settings, get_settings
+from gallop.storage import Store
+
+log = make_logger("gallop-api")
+
+
+def create_app(
+    settings: Settings | None = None,
+    engine: Engine | None = None,
+    store: Store | None = None,
+) -> FastAPI:
+    """Build the app. Engine and store are created on first use, not at import."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="gallop",
+        version=__version__,
+        description="Upload tabular (race) data, validate it, train and serve models.",
+        dependencies=[Depends(require_api_key)],
+    )
+    app.state.settings = settings
+    app.state.engine = _lazy(lambda: engine or engine_for(settings.sqlalchemy_url))
+    app.state.store = _lazy(lambda: store or Store.from_settings(settings))
+    app.include_router(datasets.router)
+
+    @app.get("/v1/health", response_model=Health, tags=["health"])
+    def health(request: Request) -> Health:
+        with request.app.state.engine().connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return Health(status="ok", database="ok", version=__version__)
+
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.middleware("http")(_correlate)
+    return app
+
+
+def _lazy(factory: Callable[[], Any]) -> Callable[[], Any]:
+    return cache(factory)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 whose message names each offending field, e.g. 'body.task: Input should be ...'."""
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors]
+    detail = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in errors]
+    return JSONResponse(status_code=422, content={"message": "; ".join(parts), "detail": detail})
+
+
+async def _correlate(request: Request, call_next: Callable) -> Any:
+    """Log one structured line per request, keyed by a correlation id the caller sees."""
+    aws_event = request.scope.get("aws.event") or {}
+    correlation_id = (
+        request.headers.get("x-correlation-id")
+        or (aws_event.get("requestContext") or {}).get("requestId")
+        or uuid.uuid4().hex
+    )
+    log.set_correlation_id(correlation_id)
+    started = time.perf_counter()
+    response = await call_next(request)
+    response.headers["x-correlation-id"] = correlation_id
+    log.info(
+        "request",
+        extra={
+            "method": request.method,
+            "path": request.url.path,
+            "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
+    return response

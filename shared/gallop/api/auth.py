@@ -1,0 +1,19 @@
+"""The x-api-key check that guards every route."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import HTTPException, Request, Security
+from fastapi.security import APIKeyHeader
+
+API_KEY_HEADER = APIKeyHeader(name="x-api-key", auto_error=False, description="gallop API key")
+
+
+def require_api_key(request: Request, key: str | None = Security(API_KEY_HEADER)) -> None:
+    accepted = request.app.state.settings.api_key_set
+    if not key:
+        raise HTTPException(status_code=401, detail="missing x-api-key header")
+    # Compare against every key in constant time, so timing tells nothing.
+    if not any(hmac.compare_digest(key.encode(), k.encode()) for k in accepted):
+        raise HTTPException(status_code=401, detail="invalid API key")
