@@ -1,0 +1,288 @@
+"""The `gallop` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gallop.settings import get_settings
+
+SHIPPED_SPEC = Path(__file__).parent / "specs" / "races.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except _UserError as exc:
+        print(f"gallop: {exc}", file=sys.stderr)
+        return 2
+
+
+class _UserError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gallop", description=__doc__)
+    commands = parser.add_subparsers(title="commands")
+
+    def state_dir_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--state-dir",
+            type=Path,
+            default=None,
+            help="local state directory (default: $GALLOP_STATE_DIR or ~/.gallop)",
+        )
+
+    serve = commands.add_parser("serve", help="run the local stack and the API on 127.0.0.1")
+    state_dir_option(serve)
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--fresh", action="store_true", help="start with empty local state")
+    serve.set_defaults(run=_serve)
+
+    ingest = commands.add_parser("ingest", help="upload a file and wait for its validation")
+    ingest.add_argument("file", type=Path)
+    ingest.add_argument("--spec", type=Path, required=True, help="dataset spec (YAML or JSON)")
+    ingest.add_argument(
+        "--api",
+        default=None,
+        help="API URL (default: the running `gallop serve`, else an embedded stack)",
+    )
+    ingest.add_argument("--api-key", default=None)
+    ingest.add_argument("--timeout", type=float, default=600.0)
+    state_dir_option(ingest)
+    ingest.set_defaults(run=_ingest)
+
+    synth = commands.add_parser("synth", help="generate data")
+    kinds = synth.add_subparsers(title="kinds")
+    races = kinds.add_parser("races", help="runner-level race history and true win chances")
+    races.add_argument("--races", type=int, default=2000)
+    races.add_argument("--seed", type=int, default=0)
+    races.add_argument("--out", type=Path, required=True)
+    races.set_defaults(run=_synth_races)
+
+    demo = commands.add_parser("demo", help="the whole path on generated races")
+    demo.add_argument("--races", type=int, default=2000)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--fresh", action="store_true", help="start with empty local state")
+    state_dir_option(demo)
+    demo.set_defaults(run=_demo)
+
+    db = commands.add_parser("db", help="metadata database")
+    db_commands = db.add_subparsers(title="actions")
+    upgrade = db_commands.add_parser("upgrade", help="apply migrations ($DATABASE_URL)")
+    upgrade.set_defaults(run=_db_upgrade)
+    return parser
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return (args.state_dir or get_settings().state_dir).expanduser()
+
+
+# -- serve -------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gallop.local.stack import LocalStack, StateDirBusy
+
+    state_dir = _state_dir(args)
+    try:
+        stack = LocalStack(state_dir, fresh=args.fresh).start()
+    except StateDirBusy as exc:
+        raise _UserError(str(exc)) from None
+    try:
+        assert stack.settings is not None
+        print(f"gallop local stack, state in {stack.state_dir}")
+        print(f"  S3/SQS (moto):  {stack.settings.aws_endpoint_url}")
+        print(f"  API:            http://127.0.0.1:{args.port}  (docs: /docs)")
+        print(f"  API key:        {stack.api_key}")
+        print("  Ctrl-C stops everything.", flush=True)
+        stack.serve_api(args.port, block=True)
+    finally:
+        stack.stop()
+        print("stopped.")
+    return 0
+
+
+# -- ingest ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _api_client(args: argparse.Namespace, quiet: bool = True) -> Iterator[Any]:
+    """A client of the API named on the command line, of a running `gallop serve`, or of a
+    local stack started here for the length of the command."""
+    from gallop.client import GallopClient
+    from gallop.local.stack import LocalStack, free_port, running_endpoints
+
+    if getattr(args, "api", None):
+        if not args.api_key:
+            raise _UserError("--api needs --api-key")
+        client = GallopClient(args.api, args.api_key)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    state_dir = _state_dir(args)
+    running = None if getattr(args, "fresh", False) else running_endpoints(state_dir)
+    if running:
+        print(f"using the running local stack at {running['api_url']}")
+        client = GallopClient(running["api_url"], running["api_key"])
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    with LocalStack(state_dir, fresh=getattr(args, "fresh", False), quiet=quiet) as stack:
+        client = GallopClient(stack.serve_api(free_port()), stack.api_key)
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from gallop.spec import load_spec
+
+    if not args.file.is_file():
+        raise _UserError(f"{args.file}: no such file")
+    spec = _load_spec(args.spec, load_spec)
+    with _api_client(args) as client:
+        status, version = ingest_file(client, spec, args.file, timeout=args.timeout)
+    print_version(version)
+    return 0 if status == "VALID" else 1
+
+
+def _load_spec(path: Path, loader: Any) -> Any:
+    from pydantic import ValidationError
+
+    try:
+        return loader(path)
+    except FileNotFoundError:
+        raise _UserError(f"{path}: no such spec file") from None
+    except (ValueError, ValidationError) as exc:
+        raise _UserError(f"{path}: invalid spec: {exc}") from None
+
+
+def ingest_file(
+    client: Any, spec: Any, path: Path, timeout: float = 600.0
+) -> tuple[str, dict[str, Any]]:
+    """Register the spec, upload the file, wait for validation; (status, version)."""
+    from gallop.client import ApiError
+
+    try:
+        client.register_dataset(spec)
+    except ApiError as exc:
+        raise _UserError(str(exc)) from None
+    size = path.stat().st_size
+    started = time.monotonic()
+    print(f"uploading {path.name} ({size:,} bytes) to dataset {spec.name!r} ...", flush=True)
+    upload_id = client.upload_file(spec.name, path)
+    print(f"  upload {upload_id}: waiting for validation", end="", flush=True)
+    dots = [0]
+
+    def progress(waited: float) -> None:
+        if int(waited) > dots[0]:
+            dots[0] = int(waited)
+            print(".", end="", flush=True)
+
+    status = client.wait_for_upload(spec.name, upload_id, timeout=timeout, progress=progress)
+    print(f" {status['status']} in {time.monotonic() - started:.1f} s")
+    return status["status"], client.version(spec.name, status["version_id"])
+
+
+def print_version(version: dict[str, Any]) -> None:
+    report = version["report"]
+    if version["status"] == "VALID":
+        print(
+            f"VALID version {version['version_id']}: {version['row_count']:,} rows"
+            + (f", {version['group_count']:,} groups" if version["group_count"] else "")
+        )
+        print(f"  canonical data: {version['data_key']}")
+        print(f"  features (float32): {', '.join(report.get('features', []))}")
+    else:
+        print(
+            f"REJECTED version {version['version_id']}; the upload is kept at "
+            f"{version['source_key']}"
+        )
+        for error in report["errors"]:
+            print(f"  ✗ [{error['code']}] {error['message']}")
+    for warning in report.get("warnings", []):
+        print(f"  ! [{warning['code']}] {warning['message']}")
+
+
+# -- synth, demo, db ---------------------------------------------------------------------
+
+
+def _synth_races(args: argparse.Namespace) -> int:
+    from gallop.synth.races import write_races
+
+    started = time.monotonic()
+    runners, truth = write_races(args.races, args.seed, args.out)
+    print(
+        f"wrote {runners} and {truth} ({args.races:,} races) in {time.monotonic() - started:.1f} s"
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gallop.spec import load_spec
+    from gallop.synth.races import write_races
+
+    state_dir = _state_dir(args)
+    work = state_dir / "demo"
+    started = time.monotonic()
+    print(f"[1/3] generating {args.races:,} races (seed {args.seed}) ...", flush=True)
+    data, _truth = write_races(args.races, args.seed, work / "races.csv")
+    spec = load_spec(SHIPPED_SPEC)
+    broken = _broken_copy(data, work / "races-broken.csv")
+
+    print("[2/3] starting the local stack (moto S3/SQS, ingest poller, API) ...", flush=True)
+    with _api_client(args) as client:
+        print("[3/3] ingesting through the API: presigned POST → S3 → SQS → ingest", flush=True)
+        status, version = ingest_file(client, spec, data)
+        print_version(version)
+        print("\nand a file with mistakes in it, to show a validation report:")
+        bad_status, bad_version = ingest_file(client, spec, broken)
+        print_version(bad_version)
+    print(f"\ndone in {time.monotonic() - started:.1f} s; state in {state_dir}")
+    return 0 if status == "VALID" and bad_status == "REJECTED" else 1
+
+
+def _broken_copy(source: Path, out: Path) -> Path:
+    """The demo's races with three typical mistakes: a typo in a number, a horse entered
+    twice in one race, and a race with a single runner."""
+    import pandas as pd
+
+    frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+    frame.loc[3, "weight_kg"] = "57,5"
+    first_race = frame["race_id"] == frame.loc[0, "race_id"]
+    frame.loc[frame.index[first_race][1], "horse_id"] = frame.loc[0, "horse_id"]
+    lonely = frame.iloc[[-1]].assign(race_id="R-LONELY")
+    pd.concat([frame, lonely]).to_csv(out, index=False, lineterminator="\n")
+    return out
+
+
+def _db_upgrade(_args: argparse.Namespace) -> int:
+    from gallop.metadata.db import engine_for, migrate
+
+    url = get_settings().sqlalchemy_url
+    migrate(engine_for(url))
+    print(f"migrated {url.split('@')[-1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

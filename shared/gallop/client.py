@@ -1,0 +1,97 @@
+"""A small client of gallop's HTTP API: what the CLI, the demo and the tests use."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gallop.ingest.readers import format_of
+from gallop.spec import DatasetSpec
+
+
+class ApiError(RuntimeError):
+    def __init__(self, response: httpx.Response) -> None:
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text
+        message = body.get("message") or body.get("detail") if isinstance(body, dict) else body
+        super().__init__(
+            f"{response.request.method} {response.request.url.path} → "
+            f"{response.status_code}: {message}"
+        )
+        self.status_code = response.status_code
+        self.body = body
+
+
+class GallopClient:
+    def __init__(self, api_url: str, api_key: str, timeout: float = 60.0) -> None:
+        self.http = httpx.Client(base_url=api_url, headers={"x-api-key": api_key}, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise ApiError(response)
+        return response.json()
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/health")
+
+    def register_dataset(self, spec: DatasetSpec) -> dict[str, Any]:
+        return self._call("POST", "/v1/datasets", json=spec.model_dump(mode="json"))
+
+    def create_upload(self, dataset: str, file_format: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/datasets/{dataset}/uploads", json={"format": file_format})
+
+    def upload_file(self, dataset: str, path: Path) -> str:
+        """Upload a file through a presigned POST; returns the upload id."""
+        return self.upload_bytes(dataset, path.read_bytes(), format_of(path.name))
+
+    def upload_bytes(self, dataset: str, data: bytes, file_format: str) -> str:
+        upload = self.create_upload(dataset, file_format)
+        response = httpx.post(
+            upload["url"],
+            data=upload["fields"],
+            files={"file": (upload["key"].rsplit("/", 1)[-1], data)},
+            timeout=300,
+        )
+        if response.status_code >= 300:
+            raise RuntimeError(
+                f"upload to storage failed: {response.status_code} {response.text[:500]}"
+            )
+        return str(upload["upload_id"])
+
+    def upload_status(self, dataset: str, upload_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/datasets/{dataset}/uploads/{upload_id}")
+
+    def wait_for_upload(
+        self,
+        dataset: str,
+        upload_id: str,
+        timeout: float = 600.0,
+        progress: Callable[[float], None] | None = None,
+    ) -> dict[str, Any]:
+        started = time.monotonic()
+        while True:
+            status = self.upload_status(dataset, upload_id)
+            if status["status"] != "PENDING":
+                return status
+            waited = time.monotonic() - started
+            if waited > timeout:
+                raise TimeoutError(f"upload {upload_id} still PENDING after {timeout:.0f} s")
+            if progress:
+                progress(waited)
+            time.sleep(0.1)
+
+    def versions(self, dataset: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/v1/datasets/{dataset}/versions")
+
+    def version(self, dataset: str, version_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/datasets/{dataset}/versions/{version_id}")

@@ -1,0 +1,103 @@
+"""Create the local stand-ins for what the CDK stack deploys: same names, same wiring.
+
+The data bucket notifies the ingest queue of ObjectCreated under raw/ only (the
+handler writes elsewhere, so it never triggers itself); the queue dead-letters a
+message after three failed receives.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from gallop.settings import RAW_PREFIX, Settings
+
+MAX_RECEIVE_COUNT = 3
+
+
+@dataclass(frozen=True)
+class Queue:
+    url: str
+    arn: str
+
+
+@dataclass(frozen=True)
+class Resources:
+    bucket: str
+    ingest: Queue
+    ingest_dlq: Queue
+
+
+def create_bucket(s3: Any, bucket: str) -> None:
+    try:
+        s3.create_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
+            raise
+    s3.put_public_access_block(
+        Bucket=bucket,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
+
+
+def create_queue(sqs: Any, name: str, attributes: dict[str, str]) -> Queue:
+    url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    return Queue(url, arn)
+
+
+def create_ingest_queues(
+    sqs: Any, settings: Settings, visibility_timeout: int
+) -> tuple[Queue, Queue]:
+    dlq = create_queue(
+        sqs, settings.ingest_queue_name + "-dlq", {"MessageRetentionPeriod": str(14 * 24 * 3600)}
+    )
+    queue = create_queue(
+        sqs,
+        settings.ingest_queue_name,
+        {
+            "VisibilityTimeout": str(visibility_timeout),
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dlq.arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}
+            ),
+        },
+    )
+    return queue, dlq
+
+
+def notify_on_raw_uploads(s3: Any, sqs: Any, bucket: str, queue: Queue) -> None:
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "s3.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue.arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}},
+            }
+        ],
+    }
+    sqs.set_queue_attributes(QueueUrl=queue.url, Attributes={"Policy": json.dumps(policy)})
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {
+                    "QueueArn": queue.arn,
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": RAW_PREFIX}]}},
+                }
+            ]
+        },
+    )

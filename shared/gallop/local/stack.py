@@ -1,0 +1,262 @@
+"""The local stack: AWS stood in for by an in-process moto server on 127.0.0.1.
+
+The same handlers run as in AWS: S3 notifies SQS of uploads, a poller hands SQS
+batches to functions/ingest/handler.py as Lambda would, and the FastAPI app serves
+the API through uvicorn. Local state (the S3 objects and the SQLite metadata)
+lives under one state directory and survives a restart.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from moto.server import ThreadedMotoServer
+from sqlalchemy import select
+
+from gallop import aws
+from gallop.ingest.events import object_created_body
+from gallop.local import provision
+from gallop.local.lambda_runtime import SqsPoller, load_handler
+from gallop.local.mirror import S3Mirror
+from gallop.metadata.db import dispose_engine, engine_for, migrate, session_scope
+from gallop.metadata.models import Upload, VersionStatus
+from gallop.settings import (
+    ENV_API_KEYS,
+    ENV_AWS_ENDPOINT_URL,
+    ENV_INGEST_QUEUE_URL,
+    Settings,
+    get_settings,
+)
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS_FILE = "endpoints.json"
+LOCAL_VISIBILITY_TIMEOUT = 10  # seconds before a failed message is retried locally
+
+
+class StateDirBusy(RuntimeError):
+    """Another local stack owns this state directory."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def api_key_for(state_dir: Path) -> str:
+    """The local API key: from GALLOP_API_KEYS, else one generated once per state dir."""
+    configured = [k for k in os.environ.get(ENV_API_KEYS, "").split(",") if k.strip()]
+    if configured:
+        return configured[0].strip()
+    path = state_dir / "api_key"
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def running_endpoints(state_dir: Path) -> dict[str, str] | None:
+    """The API of a local stack that holds this state directory, if one runs."""
+    path = state_dir / ENDPOINTS_FILE
+    if not path.exists():
+        return None
+    with open(state_dir / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return json.loads(path.read_text())
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return None
+
+
+class LocalStack:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        fresh: bool = False,
+        quiet: bool = False,
+        settings_overrides: dict[str, str] | None = None,
+        visibility_timeout: int = LOCAL_VISIBILITY_TIMEOUT,
+    ) -> None:
+        self.state_dir = state_dir.expanduser().resolve()
+        self.fresh = fresh
+        self.quiet = quiet
+        self.overrides = settings_overrides or {}
+        self.visibility_timeout = visibility_timeout
+        self.api_key = ""
+        self.api_url: str | None = None
+        self._lock_file: Any = None
+        self._moto: ThreadedMotoServer | None = None
+        self._saved_env: dict[str, str | None] = {}
+        self._mirror: S3Mirror | None = None
+        self.poller: SqsPoller | None = None
+        self._uvicorn: uvicorn.Server | None = None
+        self._uvicorn_thread: threading.Thread | None = None
+        self.settings: Settings | None = None
+        self.resources: provision.Resources | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> LocalStack:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.state_dir / ".lock", "a+")  # noqa: SIM115 - held while up
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise StateDirBusy(
+                f"{self.state_dir} is in use by another gallop local stack (gallop serve?)"
+            ) from None
+        if self.fresh:
+            dispose_engine(f"sqlite:///{self.state_dir / 'gallop.db'}")
+            shutil.rmtree(self.state_dir / "s3", ignore_errors=True)
+            for name in ("gallop.db", "gallop.db-wal", "gallop.db-shm", ENDPOINTS_FILE):
+                (self.state_dir / name).unlink(missing_ok=True)
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._moto.start()
+        host, port = self._moto.get_host_and_port()
+        # moto's backends are process-wide: start from nothing, then restore from disk.
+        httpx.post(f"http://{host}:{port}/moto-api/reset", timeout=10).raise_for_status()
+        self.api_key = api_key_for(self.state_dir)
+        self._set_env(
+            {
+                "AWS_ACCESS_KEY_ID": "local",
+                "AWS_SECRET_ACCESS_KEY": "local",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "GALLOP_STATE_DIR": str(self.state_dir),
+                ENV_AWS_ENDPOINT_URL: f"http://{host}:{port}",
+                ENV_API_KEYS: self.api_key,
+                **(
+                    {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "WARNING"}
+                    if self.quiet
+                    else {}
+                ),
+                **self.overrides,
+            }
+        )
+        settings = get_settings()
+        s3, sqs = aws.client("s3", settings), aws.client("sqs", settings)
+
+        provision.create_bucket(s3, settings.data_bucket)
+        self._mirror = S3Mirror(s3, [settings.data_bucket], self.state_dir / "s3")
+        restored = self._mirror.restore()  # before notifications: old objects are not new uploads
+        queue, dlq = provision.create_ingest_queues(sqs, settings, self.visibility_timeout)
+        provision.notify_on_raw_uploads(s3, sqs, settings.data_bucket, queue)
+        self._set_env({ENV_INGEST_QUEUE_URL: queue.url})
+        self.settings = settings = get_settings()
+        self.resources = provision.Resources(settings.data_bucket, queue, dlq)
+
+        migrate(engine_for(settings.sqlalchemy_url))
+        self.poller = SqsPoller(sqs, queue.url, queue.arn, load_handler("ingest"), "ingest")
+        self.poller.start()
+        self._mirror.start()
+        redriven = self._redrive_pending_uploads(s3, sqs)
+        log.info("local stack up: %d objects restored, %d uploads re-driven", restored, redriven)
+        return self
+
+    def serve_api(self, port: int = 8000, *, block: bool = False) -> str:
+        """Serve the API with uvicorn on 127.0.0.1; in a thread unless block=True."""
+        from gallop.api.app import create_app
+
+        assert self.settings is not None, "start() first"
+        app = create_app(self.settings)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning" if self.quiet else "info"
+        )
+        self._uvicorn = uvicorn.Server(config)
+        self.api_url = f"http://127.0.0.1:{port}"
+        (self.state_dir / ENDPOINTS_FILE).write_text(
+            json.dumps({"api_url": self.api_url, "api_key": self.api_key})
+        )
+        if block:
+            self._uvicorn.run()
+            return self.api_url
+        self._uvicorn_thread = threading.Thread(target=self._uvicorn.run, daemon=True)
+        self._uvicorn_thread.start()
+        while not self._uvicorn.started:
+            if not self._uvicorn_thread.is_alive():
+                raise RuntimeError(f"the API could not start on 127.0.0.1:{port}")
+            threading.Event().wait(0.02)
+        return self.api_url
+
+    def stop(self) -> None:
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+            if self._uvicorn_thread is not None:
+                self._uvicorn_thread.join(timeout=10)
+        if self.poller is not None:
+            self.poller.stop()
+        if self._mirror is not None:
+            self._mirror.stop()
+        if self._moto is not None:
+            self._moto.stop()
+        (self.state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
+        if self.settings is not None:
+            dispose_engine(self.settings.sqlalchemy_url)
+        self._restore_env()
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _set_env(self, values: dict[str, str]) -> None:
+        for name, value in values.items():
+            self._saved_env.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+        get_settings.cache_clear()
+        aws.reset_clients()
+
+    def _restore_env(self) -> None:
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env.clear()
+        get_settings.cache_clear()
+        aws.reset_clients()
+
+    def _redrive_pending_uploads(self, s3: Any, sqs: Any) -> int:
+        """Uploads that arrived but were never settled (the stack stopped first) are queued
+        again, so nothing a user sent is silently dropped."""
+        assert self.settings is not None and self.resources is not None
+        engine = engine_for(self.settings.sqlalchemy_url)
+        with session_scope(engine) as session:
+            pending = list(
+                session.scalars(select(Upload).where(Upload.status == VersionStatus.PENDING.value))
+            )
+        count = 0
+        for upload in pending:
+            try:
+                size = s3.head_object(Bucket=self.settings.data_bucket, Key=upload.key)
+            except s3.exceptions.ClientError:
+                continue  # never uploaded (the presigned POST was not used)
+            body = object_created_body(
+                self.settings.data_bucket, upload.key, int(size["ContentLength"])
+            )
+            sqs.send_message(QueueUrl=self.resources.ingest.url, MessageBody=body)
+            count += 1
+        return count
