@@ -1,0 +1,149 @@
+"""Shared fixtures: real moto server over HTTP, real SQLite and Postgres, generated races."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from gallop.client import GallopClient
+from gallop.local.stack import LocalStack, free_port
+from gallop.metadata.db import engine_for, migrate
+from gallop.spec import DatasetSpec, load_spec
+from gallop.synth.races import write_races
+
+EVENTS = Path(__file__).parent / "events"
+LETOR = Path(__file__).resolve().parents[2] / "shared" / "data" / "letor"
+SHIPPED_SPEC = Path(__file__).resolve().parents[1] / "shared" / "gallop" / "specs" / "races.yaml"
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# Small enough that a test can exceed it cheaply; the generated test data stays well below.
+TEST_MAX_UPLOAD_BYTES = 1_000_000
+
+
+def load_event(name: str) -> dict:
+    return json.loads((EVENTS / name).read_text())
+
+
+@pytest.fixture(autouse=True)
+def _fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach a real AWS account."""
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SECURITY_TOKEN",
+        "AWS_SESSION_TOKEN",
+    ):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+# -- databases ---------------------------------------------------------------------------
+
+
+def postgres_admin_url() -> str:
+    return os.environ.get("DATABASE_URL") or DEFAULT_POSTGRES
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway database on the Postgres server; skips without one, except under CI."""
+    from gallop.settings import normalise_database_url
+
+    admin_url = normalise_database_url(postgres_admin_url())
+    try:
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but Postgres at {admin_url} is unreachable: {exc}")
+        pytest.skip(f"no Postgres at {admin_url} (set DATABASE_URL): {exc.orig}")
+    name = f"gallop_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    engine_for(url).dispose()
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+    """A migrated metadata database: SQLite in a temp dir, and Postgres."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'meta.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    eng = engine_for(url)
+    migrate(eng)
+    if request.param == "postgres":
+        _truncate(eng)
+    return eng
+
+
+def _truncate(eng: Engine) -> None:
+    with eng.begin() as connection:
+        connection.execute(text("TRUNCATE uploads, dataset_versions, datasets RESTART IDENTITY"))
+
+
+# -- data --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def races_spec() -> DatasetSpec:
+    return load_spec(SHIPPED_SPEC)
+
+
+def spec_named(spec: DatasetSpec, name: str) -> DatasetSpec:
+    return spec.model_copy(update={"name": name})
+
+
+@pytest.fixture(scope="session")
+def races_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 800 runners of generated race history (well under the test upload limit)."""
+    out = tmp_path_factory.mktemp("races") / "races.csv"
+    write_races(80, seed=11, out=out)
+    return out
+
+
+def unique_name(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# -- the local stack over HTTP -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """moto server on 127.0.0.1, S3 → SQS notifications, the ingest poller and the API."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    state = tmp_path_factory.mktemp("state")
+    local = LocalStack(
+        state,
+        quiet=True,
+        settings_overrides={"GALLOP_MAX_UPLOAD_BYTES": str(TEST_MAX_UPLOAD_BYTES)},
+        visibility_timeout=1,
+    ).start()
+    local.serve_api(free_port())
+    yield local
+    local.stop()
+    mp.undo()
+
+
+@pytest.fixture()
+def client(stack: LocalStack) -> Iterator[GallopClient]:
+    assert stack.api_url is not None
+    api = GallopClient(stack.api_url, stack.api_key)
+    yield api
+    api.close()

@@ -1,0 +1,184 @@
+"""The HTTP contract: every route behind x-api-key, clear 4xx for bad requests."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gallop.api.app import create_app
+from gallop.metadata.db import engine_for, migrate
+from gallop.settings import Settings
+from tests.conftest import load_event
+
+KEY = "test-key-123"
+FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    # Presigned POSTs are signed locally; no S3 call is made by these tests.
+    return Settings(
+        state_dir=tmp_path, api_keys=f"other-key,{KEY}", aws_endpoint_url="http://127.0.0.1:9"
+    )
+
+
+@pytest.fixture()
+def api(settings: Settings) -> Iterator[TestClient]:
+    migrate(engine_for(settings.sqlalchemy_url))
+    with TestClient(create_app(settings), headers={"x-api-key": KEY}) as client:
+        yield client
+
+
+RACES = {
+    "name": "races",
+    "task": "ranking",
+    "target": "position",
+    "group": "race_id",
+    "target_order": "ascending",
+}
+
+
+def concrete(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "x", path)
+
+
+def test_every_route_refuses_a_missing_or_wrong_key(api: TestClient) -> None:
+    paths = api.get("/openapi.json").json()["paths"]
+    operations = [(method, path) for path, item in paths.items() for method in item]
+    assert len(operations) >= 8
+    for method, path in operations:
+        for headers in ({"x-api-key": ""}, {"x-api-key": "wrong"}):
+            reply = api.request(method.upper(), concrete(path), headers=headers)
+            assert reply.status_code == 401, (method, path, headers)
+            assert "key" in reply.json()["detail"]
+
+
+def test_health_with_a_key(api: TestClient) -> None:
+    reply = api.get("/v1/health")
+    assert reply.status_code == 200
+    assert reply.json()["database"] == "ok"
+    assert reply.headers["x-correlation-id"]
+
+
+def test_register_is_idempotent_and_a_changed_spec_conflicts(api: TestClient) -> None:
+    assert api.post("/v1/datasets", json=RACES).status_code == 201
+    assert api.post("/v1/datasets", json=RACES).status_code == 200
+    changed = api.post("/v1/datasets", json={**RACES, "entity": "horse_id"})
+    assert changed.status_code == 409
+    assert "another spec" in changed.json()["detail"]
+    assert [d["name"] for d in api.get("/v1/datasets").json()] == ["races"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/datasets/nope",
+        "/v1/datasets/nope/versions",
+        "/v1/datasets/nope/versions/v-1",
+        "/v1/datasets/nope/uploads/u1",
+    ],
+)
+def test_unknown_dataset_is_404(api: TestClient, path: str) -> None:
+    reply = api.get(path)
+    assert reply.status_code == 404
+    assert "nope" in reply.json()["detail"]
+    assert api.post("/v1/datasets/nope/uploads", json={}).status_code == 404
+
+
+def test_unknown_version_and_upload_are_404(api: TestClient) -> None:
+    api.post("/v1/datasets", json=RACES)
+    assert api.get("/v1/datasets/races/versions/v-0000").status_code == 404
+    assert api.get("/v1/datasets/races/uploads/0000").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**RACES, "task": "classification"}, "body.task"),
+        ({k: v for k, v in RACES.items() if k != "target"}, "body.target"),
+        ({**RACES, "name": "Bad Name!"}, "body.name"),
+        ({**RACES, "features": "draw"}, "body.features"),
+    ],
+)
+def test_malformed_dataset_body_is_422_naming_the_field(
+    api: TestClient, body: dict, field: str
+) -> None:
+    reply = api.post("/v1/datasets", json=body)
+    assert reply.status_code == 422
+    assert field in reply.json()["message"]
+
+
+def test_malformed_upload_body_is_422_naming_the_field(api: TestClient) -> None:
+    api.post("/v1/datasets", json=RACES)
+    reply = api.post("/v1/datasets/races/uploads", json={"format": "xlsx"})
+    assert reply.status_code == 422
+    assert "body.format" in reply.json()["message"]
+    not_json = api.post(
+        "/v1/datasets", content=b"{nope", headers={"content-type": "application/json"}
+    )
+    assert not_json.status_code == 422
+
+
+def test_upload_reply_is_a_presigned_post_for_a_server_chosen_key(api: TestClient) -> None:
+    api.post("/v1/datasets", json=RACES)
+    reply = api.post("/v1/datasets/races/uploads", json={"format": "parquet"})
+    assert reply.status_code == 201
+    upload = reply.json()
+    assert upload["key"] == f"raw/races/{upload['upload_id']}/data.parquet"
+    assert upload["fields"]["key"] == upload["key"]
+    assert upload["url"].startswith("http://127.0.0.1:9/")
+    status = api.get(f"/v1/datasets/races/uploads/{upload['upload_id']}").json()
+    assert status["status"] == "PENDING" and status["version_id"] is None
+
+
+def test_openapi_declares_the_api_key_scheme(api: TestClient) -> None:
+    schema = api.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "x-api-key"
+
+
+def test_api_gateway_event_through_the_lambda_handler(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the deployed function's environment and a real API Gateway proxy event
+    monkeypatch.setenv("GALLOP_STATE_DIR", str(settings.state_dir))
+    monkeypatch.setenv("GALLOP_API_KEYS", KEY)
+    from gallop.settings import get_settings
+
+    get_settings.cache_clear()
+    migrate(engine_for(get_settings().sqlalchemy_url))
+    spec = importlib.util.spec_from_file_location("api_handler", FUNCTIONS / "api" / "handler.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    event = load_event("apigw_get_health.json")
+    event["headers"]["x-api-key"] = event["multiValueHeaders"]["x-api-key"][0] = KEY
+    try:
+        # WHEN Lambda invokes the handler THEN Mangum answers as API Gateway expects
+        reply = module.handler(event, _Context())
+        assert reply["statusCode"] == 200
+        assert json.loads(reply["body"])["status"] == "ok"
+        # The correlation id is API Gateway's request id.
+        headers = {k.lower(): v for k, v in reply.get("headers", {}).items()}
+        headers.update({k.lower(): v[0] for k, v in reply.get("multiValueHeaders", {}).items()})
+        assert headers["x-correlation-id"] == event["requestContext"]["requestId"]
+
+        event["headers"]["x-api-key"] = event["multiValueHeaders"]["x-api-key"][0] = "wrong"
+        assert module.handler(event, _Context())["statusCode"] == 401
+    finally:
+        get_settings.cache_clear()
+
+
+class _Context:
+    function_name = "gallop-api"
+    memory_limit_in_mb = 1024
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:gallop-api"
+    aws_request_id = "req-1"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000

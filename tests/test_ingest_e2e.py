@@ -1,0 +1,281 @@
+"""The whole upload path over real HTTP: API → presigned POST → moto S3 → S3 event in
+SQS → poller → ingest handler → canonical Parquet and a metadata row."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from gallop import aws
+from gallop.client import GallopClient
+from gallop.ingest.events import object_created_body
+from gallop.ingest.service import ingest_object
+from gallop.local.stack import LocalStack
+from gallop.metadata import repo
+from gallop.metadata.db import engine_for
+from gallop.spec import DatasetSpec
+from gallop.storage import Store
+from tests.bad_inputs import BAD_INPUTS, BadInput
+from tests.conftest import spec_named, unique_name
+
+
+def ingest(client: GallopClient, dataset: str, data: bytes, fmt: str = "csv") -> dict[str, Any]:
+    upload_id = client.upload_bytes(dataset, data, fmt)
+    status = client.wait_for_upload(dataset, upload_id, timeout=60)
+    return client.version(dataset, status["version_id"])
+
+
+def s3_of(stack: LocalStack) -> Any:
+    return aws.client("s3", stack.settings)
+
+
+def object_bytes(stack: LocalStack, key: str) -> bytes:
+    assert stack.settings is not None
+    return s3_of(stack).get_object(Bucket=stack.settings.data_bucket, Key=key)["Body"].read()
+
+
+def keys_under(stack: LocalStack, prefix: str) -> list[str]:
+    assert stack.settings is not None
+    return Store(stack.settings.data_bucket, s3_of(stack)).list_keys(prefix)
+
+
+@pytest.fixture()
+def dataset(client: GallopClient, races_spec: DatasetSpec) -> str:
+    spec = spec_named(races_spec, unique_name("races"))
+    client.register_dataset(spec)
+    return spec.name
+
+
+def test_upload_becomes_a_valid_version_with_float32_parquet(
+    stack: LocalStack, client: GallopClient, dataset: str, races_csv: Path, races_spec: DatasetSpec
+) -> None:
+    # GIVEN a registered race dataset WHEN a CSV goes through the presigned POST
+    version = ingest(client, dataset, races_csv.read_bytes())
+
+    # THEN the version is VALID, counted, and its report names the features
+    source = pd.read_csv(races_csv)
+    assert version["status"] == "VALID"
+    assert version["row_count"] == len(source)
+    assert version["group_count"] == source["race_id"].nunique()
+    assert version["report"]["errors"] == []
+    assert version["report"]["features"] == races_spec.features
+
+    # AND the canonical Parquet in curated/ has float32 features and the same rows
+    assert version["data_key"] == f"curated/{dataset}/{version['version_id']}/data.parquet"
+    table = pq.read_table(io.BytesIO(object_bytes(stack, version["data_key"])))
+    for name in races_spec.features or []:
+        assert str(table.schema.field(name).type) == "float", name
+    frame = table.to_pandas()
+    assert len(frame) == len(source)
+    assert np.allclose(
+        np.sort(frame["weight_kg"].to_numpy()), np.sort(source["weight_kg"].to_numpy(np.float32))
+    )
+    manifest = json.loads(
+        object_bytes(stack, f"curated/{dataset}/{version['version_id']}/manifest.json")
+    )
+    assert manifest["content_hash"] == version["content_hash"]
+
+    # AND the metadata row agrees, and nothing is left in staging
+    engine = engine_for(stack.settings.sqlalchemy_url)  # type: ignore[union-attr]
+    row = repo.find_version(engine, repo.get_dataset(engine, dataset), version["version_id"])
+    assert row is not None and row.status == "VALID" and row.row_count == len(source)
+    assert keys_under(stack, f"staging/{dataset}/") == []
+
+
+def test_presigned_post_is_limited_in_size_and_time(client: GallopClient, dataset: str) -> None:
+    upload = client.create_upload(dataset, "csv")
+    policy = json.loads(__import__("base64").b64decode(upload["fields"]["policy"]))
+    assert ["content-length-range", 1, upload["max_bytes"]] in policy["conditions"]
+    assert {"key": upload["key"]} in policy["conditions"] or upload["fields"]["key"] == upload[
+        "key"
+    ]
+    assert "expiration" in policy and upload["expires_at"]
+    assert upload["key"] == f"raw/{dataset}/{upload['upload_id']}/data.csv"
+
+
+def test_same_file_twice_is_one_version(
+    stack: LocalStack, client: GallopClient, dataset: str, races_csv: Path
+) -> None:
+    first = ingest(client, dataset, races_csv.read_bytes())
+    again = ingest(client, dataset, races_csv.read_bytes())
+    # Same rows in another format and order are the same data, hence the same version.
+    shuffled = pd.read_csv(races_csv).sample(frac=1.0, random_state=3)
+    sink = io.BytesIO()
+    shuffled.to_parquet(sink)
+    as_parquet = ingest(client, dataset, sink.getvalue(), "parquet")
+    assert first["version_id"] == again["version_id"] == as_parquet["version_id"]
+    assert [v["version_id"] for v in client.versions(dataset)] == [first["version_id"]]
+    assert len(keys_under(stack, f"curated/{dataset}/")) == 3  # data, report, manifest
+
+
+def test_same_sqs_message_twice_is_one_version(
+    stack: LocalStack, client: GallopClient, dataset: str, races_csv: Path
+) -> None:
+    version = ingest(client, dataset, races_csv.read_bytes())
+    (upload_key,) = keys_under(stack, f"raw/{dataset}/")
+    # GIVEN the S3 event for that upload delivered twice more (SQS is at-least-once)
+    assert stack.resources is not None and stack.poller is not None
+    sqs = aws.client("sqs", stack.settings)
+    body = object_created_body(stack.resources.bucket, upload_key, len(races_csv.read_bytes()))
+    for _ in range(2):
+        sqs.send_message(QueueUrl=stack.resources.ingest.url, MessageBody=body)
+    stack.poller.drain()
+    # THEN there is still exactly one version and one curated copy
+    versions = client.versions(dataset)
+    assert [v["version_id"] for v in versions] == [version["version_id"]]
+    assert len(keys_under(stack, f"curated/{dataset}/")) == 3
+
+
+def test_s3_test_events_and_objects_outside_raw_are_skipped(
+    stack: LocalStack, client: GallopClient, dataset: str
+) -> None:
+    assert stack.resources is not None and stack.poller is not None
+    sqs = aws.client("sqs", stack.settings)
+    failures = stack.poller.failures
+    test_event = (Path(__file__).parent / "events" / "s3_test_event.json").read_text()
+    sqs.send_message(QueueUrl=stack.resources.ingest.url, MessageBody=test_event)
+    # A handler-written object under curated/ triggers nothing (the filter is raw/ only).
+    s3_of(stack).put_object(Bucket=stack.resources.bucket, Key=f"curated/{dataset}/x", Body=b"1")
+    stack.poller.drain()
+    assert stack.poller.failures == failures
+    assert client.versions(dataset) == []
+
+
+def test_aws_s3_cp_into_raw_with_an_encoded_key_is_ingested(
+    stack: LocalStack, client: GallopClient, dataset: str, races_csv: Path
+) -> None:
+    # GIVEN ops copy a file straight into raw/ (no presigned POST), with spaces in its name
+    assert stack.resources is not None and stack.poller is not None
+    key = f"raw/{dataset}/manual-2024/races (2024) final.csv"
+    s3_of(stack).put_object(Bucket=stack.resources.bucket, Key=key, Body=races_csv.read_bytes())
+    stack.poller.drain()
+    # THEN the URL-encoded key in the event is decoded and the upload becomes a version
+    status = client.upload_status(dataset, "manual-2024")
+    assert status["status"] == "VALID"
+
+
+def test_formula_like_text_is_stored_as_plain_text(
+    stack: LocalStack, client: GallopClient, dataset: str, races_csv: Path
+) -> None:
+    frame = pd.read_csv(races_csv, dtype=str, keep_default_na=False)
+    frame.loc[0, "horse_id"] = '=HYPERLINK("http://evil.example","win")'
+    frame.loc[1, "course"] = "@SUM(A1:A9)"
+    version = ingest(client, dataset, frame.to_csv(index=False).encode())
+    assert version["status"] == "VALID"
+    stored = pq.read_table(io.BytesIO(object_bytes(stack, version["data_key"]))).to_pandas()
+    assert '=HYPERLINK("http://evil.example","win")' in set(stored["horse_id"])
+    assert "@SUM(A1:A9)" in set(stored["course"])
+
+
+@pytest.fixture(scope="module")
+def seeded(stack: LocalStack, races_csv: Path, races_spec: DatasetSpec) -> dict[str, Any]:
+    """A dataset holding one VALID version that every bad upload must leave untouched."""
+    assert stack.api_url is not None
+    client = GallopClient(stack.api_url, stack.api_key)
+    spec = spec_named(races_spec, unique_name("seeded"))
+    client.register_dataset(spec)
+    version = ingest(client, spec.name, races_csv.read_bytes())
+    client.close()
+    assert version["status"] == "VALID"
+    return {"name": spec.name, "version": version, "data": object_bytes(stack, version["data_key"])}
+
+
+@pytest.mark.parametrize("bad", BAD_INPUTS, ids=lambda b: b.id)
+def test_bad_upload_is_rejected_quarantined_and_harmless(
+    stack: LocalStack, client: GallopClient, seeded: dict[str, Any], races_csv: Path, bad: BadInput
+) -> None:
+    name, good_version = seeded["name"], seeded["version"]
+    data = bad.make(races_csv.read_bytes())
+    # WHEN the bad file is uploaded
+    upload_id = client.upload_bytes(name, data, bad.file_format)
+    status = client.wait_for_upload(name, upload_id, timeout=60)
+    version = client.version(name, status["version_id"])
+
+    # THEN it is REJECTED with a report naming the problem
+    assert version["status"] == "REJECTED"
+    codes = [e["code"] for e in version["report"]["errors"]]
+    assert bad.code in codes, codes
+    message = next(e["message"] for e in version["report"]["errors"] if e["code"] == bad.code)
+    assert bad.says in message
+
+    # AND the upload is kept in quarantine, byte for byte, with the report beside it
+    quarantine = f"quarantine/{name}/{upload_id}/"
+    assert version["source_key"].startswith(quarantine)
+    assert object_bytes(stack, version["source_key"]) == data
+    assert (
+        json.loads(object_bytes(stack, quarantine + "report.json"))["errors"]
+        == (version["report"]["errors"])
+    )
+    assert keys_under(stack, f"raw/{name}/{upload_id}/") == []
+
+    # AND the version stored before is untouched
+    stored = {v["version_id"]: v for v in client.versions(name)}
+    assert stored[good_version["version_id"]]["status"] == "VALID"
+    assert stored[good_version["version_id"]]["content_hash"] == good_version["content_hash"]
+    assert object_bytes(stack, good_version["data_key"]) == seeded["data"]
+
+
+def test_a_crash_midway_leaves_no_half_version_and_a_retry_finishes(
+    stack: LocalStack, client: GallopClient, dataset: str, races_csv: Path
+) -> None:
+    assert stack.settings is not None
+    engine = engine_for(stack.settings.sqlalchemy_url)
+    # GIVEN an upload that has arrived in raw/ (processed by hand below, not by the poller)
+    key = f"raw/{dataset}/crash-1/data.csv"
+    s3 = aws.client("s3", stack.settings)
+    stack.poller.stop()  # type: ignore[union-attr]
+    try:
+        s3.put_object(Bucket=stack.settings.data_bucket, Key=key, Body=races_csv.read_bytes())
+        # WHEN S3 fails while the canonical copy is being moved into place
+        failing = aws._client.__wrapped__(
+            "s3",
+            stack.settings.aws_region,  # fresh client
+            stack.settings.aws_endpoint_url,
+        )
+
+        def refuse(**_: Any) -> None:
+            raise ConnectionError("simulated crash during CopyObject")
+
+        failing.meta.events.register("before-call.s3.CopyObject", refuse)
+        with pytest.raises(ConnectionError):
+            ingest_object(key, Store(stack.settings.data_bucket, failing), engine, stack.settings)
+
+        # THEN no version exists and the upload is still pending, not half-done
+        assert client.versions(dataset) == []
+        assert client.upload_status(dataset, "crash-1")["status"] == "PENDING"
+
+        # AND a retry (the message comes back from SQS) finishes the job
+        outcome = ingest_object(key, Store(stack.settings.data_bucket, s3), engine, stack.settings)
+        assert outcome.status == "VALID" and outcome.created
+        assert [v["version_id"] for v in client.versions(dataset)] == [outcome.version_id]
+    finally:
+        _restart_poller(stack)
+
+
+def _restart_poller(stack: LocalStack) -> None:
+    from gallop.local.lambda_runtime import SqsPoller
+
+    old = stack.poller
+    assert old is not None
+    stack.poller = SqsPoller(old.sqs, old.queue_url, old.queue_arn, old.handler, "ingest")
+    stack.poller.start()
+
+
+def test_a_message_that_keeps_failing_goes_to_the_dead_letter_queue(stack: LocalStack) -> None:
+    assert stack.resources is not None and stack.poller is not None
+    sqs = aws.client("sqs", stack.settings)
+    failures = stack.poller.failures
+    # GIVEN a message that is not an S3 event at all, among good ones in one batch
+    sqs.send_message(QueueUrl=stack.resources.ingest.url, MessageBody="this is not json")
+    # THEN it is reported as a batch item failure each time, and dead-lettered after 3 tries
+    stack.poller.drain(timeout=30)
+    assert stack.poller.failures - failures == 3
+    dead = sqs.receive_message(QueueUrl=stack.resources.ingest_dlq.url, WaitTimeSeconds=2)
+    assert [m["Body"] for m in dead.get("Messages", [])] == ["this is not json"]

@@ -1,0 +1,62 @@
+"""The ingest function's edges: the event shapes it reads and what it logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from gallop.client import GallopClient
+from gallop.ingest.events import object_created_body, objects_created
+from gallop.local.lambda_runtime import LocalContext, load_handler
+from gallop.local.stack import LocalStack
+from tests.conftest import EVENTS, load_event
+
+
+def test_object_created_keys_are_url_decoded() -> None:
+    (created,) = objects_created(json.dumps(load_event("s3_object_created.json")))
+    assert created.bucket == "gallop-data"
+    assert created.key == "raw/races/0f1e2d3c/my races (2024).csv"
+    assert created.size == 1024
+
+
+def test_s3_test_event_names_no_object() -> None:
+    assert objects_created((EVENTS / "s3_test_event.json").read_text()) == []
+
+
+def test_a_redriven_body_reads_back_as_the_same_object() -> None:
+    body = object_created_body("gallop-data", "raw/d/u/a file+name.csv", 7)
+    (created,) = objects_created(body)
+    assert (created.key, created.size) == ("raw/d/u/a file+name.csv", 7)
+
+
+def test_handler_logs_json_with_the_message_id_as_correlation_id(
+    stack: LocalStack, client: GallopClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN a real SQS event carrying an S3 event for an unregistered dataset
+    assert stack.resources is not None
+    body = object_created_body(stack.resources.bucket, "raw/unregistered/u1/data.csv", 10)
+    record = {
+        "messageId": "4f1b7a8e-0000-4000-8000-000000000001",
+        "receiptHandle": "handle",
+        "body": body,
+        "attributes": {"ApproximateReceiveCount": "1"},
+        "messageAttributes": {},
+        "md5OfBody": "x",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": stack.resources.ingest.arn,
+        "awsRegion": "us-east-1",
+    }
+    handler = load_handler("ingest")
+    # WHEN the handler runs THEN the message is not retried (retrying cannot help) ...
+    reply = handler({"Records": [record]}, LocalContext("ingest"))
+    assert reply == {"batchItemFailures": []}
+    # ... and the log line is JSON that names the problem under the message's correlation id
+    (error,) = [r for r in caplog.records if r.name == "gallop-ingest" and r.levelname == "ERROR"]
+    # Format it with the handler the function logs through (Powertools' JSON formatter).
+    (powertools,) = logging.getLogger("gallop-ingest").handlers
+    line = json.loads(powertools.format(error))
+    assert line["correlation_id"] == record["messageId"]
+    assert line["service"] == "gallop-ingest" and line["function_name"] == "ingest"
+    assert "no dataset named 'unregistered'" in line["message"]

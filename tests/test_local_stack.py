@@ -1,0 +1,96 @@
+"""The local stack keeps its state across restarts, and owns its state directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gallop import aws
+from gallop.client import GallopClient
+from gallop.local.stack import LocalStack, StateDirBusy, free_port, running_endpoints
+from gallop.spec import DatasetSpec
+
+
+def _up(state: Path, fresh: bool = False) -> tuple[LocalStack, GallopClient]:
+    stack = LocalStack(state, quiet=True, fresh=fresh).start()
+    return stack, GallopClient(stack.serve_api(free_port()), stack.api_key)
+
+
+def test_state_survives_a_restart_and_fresh_starts_empty(
+    tmp_path: Path, races_csv: Path, races_spec: DatasetSpec
+) -> None:
+    # GIVEN data ingested yesterday
+    stack, client = _up(tmp_path)
+    try:
+        client.register_dataset(races_spec)
+        upload_id = client.upload_file(races_spec.name, races_csv)
+        version_id = client.wait_for_upload(races_spec.name, upload_id, timeout=60)["version_id"]
+        data_key = client.version(races_spec.name, version_id)["data_key"]
+        key = stack.api_key
+    finally:
+        client.close()
+        stack.stop()
+
+    # WHEN the stack starts again THEN the version, its objects and the API key are there
+    stack, client = _up(tmp_path)
+    try:
+        assert stack.api_key == key
+        assert [v["version_id"] for v in client.versions(races_spec.name)] == [version_id]
+        s3 = aws.client("s3", stack.settings)
+        body = s3.get_object(Bucket=stack.settings.data_bucket, Key=data_key)["Body"].read()  # type: ignore[union-attr]
+        assert body[:4] == b"PAR1"
+        # and a re-upload of the same file is still recognised as the same version
+        again = client.upload_file(races_spec.name, races_csv)
+        assert (
+            client.wait_for_upload(races_spec.name, again, timeout=60)["version_id"] == version_id
+        )
+    finally:
+        client.close()
+        stack.stop()
+
+    # WHEN started with --fresh THEN nothing is left
+    stack, client = _up(tmp_path, fresh=True)
+    try:
+        assert client._call("GET", "/v1/datasets") == []
+        s3 = aws.client("s3", stack.settings)
+        assert s3.list_objects_v2(Bucket=stack.settings.data_bucket).get("KeyCount") == 0  # type: ignore[union-attr]
+    finally:
+        client.close()
+        stack.stop()
+
+
+def test_uploads_left_unsettled_at_shutdown_are_ingested_on_restart(
+    tmp_path: Path, races_csv: Path, races_spec: DatasetSpec
+) -> None:
+    stack, client = _up(tmp_path)
+    try:
+        client.register_dataset(races_spec)
+        assert stack.poller is not None
+        stack.poller.stop()  # the stack goes down before the upload is processed
+        upload_id = client.upload_file(races_spec.name, races_csv)
+        assert client.upload_status(races_spec.name, upload_id)["status"] == "PENDING"
+    finally:
+        client.close()
+        stack.stop()
+
+    stack, client = _up(tmp_path)
+    try:
+        status = client.wait_for_upload(races_spec.name, upload_id, timeout=60)
+        assert status["status"] == "VALID"
+    finally:
+        client.close()
+        stack.stop()
+
+
+def test_one_stack_per_state_directory(tmp_path: Path) -> None:
+    stack, client = _up(tmp_path)
+    try:
+        with pytest.raises(StateDirBusy, match="in use"):
+            LocalStack(tmp_path, quiet=True).start()
+        running = running_endpoints(tmp_path)
+        assert running == {"api_url": stack.api_url, "api_key": stack.api_key}
+    finally:
+        client.close()
+        stack.stop()
+    assert running_endpoints(tmp_path) is None

@@ -1,0 +1,133 @@
+"""The metadata store on SQLite and on Postgres: migrations, idempotency, constraints."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import Engine, func, inspect, select, text
+from sqlalchemy.exc import IntegrityError
+
+from gallop.metadata import repo
+from gallop.metadata.db import migrate, session_scope
+from gallop.metadata.models import DatasetVersion, Upload
+from gallop.spec import DatasetSpec
+
+
+def version_fields(version_id: str, status: str = "VALID") -> dict:
+    return dict(
+        version_id=version_id,
+        status=status,
+        content_hash=version_id * 4,
+        row_count=10,
+        group_count=2,
+        source_key="raw/x/u/data.csv",
+        data_key="curated/x/v/data.parquet",
+        report_key="curated/x/v/report.json",
+        report={"errors": [], "warnings": []},
+    )
+
+
+def test_migrations_create_the_tables_and_run_twice(engine: Engine) -> None:
+    migrate(engine)  # a second time: nothing to do, nothing breaks
+    tables = set(inspect(engine).get_table_names())
+    assert {"datasets", "dataset_versions", "uploads", "alembic_version"} <= tables
+    with engine.connect() as connection:
+        assert (
+            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        )
+
+
+def test_registering_the_same_spec_twice_is_one_dataset(
+    engine: Engine, races_spec: DatasetSpec
+) -> None:
+    first, created = repo.register_dataset(engine, races_spec)
+    again, created_again = repo.register_dataset(engine, races_spec)
+    assert created and not created_again
+    assert first.id == again.id
+    assert repo.spec_of(again) == races_spec
+
+
+def test_another_spec_under_a_taken_name_is_a_conflict(
+    engine: Engine, races_spec: DatasetSpec
+) -> None:
+    repo.register_dataset(engine, races_spec)
+    changed = races_spec.model_copy(update={"categorical": ["course"]})
+    with pytest.raises(repo.DatasetConflict, match="another spec"):
+        repo.register_dataset(engine, changed)
+
+
+def test_recording_a_version_settles_its_upload(engine: Engine, races_spec: DatasetSpec) -> None:
+    dataset, _ = repo.register_dataset(engine, races_spec)
+    repo.create_upload(engine, dataset, "u1", "raw/races/u1/data.csv", "csv")
+    version, created = repo.record_version(engine, dataset, "u1", **version_fields("v-1"))
+    assert created and version.status == "VALID"
+    upload = repo.get_upload(engine, dataset, "u1")
+    assert (upload.status, upload.version_id) == ("VALID", "v-1")
+    assert upload.processed_at is not None
+    assert version.report == {"errors": [], "warnings": []}
+
+
+def test_the_same_version_twice_is_stored_once(engine: Engine, races_spec: DatasetSpec) -> None:
+    dataset, _ = repo.register_dataset(engine, races_spec)
+    for upload_id in ("u1", "u2"):
+        repo.create_upload(engine, dataset, upload_id, f"raw/races/{upload_id}/data.csv", "csv")
+    _, first = repo.record_version(engine, dataset, "u1", **version_fields("v-1"))
+    _, second = repo.record_version(engine, dataset, "u2", **version_fields("v-1"))
+    assert (first, second) == (True, False)
+    assert [v.version_id for v in repo.list_versions(engine, dataset)] == ["v-1"]
+    assert repo.get_upload(engine, dataset, "u2").version_id == "v-1"
+
+
+def test_concurrent_writers_of_one_version_leave_one_row(
+    engine: Engine, races_spec: DatasetSpec
+) -> None:
+    dataset, _ = repo.register_dataset(engine, races_spec)
+    results: list[bool] = []
+    errors: list[BaseException] = []
+
+    def write(upload_id: str) -> None:
+        try:
+            repo.create_upload(engine, dataset, upload_id, f"raw/races/{upload_id}/d.csv", "csv")
+            results.append(
+                repo.record_version(engine, dataset, upload_id, **version_fields("v-race"))[1]
+            )
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(f"u{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert sorted(results) == [False] * 5 + [True]
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(DatasetVersion)) == 1
+        assert session.scalar(select(func.count()).where(Upload.version_id == "v-race")) == 6
+
+
+def test_the_database_refuses_a_duplicate_version_and_an_unknown_status(
+    engine: Engine, races_spec: DatasetSpec
+) -> None:
+    dataset, _ = repo.register_dataset(engine, races_spec)
+    with pytest.raises(IntegrityError), session_scope(engine) as session:
+        session.add(DatasetVersion(dataset_id=dataset.id, **version_fields("v-1")))
+        session.add(DatasetVersion(dataset_id=dataset.id, **version_fields("v-1")))
+    with pytest.raises(IntegrityError), session_scope(engine) as session:
+        session.add(DatasetVersion(dataset_id=dataset.id, **version_fields("v-2", "MAYBE")))
+
+
+def test_unknown_dataset_and_upload_are_lookup_errors(
+    engine: Engine, races_spec: DatasetSpec
+) -> None:
+    with pytest.raises(repo.DatasetNotFound):
+        repo.get_dataset(engine, "nope")
+    dataset, _ = repo.register_dataset(engine, races_spec)
+    with pytest.raises(repo.UploadNotFound):
+        repo.get_upload(engine, dataset, "nope")
+
+
+def test_timestamps_come_back_in_utc(engine: Engine, races_spec: DatasetSpec) -> None:
+    dataset, _ = repo.register_dataset(engine, races_spec)
+    assert repo.get_dataset(engine, dataset.name).created_at.utcoffset() is not None
