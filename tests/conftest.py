@@ -6,6 +6,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,18 @@ def client(stack: LocalStack) -> Iterator[GallopClient]:
     api = GallopClient(stack.api_url, stack.api_key)
     yield api
     api.close()
+
+
+@contextmanager
+def paused_poller(stack: LocalStack) -> Iterator[None]:
+    """Stop the ingest poller so a test can drive the handler itself; restart it after."""
+    from gallop.local.lambda_runtime import SqsPoller
+
+    old = stack.poller
+    assert old is not None
+    old.stop()
+    try:
+        yield
+    finally:
+        stack.poller = SqsPoller(old.sqs, old.queue_url, old.queue_arn, old.handler, "ingest")
+        stack.poller.start()

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import boto3
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -23,7 +24,7 @@ from gallop.metadata.db import engine_for
 from gallop.spec import DatasetSpec
 from gallop.storage import Store
 from tests.bad_inputs import BAD_INPUTS, BadInput
-from tests.conftest import spec_named, unique_name
+from tests.conftest import paused_poller, spec_named, unique_name
 
 
 def ingest(client: GallopClient, dataset: str, data: bytes, fmt: str = "csv") -> dict[str, Any]:
@@ -230,14 +231,13 @@ def test_a_crash_midway_leaves_no_half_version_and_a_retry_finishes(
     # GIVEN an upload that has arrived in raw/ (processed by hand below, not by the poller)
     key = f"raw/{dataset}/crash-1/data.csv"
     s3 = aws.client("s3", stack.settings)
-    stack.poller.stop()  # type: ignore[union-attr]
-    try:
+    with paused_poller(stack):
         s3.put_object(Bucket=stack.settings.data_bucket, Key=key, Body=races_csv.read_bytes())
         # WHEN S3 fails while the canonical copy is being moved into place
-        failing = aws._client.__wrapped__(
+        failing = boto3.client(  # a client of its own, so the fault stays in this test
             "s3",
-            stack.settings.aws_region,  # fresh client
-            stack.settings.aws_endpoint_url,
+            region_name=stack.settings.aws_region,
+            endpoint_url=stack.settings.aws_endpoint_url,
         )
 
         def refuse(**_: Any) -> None:
@@ -255,17 +255,6 @@ def test_a_crash_midway_leaves_no_half_version_and_a_retry_finishes(
         outcome = ingest_object(key, Store(stack.settings.data_bucket, s3), engine, stack.settings)
         assert outcome.status == "VALID" and outcome.created
         assert [v["version_id"] for v in client.versions(dataset)] == [outcome.version_id]
-    finally:
-        _restart_poller(stack)
-
-
-def _restart_poller(stack: LocalStack) -> None:
-    from gallop.local.lambda_runtime import SqsPoller
-
-    old = stack.poller
-    assert old is not None
-    stack.poller = SqsPoller(old.sqs, old.queue_url, old.queue_arn, old.handler, "ingest")
-    stack.poller.start()
 
 
 def test_a_message_that_keeps_failing_goes_to_the_dead_letter_queue(stack: LocalStack) -> None:

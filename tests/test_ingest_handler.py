@@ -7,11 +7,12 @@ import logging
 
 import pytest
 
+from gallop import aws
 from gallop.client import GallopClient
 from gallop.ingest.events import object_created_body, objects_created
 from gallop.local.lambda_runtime import LocalContext, load_handler
 from gallop.local.stack import LocalStack
-from tests.conftest import EVENTS, load_event
+from tests.conftest import EVENTS, load_event, paused_poller, spec_named, unique_name
 
 
 def test_object_created_keys_are_url_decoded() -> None:
@@ -37,17 +38,7 @@ def test_handler_logs_json_with_the_message_id_as_correlation_id(
     # GIVEN a real SQS event carrying an S3 event for an unregistered dataset
     assert stack.resources is not None
     body = object_created_body(stack.resources.bucket, "raw/unregistered/u1/data.csv", 10)
-    record = {
-        "messageId": "4f1b7a8e-0000-4000-8000-000000000001",
-        "receiptHandle": "handle",
-        "body": body,
-        "attributes": {"ApproximateReceiveCount": "1"},
-        "messageAttributes": {},
-        "md5OfBody": "x",
-        "eventSource": "aws:sqs",
-        "eventSourceARN": stack.resources.ingest.arn,
-        "awsRegion": "us-east-1",
-    }
+    record = sqs_record(body, stack.resources.ingest.arn)
     handler = load_handler("ingest")
     # WHEN the handler runs THEN the message is not retried (retrying cannot help) ...
     reply = handler({"Records": [record]}, LocalContext("ingest"))
@@ -60,3 +51,48 @@ def test_handler_logs_json_with_the_message_id_as_correlation_id(
     assert line["correlation_id"] == record["messageId"]
     assert line["service"] == "gallop-ingest" and line["function_name"] == "ingest"
     assert "no dataset named 'unregistered'" in line["message"]
+
+
+def test_handler_publishes_counts_and_durations_as_cloudwatch_metrics(
+    stack: LocalStack,
+    client: GallopClient,
+    races_csv,
+    races_spec,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN metrics switched on (the quiet local stack switches them off)
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    assert stack.resources is not None and stack.settings is not None
+    spec = spec_named(races_spec, unique_name("metrics"))
+    client.register_dataset(spec)
+    key = f"raw/{spec.name}/m1/data.csv"
+    with paused_poller(stack):  # this test invokes the handler itself
+        s3 = aws.client("s3", stack.settings)
+        s3.put_object(Bucket=stack.resources.bucket, Key=key, Body=races_csv.read_bytes())
+        body = object_created_body(stack.resources.bucket, key, races_csv.stat().st_size)
+        event = {"Records": [sqs_record(body, stack.resources.ingest.arn)]}
+        capsys.readouterr()
+        # WHEN the handler ingests the upload
+        assert load_handler("ingest")(event, LocalContext("ingest")) == {"batchItemFailures": []}
+    # THEN an Embedded Metric Format line reports the new VALID version and its duration
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "_aws" in line]
+    assert emf, "no EMF line printed"
+    names = {m["Name"] for m in emf[-1]["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert {"VersionsValid", "IngestSeconds"} <= names
+    assert emf[-1]["VersionsValid"] == [1.0]  # one new version, not an accumulated history
+    assert emf[-1]["IngestSeconds"][0] > 0
+
+
+def sqs_record(body: str, queue_arn: str) -> dict:
+    return {
+        "messageId": "4f1b7a8e-0000-4000-8000-000000000002",
+        "receiptHandle": "handle",
+        "body": body,
+        "attributes": {"ApproximateReceiveCount": "1"},
+        "messageAttributes": {},
+        "md5OfBody": "x",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": "us-east-1",
+    }

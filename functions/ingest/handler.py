@@ -18,7 +18,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gallop.ingest.worker import IngestWorker
-from gallop.observability import logger, metrics
+from gallop.observability import discard_unpublished, logger, metrics
 
 log = logger("gallop-ingest")
 meter = metrics("gallop-ingest")
@@ -35,6 +35,9 @@ def record_handler(record: SQSRecord) -> None:
 @log.inject_lambda_context(correlation_id_path="Records[0].messageId", clear_state=True)
 @meter.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
-    )
+    try:
+        return process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+    finally:
+        discard_unpublished(meter)

@@ -110,6 +110,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"  API key:        {stack.api_key}")
         print("  Ctrl-C stops everything.", flush=True)
         stack.serve_api(args.port, block=True)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how serve is meant to stop; uvicorn re-raises it after shutting down
     finally:
         stack.stop()
         print("stopped.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 NAMESPACE = "gallop"
 
@@ -18,3 +19,11 @@ def metrics(service: str) -> Metrics:
     return Metrics(
         namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", NAMESPACE), service=service
     )
+
+
+def discard_unpublished(meter: Metrics) -> None:
+    """Drop metrics that will not be published. With POWERTOOLS_METRICS_DISABLED set,
+    Powertools skips the flush and also never clears its (process-wide) metric set, so a
+    long-running local process would grow it forever."""
+    if is_metrics_disabled():
+        meter.clear_metrics()

@@ -207,6 +207,15 @@ def _numeric(column: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         values = column.astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)
         return values, np.zeros(len(column), dtype=bool), column.to_numpy()
     raw = column.to_numpy(dtype=object)
+    if isinstance(column.dtype, pd.StringDtype):  # CSV: every cell text, checked in bulk
+        text = column.astype("string")
+        missing = (text.isna() | text.str.strip().str.lower().isin(MISSING_TOKENS)).to_numpy(
+            dtype=bool, na_value=True
+        )
+        parsed = pd.to_numeric(text.mask(missing), errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan
+        )
+        return np.where(missing, np.nan, parsed), np.isnan(parsed) & ~missing, raw
     missing = np.fromiter(
         (
             v is None
@@ -234,8 +243,10 @@ def _text(column: pd.Series) -> pd.Series:
         if len(whole) and (whole == np.round(whole)).all():
             text = as_float.map(lambda v: None if np.isnan(v) else str(int(v)))
             return text.astype("string")
-    text = column.astype(object).map(_cell_text)
-    return text.astype("string")
+    if isinstance(column.dtype, pd.StringDtype):
+        text = column.astype("string")
+        return text.mask(text == "")
+    return column.astype(object).map(_cell_text).astype("string")
 
 
 def _cell_text(value: Any) -> str | None:
