@@ -84,6 +84,25 @@ def _parquet_bytes(good: bytes) -> bytes:
     return sink.getvalue()
 
 
+def _extra_field(good: bytes) -> bytes:
+    lines = good.split(b"\n")
+    lines[3] += b",7"
+    return b"\n".join(lines)
+
+
+def _trailing_commas(good: bytes) -> bytes:
+    lines = good.rstrip(b"\n").split(b"\n")
+    return b"\n".join([lines[0]] + [line + b"," for line in lines[1:]]) + b"\n"
+
+
+def _nested_parquet(good: bytes) -> bytes:
+    frame = _frame(good)
+    frame["tags"] = [["a", "b"]] * len(frame)
+    sink = io.BytesIO()
+    frame.to_parquet(sink)
+    return sink.getvalue()
+
+
 BAD_INPUTS = [
     BadInput(
         "missing-column",
@@ -130,6 +149,10 @@ BAD_INPUTS = [
         "parquet-declared-but-csv-bytes", "parquet", lambda good: good, "not_parquet", "Parquet"
     ),
     BadInput("not-utf8", "csv", _latin1, "not_utf8", "byte 0xe9"),
+    BadInput("row-with-extra-field", "csv", _extra_field, "malformed_csv", "line 4 has 15"),
+    BadInput("trailing-commas", "csv", _trailing_commas, "malformed_csv", "a trailing comma?"),
+    BadInput("nested-parquet-column", "parquet", _nested_parquet, "nested_column", "'tags'"),
+    BadInput("beyond-float32", "csv", _set(2, "weight_kg", "1e39"), "out_of_range", "float32"),
     BadInput(
         "malformed-jsonl",
         "jsonl",

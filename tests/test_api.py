@@ -48,13 +48,15 @@ def concrete(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "x", path)
 
 
-def test_every_route_refuses_a_missing_or_wrong_key(api: TestClient) -> None:
-    paths = api.get("/openapi.json").json()["paths"]
+def test_every_route_refuses_a_missing_or_wrong_key(settings: Settings) -> None:
+    migrate(engine_for(settings.sqlalchemy_url))
+    anonymous = TestClient(create_app(settings))  # sends no x-api-key header at all
+    paths = anonymous.get("/openapi.json").json()["paths"]
     operations = [(method, path) for path, item in paths.items() for method in item]
     assert len(operations) >= 8
     for method, path in operations:
-        for headers in ({"x-api-key": ""}, {"x-api-key": "wrong"}):
-            reply = api.request(method.upper(), concrete(path), headers=headers)
+        for headers in ({}, {"x-api-key": ""}, {"x-api-key": "wrong"}):
+            reply = anonymous.request(method.upper(), concrete(path), headers=headers)
             assert reply.status_code == 401, (method, path, headers)
             assert "key" in reply.json()["detail"]
 
@@ -142,36 +144,62 @@ def test_openapi_declares_the_api_key_scheme(api: TestClient) -> None:
     assert schema["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "x-api-key"
 
 
-def test_api_gateway_event_through_the_lambda_handler(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # GIVEN the deployed function's environment and a real API Gateway proxy event
-    monkeypatch.setenv("GALLOP_STATE_DIR", str(settings.state_dir))
-    monkeypatch.setenv("GALLOP_API_KEYS", KEY)
-    from gallop.settings import get_settings
-
-    get_settings.cache_clear()
-    migrate(engine_for(get_settings().sqlalchemy_url))
+def _load_api_function() -> object:
     spec = importlib.util.spec_from_file_location("api_handler", FUNCTIONS / "api" / "handler.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def deployed_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The environment the CDK stack gives the api function."""
+    from gallop.settings import get_settings
+
+    monkeypatch.setenv("DATABASE_URL", settings.sqlalchemy_url)
+    monkeypatch.setenv("GALLOP_DATA_BUCKET", "gallop-data")
+    monkeypatch.setenv("GALLOP_API_KEYS", KEY)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_api_gateway_event_through_the_lambda_handler(
+    settings: Settings, deployed_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN the deployed function and a real API Gateway proxy event
+    migrate(engine_for(settings.sqlalchemy_url))
+    module = _load_api_function()
     event = load_event("apigw_get_health.json")
     event["headers"]["x-api-key"] = event["multiValueHeaders"]["x-api-key"][0] = KEY
-    try:
-        # WHEN Lambda invokes the handler THEN Mangum answers as API Gateway expects
-        reply = module.handler(event, _Context())
-        assert reply["statusCode"] == 200
-        assert json.loads(reply["body"])["status"] == "ok"
-        # The correlation id is API Gateway's request id.
-        headers = {k.lower(): v for k, v in reply.get("headers", {}).items()}
-        headers.update({k.lower(): v[0] for k, v in reply.get("multiValueHeaders", {}).items()})
-        assert headers["x-correlation-id"] == event["requestContext"]["requestId"]
+    capsys.readouterr()
+    # WHEN Lambda invokes the handler THEN Mangum answers as API Gateway expects
+    reply = module.handler(event, _Context())  # type: ignore[attr-defined]
+    assert reply["statusCode"] == 200
+    assert json.loads(reply["body"])["status"] == "ok"
+    # The correlation id is API Gateway's request id.
+    headers = {k.lower(): v for k, v in reply.get("headers", {}).items()}
+    headers.update({k.lower(): v[0] for k, v in reply.get("multiValueHeaders", {}).items()})
+    assert headers["x-correlation-id"] == event["requestContext"]["requestId"]
+    # AND the invocation published its request metrics (EMF on stdout)
+    emf = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"_aws"' in x]
+    assert emf and emf[-1]["Requests"] == [1.0]
 
-        event["headers"]["x-api-key"] = event["multiValueHeaders"]["x-api-key"][0] = "wrong"
-        assert module.handler(event, _Context())["statusCode"] == 401
-    finally:
-        get_settings.cache_clear()
+    event["headers"]["x-api-key"] = event["multiValueHeaders"]["x-api-key"][0] = "wrong"
+    assert module.handler(event, _Context())["statusCode"] == 401  # type: ignore[attr-defined]
+
+
+def test_a_function_deployed_without_its_configuration_fails_at_cold_start(
+    deployed_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gallop.settings import MissingSettings, get_settings
+
+    monkeypatch.delenv("DATABASE_URL")
+    monkeypatch.delenv("GALLOP_API_KEYS")
+    get_settings.cache_clear()
+    with pytest.raises(MissingSettings, match="set DATABASE_URL, GALLOP_API_KEYS"):
+        _load_api_function()
 
 
 class _Context:

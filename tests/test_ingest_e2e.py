@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -83,11 +84,10 @@ def test_upload_becomes_a_valid_version_with_float32_parquet(
     )
     assert manifest["content_hash"] == version["content_hash"]
 
-    # AND the metadata row agrees, and nothing is left in staging
+    # AND the metadata row agrees
     engine = engine_for(stack.settings.sqlalchemy_url)  # type: ignore[union-attr]
     row = repo.find_version(engine, repo.get_dataset(engine, dataset), version["version_id"])
     assert row is not None and row.status == "VALID" and row.row_count == len(source)
-    assert keys_under(stack, f"staging/{dataset}/") == []
 
 
 def test_presigned_post_is_limited_in_size_and_time(client: GallopClient, dataset: str) -> None:
@@ -119,19 +119,48 @@ def test_same_file_twice_is_one_version(
 def test_same_sqs_message_twice_is_one_version(
     stack: LocalStack, client: GallopClient, dataset: str, races_csv: Path
 ) -> None:
-    version = ingest(client, dataset, races_csv.read_bytes())
-    (upload_key,) = keys_under(stack, f"raw/{dataset}/")
-    # GIVEN the S3 event for that upload delivered twice more (SQS is at-least-once)
     assert stack.resources is not None and stack.poller is not None
     sqs = aws.client("sqs", stack.settings)
-    body = object_created_body(stack.resources.bucket, upload_key, len(races_csv.read_bytes()))
-    for _ in range(2):
-        sqs.send_message(QueueUrl=stack.resources.ingest.url, MessageBody=body)
+    # GIVEN an upload whose S3 event arrives twice more before any is handled
+    with paused_poller(stack):
+        upload_id = client.upload_bytes(dataset, races_csv.read_bytes(), "csv")
+        (key,) = keys_under(stack, f"raw/{dataset}/")
+        body = object_created_body(stack.resources.bucket, key, races_csv.stat().st_size)
+        for _ in range(2):
+            sqs.send_message(QueueUrl=stack.resources.ingest.url, MessageBody=body)
+    # WHEN the poller hands them over THEN there is exactly one version and one curated copy
     stack.poller.drain()
-    # THEN there is still exactly one version and one curated copy
-    versions = client.versions(dataset)
-    assert [v["version_id"] for v in versions] == [version["version_id"]]
+    version_id = client.upload_status(dataset, upload_id)["version_id"]
+    assert [v["version_id"] for v in client.versions(dataset)] == [version_id]
     assert len(keys_under(stack, f"curated/{dataset}/")) == 3
+    # AND the same event again, long after, changes nothing either
+    sqs.send_message(QueueUrl=stack.resources.ingest.url, MessageBody=body)
+    stack.poller.drain()
+    assert [v["version_id"] for v in client.versions(dataset)] == [version_id]
+
+
+def test_new_bytes_posted_again_with_the_same_form_are_ingested(
+    stack: LocalStack, client: GallopClient, dataset: str, races_csv: Path
+) -> None:
+    # GIVEN a presigned form used for a file with a mistake in it
+    upload = client.create_upload(dataset, "csv")
+    bad = races_csv.read_bytes().replace(b"\n", b"\nnot,a,row\n", 1)
+    post(upload, bad)
+    first = client.wait_for_upload(dataset, upload["upload_id"], timeout=60)
+    assert first["status"] == "REJECTED"
+    # WHEN the corrected file is posted with the same (unexpired) form
+    post(upload, races_csv.read_bytes())
+    stack.poller.drain()  # type: ignore[union-attr]
+    # THEN it is ingested too: same key, new bytes, a new version
+    again = client.upload_status(dataset, upload["upload_id"])
+    assert again["status"] == "VALID" and again["version_id"] != first["version_id"]
+    assert {v["status"] for v in client.versions(dataset)} == {"REJECTED", "VALID"}
+
+
+def post(upload: dict[str, Any], data: bytes) -> None:
+    files = {"file": ("data.csv", data)}
+    reply = httpx.post(upload["url"], data=upload["fields"], files=files, timeout=60)
+    assert reply.status_code < 300, reply.text
 
 
 def test_s3_test_events_and_objects_outside_raw_are_skipped(
@@ -160,6 +189,37 @@ def test_aws_s3_cp_into_raw_with_an_encoded_key_is_ingested(
     # THEN the URL-encoded key in the event is decoded and the upload becomes a version
     status = client.upload_status(dataset, "manual-2024")
     assert status["status"] == "VALID"
+
+
+def test_files_copied_deeper_or_shallower_into_raw_are_ingested_once_each(
+    stack: LocalStack, client: GallopClient, dataset: str, races_csv: Path
+) -> None:
+    assert stack.resources is not None and stack.poller is not None
+    s3 = s3_of(stack)
+    failures = stack.poller.failures
+    for key in (f"raw/{dataset}/2024/05/races.csv", f"raw/{dataset}/races.csv"):
+        s3.put_object(Bucket=stack.resources.bucket, Key=key, Body=races_csv.read_bytes())
+    # A key that names no dataset cannot be ingested; it is logged and not retried.
+    s3.put_object(Bucket=stack.resources.bucket, Key="raw/orphan.csv", Body=b"a,b\n1,2\n")
+    stack.poller.drain()
+    assert stack.poller.failures == failures
+    versions = client.versions(dataset)
+    assert [v["status"] for v in versions] == ["VALID"]  # both files: the same content
+
+
+def test_a_rejected_file_named_like_the_report_is_kept(
+    stack: LocalStack, client: GallopClient, dataset: str
+) -> None:
+    assert stack.resources is not None and stack.poller is not None
+    key = f"raw/{dataset}/by-hand/report.json"
+    s3_of(stack).put_object(Bucket=stack.resources.bucket, Key=key, Body=b"{not json lines")
+    stack.poller.drain()
+    (version,) = client.versions(dataset)
+    detail = client.version(dataset, version["version_id"])
+    assert detail["source_key"] == f"quarantine/{dataset}/by-hand/upload/report.json"
+    assert object_bytes(stack, detail["source_key"]) == b"{not json lines"
+    report = json.loads(object_bytes(stack, f"quarantine/{dataset}/by-hand/report.json"))
+    assert report["status"] == "REJECTED"
 
 
 def test_formula_like_text_is_stored_as_plain_text(
@@ -233,19 +293,21 @@ def test_a_crash_midway_leaves_no_half_version_and_a_retry_finishes(
     s3 = aws.client("s3", stack.settings)
     with paused_poller(stack):
         s3.put_object(Bucket=stack.settings.data_bucket, Key=key, Body=races_csv.read_bytes())
-        # WHEN S3 fails while the canonical copy is being moved into place
+        # WHEN S3 fails after the data and report are written, before the manifest
         failing = boto3.client(  # a client of its own, so the fault stays in this test
             "s3",
             region_name=stack.settings.aws_region,
             endpoint_url=stack.settings.aws_endpoint_url,
         )
 
-        def refuse(**_: Any) -> None:
-            raise ConnectionError("simulated crash during CopyObject")
+        def crash_on_manifest(params: dict[str, Any], **_: Any) -> None:
+            if params["Key"].endswith("/manifest.json"):
+                raise ConnectionError("simulated crash before the manifest is written")
 
-        failing.meta.events.register("before-call.s3.CopyObject", refuse)
+        failing.meta.events.register("provide-client-params.s3.PutObject", crash_on_manifest)
         with pytest.raises(ConnectionError):
             ingest_object(key, Store(stack.settings.data_bucket, failing), engine, stack.settings)
+        assert any(k.endswith("data.parquet") for k in keys_under(stack, f"curated/{dataset}/"))
 
         # THEN no version exists and the upload is still pending, not half-done
         assert client.versions(dataset) == []
@@ -257,14 +319,20 @@ def test_a_crash_midway_leaves_no_half_version_and_a_retry_finishes(
         assert [v["version_id"] for v in client.versions(dataset)] == [outcome.version_id]
 
 
-def test_a_message_that_keeps_failing_goes_to_the_dead_letter_queue(stack: LocalStack) -> None:
+def test_a_message_that_keeps_failing_goes_to_the_dead_letter_queue(
+    stack: LocalStack, client: GallopClient, dataset: str, races_csv: Path
+) -> None:
     assert stack.resources is not None and stack.poller is not None
     sqs = aws.client("sqs", stack.settings)
     failures = stack.poller.failures
-    # GIVEN a message that is not an S3 event at all, among good ones in one batch
-    sqs.send_message(QueueUrl=stack.resources.ingest.url, MessageBody="this is not json")
-    # THEN it is reported as a batch item failure each time, and dead-lettered after 3 tries
+    # GIVEN one batch holding a message that is not an S3 event and a good upload's event
+    with paused_poller(stack):
+        sqs.send_message(QueueUrl=stack.resources.ingest.url, MessageBody="this is not json")
+        upload_id = client.upload_bytes(dataset, races_csv.read_bytes(), "csv")
+    # THEN the good one is ingested at once, and only the bad one is reported as a batch
+    # item failure each time until it is dead-lettered after 3 receives
     stack.poller.drain(timeout=30)
+    assert client.upload_status(dataset, upload_id)["status"] == "VALID"
     assert stack.poller.failures - failures == 3
     dead = sqs.receive_message(QueueUrl=stack.resources.ingest_dlq.url, WaitTimeSeconds=2)
     assert [m["Body"] for m in dead.get("Messages", [])] == ["this is not json"]

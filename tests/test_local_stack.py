@@ -94,3 +94,23 @@ def test_one_stack_per_state_directory(tmp_path: Path) -> None:
         client.close()
         stack.stop()
     assert running_endpoints(tmp_path) is None
+
+
+def test_the_disk_mirror_never_writes_outside_the_state_directory(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    stack = LocalStack(state, quiet=True).start()
+    try:
+        assert stack.settings is not None and stack._mirror is not None
+        s3 = aws.client("s3", stack.settings)
+        for key in ("../../escape.txt", "/etc-like.txt", "ok/inside.txt"):
+            s3.put_object(Bucket=stack.settings.data_bucket, Key=key, Body=b"x")
+        stored = {
+            o["Key"] for o in s3.list_objects_v2(Bucket=stack.settings.data_bucket)["Contents"]
+        }
+        assert "../../escape.txt" in stored  # S3 itself accepts such keys
+        stack._mirror.sync()
+    finally:
+        stack.stop()
+    assert not (tmp_path / "escape.txt").exists()
+    assert not any(p.name == "escape.txt" for p in tmp_path.rglob("*"))
+    assert (state / "s3" / "gallop-data" / "ok" / "inside.txt").read_bytes() == b"x"

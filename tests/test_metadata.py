@@ -34,7 +34,7 @@ def test_migrations_create_the_tables_and_run_twice(engine: Engine) -> None:
     assert {"datasets", "dataset_versions", "uploads", "alembic_version"} <= tables
     with engine.connect() as connection:
         assert (
-            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
         )
 
 
@@ -60,7 +60,7 @@ def test_another_spec_under_a_taken_name_is_a_conflict(
 def test_recording_a_version_settles_its_upload(engine: Engine, races_spec: DatasetSpec) -> None:
     dataset, _ = repo.register_dataset(engine, races_spec)
     repo.create_upload(engine, dataset, "u1", "raw/races/u1/data.csv", "csv")
-    version, created = repo.record_version(engine, dataset, "u1", **version_fields("v-1"))
+    version, created = repo.record_version(engine, dataset, "u1", "etag-1", **version_fields("v-1"))
     assert created and version.status == "VALID"
     upload = repo.get_upload(engine, dataset, "u1")
     assert (upload.status, upload.version_id) == ("VALID", "v-1")
@@ -72,8 +72,8 @@ def test_the_same_version_twice_is_stored_once(engine: Engine, races_spec: Datas
     dataset, _ = repo.register_dataset(engine, races_spec)
     for upload_id in ("u1", "u2"):
         repo.create_upload(engine, dataset, upload_id, f"raw/races/{upload_id}/data.csv", "csv")
-    _, first = repo.record_version(engine, dataset, "u1", **version_fields("v-1"))
-    _, second = repo.record_version(engine, dataset, "u2", **version_fields("v-1"))
+    _, first = repo.record_version(engine, dataset, "u1", "etag-1", **version_fields("v-1"))
+    _, second = repo.record_version(engine, dataset, "u2", "etag-2", **version_fields("v-1"))
     assert (first, second) == (True, False)
     assert [v.version_id for v in repo.list_versions(engine, dataset)] == ["v-1"]
     assert repo.get_upload(engine, dataset, "u2").version_id == "v-1"
@@ -90,7 +90,7 @@ def test_concurrent_writers_of_one_version_leave_one_row(
         try:
             repo.create_upload(engine, dataset, upload_id, f"raw/races/{upload_id}/d.csv", "csv")
             results.append(
-                repo.record_version(engine, dataset, upload_id, **version_fields("v-race"))[1]
+                repo.record_version(engine, dataset, upload_id, "e", **version_fields("v-race"))[1]
             )
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)

@@ -160,3 +160,19 @@ def test_json_booleans_are_not_numbers(races_spec: DatasetSpec) -> None:
 def test_duplicate_header_names_are_refused() -> None:
     with pytest.raises(UnreadableFile, match="more than once"):
         read_table(b"a,b,a\n1,2,3\n", "csv")
+
+
+def test_integer_ids_beyond_float_precision_stay_distinct(
+    good: bytes, races_spec: DatasetSpec
+) -> None:
+    # Parquet int64 race ids above 2**53 would collide if they passed through float64.
+    frame = pd.read_csv(io.BytesIO(good))
+    codes = {race: 2**53 + i for i, race in enumerate(frame["race_id"].unique())}
+    frame["race_id"] = frame["race_id"].map(codes).astype("int64")
+    sink = io.BytesIO()
+    frame.to_parquet(sink)
+    result = validate(read_table(sink.getvalue(), "parquet"), races_spec)
+    assert result.ok, [p.message for p in result.problems]
+    assert result.canonical is not None
+    assert result.canonical["race_id"].nunique() == len(codes)
+    assert str(2**53 + 1) in set(result.canonical["race_id"])

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mangum import Mangum
 
-from gallop.api.app import create_app
+from gallop.api.app import create_app, meter
+from gallop.settings import get_settings
+
+# A function deployed without its configuration fails at cold start, naming what is missing.
+get_settings().require("database_url", "data_bucket", "api_keys")
 
 # lifespan="off": start-up work would otherwise run on every invocation.
-handler = Mangum(create_app(), lifespan="off")
+asgi = Mangum(create_app(), lifespan="off")
+
+
+@meter.log_metrics
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return asgi(event, context)

@@ -19,6 +19,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gallop.ingest.worker import IngestWorker
 from gallop.observability import discard_unpublished, logger, metrics
+from gallop.settings import get_settings
+
+# A function deployed without its configuration fails at cold start, naming what is missing.
+get_settings().require("database_url", "data_bucket")
 
 log = logger("gallop-ingest")
 meter = metrics("gallop-ingest")

@@ -26,7 +26,6 @@ ENV_AWS_ENDPOINT_URL = "GALLOP_AWS_ENDPOINT_URL"
 RAW_PREFIX = "raw/"
 CURATED_PREFIX = "curated/"
 QUARANTINE_PREFIX = "quarantine/"
-STAGING_PREFIX = "staging/"
 
 
 class Settings(BaseSettings):
@@ -71,9 +70,26 @@ class Settings(BaseSettings):
             return normalise_database_url(self.database_url)
         return f"sqlite:///{self.state_dir / 'gallop.db'}"
 
+    def require(self, *fields: str) -> Settings:
+        """Fail at start-up, naming the variables, when a deployed function lacks them."""
+        missing = [f for f in fields if not getattr(self, f)]
+        if missing:
+            names = ", ".join(env_name(f) for f in missing)
+            raise MissingSettings(f"gallop is not configured: set {names}")
+        return self
+
     @property
     def api_key_set(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+
+class MissingSettings(RuntimeError):
+    pass
+
+
+def env_name(field: str) -> str:
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else ENV_PREFIX + field.upper()
 
 
 def normalise_database_url(url: str) -> str:

@@ -11,6 +11,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gallop.features.spec import Derived
+
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 
@@ -40,6 +42,12 @@ class DatasetSpec(BaseModel):
     )
     categorical: list[str] = Field(default_factory=list)
     odds: str | None = Field(default=None, description="Decimal odds column.")
+    post_race: list[str] = Field(
+        default_factory=list,
+        description="Numeric columns known only after the race (e.g. final odds, finishing "
+        "time); the target is always post-race. Never a feature of its own race.",
+    )
+    derived: Derived | None = Field(default=None, description="Features computed from history.")
 
     @model_validator(mode="after")
     def _check(self) -> DatasetSpec:
@@ -66,6 +74,22 @@ class DatasetSpec(BaseModel):
         both = sorted(set(self.features or []) & set(self.categorical))
         if both:
             raise ValueError(f"columns {both} are both numeric features and categorical")
+        leaking = sorted(
+            set(self.post_race)
+            & (
+                set(self.features or [])
+                | set(self.categorical)
+                | {self.group, self.time, self.entity}
+            )
+        )
+        if leaking:
+            raise ValueError(f"post_race columns {leaking} cannot also be features or keys")
+        from gallop.features.plan import FeatureSpecError, check_spec
+
+        try:
+            check_spec(self)
+        except FeatureSpecError as exc:
+            raise ValueError(f"derived: {exc}") from None
         return self
 
     @property

@@ -2,45 +2,55 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from gallop import aws
-from gallop.settings import (
-    CURATED_PREFIX,
-    QUARANTINE_PREFIX,
-    RAW_PREFIX,
-    STAGING_PREFIX,
-    Settings,
-    get_settings,
-)
+from gallop.settings import CURATED_PREFIX, QUARANTINE_PREFIX, RAW_PREFIX, Settings, get_settings
 
 
 class ObjectMissing(LookupError):
     pass
 
 
+class NotAnUploadKey(ValueError):
+    pass
+
+
+UPLOAD_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
 @dataclass(frozen=True)
 class RawKey:
-    """`raw/{dataset}/{upload_id}/{file}`: the only shape of key users upload to."""
+    """An object under raw/: `raw/{dataset}/{upload_id}/{file}` when it came through the API.
+
+    Objects copied in by hand may sit deeper or shallower (raw/races/2024/05/x.csv); they
+    get an upload id derived from their key, so each key is one upload.
+    """
 
     dataset: str
     upload_id: str
     filename: str
+    key: str
 
-    @property
-    def key(self) -> str:
-        return f"{RAW_PREFIX}{self.dataset}/{self.upload_id}/{self.filename}"
+    @classmethod
+    def for_upload(cls, dataset: str, upload_id: str, filename: str) -> RawKey:
+        return cls(dataset, upload_id, filename, f"{RAW_PREFIX}{dataset}/{upload_id}/{filename}")
 
     @classmethod
     def parse(cls, key: str) -> RawKey:
-        parts = key.split("/")
-        if len(parts) != 4 or parts[0] + "/" != RAW_PREFIX or not all(parts[1:]):
-            raise ValueError(f"not a raw upload key: {key!r}")
-        return cls(parts[1], parts[2], parts[3])
+        parts = key.removeprefix(RAW_PREFIX).split("/") if key.startswith(RAW_PREFIX) else []
+        if len(parts) < 2 or not parts[0] or not parts[-1]:
+            raise NotAnUploadKey(f"{key!r} is not raw/{{dataset}}/[{{folder}}/]{{file}}")
+        middle = "/".join(parts[1:-1])
+        if not UPLOAD_ID.match(middle):
+            middle = "k-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+        return cls(parts[0], middle, parts[-1], key)
 
 
 def curated_prefix(dataset: str, version_id: str) -> str:
@@ -49,10 +59,6 @@ def curated_prefix(dataset: str, version_id: str) -> str:
 
 def quarantine_prefix(dataset: str, upload_id: str) -> str:
     return f"{QUARANTINE_PREFIX}{dataset}/{upload_id}/"
-
-
-def staging_prefix(dataset: str, upload_id: str) -> str:
-    return f"{STAGING_PREFIX}{dataset}/{upload_id}/"
 
 
 class Store:
@@ -73,20 +79,15 @@ class Store:
             self._s3 = aws.client("s3")
         return self._s3
 
-    def size(self, key: str) -> int:
+    def head(self, key: str) -> tuple[int, str]:
+        """(size in bytes, ETag) of an object."""
         try:
-            return int(self.s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+            reply = self.s3.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
                 raise ObjectMissing(key) from exc
             raise
-
-    def exists(self, key: str) -> bool:
-        try:
-            self.size(key)
-        except ObjectMissing:
-            return False
-        return True
+        return int(reply["ContentLength"]), str(reply["ETag"]).strip('"')
 
     def get_bytes(self, key: str) -> bytes:
         try:

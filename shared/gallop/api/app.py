@@ -8,6 +8,7 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -19,10 +20,12 @@ from gallop.api.auth import require_api_key
 from gallop.api.schemas import Health
 from gallop.metadata.db import engine_for
 from gallop.observability import logger as make_logger
+from gallop.observability import metrics as make_metrics
 from gallop.settings import Settings, get_settings
 from gallop.storage import Store
 
 log = make_logger("gallop-api")
+meter = make_metrics("gallop-api")  # flushed by the Lambda handler after each invocation
 
 
 def create_app(
@@ -79,13 +82,22 @@ async def _correlate(request: Request, call_next: Callable) -> Any:
     started = time.perf_counter()
     response = await call_next(request)
     response.headers["x-correlation-id"] = correlation_id
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if aws_event:  # on Lambda only: the handler publishes them; uvicorn would never flush
+        meter.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
+        if response.status_code >= 400:
+            kind = "ServerErrors" if response.status_code >= 500 else "ClientErrors"
+            meter.add_metric(name=kind, unit=MetricUnit.Count, value=1)
+        meter.add_metric(
+            name="DurationMilliseconds", unit=MetricUnit.Milliseconds, value=elapsed_ms
+        )
     log.info(
         "request",
         extra={
             "method": request.method,
             "path": request.url.path,
             "status": response.status_code,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "duration_ms": round(elapsed_ms, 2),
         },
     )
     return response

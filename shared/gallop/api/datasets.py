@@ -74,7 +74,7 @@ def create_upload(name: str, request: Request, body: UploadRequest | None = None
     dataset = _dataset(request, name)
     settings = request.app.state.settings
     upload_id = uuid.uuid4().hex
-    key = RawKey(dataset.name, upload_id, FILENAMES[body.format]).key
+    key = RawKey.for_upload(dataset.name, upload_id, FILENAMES[body.format]).key
     post = request.app.state.store().presigned_post(
         key, settings.max_upload_bytes, settings.upload_url_expiry_seconds
     )

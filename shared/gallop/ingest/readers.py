@@ -85,6 +85,7 @@ def _read_csv(text: str) -> pd.DataFrame:
         raise UnreadableFile(Problem("empty_file", "the file holds no text"))
     header = next(csv.reader(io.StringIO(text)))
     _check_header(header)
+    _check_field_counts(text, len(header))
     try:
         frame = pd.read_csv(
             io.StringIO(text),
@@ -92,10 +93,37 @@ def _read_csv(text: str) -> pd.DataFrame:
             keep_default_na=False,
             na_filter=False,
             skip_blank_lines=True,
+            index_col=False,
         )
     except (pd.errors.ParserError, ValueError) as exc:
         raise UnreadableFile(Problem("malformed_csv", f"the CSV cannot be parsed: {exc}")) from exc
     return frame
+
+
+def _check_field_counts(text: str, expected: int) -> None:
+    """pandas silently drops or shifts fields of ragged rows; refuse them instead."""
+    reader = csv.reader(io.StringIO(text))
+    next(reader)
+    ragged: list[str] = []
+    total = 0
+    for record in reader:
+        if record and len(record) != expected:
+            total += 1
+            if len(ragged) < 5:
+                hint = (
+                    " (a trailing comma?)" if len(record) == expected + 1 and not record[-1] else ""
+                )
+                ragged.append(f"line {reader.line_num} has {len(record)}{hint}")
+    if total:
+        more = f" and {total - len(ragged)} more lines" if total > len(ragged) else ""
+        raise UnreadableFile(
+            Problem(
+                "malformed_csv",
+                f"rows must have as many fields as the header ({expected}): "
+                + "; ".join(ragged)
+                + more,
+            )
+        )
 
 
 def _check_header(header: list[str]) -> None:
@@ -153,4 +181,13 @@ def _read_parquet(data: bytes) -> pd.DataFrame:
             Problem("not_parquet", f"the bytes are not a readable Parquet file: {exc}")
         ) from exc
     _check_header(table.column_names)
+    nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
+    if nested:
+        raise UnreadableFile(
+            Problem(
+                "nested_column",
+                f"columns {nested} hold lists or structs; gallop reads flat tables only",
+                column=nested[0],
+            )
+        )
     return table.to_pandas()

@@ -1,9 +1,10 @@
 """Ingest one uploaded object: read, validate, and store a version (VALID or REJECTED).
 
-Visibility is one step: data and manifest are written under keys derived from the
-content hash (a retry writes the same bytes to the same keys) and the version only
-exists once its metadata row is committed. A crash anywhere before that commit
-leaves no version, and the retried message finishes the job.
+Visibility is one step: data, report and manifest are written under keys derived from
+the content hash (each PUT is atomic, and a retry writes the same bytes to the same
+keys), and the version exists for every reader (API, features, training) only once
+its metadata row commits. A crash before that commit leaves no version, and the
+retried message finishes the job.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 
 from gallop.ingest.canonical import content_hash, rejected_hash, to_parquet, version_id_for
 from gallop.ingest.problems import Problem, UnreadableFile
@@ -23,13 +25,7 @@ from gallop.metadata import repo
 from gallop.metadata.models import Dataset, VersionStatus
 from gallop.settings import Settings
 from gallop.spec import DatasetSpec
-from gallop.storage import (
-    RawKey,
-    Store,
-    curated_prefix,
-    quarantine_prefix,
-    staging_prefix,
-)
+from gallop.storage import ObjectMissing, RawKey, Store, curated_prefix, quarantine_prefix
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +54,29 @@ def ingest_object(key: str, store: Store, engine: Engine, settings: Settings) ->
     spec = repo.spec_of(dataset)
 
     upload = _upload_for(engine, dataset, raw)
-    if upload.status != VersionStatus.PENDING.value:
-        # The same S3 event again (SQS delivers at least once): already settled.
+    try:
+        size, etag = store.head(key)
+    except ObjectMissing:
+        if upload.status != VersionStatus.PENDING.value:  # a repeat of a settled event
+            return Outcome(dataset.name, raw.upload_id, upload.status, upload.version_id, False)
+        raise
+    if upload.status != VersionStatus.PENDING.value and upload.etag == etag:
+        # The same S3 event again (SQS delivers at least once): already settled. New bytes
+        # under the same key (a presigned POST used twice, an overwrite) are a new upload.
         return Outcome(dataset.name, raw.upload_id, upload.status, upload.version_id, False)
 
-    size = store.size(key)
     if size > settings.max_upload_bytes:
         problem = Problem(
             "file_too_large",
             f"the file is {size:,} bytes; the limit is {settings.max_upload_bytes:,} bytes",
         )
-        return _reject(store, engine, dataset, spec, raw, size, [problem], data=None)
+        return _reject(store, engine, dataset, spec, raw, size, etag, [problem], data=None)
 
     data = store.get_bytes(key)
     try:
         frame = read_table(data, format_of(raw.filename))
     except UnreadableFile as exc:
-        return _reject(store, engine, dataset, spec, raw, size, [exc.problem], data=data)
+        return _reject(store, engine, dataset, spec, raw, size, etag, [exc.problem], data=data)
 
     result = validate(frame, spec, limit=settings.report_max_rows)
     if not result.ok:
@@ -85,11 +87,12 @@ def ingest_object(key: str, store: Store, engine: Engine, settings: Settings) ->
             spec,
             raw,
             size,
+            etag,
             result.problems,
             data=data,
             warnings=result.warnings,
         )
-    return _accept(store, engine, dataset, spec, raw, result)
+    return _accept(store, engine, dataset, spec, raw, etag, result)
 
 
 def _upload_for(engine: Engine, dataset: Dataset, raw: RawKey) -> Any:
@@ -98,7 +101,10 @@ def _upload_for(engine: Engine, dataset: Dataset, raw: RawKey) -> Any:
     except repo.UploadNotFound:
         # Copied straight into raw/ (aws s3 cp) rather than through the API.
         fmt = raw.filename.rsplit(".", 1)[-1]
-        return repo.create_upload(engine, dataset, raw.upload_id, raw.key, fmt[:16])
+        try:
+            return repo.create_upload(engine, dataset, raw.upload_id, raw.key, fmt[:16])
+        except IntegrityError:  # the same event, handled concurrently
+            return repo.get_upload(engine, dataset, raw.upload_id)
 
 
 def _accept(
@@ -107,6 +113,7 @@ def _accept(
     dataset: Dataset,
     spec: DatasetSpec,
     raw: RawKey,
+    etag: str,
     result: Validation,
 ) -> Outcome:
     frame = result.canonical
@@ -115,7 +122,7 @@ def _accept(
     version_id = version_id_for(digest, valid=True)
     existing = repo.find_version(engine, dataset, version_id)
     if existing is not None:
-        repo.record_version(engine, dataset, raw.upload_id, version_id=version_id)
+        repo.record_version(engine, dataset, raw.upload_id, etag, version_id=version_id)
         return Outcome(dataset.name, raw.upload_id, existing.status, version_id, False)
 
     prefix = curated_prefix(dataset.name, version_id)
@@ -133,17 +140,14 @@ def _accept(
         "groups": groups,
         "source_key": raw.key,
     }
-    # Stage, then copy into place: a reader of curated/ never sees a partial object.
-    staged = staging_prefix(dataset.name, raw.upload_id) + "data.parquet"
-    store.put_bytes(staged, to_parquet(frame), "application/vnd.apache.parquet")
-    store.copy(staged, prefix + "data.parquet")
+    store.put_bytes(prefix + "data.parquet", to_parquet(frame), "application/vnd.apache.parquet")
     store.put_json(prefix + "report.json", report)
     store.put_json(prefix + "manifest.json", manifest)
-    store.delete(staged)
     version, created = repo.record_version(
         engine,
         dataset,
         raw.upload_id,
+        etag,
         version_id=version_id,
         status=VersionStatus.VALID.value,
         content_hash=digest,
@@ -164,6 +168,7 @@ def _reject(
     spec: DatasetSpec,
     raw: RawKey,
     size: int,
+    etag: str,
     problems: list[Problem],
     *,
     data: bytes | None,
@@ -174,19 +179,22 @@ def _reject(
     quarantine = quarantine_prefix(dataset.name, raw.upload_id)
     report = _report(spec, raw, "REJECTED", None, None, problems, warnings or [])
     report["size_bytes"] = size
-    # Keep the upload (never lose what a user sent) and its report side by side.
-    store.copy(raw.key, quarantine + raw.filename)
+    # Keep the upload (never lose what a user sent) and its report side by side; the upload
+    # sits in a folder of its own so that no file name can collide with the report.
+    kept = quarantine + "upload/" + raw.filename
+    store.copy(raw.key, kept)
     store.put_json(quarantine + "report.json", report)
     version, created = repo.record_version(
         engine,
         dataset,
         raw.upload_id,
+        etag,
         version_id=version_id,
         status=VersionStatus.REJECTED.value,
         content_hash=digest,
         row_count=None,
         group_count=None,
-        source_key=quarantine + raw.filename,
+        source_key=kept,
         data_key=None,
         report_key=quarantine + "report.json",
         report=report,

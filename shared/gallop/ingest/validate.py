@@ -13,7 +13,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pandas.api.types import is_bool_dtype, is_datetime64_any_dtype, is_numeric_dtype
+from pandas.api.types import (
+    is_bool_dtype,
+    is_datetime64_any_dtype,
+    is_integer_dtype,
+    is_numeric_dtype,
+)
 
 from gallop.ingest.problems import Problem, at_rows
 from gallop.spec import DatasetSpec, TargetOrder, Task
@@ -76,7 +81,22 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, limit: int = 20) -> Validat
                     limit=limit,
                 )
             )
-        out[name] = values.astype(np.float32)
+        with np.errstate(over="ignore"):
+            as_float32 = values.astype(np.float32)
+        overflow = np.isinf(as_float32) & ~infinite
+        if overflow.any():
+            result.problems.append(
+                at_rows(
+                    "out_of_range",
+                    f"feature {name!r} is beyond float32's range (±3.4e38), in which features "
+                    "are stored",
+                    overflow,
+                    column=name,
+                    values=values,
+                    limit=limit,
+                )
+            )
+        out[name] = as_float32
 
     target, bad, raw = _numeric(frame[spec.target])
     if bad.any():
@@ -103,6 +123,23 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, limit: int = 20) -> Validat
         )
     result.problems.extend(_check_target_values(target, spec, limit))
     out[spec.target] = target
+
+    for name in spec.post_race:
+        if name in out or name == spec.odds:
+            continue  # odds declared post-race is checked as odds below
+        values, bad, raw = _numeric(frame[name])
+        if bad.any():
+            result.problems.append(
+                at_rows(
+                    "not_numeric",
+                    f"post-race column {name!r} has values that are not numbers",
+                    bad,
+                    column=name,
+                    values=raw,
+                    limit=limit,
+                )
+            )
+        out[name] = values
 
     if spec.odds:
         odds, bad, raw = _numeric(frame[spec.odds])
@@ -181,14 +218,14 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, limit: int = 20) -> Validat
 
 def _missing_columns(frame: pd.DataFrame, spec: DatasetSpec) -> list[str]:
     required = [c for c in (spec.target, spec.group, spec.time, spec.entity, spec.odds) if c]
-    required += list(spec.features or []) + list(spec.categorical)
+    required += list(spec.features or []) + list(spec.categorical) + list(spec.post_race)
     present = set(frame.columns)
     return [c for c in dict.fromkeys(required) if c not in present]
 
 
 def _numeric_columns(frame: pd.DataFrame, spec: DatasetSpec) -> list[str]:
     """Default features: every column with no other role whose values are all numbers."""
-    roles = {spec.target, spec.group, spec.time, spec.entity, *spec.categorical}
+    roles = {spec.target, spec.group, spec.time, spec.entity, *spec.categorical, *spec.post_race}
     chosen = []
     for name in frame.columns:
         if name in roles:
@@ -237,6 +274,8 @@ def _numeric(column: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _text(column: pd.Series) -> pd.Series:
     """Cells as text, exactly as written; integers print without a trailing '.0'."""
+    if is_integer_dtype(column.dtype):  # exact: int64 ids beyond 2**53 must not collide
+        return column.astype("Int64").astype("string")
     if is_numeric_dtype(column.dtype) and not is_bool_dtype(column.dtype):
         as_float = column.astype("float64")
         whole = as_float.dropna()

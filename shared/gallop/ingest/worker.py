@@ -11,7 +11,7 @@ from gallop.ingest.events import objects_created
 from gallop.ingest.service import UnknownDataset, ingest_object
 from gallop.metadata.db import engine_for
 from gallop.settings import RAW_PREFIX, get_settings
-from gallop.storage import Store
+from gallop.storage import NotAnUploadKey, ObjectMissing, Store
 
 
 class IngestWorker:
@@ -37,10 +37,14 @@ class IngestWorker:
             started = time.perf_counter()
             try:
                 outcome = ingest_object(created.key, self._store, engine, settings)
-            except UnknownDataset as exc:
-                # Retrying cannot help; the object stays in raw/ for an operator.
-                self.log.error(str(exc), extra={"key": created.key, "message_id": message_id})
-                self.meter.add_metric(name="UnknownDataset", unit=MetricUnit.Count, value=1)
+            except (UnknownDataset, NotAnUploadKey, ObjectMissing) as exc:
+                # Retrying cannot help: say so, count it, and let the message go. The object
+                # (if any) stays in raw/ for an operator.
+                problem = type(exc).__name__
+                self.log.error(
+                    f"{problem}: {exc}", extra={"key": created.key, "message_id": message_id}
+                )
+                self.meter.add_metric(name=problem, unit=MetricUnit.Count, value=1)
                 continue
             seconds = time.perf_counter() - started
             self.log.info(

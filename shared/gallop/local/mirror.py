@@ -60,12 +60,28 @@ class S3Mirror:
                 except self.s3.exceptions.NoSuchKey:
                     current[key] = ""  # deleted since the listing; gone on disk below
                     continue
-                _write_atomically(self.root / bucket / key, body)
                 self._etags[(bucket, key)] = etag
+                path = self._path(bucket, key)
+                if path is not None:
+                    _write_atomically(path, body)
         gone = [k for k in self._etags if k[0] == bucket and not current.get(k[1])]
         for gone_bucket, key in gone:
-            (self.root / gone_bucket / key).unlink(missing_ok=True)
+            path = self._path(gone_bucket, key)
+            if path is not None:
+                path.unlink(missing_ok=True)
             del self._etags[(gone_bucket, key)]
+
+    def _path(self, bucket: str, key: str) -> Path | None:
+        """Where a key lives on disk; None for a key that would land outside the mirror
+        (a leading '/', '..') or on a folder, which is left in S3 and logged."""
+        base = (self.root / bucket).resolve()
+        path = (base / key).resolve()
+        if not path.is_relative_to(base) or path == base or key.endswith("/"):
+            log.warning(
+                "not mirroring S3 key %r of %s: it would leave the state directory", key, bucket
+            )
+            return None
+        return path
 
     def start(self) -> None:
         self._thread.start()

@@ -34,6 +34,7 @@ from gallop.metadata.models import Upload, VersionStatus
 from gallop.settings import (
     ENV_API_KEYS,
     ENV_AWS_ENDPOINT_URL,
+    ENV_DATABASE_URL,
     ENV_INGEST_QUEUE_URL,
     Settings,
     get_settings,
@@ -148,6 +149,13 @@ class LocalStack:
                     else {}
                 ),
                 **self.overrides,
+            }
+        )
+        # As the CDK stack does for deployed functions, name the database explicitly.
+        self._set_env(
+            {
+                ENV_DATABASE_URL: os.environ.get(ENV_DATABASE_URL)
+                or f"sqlite:///{self.state_dir / 'gallop.db'}"
             }
         )
         settings = get_settings()

@@ -82,5 +82,6 @@ class Upload(Base):
     file_format: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default=VersionStatus.PENDING.value)
     version_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    etag: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -111,7 +111,7 @@ def find_version(engine: Engine, dataset: Dataset, version_id: str) -> DatasetVe
 
 
 def record_version(
-    engine: Engine, dataset: Dataset, upload_id: str, **fields: Any
+    engine: Engine, dataset: Dataset, upload_id: str, etag: str, **fields: Any
 ) -> tuple[DatasetVersion, bool]:
     """Store a version and settle its upload in one transaction: the step that makes a
     version visible. A version that already exists is kept as it is (same content hash,
@@ -130,7 +130,7 @@ def record_version(
             if version is None:
                 version = DatasetVersion(dataset_id=dataset.id, **fields)
                 session.add(version)
-            _settle_upload(session, upload_id, version.status, version_id)
+            _settle_upload(session, upload_id, version.status, version_id, etag)
         return version, created
     except IntegrityError:
         # Another worker stored the same version between our read and write.
@@ -138,13 +138,14 @@ def record_version(
         if existing is None:
             raise
         with session_scope(engine) as session:
-            _settle_upload(session, upload_id, existing.status, version_id)
+            _settle_upload(session, upload_id, existing.status, version_id, etag)
         return existing, False
 
 
-def _settle_upload(session: Any, upload_id: str, status: str, version_id: str) -> None:
+def _settle_upload(session: Any, upload_id: str, status: str, version_id: str, etag: str) -> None:
     upload = session.get(Upload, upload_id)
     if upload is not None:
         upload.status = status
         upload.version_id = version_id
+        upload.etag = etag
         upload.processed_at = utcnow()
