@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -122,7 +120,7 @@ def build_plan(spec: DatasetSpec, data_numeric: list[str] | None) -> Plan:
         history_keys=_history_keys(ordered),
         numeric_inputs=sorted((numeric - set(produced)) & _all_inputs(nodes) | set(base)),
         text_keys=sorted({k for n in nodes if n.history for k in key_list(n.entry.by)}),  # type: ignore[union-attr]
-        spec_hash=_plan_hash(spec, features),
+        spec_hash=spec.spec_hash,
     )
 
 
@@ -224,8 +222,3 @@ def _history_keys(nodes: list[Node]) -> dict[str, HistoryKey]:
 
 def _all_inputs(nodes: list[Node]) -> set[str]:
     return {i for n in nodes for i in n.inputs}
-
-
-def _plan_hash(spec: DatasetSpec, features: list[str]) -> str:
-    body = json.dumps({"spec": spec.model_dump(mode="json"), "features": features}, sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()[:16]

@@ -1,0 +1,85 @@
+"""Online features: a race card plus the entity snapshot gives the row the offline path
+would have produced for that race. numpy only: this runs on the predict path."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from gallop.features.engine import Table, compute
+from gallop.features.plan import build_plan
+from gallop.features.roles import roles_for
+from gallop.features.state import State
+from gallop.spec import DatasetSpec
+
+
+class CardError(ValueError):
+    """A race card that cannot be turned into features; the message says why."""
+
+
+def card_features(card: list[dict[str, Any]], state: State) -> tuple[list[str], np.ndarray]:
+    """(feature names, float32 matrix with one row per card row)."""
+    spec = DatasetSpec.model_validate(state.meta["spec"])
+    plan = build_plan(spec, state.meta["data_numeric"])
+    if plan.spec_hash != state.meta["spec_hash"]:
+        raise CardError("the snapshot was built by another feature spec")
+    if not card:
+        raise CardError("the card has no rows")
+    table = card_table(card, spec, plan.numeric_inputs, plan.text_keys)
+    try:
+        outputs, _ = compute(table, plan, roles_for(spec), state)
+    except ValueError as exc:
+        raise CardError(str(exc)) from None
+    matrix = np.column_stack([outputs[name] for name in plan.features]).astype(np.float32)
+    return plan.features, matrix
+
+
+def card_table(
+    card: list[dict[str, Any]], spec: DatasetSpec, numeric: list[str], text_keys: list[str]
+) -> Table:
+    table: Table = {}
+    needed_text = [c for c in (spec.group, *text_keys) if c]
+    for name in dict.fromkeys(needed_text):
+        values = [row.get(name) for row in card]
+        absent = [i + 1 for i, v in enumerate(values) if v in (None, "")]
+        if absent:
+            raise CardError(f"card rows {absent[:10]} have no {name!r}")
+        table[name] = np.array([str(v) for v in values], dtype=str)
+    if spec.time:
+        table[spec.time] = np.array([_micros(row.get(spec.time), i) for i, row in enumerate(card)])
+    post_race = {spec.target, *spec.post_race}
+    for name in numeric:
+        if name in post_race:  # unknown before the off
+            table[name] = np.full(len(card), np.nan)
+            continue
+        # Through float32 first, exactly as ingestion stores features.
+        table[name] = np.array(
+            [_number(row.get(name), name, i) for i, row in enumerate(card)], dtype=np.float32
+        ).astype(np.float64)
+    table[spec.target] = np.full(len(card), np.nan)
+    return table
+
+
+def _micros(value: Any, index: int) -> int:
+    if not isinstance(value, str):
+        raise CardError(f"card row {index + 1}: the race time must be an ISO 8601 string")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise CardError(f"card row {index + 1}: {value!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _number(value: Any, name: str, index: int) -> float:
+    if value is None:
+        return float("nan")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CardError(f"card row {index + 1}: {name!r} must be a number, got {value!r}")
+    if not np.isfinite(value):
+        raise CardError(f"card row {index + 1}: {name!r} is not finite")
+    return float(value)

@@ -1,0 +1,50 @@
+"""What the features function does with each SQS message, with its logs and metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from gallop.features.service import FeaturesRequest, VersionNotValid, build_for_version
+from gallop.metadata import repo
+from gallop.metadata.db import engine_for
+from gallop.settings import get_settings
+from gallop.storage import Store
+
+
+class FeaturesWorker:
+    def __init__(self, log: Any, meter: Any) -> None:
+        self.log = log
+        self.meter = meter
+        self._store: Store | None = None
+
+    def handle_message(self, message_id: str, body: str) -> None:
+        settings = get_settings()
+        self._store = self._store or Store.from_settings(settings)
+        request = FeaturesRequest.from_json(body)
+        started = time.perf_counter()
+        try:
+            result = build_for_version(request, self._store, engine_for(settings.sqlalchemy_url))
+        except (repo.DatasetNotFound, VersionNotValid) as exc:
+            # Retrying cannot help: log, count, let the message go.
+            self.log.error(f"{type(exc).__name__}: {exc}", extra={"message_id": message_id})
+            self.meter.add_metric(name=type(exc).__name__, unit=MetricUnit.Count, value=1)
+            return
+        seconds = time.perf_counter() - started
+        self.log.info(
+            "features",
+            extra={
+                "dataset": request.dataset,
+                "version_id": request.version_id,
+                "status": result.status,
+                "reason": result.reason,
+                "rows": result.row_count,
+                "seconds": round(seconds, 3),
+            },
+        )
+        self.meter.add_metric(
+            name=f"FeatureSets{result.status.title()}", unit=MetricUnit.Count, value=1
+        )
+        self.meter.add_metric(name="FeatureSeconds", unit=MetricUnit.Seconds, value=seconds)
