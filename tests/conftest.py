@@ -93,7 +93,9 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
 
 def _truncate(eng: Engine) -> None:
     with eng.begin() as connection:
-        connection.execute(text("TRUNCATE uploads, dataset_versions, datasets RESTART IDENTITY"))
+        connection.execute(
+            text("TRUNCATE feature_sets, uploads, dataset_versions, datasets RESTART IDENTITY")
+        )
 
 
 # -- data --------------------------------------------------------------------------------

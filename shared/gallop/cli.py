@@ -73,6 +73,20 @@ def _parser() -> argparse.ArgumentParser:
     races.add_argument("--out", type=Path, required=True)
     races.set_defaults(run=_synth_races)
 
+    features = commands.add_parser(
+        "features", help="compute features offline, or show the online row for a race card"
+    )
+    features.add_argument("--data", type=Path, help="CSV, Parquet or JSON Lines history")
+    features.add_argument("--spec", type=Path, help="dataset spec with a derived section")
+    features.add_argument("--out", type=Path, help="features Parquet to write")
+    features.set_defaults(run=_features)
+    card = features.add_subparsers(title="online").add_parser(
+        "card", help="the feature row of each runner of a race card"
+    )
+    card.add_argument("--state", type=Path, required=True, help="entity snapshot (.npz)")
+    card.add_argument("--card", type=Path, required=True, help="JSON list of runner objects")
+    card.set_defaults(run=_features_card)
+
     demo = commands.add_parser("demo", help="the whole path on generated races")
     demo.add_argument("--races", type=int, default=2000)
     demo.add_argument("--seed", type=int, default=7)
@@ -275,6 +289,79 @@ def _broken_copy(source: Path, out: Path) -> Path:
     lonely = frame.iloc[[-1]].assign(race_id="R-LONELY")
     pd.concat([frame, lonely]).to_csv(out, index=False, lineterminator="\n")
     return out
+
+
+def _features(args: argparse.Namespace) -> int:
+    import json
+
+    from gallop.features.build import build_features
+    from gallop.features.plan import FeatureSpecError
+    from gallop.ingest.problems import UnreadableFile
+    from gallop.ingest.readers import format_of, read_table
+    from gallop.ingest.validate import validate
+    from gallop.spec import load_spec
+
+    if not (args.data and args.spec and args.out):
+        raise _UserError("features needs --data, --spec and --out (or: features card ...)")
+    if not args.data.is_file():
+        raise _UserError(f"{args.data}: no such file")
+    spec = _load_spec(args.spec, load_spec)
+    started = time.monotonic()
+    try:
+        frame = read_table(args.data.read_bytes(), format_of(args.data.name))
+    except UnreadableFile as exc:
+        raise _UserError(f"{args.data}: {exc.problem.message}") from None
+    checked = validate(frame, spec)
+    if not checked.ok:
+        for problem in checked.problems:
+            print(f"  ✗ [{problem.code}] {problem.message}")
+        return 1
+    assert checked.canonical is not None
+    try:
+        built = build_features(checked.canonical, spec)
+    except FeatureSpecError as exc:
+        raise _UserError(f"features: {exc}") from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    built.frame.to_parquet(args.out, index=False)
+    state_path = args.out.with_suffix(".state.npz")
+    manifest_path = args.out.with_suffix(".manifest.json")
+    state_path.write_bytes(built.state.to_bytes())
+    manifest_path.write_text(json.dumps(built.manifest, indent=2))
+    seconds = time.monotonic() - started
+    print(f"{len(built.frame):,} rows x {len(built.plan.features)} features in {seconds:.1f} s")
+    print(f"  features:        {args.out}")
+    print(f"  entity snapshot: {state_path}")
+    print(f"  manifest:        {manifest_path}")
+    return 0
+
+
+def _features_card(args: argparse.Namespace) -> int:
+    import json
+
+    from gallop.features.online import CardError, card_features
+    from gallop.features.state import State
+
+    for path in (args.state, args.card):
+        if not path.is_file():
+            raise _UserError(f"{path}: no such file")
+    try:
+        card = json.loads(args.card.read_text())
+    except json.JSONDecodeError as exc:
+        raise _UserError(f"{args.card}: not JSON: {exc}") from None
+    if not isinstance(card, list) or not all(isinstance(r, dict) for r in card):
+        raise _UserError(f"{args.card}: a card is a JSON list of runner objects")
+    try:
+        names, matrix = card_features(card, State.from_bytes(args.state.read_bytes()))
+    except CardError as exc:
+        raise _UserError(f"{args.card}: {exc}") from None
+    state_meta = State.from_bytes(args.state.read_bytes()).meta
+    label = state_meta["spec"].get("entity") or state_meta["spec"].get("group")
+    headers = [str(row.get(label, i + 1)) for i, row in enumerate(card)]
+    width = max(len(n) for n in names)
+    print(" " * width + "".join(f"{h:>12}" for h in headers))
+    for j, name in enumerate(names):
+        print(f"{name:<{width}}" + "".join(f"{v:>12.4g}" for v in matrix[:, j]))
+    return 0
 
 
 def _db_upgrade(_args: argparse.Namespace) -> int:

@@ -95,3 +95,6 @@ class GallopClient:
 
     def version(self, dataset: str, version_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/datasets/{dataset}/versions/{version_id}")
+
+    def feature_sets(self, dataset: str, version_id: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/v1/datasets/{dataset}/versions/{version_id}/features")

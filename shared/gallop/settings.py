@@ -21,11 +21,13 @@ ENV_DATA_BUCKET = "GALLOP_DATA_BUCKET"
 ENV_DATABASE_URL = "DATABASE_URL"
 ENV_API_KEYS = "GALLOP_API_KEYS"
 ENV_INGEST_QUEUE_URL = "GALLOP_INGEST_QUEUE_URL"
+ENV_FEATURES_QUEUE_URL = "GALLOP_FEATURES_QUEUE_URL"
 ENV_AWS_ENDPOINT_URL = "GALLOP_AWS_ENDPOINT_URL"
 
 RAW_PREFIX = "raw/"
 CURATED_PREFIX = "curated/"
 QUARANTINE_PREFIX = "quarantine/"
+FEATURES_PREFIX = "features/"
 
 
 class Settings(BaseSettings):
@@ -49,6 +51,10 @@ class Settings(BaseSettings):
     data_bucket: str = "gallop-data"
     ingest_queue_name: str = "gallop-ingest"
     ingest_queue_url: str | None = None
+    features_queue_name: str = "gallop-features"
+    features_queue_url: str | None = Field(
+        default=None, description="Where ingest announces new VALID versions."
+    )
     api_keys: str = Field(
         default="",
         description="Comma-separated API keys accepted in the x-api-key header.",

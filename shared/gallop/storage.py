@@ -11,7 +11,14 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from gallop import aws
-from gallop.settings import CURATED_PREFIX, QUARANTINE_PREFIX, RAW_PREFIX, Settings, get_settings
+from gallop.settings import (
+    CURATED_PREFIX,
+    FEATURES_PREFIX,
+    QUARANTINE_PREFIX,
+    RAW_PREFIX,
+    Settings,
+    get_settings,
+)
 
 
 class ObjectMissing(LookupError):
@@ -55,6 +62,10 @@ class RawKey:
 
 def curated_prefix(dataset: str, version_id: str) -> str:
     return f"{CURATED_PREFIX}{dataset}/{version_id}/"
+
+
+def features_prefix(dataset: str, version_id: str, spec_hash: str) -> str:
+    return f"{FEATURES_PREFIX}{dataset}/{version_id}/{spec_hash}/"
 
 
 def quarantine_prefix(dataset: str, upload_id: str) -> str:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from gallop.api.schemas import (
     DatasetOut,
+    FeatureSetOut,
     UploadOut,
     UploadRequest,
     UploadStatus,
@@ -136,3 +137,18 @@ def get_version(name: str, version_id: str, request: Request) -> VersionOut:
         report_key=version.report_key,
         report=version.report,
     )
+
+
+@router.get("/{name}/versions/{version_id}/features", response_model=list[FeatureSetOut])
+def list_feature_sets(name: str, version_id: str, request: Request) -> list[FeatureSetOut]:
+    """Features computed for the version (READY), or why they could not be (FAILED)."""
+    dataset = _dataset(request, name)
+    engine = request.app.state.engine()
+    if repo.find_version(engine, dataset, version_id) is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"no version {version_id!r} of dataset {name!r}"
+        )
+    return [
+        FeatureSetOut.model_validate(f, from_attributes=True)
+        for f in repo.list_feature_sets(engine, dataset, version_id)
+    ]

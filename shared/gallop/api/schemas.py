@@ -62,3 +62,15 @@ class Health(BaseModel):
     status: Literal["ok"]
     database: Literal["ok"]
     version: str
+
+
+class FeatureSetOut(BaseModel):
+    spec_hash: str
+    status: Literal["READY", "FAILED"]
+    reason: str | None
+    row_count: int | None
+    features: list[str] | None
+    data_key: str | None
+    manifest_key: str | None
+    state_key: str | None
+    created_at: datetime

@@ -7,6 +7,8 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
+from gallop import aws
+from gallop.features.service import FeaturesRequest
 from gallop.ingest.events import objects_created
 from gallop.ingest.service import UnknownDataset, ingest_object
 from gallop.metadata.db import engine_for
@@ -61,3 +63,15 @@ class IngestWorker:
                 name=f"Versions{outcome.status.title()}", unit=MetricUnit.Count, value=1
             )
             self.meter.add_metric(name="IngestSeconds", unit=MetricUnit.Seconds, value=seconds)
+            if outcome.status == "VALID":
+                self._announce(outcome.dataset, outcome.version_id, settings)
+
+    def _announce(self, dataset: str, version_id: str | None, settings: Any) -> None:
+        """Tell the features function. Also for a repeat: if an earlier announcement was
+        lost, this one makes up for it, and the features step is idempotent."""
+        if not settings.features_queue_url or version_id is None:
+            return
+        request = FeaturesRequest(dataset, version_id)
+        aws.client("sqs", settings).send_message(
+            QueueUrl=settings.features_queue_url, MessageBody=request.to_json()
+        )

@@ -1,8 +1,9 @@
 """Create the local stand-ins for what the CDK stack deploys: same names, same wiring.
 
 The data bucket notifies the ingest queue of ObjectCreated under raw/ only (the
-handler writes elsewhere, so it never triggers itself); the queue dead-letters a
-message after three failed receives.
+handler writes elsewhere, so it never triggers itself); ingest announces each VALID
+version on the features queue. Each queue dead-letters a message after three failed
+receives.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from gallop.settings import RAW_PREFIX, Settings
+from gallop.settings import RAW_PREFIX
 
 MAX_RECEIVE_COUNT = 3
 
@@ -29,6 +30,8 @@ class Resources:
     bucket: str
     ingest: Queue
     ingest_dlq: Queue
+    features: Queue
+    features_dlq: Queue
 
 
 def create_bucket(s3: Any, bucket: str) -> None:
@@ -56,15 +59,12 @@ def create_queue(sqs: Any, name: str, attributes: dict[str, str]) -> Queue:
     return Queue(url, arn)
 
 
-def create_ingest_queues(
-    sqs: Any, settings: Settings, visibility_timeout: int
-) -> tuple[Queue, Queue]:
-    dlq = create_queue(
-        sqs, settings.ingest_queue_name + "-dlq", {"MessageRetentionPeriod": str(14 * 24 * 3600)}
-    )
+def create_queue_with_dlq(sqs: Any, name: str, visibility_timeout: int) -> tuple[Queue, Queue]:
+    """A work queue that dead-letters a message after MAX_RECEIVE_COUNT failed receives."""
+    dlq = create_queue(sqs, name + "-dlq", {"MessageRetentionPeriod": str(14 * 24 * 3600)})
     queue = create_queue(
         sqs,
-        settings.ingest_queue_name,
+        name,
         {
             "VisibilityTimeout": str(visibility_timeout),
             "RedrivePolicy": json.dumps(

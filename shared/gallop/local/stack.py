@@ -35,6 +35,7 @@ from gallop.settings import (
     ENV_API_KEYS,
     ENV_AWS_ENDPOINT_URL,
     ENV_DATABASE_URL,
+    ENV_FEATURES_QUEUE_URL,
     ENV_INGEST_QUEUE_URL,
     Settings,
     get_settings,
@@ -105,6 +106,7 @@ class LocalStack:
         self._saved_env: dict[str, str | None] = {}
         self._mirror: S3Mirror | None = None
         self.poller: SqsPoller | None = None
+        self.features_poller: SqsPoller | None = None
         self._uvicorn: uvicorn.Server | None = None
         self._uvicorn_thread: threading.Thread | None = None
         self.settings: Settings | None = None
@@ -164,15 +166,26 @@ class LocalStack:
         provision.create_bucket(s3, settings.data_bucket)
         self._mirror = S3Mirror(s3, [settings.data_bucket], self.state_dir / "s3")
         restored = self._mirror.restore()  # before notifications: old objects are not new uploads
-        queue, dlq = provision.create_ingest_queues(sqs, settings, self.visibility_timeout)
+        queue, dlq = provision.create_queue_with_dlq(
+            sqs, settings.ingest_queue_name, self.visibility_timeout
+        )
+        features, features_dlq = provision.create_queue_with_dlq(
+            sqs, settings.features_queue_name, self.visibility_timeout
+        )
         provision.notify_on_raw_uploads(s3, sqs, settings.data_bucket, queue)
-        self._set_env({ENV_INGEST_QUEUE_URL: queue.url})
+        self._set_env({ENV_INGEST_QUEUE_URL: queue.url, ENV_FEATURES_QUEUE_URL: features.url})
         self.settings = settings = get_settings()
-        self.resources = provision.Resources(settings.data_bucket, queue, dlq)
+        self.resources = provision.Resources(
+            settings.data_bucket, queue, dlq, features, features_dlq
+        )
 
         migrate(engine_for(settings.sqlalchemy_url))
         self.poller = SqsPoller(sqs, queue.url, queue.arn, load_handler("ingest"), "ingest")
+        self.features_poller = SqsPoller(
+            sqs, features.url, features.arn, load_handler("features"), "features"
+        )
         self.poller.start()
+        self.features_poller.start()
         self._mirror.start()
         redriven = self._redrive_pending_uploads(s3, sqs)
         log.info("local stack up: %d objects restored, %d uploads re-driven", restored, redriven)
@@ -208,8 +221,9 @@ class LocalStack:
             self._uvicorn.should_exit = True
             if self._uvicorn_thread is not None:
                 self._uvicorn_thread.join(timeout=10)
-        if self.poller is not None:
-            self.poller.stop()
+        for poller in (self.poller, self.features_poller):
+            if poller is not None:
+                poller.stop()
         if self._mirror is not None:
             self._mirror.stop()
         if self._moto is not None:

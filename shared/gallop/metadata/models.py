@@ -6,7 +6,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -85,3 +94,28 @@ class Upload(Base):
     etag: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class FeatureStatus(StrEnum):
+    READY = "READY"
+    FAILED = "FAILED"
+
+
+class FeatureSet(Base):
+    """Features of one dataset version under one feature spec (READY), or why not (FAILED)."""
+
+    __tablename__ = "feature_sets"
+    __table_args__ = (UniqueConstraint("dataset_id", "version_id", "spec_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    version_id: Mapped[str] = mapped_column(String(64))
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    data_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    manifest_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    state_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    row_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    features: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

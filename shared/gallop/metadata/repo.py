@@ -8,7 +8,14 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
 from gallop.metadata.db import session_scope
-from gallop.metadata.models import Dataset, DatasetVersion, Upload, VersionStatus, utcnow
+from gallop.metadata.models import (
+    Dataset,
+    DatasetVersion,
+    FeatureSet,
+    Upload,
+    VersionStatus,
+    utcnow,
+)
 from gallop.spec import DatasetSpec
 
 
@@ -149,3 +156,38 @@ def _settle_upload(session: Any, upload_id: str, status: str, version_id: str, e
         upload.version_id = version_id
         upload.etag = etag
         upload.processed_at = utcnow()
+
+
+def find_feature_set(
+    engine: Engine, dataset: Dataset, version_id: str, spec_hash: str
+) -> FeatureSet | None:
+    with session_scope(engine) as session:
+        return session.scalar(
+            select(FeatureSet).where(
+                FeatureSet.dataset_id == dataset.id,
+                FeatureSet.version_id == version_id,
+                FeatureSet.spec_hash == spec_hash,
+            )
+        )
+
+
+def list_feature_sets(engine: Engine, dataset: Dataset, version_id: str) -> list[FeatureSet]:
+    with session_scope(engine) as session:
+        query = select(FeatureSet).where(
+            FeatureSet.dataset_id == dataset.id, FeatureSet.version_id == version_id
+        )
+        return list(session.scalars(query.order_by(FeatureSet.created_at, FeatureSet.id)))
+
+
+def record_feature_set(engine: Engine, dataset: Dataset, **fields: Any) -> FeatureSet:
+    """Store the outcome; the first outcome for (version, spec) stands (idempotent)."""
+    try:
+        with session_scope(engine) as session:
+            feature_set = FeatureSet(dataset_id=dataset.id, **fields)
+            session.add(feature_set)
+        return feature_set
+    except IntegrityError:
+        existing = find_feature_set(engine, dataset, fields["version_id"], fields["spec_hash"])
+        if existing is None:
+            raise
+        return existing

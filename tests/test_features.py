@@ -1,0 +1,338 @@
+"""Feature extraction: point in time, the same offline and online, declared in the spec."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from gallop.features.build import build_features
+from gallop.features.online import CardError, card_features
+from gallop.features.state import State
+from gallop.ingest.validate import validate
+from gallop.spec import DatasetSpec
+from gallop.synth.races import generate_races
+
+CARD_FIELDS = [
+    "race_id",
+    "race_time",
+    "horse_id",
+    "jockey_id",
+    "trainer_id",
+    "course",
+    "going",
+    "distance_m",
+    "race_class",
+    "draw",
+    "weight_kg",
+    "age",
+    "odds",
+]
+
+
+def canonical(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    result = validate(frame.astype(str), spec)
+    assert result.ok, [p.message for p in result.problems]
+    assert result.canonical is not None
+    return result.canonical
+
+
+def keyed(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.set_index(["race_id", "horse_id"]).sort_index()
+
+
+def card_of(rows: pd.DataFrame) -> list[dict]:
+    """What an application sends before the off: no position, nothing post-race."""
+    card = []
+    for record in rows[CARD_FIELDS].to_dict("records"):
+        record["race_time"] = pd.Timestamp(record["race_time"]).isoformat()
+        card.append({k: (float(v) if isinstance(v, np.floating) else v) for k, v in record.items()})
+    return card
+
+
+# -- offline / online parity -------------------------------------------------------------
+
+
+def test_online_rows_equal_offline_rows_for_held_back_races(races_spec: DatasetSpec) -> None:
+    # GIVEN a history and the offline features of all of it
+    runners, _ = generate_races(400, seed=5)
+    full = canonical(runners, races_spec)
+    offline = keyed(build_features(full, races_spec).frame)
+    held_back = sorted(full["race_time"].unique())[-12:]
+    checked = with_history = 0
+    for moment in held_back:
+        # WHEN a snapshot is built from the races strictly before, and shipped as bytes
+        history = full[full["race_time"] < moment]
+        state = State.from_bytes(build_features(history, races_spec).state.to_bytes())
+        rows = full[full["race_time"] == moment]
+        # The card carries the values as an application sends them (decimals such as 57.1),
+        # not the stored float32 copies.
+        raw = keyed(runners).loc[list(zip(rows["race_id"], rows["horse_id"], strict=True))]
+        names, online = card_features(card_of(raw.reset_index()), state)
+        # THEN the card's rows are the offline rows, float32 for float32 (NaN where NaN)
+        expected = offline.loc[list(zip(rows["race_id"], rows["horse_id"], strict=True)), names]
+        np.testing.assert_array_equal(online, expected.to_numpy(dtype=np.float32))
+        checked += len(rows)
+        with_history += int((~np.isnan(online[:, names.index("horse_position_mean_5")])).sum())
+    assert checked >= 20 and with_history >= 10, "the held-back runners must have histories"
+
+
+def test_a_card_dated_inside_the_snapshot_is_refused(races_spec: DatasetSpec) -> None:
+    runners, _ = generate_races(60, seed=2)
+    full = canonical(runners, races_spec)
+    state = build_features(full, races_spec).state
+    last_race = full[full["race_time"] == full["race_time"].max()]
+    with pytest.raises(CardError, match="at or before the history already held"):
+        card_features(card_of(last_race), state)
+
+
+def test_a_card_with_a_text_where_a_number_belongs_is_refused(races_spec: DatasetSpec) -> None:
+    runners, _ = generate_races(60, seed=2)
+    full = canonical(runners, races_spec)
+    state = build_features(full[full["race_time"] < full["race_time"].max()], races_spec).state
+    card = card_of(full[full["race_time"] == full["race_time"].max()])
+    card[0]["weight_kg"] = "heavy"
+    with pytest.raises(CardError, match="'weight_kg' must be a number"):
+        card_features(card, state)
+    del card[0]["horse_id"]
+    with pytest.raises(CardError, match="no 'horse_id'"):
+        card_features(card, state)
+
+
+# -- no look-ahead, as properties ---------------------------------------------------------
+
+SMALL_SPEC = DatasetSpec.model_validate(
+    {
+        "name": "small",
+        "task": "ranking",
+        "target": "position",
+        "target_order": "ascending",
+        "group": "race_id",
+        "time": "race_time",
+        "entity": "horse_id",
+        "features": ["weight_kg"],
+        "categorical": ["jockey_id", "trainer_id"],
+        "post_race": ["finish_secs"],
+        "derived": {
+            "rolling": [
+                {
+                    "by": "horse_id",
+                    "column": "position",
+                    "windows": [1, 2],
+                    "stats": ["mean", "min", "max", "count", "last"],
+                },
+                {"by": "jockey_id", "column": "finish_secs", "windows": [3]},
+                {"by": "horse_id", "column": "beaten_share", "windows": [2]},
+            ],
+            "career": [
+                {"by": "horse_id"},
+                {"by": "jockey_id"},
+                {"by": ["jockey_id", "trainer_id"], "stats": ["runs", "win_rate"]},
+            ],
+            "since_last": [{"by": "horse_id"}, {"by": "trainer_id", "unit": "hours"}],
+            "interactions": [
+                {"kind": "ratio", "left": "position", "right": "field_size", "name": "beaten_share"}
+            ],
+            "relative": [
+                {"column": "weight_kg", "kinds": ["rank", "zscore", "diff_mean", "diff_best"]},
+                {"column": "horse_position_mean_2", "kinds": ["rank", "diff_best"]},
+            ],
+            "field_size": True,
+        },
+    }
+)
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> pd.DataFrame:
+    horses = [f"H{i}" for i in range(6)]
+    rows = []
+    day = 1
+    for race in range(draw(st.integers(2, 7))):
+        day += draw(st.integers(0, 2))  # 0: at the same time as the race before
+        size = draw(st.integers(2, 5))
+        field = draw(st.permutations(horses))[:size]
+        finish = draw(st.permutations(range(1, size + 1)))
+        for horse, position in zip(field, finish, strict=True):
+            rows.append(
+                {
+                    "race_id": f"R{race}",
+                    "race_time": f"2024-03-{day:02d}T14:00:00Z",
+                    "horse_id": horse,
+                    "jockey_id": draw(st.sampled_from(["J0", "J1", "J2"])),
+                    "trainer_id": draw(st.sampled_from(["T0", "T1"])),
+                    "position": position,
+                    "weight_kg": draw(st.sampled_from([52.5, 55.0, 57.25, 60.0])),
+                    "finish_secs": 60.0 + position + draw(st.sampled_from([0.0, 0.5])),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def features_of(frame: pd.DataFrame) -> pd.DataFrame:
+    built = build_features(canonical(frame, SMALL_SPEC), SMALL_SPEC)
+    return keyed(built.frame)[built.plan.features]
+
+
+def assert_same(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    assert list(a.index) == list(b.index)
+    np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
+
+
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(history=histories(), data=st.data())
+def test_later_races_never_change_earlier_features(
+    history: pd.DataFrame, data: st.DataObject
+) -> None:
+    times = sorted(history["race_time"].unique())
+    if len(times) < 2:
+        return
+    cut = data.draw(st.sampled_from(times[1:]))
+    earlier = history["race_time"] < cut
+    later_races = sorted(history.loc[~earlier, "race_id"].unique())
+    victim = data.draw(st.sampled_from(later_races))
+    change = data.draw(st.sampled_from(["append", "change", "delete"]))
+    edited = history.copy()
+    if change == "append":
+        extra = history[history["race_id"] == history["race_id"].iloc[0]].copy()
+        extra["race_id"], extra["race_time"] = "R-NEW", "2024-04-30T14:00:00Z"
+        edited = pd.concat([edited, extra])
+    elif change == "change":
+        rows = edited["race_id"] == victim
+        edited.loc[rows, "position"] = edited.loc[rows, "position"].to_numpy()[::-1]
+        edited.loc[rows, "weight_kg"] = 61.5
+        edited.loc[rows, "finish_secs"] += 3.0
+    else:
+        edited = edited[edited["race_id"] != victim]
+    before = features_of(history)
+    after = features_of(edited)
+    keep = history.loc[earlier, ["race_id", "horse_id"]].itertuples(index=False)
+    index = pd.MultiIndex.from_tuples(sorted(keep))
+    assert_same(before.loc[index], after.loc[index])
+
+
+@PROPERTY
+@given(history=histories(), data=st.data())
+def test_a_rows_own_result_never_reaches_its_own_features(
+    history: pd.DataFrame, data: st.DataObject
+) -> None:
+    race = data.draw(st.sampled_from(sorted(history["race_id"].unique())))
+    rows = history["race_id"] == race
+    moment = history.loc[rows, "race_time"].iloc[0]
+    edited = history.copy()
+    # Another finishing order, other post-race values: everything known only afterwards.
+    edited.loc[rows, "position"] = data.draw(st.permutations(list(edited.loc[rows, "position"])))
+    edited.loc[rows, "finish_secs"] = edited.loc[rows, "finish_secs"] + 7.0
+    before, after = features_of(history), features_of(edited)
+    # Neither this race nor any race at the same time may see the difference.
+    same_time = history.loc[history["race_time"] <= moment, ["race_id", "horse_id"]]
+    index = pd.MultiIndex.from_tuples(sorted(same_time.itertuples(index=False)))
+    assert_same(before.loc[index], after.loc[index])
+
+
+def test_post_race_values_are_offered_only_through_history() -> None:
+    built = build_features(canonical(BY_HAND, SMALL_SPEC), SMALL_SPEC)
+    assert {"position", "finish_secs", "beaten_share"} <= built.plan.post_race
+    assert not {"position", "finish_secs", "beaten_share"} & set(built.plan.features)
+    assert {"horse_beaten_share_mean_2", "jockey_finish_secs_mean_3"} <= set(built.plan.features)
+
+
+BY_HAND = pd.DataFrame(
+    [
+        ("R1", "2024-01-01T12:00Z", "A", "J0", "T0", 1, 55.0, 60.0),
+        ("R1", "2024-01-01T12:00Z", "B", "J0", "T1", 2, 57.0, 61.0),
+        ("R2", "2024-01-03T12:00Z", "A", "J1", "T0", 3, 56.0, 62.0),
+        ("R2", "2024-01-03T12:00Z", "B", "J0", "T1", 1, 54.0, 60.5),
+        ("R2", "2024-01-03T12:00Z", "C", "J2", "T0", 2, 58.0, 61.5),
+    ],
+    columns=[
+        "race_id",
+        "race_time",
+        "horse_id",
+        "jockey_id",
+        "trainer_id",
+        "position",
+        "weight_kg",
+        "finish_secs",
+    ],
+)
+
+
+def test_values_by_hand_for_one_small_history() -> None:
+    f = features_of(BY_HAND)
+    a2, b2, c2 = f.loc[("R2", "A")], f.loc[("R2", "B")], f.loc[("R2", "C")]
+    assert (a2["horse_position_last_1"], a2["horse_runs"], a2["horse_wins"]) == (1, 1, 1)
+    assert a2["horse_days_since_last"] == 2.0
+    assert a2["horse_win_rate"] == pytest.approx((1 + 0.5) / (1 + 5))
+    assert b2["horse_beaten_share_mean_2"] == pytest.approx(1.0)  # 2nd of 2
+    # J0 rode twice in R1 (1st and 2nd): both rides count, both before R2.
+    assert b2["jockey_runs"] == 2 and b2["jockey_wins"] == 1
+    assert b2["jockey_finish_secs_mean_3"] == pytest.approx(60.5)
+    assert b2["trainer_hours_since_last"] == 48.0
+    assert np.isnan(c2["horse_position_mean_2"]) and c2["horse_runs"] == 0
+    assert c2["horse_win_rate"] == pytest.approx(0.1)  # a newcomer gets the prior
+    # Within the race: weights 56, 54, 58 -> ranks (lower is better here) 2, 1, 3.
+    assert (a2["weight_kg_rank"], b2["weight_kg_rank"], c2["weight_kg_rank"]) == (2, 1, 3)
+    assert a2["weight_kg_diff_mean"] == 0 and c2["weight_kg_diff_best"] == 4
+    assert a2["field_size"] == 3
+    r1 = f.loc[("R1", "A")]
+    assert r1["horse_runs"] == 0 and np.isnan(r1["horse_position_last_1"])
+
+
+# -- bad specs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("derived", "says"),
+    [
+        (
+            {"rolling": [{"by": "horse_id", "column": "speed", "windows": [3]}]},
+            "rolling[0]: unknown column 'speed'",
+        ),
+        (
+            {"rolling": [{"by": "horse_id", "column": "draw", "windows": [3, 0]}]},
+            "rolling.0.windows",
+        ),
+        (
+            {"rolling": [{"by": "horse_id", "column": "course", "windows": [3]}]},
+            "rolling[0]: column 'course' is text",
+        ),
+        (
+            {"relative": [{"column": "going", "kinds": ["rank"]}]},
+            "relative[0]: column 'going' is text",
+        ),
+        (
+            {
+                "interactions": [
+                    {"kind": "ratio", "left": "weight_kg", "right": "b", "name": "a"},
+                    {"kind": "product", "left": "a", "right": "draw", "name": "b"},
+                ]
+            },
+            "cycle: interactions[0] -> interactions[1] -> interactions[0]",
+        ),
+        ({"career": [{"by": "draw"}]}, "career[0]: 'by' column 'draw' must be the entity"),
+        (
+            {"interactions": [{"kind": "ratio", "left": "draw", "right": "age", "name": "odds"}]},
+            "interactions[0]: output 'odds' clashes",
+        ),
+    ],
+)
+def test_bad_derived_entries_are_refused_naming_the_entry(
+    races_spec: DatasetSpec, derived: dict, says: str
+) -> None:
+    body = races_spec.model_dump(mode="json") | {"derived": derived}
+    with pytest.raises(ValidationError) as caught:
+        DatasetSpec.model_validate(body)
+    assert says in str(caught.value)
+
+
+def test_entity_history_needs_a_time_column(races_spec: DatasetSpec) -> None:
+    body = races_spec.model_dump(mode="json") | {"time": None}
+    with pytest.raises(ValidationError, match=r"rolling\[0\]: entity history needs"):
+        DatasetSpec.model_validate(body)
