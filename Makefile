@@ -29,6 +29,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest_100k.py
+	$(BIN)/python benchmarks/features_1m.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info shared/*.egg-info

@@ -192,3 +192,44 @@ def test_offline_and_card_features_from_the_command_line(
     assert str(last["horse_id"].iloc[0]) in shown.stdout.splitlines()[0]
     assert len(features) == len(history)
     keyed(features)  # one row per runner
+
+
+def test_card_route_returns_the_offline_rows_and_refuses_bad_cards(
+    stack: LocalStack, client: GallopClient, races_spec: DatasetSpec
+) -> None:
+    from gallop.client import ApiError
+    from gallop.synth.races import generate_races
+
+    # GIVEN a history without its last race, ingested, with features READY
+    runners, _ = generate_races(150, seed=4)
+    last = runners["race_id"] == runners["race_id"].iloc[-1]
+    spec = spec_named(races_spec, unique_name("card"))
+    version_id = ingest(client, spec, runners[~last].to_csv(index=False).encode())
+    assert client.wait_for_features(spec.name, version_id)["status"] == "READY"
+
+    # WHEN the last race's card is posted THEN its rows equal the offline rows of that race
+    reply = client.card_features(spec.name, version_id, card_of(runners[last]))
+    from gallop.features.build import build_features
+    from tests.test_features import canonical
+
+    offline = keyed(build_features(canonical(runners, spec), spec).frame)
+    expected = offline.loc[
+        [(r, h) for r, h in zip(runners[last]["race_id"], runners[last]["horse_id"], strict=True)]
+    ]
+    got = np.array([[np.nan if v is None else v for v in row] for row in reply["rows"]])
+    np.testing.assert_array_equal(
+        got.astype(np.float32), expected[reply["features"]].to_numpy(np.float32)
+    )
+
+    # AND a card that cannot be computed is a 422 that says why
+    bad = card_of(runners[last])
+    bad[0]["draw"] = "outside"
+    with pytest.raises(ApiError) as caught:
+        client.card_features(spec.name, version_id, bad)
+    assert caught.value.status_code == 422 and "'draw' must be a number" in str(caught.value)
+    with pytest.raises(ApiError) as empty:
+        client.card_features(spec.name, version_id, [])
+    assert empty.value.status_code == 422 and "body.rows" in str(empty.value)
+    with pytest.raises(ApiError) as unknown:
+        client.card_features(spec.name, "v-0000", card_of(runners[last]))
+    assert unknown.value.status_code == 404

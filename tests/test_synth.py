@@ -70,3 +70,10 @@ def test_favourites_win_about_as_often_as_in_real_racing(
     runners, _ = races
     favourites = runners.loc[runners.groupby("race_id")["odds"].idxmin()]
     assert 0.2 < (favourites["position"] == 1).mean() < 0.45
+
+
+def test_no_horse_runs_twice_within_a_week(races: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    runners, _ = races
+    times = pd.to_datetime(runners["race_time"])
+    gaps = times.groupby(runners["horse_id"]).apply(lambda t: t.sort_values().diff().min())
+    assert gaps.dropna().min() >= pd.Timedelta(days=7)

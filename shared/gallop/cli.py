@@ -254,27 +254,100 @@ def _synth_races(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from gallop.spec import load_spec
     from gallop.synth.races import write_races
 
     state_dir = _state_dir(args)
     work = state_dir / "demo"
     started = time.monotonic()
-    print(f"[1/3] generating {args.races:,} races (seed {args.seed}) ...", flush=True)
-    data, _truth = write_races(args.races, args.seed, work / "races.csv")
+    print(f"[1/4] generating {args.races:,} races (seed {args.seed}) ...", flush=True)
+    generated, truth_path = write_races(args.races, args.seed, work / "generated.csv")
+    # The last race is held back: it is the upcoming race the card is for.
+    runners = pd.read_csv(generated, dtype=str, keep_default_na=False)
+    upcoming = runners["race_id"] == runners["race_id"].iloc[-1]
+    data = work / "races.csv"
+    runners[~upcoming].to_csv(data, index=False, lineterminator="\n")
+    card_rows = runners[upcoming]
     spec = load_spec(SHIPPED_SPEC)
     broken = _broken_copy(data, work / "races-broken.csv")
 
-    print("[2/3] starting the local stack (moto S3/SQS, ingest poller, API) ...", flush=True)
+    print(
+        "[2/4] starting the local stack (moto S3/SQS, ingest and features pollers, API) ...",
+        flush=True,
+    )
     with _api_client(args) as client:
-        print("[3/3] ingesting through the API: presigned POST → S3 → SQS → ingest", flush=True)
+        print("[3/4] ingesting through the API: presigned POST → S3 → SQS → ingest", flush=True)
         status, version = ingest_file(client, spec, data)
         print_version(version)
         print("\nand a file with mistakes in it, to show a validation report:")
         bad_status, bad_version = ingest_file(client, spec, broken)
         print_version(bad_version)
+        if status != "VALID":
+            return 1
+        print("\n[4/4] features: computed when the version became VALID ...", flush=True)
+        feature_set = client.wait_for_features(spec.name, version["version_id"])
+        if feature_set["status"] != "READY":
+            print(f"features FAILED: {feature_set['reason']}")
+            return 1
+        print(
+            f"READY: {feature_set['row_count']:,} rows x {len(feature_set['features'])} "
+            f"float32 features in {feature_set['data_key']}"
+        )
+        card = _card(card_rows, spec)
+        online = client.card_features(spec.name, version["version_id"], card)
+    truth = pd.read_csv(truth_path, dtype={"true_win_probability": float})
+    _print_card(card_rows, online, truth)
     print(f"\ndone in {time.monotonic() - started:.1f} s; state in {state_dir}")
-    return 0 if status == "VALID" and bad_status == "REJECTED" else 1
+    return 0 if bad_status == "REJECTED" else 1
+
+
+def _card(rows: Any, spec: Any) -> list[dict[str, Any]]:
+    """What an application sends before the off: everything but the result."""
+    card = []
+    post_race = {spec.target, *spec.post_race}
+    for record in rows.to_dict("records"):
+        entry: dict[str, Any] = {}
+        for name, value in record.items():
+            if name in post_race:
+                continue
+            try:
+                entry[name] = float(value) if name in (spec.features or []) else value
+            except ValueError:
+                entry[name] = value
+        card.append(entry)
+    return card
+
+
+def _print_card(rows: Any, online: dict[str, Any], truth: Any) -> None:
+    shown = [
+        "horse_runs",
+        "horse_position_mean_5",
+        "horse_days_since_last",
+        "jockey_win_rate",
+        "weight_kg_rank",
+        "odds_rank",
+    ]
+    columns = [online["features"].index(name) for name in shown]
+    race = rows["race_id"].iloc[0]
+    chance = truth[truth["race_id"] == race].set_index("horse_id")["true_win_probability"]
+    print(
+        f"\nthe held-back race {race} ({rows['race_time'].iloc[0]}), as its card's feature "
+        "rows (from the entity snapshot), with the result nobody could know before:"
+    )
+    header = (
+        f"{'horse':<9}" + "".join(f"{n:>23}" for n in shown) + f"{'true win %':>12}{'finish':>8}"
+    )
+    print(header)
+    for (_, runner), values in zip(rows.iterrows(), online["rows"], strict=True):
+        cells = "".join(
+            f"{'—' if values[c] is None else format(values[c], '.3g'):>23}" for c in columns
+        )
+        print(
+            f"{runner['horse_id']:<9}{cells}{100 * chance[runner['horse_id']]:>11.1f}%"
+            f"{runner['position']:>8}"
+        )
 
 
 def _broken_copy(source: Path, out: Path) -> Path:

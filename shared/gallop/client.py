@@ -98,3 +98,21 @@ class GallopClient:
 
     def feature_sets(self, dataset: str, version_id: str) -> list[dict[str, Any]]:
         return self._call("GET", f"/v1/datasets/{dataset}/versions/{version_id}/features")
+
+    def card_features(
+        self, dataset: str, version_id: str, rows: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        path = f"/v1/datasets/{dataset}/versions/{version_id}/features/card"
+        return self._call("POST", path, json={"rows": rows})
+
+    def wait_for_features(
+        self, dataset: str, version_id: str, timeout: float = 600.0
+    ) -> dict[str, Any]:
+        started = time.monotonic()
+        while True:
+            found = self.feature_sets(dataset, version_id)
+            if found:
+                return found[-1]
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"no features for {version_id} after {timeout:.0f} s")
+            time.sleep(0.1)

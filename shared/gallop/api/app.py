@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -44,6 +44,7 @@ def create_app(
     app.state.settings = settings
     app.state.engine = _lazy(lambda: engine or engine_for(settings.sqlalchemy_url))
     app.state.store = _lazy(lambda: store or Store.from_settings(settings))
+    app.state.snapshots = _snapshot_cache(app)
     app.include_router(datasets.router)
 
     @app.get("/v1/health", response_model=Health, tags=["health"])
@@ -59,6 +60,18 @@ def create_app(
 
 def _lazy(factory: Callable[[], Any]) -> Callable[[], Any]:
     return cache(factory)
+
+
+def _snapshot_cache(app: FastAPI) -> Callable[[str], Any]:
+    """Entity snapshots by S3 key, loaded once per container (keys never change content:
+    they carry the version and spec hash)."""
+    from gallop.features.state import State
+
+    @lru_cache(maxsize=8)
+    def load(key: str) -> State:
+        return State.from_bytes(app.state.store().get_bytes(key))
+
+    return load
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from gallop.api.schemas import (
+    CardFeatures,
+    CardRequest,
     DatasetOut,
     FeatureSetOut,
     UploadOut,
@@ -152,3 +154,29 @@ def list_feature_sets(name: str, version_id: str, request: Request) -> list[Feat
         FeatureSetOut.model_validate(f, from_attributes=True)
         for f in repo.list_feature_sets(engine, dataset, version_id)
     ]
+
+
+@router.post("/{name}/versions/{version_id}/features/card", response_model=CardFeatures)
+def card_feature_rows(
+    name: str, version_id: str, body: CardRequest, request: Request
+) -> CardFeatures:
+    """The feature rows of a race card, from the version's entity snapshot: the rows the
+    offline path would have produced had the race been in the data."""
+    import math
+
+    from gallop.features.online import CardError, card_features
+
+    dataset = _dataset(request, name)
+    engine = request.app.state.engine()
+    ready = [f for f in repo.list_feature_sets(engine, dataset, version_id) if f.status == "READY"]
+    if not ready or ready[-1].state_key is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"no READY features for version {version_id!r} of {name!r}"
+        )
+    state = request.app.state.snapshots(ready[-1].state_key)
+    try:
+        names, matrix = card_features(body.rows, state)
+    except CardError as exc:
+        raise HTTPException(422, str(exc)) from None
+    rows = [[None if math.isnan(v) else float(v) for v in row] for row in matrix.tolist()]
+    return CardFeatures(spec_hash=ready[-1].spec_hash, features=names, rows=rows)

@@ -74,3 +74,17 @@ class FeatureSetOut(BaseModel):
     manifest_key: str | None
     state_key: str | None
     created_at: datetime
+
+
+class CardRequest(BaseModel):
+    rows: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=1000,
+        description="Runners of one or more upcoming races: keys and pre-race fields.",
+    )
+
+
+class CardFeatures(BaseModel):
+    spec_hash: str
+    features: list[str]
+    rows: list[list[float | None]] = Field(description="One list of values per card row.")

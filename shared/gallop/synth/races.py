@@ -35,6 +35,7 @@ COURSES = [
 DISTANCES_M = np.array([1000, 1200, 1400, 1600, 2000, 2400, 2800, 3200])
 NOISE_SCALE = 1.0
 START = np.datetime64("2019-01-01T00:00")
+REST_MINUTES = 7 * 24 * 60  # a horse runs at most once a week
 
 
 @dataclass
@@ -78,6 +79,7 @@ def generate_races(n_races: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFr
     off = 12 * 60 + 5 * rng.integers(0, 103, n_races)
     minutes = np.sort(days * 24 * 60 + off)
     race_times = START + minutes.astype("timedelta64[m]")
+    last_run = np.full(pool_size, -(10**9))  # minute of each pool horse's last run
     columns: dict[str, list] = {
         k: []
         for k in (
@@ -107,7 +109,12 @@ def generate_races(n_races: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFr
         going = int(min(len(GOINGS) - 1, max(0, rng.normal(1.5, 1.1))))
         race_class = int(rng.integers(1, 7))
         field = int(rng.integers(5, 17))
-        runners = rng.choice(pool_size, field, replace=False)
+        rested = np.flatnonzero(last_run <= minutes[r] - REST_MINUTES)
+        if len(rested) >= field:
+            runners = rng.choice(rested, field, replace=False)
+        else:  # a short pool: the longest rested run again
+            runners = np.argsort(last_run, kind="stable")[:field]
+        last_run[runners] = minutes[r]
         jockeys = rng.choice(n_jockeys, field, replace=False)
         draws = rng.permutation(field) + 1
 
@@ -167,6 +174,7 @@ def generate_races(n_races: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFr
             next_id += retired.size
             for name, values in fresh.items():
                 getattr(pool, name)[retired] = values
+            last_run[retired] = -(10**9)
 
     runners_df = pd.DataFrame(columns)
     truth = runners_df[["race_id", "horse_id"]].copy()
