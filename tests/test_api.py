@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,3 +213,19 @@ class _Context:
 
     def get_remaining_time_in_millis(self) -> int:
         return 30_000
+
+
+def test_the_api_function_imports_no_pandas_or_pyarrow(settings: Settings) -> None:
+    # The api Lambda ships without them (they alone exceed its size budget).
+    heavy = ("pandas", "pyarrow", "lightgbm", "scipy", "sklearn")
+    handler = str(FUNCTIONS / "api" / "handler.py")
+    code = (
+        "import sys, importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('h', {handler!r})\n"
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    env = {**os.environ, "DATABASE_URL": settings.sqlalchemy_url, "GALLOP_API_KEYS": KEY}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

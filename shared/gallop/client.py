@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from gallop.ingest.readers import format_of
+from gallop.ingest.formats import format_of
 from gallop.spec import DatasetSpec
 
 

@@ -18,7 +18,7 @@ from gallop.api.schemas import (
     VersionOut,
     VersionSummary,
 )
-from gallop.ingest.readers import FILENAMES
+from gallop.ingest.formats import FILENAMES
 from gallop.metadata import repo
 from gallop.metadata.models import Dataset, DatasetVersion
 from gallop.spec import DatasetSpec

@@ -11,30 +11,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gallop.ingest.formats import FILENAMES, FORMATS, format_of
 from gallop.ingest.problems import Problem, UnreadableFile
 
-FORMATS = ("csv", "parquet", "jsonl")
-EXTENSIONS = {
-    ".csv": "csv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "jsonl",
-}
-FILENAMES = {"csv": "data.csv", "parquet": "data.parquet", "jsonl": "data.jsonl"}
-
-
-def format_of(filename: str) -> str:
-    for suffix, fmt in EXTENSIONS.items():
-        if filename.lower().endswith(suffix):
-            return fmt
-    raise UnreadableFile(
-        Problem(
-            "unknown_format",
-            f"cannot tell the format of {filename!r}: use .csv, .parquet or .jsonl",
-        )
-    )
+__all__ = ["FILENAMES", "FORMATS", "format_of", "read_table"]
 
 
 def read_table(data: bytes, fmt: str) -> pd.DataFrame:
