@@ -201,7 +201,10 @@ def test_a_function_deployed_without_its_configuration_fails_at_cold_start(
     monkeypatch.delenv("DATABASE_URL")
     monkeypatch.delenv("GALLOP_API_KEYS")
     get_settings.cache_clear()
-    with pytest.raises(MissingSettings, match="set DATABASE_URL, GALLOP_API_KEYS"):
+    with pytest.raises(
+        MissingSettings,
+        match=r"set DATABASE_URL \(or GALLOP_DATABASE_SECRET_ARN\), GALLOP_API_KEYS",
+    ):
         _load_api_function()
 
 

@@ -19,6 +19,8 @@ ENV_PREFIX = "GALLOP_"
 # Variables every deployed function needs (the CDK stack sets exactly these).
 ENV_DATA_BUCKET = "GALLOP_DATA_BUCKET"
 ENV_DATABASE_URL = "DATABASE_URL"
+ENV_DATABASE_SECRET_ARN = "GALLOP_DATABASE_SECRET_ARN"
+ENV_DATABASE_HOST = "GALLOP_DATABASE_HOST"
 ENV_API_KEYS = "GALLOP_API_KEYS"
 ENV_INGEST_QUEUE_URL = "GALLOP_INGEST_QUEUE_URL"
 ENV_FEATURES_QUEUE_URL = "GALLOP_FEATURES_QUEUE_URL"
@@ -44,7 +46,14 @@ class Settings(BaseSettings):
         validation_alias="DATABASE_URL",
         description="SQLAlchemy URL; defaults to SQLite under state_dir.",
     )
-    aws_region: str = "us-east-1"
+    database_secret_arn: str | None = Field(
+        default=None,
+        description="On AWS: the Secrets Manager secret (RDS format) with the credentials.",
+    )
+    database_host: str | None = Field(
+        default=None, description="On AWS: the host to connect to (the RDS Proxy endpoint)."
+    )
+    aws_region: str = Field(default="us-east-1", validation_alias="AWS_REGION")
     aws_endpoint_url: str | None = Field(
         default=None, description="S3/SQS endpoint override (the local moto server)."
     )
@@ -74,11 +83,21 @@ class Settings(BaseSettings):
     def sqlalchemy_url(self) -> str:
         if self.database_url:
             return normalise_database_url(self.database_url)
+        if self.database_secret_arn:
+            return _url_from_secret(self.database_secret_arn, self.database_host, self.aws_region)
         return f"sqlite:///{self.state_dir / 'gallop.db'}"
 
+    @property
+    def has_database(self) -> bool:
+        """Configured explicitly (deployed functions must be; SQLite is for local use)."""
+        return bool(self.database_url or self.database_secret_arn)
+
     def require(self, *fields: str) -> Settings:
-        """Fail at start-up, naming the variables, when a deployed function lacks them."""
-        missing = [f for f in fields if not getattr(self, f)]
+        """Fail at start-up, naming the variables, when a deployed function lacks them.
+        'database' is satisfied by DATABASE_URL or by GALLOP_DATABASE_SECRET_ARN."""
+        missing = [
+            f for f in fields if not (self.has_database if f == "database" else getattr(self, f))
+        ]
         if missing:
             names = ", ".join(env_name(f) for f in missing)
             raise MissingSettings(f"gallop is not configured: set {names}")
@@ -94,6 +113,8 @@ class MissingSettings(RuntimeError):
 
 
 def env_name(field: str) -> str:
+    if field == "database":
+        return f"{ENV_DATABASE_URL} (or {ENV_DATABASE_SECRET_ARN})"
     alias = Settings.model_fields[field].validation_alias
     return alias if isinstance(alias, str) else ENV_PREFIX + field.upper()
 
@@ -104,6 +125,24 @@ def normalise_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+@lru_cache(maxsize=4)
+def _url_from_secret(secret_arn: str, host: str | None, region: str) -> str:
+    """postgresql+psycopg URL from an RDS-format secret; fetched once per container."""
+    import json
+    from urllib.parse import quote
+
+    import boto3
+
+    secret = json.loads(
+        boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=secret_arn)[
+            "SecretString"
+        ]
+    )
+    user, password = quote(secret["username"], safe=""), quote(secret["password"], safe="")
+    where = f"{host or secret['host']}:{secret.get('port', 5432)}"
+    return f"postgresql+psycopg://{user}:{password}@{where}/{secret.get('dbname', 'gallop')}"
 
 
 @lru_cache(maxsize=1)
