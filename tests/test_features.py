@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -59,6 +61,8 @@ def card_of(rows: pd.DataFrame) -> list[dict]:
 def test_online_rows_equal_offline_rows_for_held_back_races(races_spec: DatasetSpec) -> None:
     # GIVEN a history and the offline features of all of it
     runners, _ = generate_races(400, seed=5)
+    # Some trainers unknown (a categorical may be missing): offline and online agree on it.
+    runners.loc[runners.index[-40::7], "trainer_id"] = ""
     full = canonical(runners, races_spec)
     offline = keyed(build_features(full, races_spec).frame)
     held_back = sorted(full["race_time"].unique())[-12:]
@@ -70,10 +74,11 @@ def test_online_rows_equal_offline_rows_for_held_back_races(races_spec: DatasetS
         rows = full[full["race_time"] == moment]
         # The card carries the values as an application sends them (decimals such as 57.1),
         # not the stored float32 copies.
-        raw = keyed(runners).loc[list(zip(rows["race_id"], rows["horse_id"], strict=True))]
+        order = list(zip(rows["race_id"], rows["horse_id"], strict=True))[::-1]  # any order
+        raw = keyed(runners).loc[order]
         names, online = card_features(card_of(raw.reset_index()), state)
         # THEN the card's rows are the offline rows, float32 for float32 (NaN where NaN)
-        expected = offline.loc[list(zip(rows["race_id"], rows["horse_id"], strict=True)), names]
+        expected = offline.loc[order, names]
         np.testing.assert_array_equal(online, expected.to_numpy(dtype=np.float32))
         checked += len(rows)
         with_history += int((~np.isnan(online[:, names.index("horse_position_mean_5")])).sum())
@@ -100,6 +105,16 @@ def test_a_card_with_a_text_where_a_number_belongs_is_refused(races_spec: Datase
     del card[0]["horse_id"]
     with pytest.raises(CardError, match="no 'horse_id'"):
         card_features(card, state)
+
+
+def test_a_card_spanning_start_times_is_refused(races_spec: DatasetSpec) -> None:
+    # A jockey's earlier ride on the card would count as a run with no known result.
+    runners, _ = generate_races(60, seed=2)
+    full = canonical(runners, races_spec)
+    times = sorted(full["race_time"].unique())
+    state = build_features(full[full["race_time"] < times[-2]], races_spec).state
+    with pytest.raises(CardError, match="different start times"):
+        card_features(card_of(full[full["race_time"] >= times[-2]]), state)
 
 
 # -- no look-ahead, as properties ---------------------------------------------------------
@@ -155,14 +170,16 @@ def histories(draw: st.DrawFn) -> pd.DataFrame:
         day += draw(st.integers(0, 2))  # 0: at the same time as the race before
         size = draw(st.integers(2, 5))
         field = draw(st.permutations(horses))[:size]
-        finish = draw(st.permutations(range(1, size + 1)))
+        finish = list(draw(st.permutations(range(1, size + 1))))
+        if size >= 3 and draw(st.booleans()):  # a dead heat for first
+            finish = [1 if p == 2 else p for p in finish]
         for horse, position in zip(field, finish, strict=True):
             rows.append(
                 {
                     "race_id": f"R{race}",
                     "race_time": f"2024-03-{day:02d}T14:00:00Z",
                     "horse_id": horse,
-                    "jockey_id": draw(st.sampled_from(["J0", "J1", "J2"])),
+                    "jockey_id": draw(st.sampled_from(["J0", "J1", "J2", ""])),
                     "trainer_id": draw(st.sampled_from(["T0", "T1"])),
                     "position": position,
                     "weight_kg": draw(st.sampled_from([52.5, 55.0, 57.25, 60.0])),
@@ -336,3 +353,69 @@ def test_entity_history_needs_a_time_column(races_spec: DatasetSpec) -> None:
     body = races_spec.model_dump(mode="json") | {"time": None}
     with pytest.raises(ValidationError, match=r"rolling\[0\]: entity history needs"):
         DatasetSpec.model_validate(body)
+
+
+def test_an_all_equal_field_has_z_scores_of_zero(races_spec: DatasetSpec) -> None:
+    # A field of debutants all have the prior win rate 0.1, and 0.1 * 3 / 3 is not 0.1 in
+    # floating point: the z-score must not turn that rounding into +-1.
+    spec = DatasetSpec.model_validate(
+        races_spec.model_dump(mode="json")
+        | {
+            "derived": {
+                "career": [{"by": "horse_id"}],
+                "relative": [{"column": "horse_win_rate", "kinds": ["zscore"]}],
+            }
+        }
+    )
+    runners, _ = generate_races(12, seed=8)
+    z = build_features(canonical(runners, spec), spec).frame
+    first_race = z["race_id"] == z["race_id"].min()
+    assert len(z[first_race]) >= 3
+    np.testing.assert_array_equal(z.loc[first_race, "horse_win_rate_zscore"], 0)
+
+
+def test_binary_races_count_positives_as_wins_and_a_race_without_one_has_no_winner() -> None:
+    spec = DatasetSpec.model_validate(
+        {
+            "name": "clicks",
+            "task": "binary",
+            "target": "won",
+            "group": "race_id",
+            "time": "race_time",
+            "entity": "horse_id",
+            "features": ["weight_kg"],
+            "derived": {"career": [{"by": "horse_id"}]},
+        }
+    )
+    frame = pd.DataFrame(
+        [
+            ("R1", "2024-01-01T12:00Z", "A", 1, 55.0),
+            ("R1", "2024-01-01T12:00Z", "B", 0, 56.0),
+            ("R2", "2024-01-02T12:00Z", "A", 0, 55.0),
+            ("R2", "2024-01-02T12:00Z", "B", 0, 56.0),
+            ("R3", "2024-01-03T12:00Z", "A", 0, 55.0),
+            ("R3", "2024-01-03T12:00Z", "B", 0, 56.0),
+        ],
+        columns=["race_id", "race_time", "horse_id", "won", "weight_kg"],
+    )
+    built = build_features(canonical(frame, spec), spec)
+    f = keyed(built.frame)
+    assert (f.loc[("R3", "A"), "horse_wins"], f.loc[("R3", "B"), "horse_wins"]) == (1, 0)
+    # Places are wins in a binary task: B has neither.
+    assert f.loc[("R3", "B"), "horse_place_rate"] == pytest.approx(0.5 / 7)
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ({"rolling": [{"by": [], "column": "draw", "windows": [3]}]}, "rolling.0.by"),
+        ({"career": [{"by": ["jockey_id", "jockey_id"]}]}, "names a column twice"),
+        ({"rolling": [{"by": "horse_id", "column": "draw", "windows": [10**9]}]}, "1 to 1000"),
+        ({"career": [{"by": "horse_id", "prior_runs": 0}]}, "career.0.prior_runs"),
+    ],
+)
+def test_specs_that_would_crash_or_divide_by_zero_later_are_refused_now(
+    races_spec: DatasetSpec, entry: dict, says: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(says)):
+        DatasetSpec.model_validate(races_spec.model_dump(mode="json") | {"derived": entry})

@@ -175,7 +175,7 @@ def card_feature_rows(
         )
     state = request.app.state.snapshots(ready[-1].state_key)
     try:
-        names, matrix = card_features(body.rows, state)
+        names, matrix = card_features(body.rows, state, ready[-1].spec_hash)
     except CardError as exc:
         raise HTTPException(422, str(exc)) from None
     rows = [[None if math.isnan(v) else float(v) for v in row] for row in matrix.tolist()]

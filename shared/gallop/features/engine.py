@@ -45,6 +45,7 @@ class Roles:
     target: str
     target_higher_is_better: bool  # descending relevance, binary; not finishing position
     places: int
+    binary: bool = False
 
 
 def compute(rows: Table, plan: Plan, roles: Roles, state: State | None) -> tuple[Table, State]:
@@ -103,12 +104,17 @@ def rank_within(groups: np.ndarray, x: np.ndarray, higher_is_better: bool) -> np
 def _results(target: np.ndarray, groups: np.ndarray | None, roles: Roles) -> Table:
     """won / placed per row (NaN where the result is unknown, as on a race card)."""
     unknown = np.isnan(target)
-    if groups is None:  # binary: a positive is a win
+    if roles.binary or groups is None:  # a positive is a win (and a place), race or not
         won = np.where(unknown, np.nan, (target == 1).astype(np.float64))
         return {"won": won, "placed": won}
     rank = rank_within(groups, target, roles.target_higher_is_better)
-    won = np.where(unknown, np.nan, (rank == 1).astype(np.float64))
-    placed = np.where(unknown, np.nan, (rank <= roles.places).astype(np.float64))
+    size = int(groups.max()) + 1 if len(groups) else 0
+    low, high = np.full(size, np.inf), np.full(size, -np.inf)
+    np.fmin.at(low, groups, target)
+    np.fmax.at(high, groups, target)
+    ordered = (high > low)[groups]  # every runner alike (all relevance 0): nobody won
+    won = np.where(unknown, np.nan, ((rank == 1) & ordered).astype(np.float64))
+    placed = np.where(unknown, np.nan, ((rank <= roles.places) & ordered).astype(np.float64))
     return {"won": won, "placed": placed}
 
 
@@ -131,16 +137,22 @@ def _relative(entry: Relative, x: np.ndarray, groups: np.ndarray) -> Table:
         mean = np.where(count > 0, total / count, np.nan)[groups]
         spread = np.bincount(groups, weights=np.where(valid, (x - mean) ** 2, 0.0), minlength=size)
         std = np.sqrt(np.where(count > 0, spread / count, np.nan))[groups]
-    best = np.full(size, -np.inf if entry.higher_is_better else np.inf)
-    (np.fmax if entry.higher_is_better else np.fmin).at(best, groups, x)
-    best = np.where(np.isinf(best), np.nan, best)[groups]
+    low, high = np.full(size, np.inf), np.full(size, -np.inf)
+    np.fmin.at(low, groups, x)
+    np.fmax.at(high, groups, x)
+    spread_out = (high > low)[groups]  # an all-equal field has no spread, whatever rounding says
+    best = np.where(
+        np.isinf(high if entry.higher_is_better else low),
+        np.nan,
+        high if entry.higher_is_better else low,
+    )[groups]
     out: Table = {}
     for kind, name in zip(entry.kinds, entry.outputs(), strict=True):
         if kind == "rank":
             out[name] = rank_within(groups, x, entry.higher_is_better)
         elif kind == "zscore":
             with np.errstate(divide="ignore", invalid="ignore"):
-                out[name] = np.where(std > 0, (x - mean) / std, np.where(valid, 0.0, np.nan))
+                out[name] = np.where(spread_out, (x - mean) / std, np.where(valid, 0.0, np.nan))
         elif kind == "diff_mean":
             out[name] = x - mean
         else:

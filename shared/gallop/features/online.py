@@ -19,15 +19,25 @@ class CardError(ValueError):
     """A race card that cannot be turned into features; the message says why."""
 
 
-def card_features(card: list[dict[str, Any]], state: State) -> tuple[list[str], np.ndarray]:
-    """(feature names, float32 matrix with one row per card row)."""
+def card_features(
+    card: list[dict[str, Any]], state: State, expected_spec_hash: str | None = None
+) -> tuple[list[str], np.ndarray]:
+    """(feature names, float32 matrix with one row per card row).
+
+    A card holds races at one start time: runners of a later race on the same card would
+    need the earlier races' results, which a card cannot have.
+    """
+    if expected_spec_hash is not None and state.meta.get("spec_hash") != expected_spec_hash:
+        raise CardError("the snapshot was built by another feature spec than expected")
     spec = DatasetSpec.model_validate(state.meta["spec"])
     plan = build_plan(spec, state.meta["data_numeric"])
-    if plan.spec_hash != state.meta["spec_hash"]:
-        raise CardError("the snapshot was built by another feature spec")
     if not card:
         raise CardError("the card has no rows")
     table = card_table(card, spec, plan.numeric_inputs, plan.text_keys)
+    if spec.time and len(np.unique(table[spec.time])) > 1:
+        raise CardError(
+            "the card holds races at different start times; send one start time per card"
+        )
     try:
         outputs, _ = compute(table, plan, roles_for(spec), state)
     except ValueError as exc:
@@ -40,13 +50,14 @@ def card_table(
     card: list[dict[str, Any]], spec: DatasetSpec, numeric: list[str], text_keys: list[str]
 ) -> Table:
     table: Table = {}
-    needed_text = [c for c in (spec.group, *text_keys) if c]
-    for name in dict.fromkeys(needed_text):
+    required = {c for c in (spec.group, spec.entity) if c}
+    for name in dict.fromkeys(c for c in (spec.group, *text_keys) if c):
         values = [row.get(name) for row in card]
         absent = [i + 1 for i, v in enumerate(values) if v in (None, "")]
-        if absent:
+        if absent and name in required:
             raise CardError(f"card rows {absent[:10]} have no {name!r}")
-        table[name] = np.array([str(v) for v in values], dtype=str)
+        # A missing jockey or trainer is allowed, as offline: its features are missing.
+        table[name] = np.array(["" if v is None else str(v) for v in values], dtype=str)
     if spec.time:
         table[spec.time] = np.array([_micros(row.get(spec.time), i) for i, row in enumerate(card)])
     post_race = {spec.target, *spec.post_race}

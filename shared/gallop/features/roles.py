@@ -10,7 +10,7 @@ from gallop.spec import DatasetSpec, TargetOrder, Task
 def roles_for(spec: DatasetSpec) -> Roles:
     higher = spec.task is Task.BINARY or spec.target_order is TargetOrder.DESCENDING
     places = spec.derived.places if spec.derived else 3
-    return Roles(spec.group, spec.time, spec.target, higher, places)
+    return Roles(spec.group, spec.time, spec.target, higher, places, spec.task is Task.BINARY)
 
 
 def plan_for(spec: DatasetSpec, data_numeric: list[str] | None) -> Plan:

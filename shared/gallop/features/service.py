@@ -55,14 +55,16 @@ def build_for_version(request: FeaturesRequest, store: Store, engine: Engine) ->
     canonical = pd.read_parquet(io.BytesIO(store.get_bytes(version.data_key)))
     try:
         built = build_features(canonical, spec)
-    except FeatureSpecError as exc:
+    except (FeatureSpecError, ValueError, MemoryError) as exc:
+        # Deterministic given the data and spec: retrying cannot help, so say why instead.
+        reason = str(exc) if isinstance(exc, FeatureSpecError) else f"{type(exc).__name__}: {exc}"
         return repo.record_feature_set(
             engine,
             dataset,
             version_id=request.version_id,
             spec_hash=spec.spec_hash,
             status=FeatureStatus.FAILED.value,
-            reason=str(exc),
+            reason=reason,
         )
 
     prefix = features_prefix(dataset.name, request.version_id, spec.spec_hash)

@@ -10,7 +10,7 @@ is marked post-race too and is not offered to models.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
@@ -23,6 +23,9 @@ class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MAX_WINDOW = 1000
+
+
 def key_list(by: str | list[str]) -> list[str]:
     return [by] if isinstance(by, str) else list(by)
 
@@ -32,20 +35,32 @@ def key_name(by: str | list[str]) -> str:
     return "_x_".join(k.removesuffix("_id") for k in key_list(by))
 
 
+Keys = str | Annotated[list[str], Field(min_length=1)]
+
+
+def _distinct(by: str | list[str]) -> str | list[str]:
+    keys = key_list(by)
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"'by' names a column twice: {keys}")
+    return by
+
+
 class Rolling(_Entry):
     """Statistics of a numeric column over the entity's previous N rows."""
 
-    by: str | list[str]
+    by: Keys
     column: str
     windows: list[int] = Field(min_length=1)
     stats: list[RollingStat] = Field(default_factory=lambda: ["mean"], min_length=1)
 
+    _by = field_validator("by")(_distinct)
+
     @field_validator("windows")
     @classmethod
     def _positive(cls, windows: list[int]) -> list[int]:
-        bad = [w for w in windows if w <= 0]
+        bad = [w for w in windows if not 1 <= w <= MAX_WINDOW]
         if bad:
-            raise ValueError(f"windows must be 1 or more rows, got {bad}")
+            raise ValueError(f"windows must be 1 to {MAX_WINDOW} rows, got {bad}")
         return windows
 
     def outputs(self) -> list[str]:
@@ -57,11 +72,12 @@ class Career(_Entry):
     """Counts to date per key; rates are shrunk towards a prior so that a newcomer is
     neither 0% nor 100%: (wins + prior_runs * prior_rate) / (runs + prior_runs)."""
 
-    by: str | list[str]
+    by: Keys
     stats: list[CareerStat] = Field(
         default_factory=lambda: ["runs", "wins", "win_rate", "place_rate"]
     )
-    prior_runs: float = Field(default=5.0, ge=0)
+    prior_runs: float = Field(default=5.0, gt=0)
+    _by = field_validator("by")(_distinct)
     prior_rate: float = Field(default=0.1, gt=0, lt=1)
 
     def outputs(self) -> list[str]:
