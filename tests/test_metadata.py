@@ -134,3 +134,43 @@ def test_unknown_dataset_and_upload_are_lookup_errors(
 def test_timestamps_come_back_in_utc(engine: Engine, races_spec: DatasetSpec) -> None:
     dataset, _ = repo.register_dataset(engine, races_spec)
     assert repo.get_dataset(engine, dataset.name).created_at.utcoffset() is not None
+
+
+def test_the_migrate_function_migrates_on_create_and_update_only(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    from gallop.settings import get_settings
+
+    monkeypatch.setenv("DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    get_settings.cache_clear()
+    path = Path(__file__).resolve().parents[1] / "functions" / "migrate" / "handler.py"
+    spec = importlib.util.spec_from_file_location("migrate_handler", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class Context:
+        function_name, memory_limit_in_mb, aws_request_id = "migrate", 256, "r1"
+        invoked_function_arn = "arn:aws:lambda:us-east-1:1:function:migrate"
+
+    try:
+        with engine.begin() as connection:  # back to an empty schema
+            for table in (
+                "feature_sets",
+                "uploads",
+                "dataset_versions",
+                "datasets",
+                "alembic_version",
+            ):
+                connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        reply = module.handler({"RequestType": "Delete"}, Context())
+        assert reply == {"PhysicalResourceId": "gallop-metadata-schema"}
+        assert "datasets" not in inspect(engine).get_table_names()
+        module.handler({"RequestType": "Create"}, Context())
+        assert {"datasets", "feature_sets"} <= set(inspect(engine).get_table_names())
+        module.handler({"RequestType": "Update"}, Context())  # idempotent
+    finally:
+        get_settings.cache_clear()

@@ -8,7 +8,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gallop.features.spec import Derived
@@ -106,6 +105,8 @@ class DatasetSpec(BaseModel):
 
 def load_spec(path: str | Path) -> DatasetSpec:
     """Read a spec from YAML or JSON (JSON is YAML, so one parser serves both)."""
+    import yaml  # only to read spec files: the deployed functions never do
+
     text = Path(path).read_text(encoding="utf-8")
     data: Any = yaml.safe_load(text)
     if not isinstance(data, dict):

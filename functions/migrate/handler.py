@@ -1,0 +1,23 @@
+"""migrate Lambda: a CloudFormation custom resource that brings the metadata schema to
+the newest Alembic migration on every deploy (Create and Update); Delete keeps data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gallop.metadata.db import engine_for, migrate
+from gallop.observability import logger
+from gallop.settings import get_settings
+
+log = logger("gallop-migrate")
+
+
+@log.inject_lambda_context
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    settings = get_settings().require("database")
+    request = event["RequestType"]
+    if request in ("Create", "Update"):
+        migrate(engine_for(settings.sqlalchemy_url))
+        log.info("metadata schema migrated", extra={"request": request})
+    # One physical resource for the life of the stack, whatever the request.
+    return {"PhysicalResourceId": "gallop-metadata-schema"}

@@ -1,0 +1,227 @@
+"""Build the Lambda artifacts and report their unzipped sizes against Lambda's limits.
+
+    .venv/bin/python layers/build.py [--out build] [--code-only]
+
+- build/lambda/<function>/: handler.py and the gallop package (zip functions' code)
+- build/layers/<layer>/python/: pinned manylinux wheels for python3.12 on x86_64,
+  installed with --no-deps from layers/requirements-<layer>.txt, stripped of tests,
+  caches and type stubs (boto3 is never included: the runtime has it)
+- build/images/data/: the build context of the container image that the ingest and
+  features functions run (pandas + pyarrow do not fit a zip function), with its
+  dependencies installed, so the image build is a COPY
+- build/sizes.json and the printed table: each function's unzipped size, layers
+  included; exits 1 if a budget is exceeded
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ROOT / "layers"
+PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
+PYTHON = "3.12"
+MB = 1024 * 1024
+ZIP_LIMIT_MB = 250  # Lambda: function + layers, unzipped
+INFERENCE_BUDGET_MB = 150  # ours: the predict path stays lean
+
+# function -> (layers, kind); kind "zip" or "image"
+FUNCTIONS = {
+    "api": (["web", "db"], "zip"),
+    "migrate": (["web", "db"], "zip"),
+    "ingest": (["data"], "image"),
+    "features": (["data"], "image"),
+}
+ZIP_LAYERS = ("web", "db", "inference")
+# The predict function (serving issue) will run web + inference and no database
+# client: its budget is checked on those layers until it exists.
+INFERENCE_PATH = ["web", "inference"]
+DOCKERFILE = """\
+# ingest and features: one image, the handler chosen by the function's CMD.
+FROM public.ecr.aws/lambda/python:3.12
+COPY site-packages/ ${LAMBDA_TASK_ROOT}/
+COPY gallop/ ${LAMBDA_TASK_ROOT}/gallop/
+COPY functions/ ${LAMBDA_TASK_ROOT}/
+CMD ["ingest.handler.handler"]
+"""
+STRIP_DIRS = {"__pycache__", "tests", "test", "testing"}
+STRIP_SUFFIXES = {".pyc", ".pyi"}
+
+
+def size_of(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def strip(tree: Path) -> None:
+    for path in sorted(tree.rglob("*"), reverse=True):
+        if path.is_dir() and path.name in STRIP_DIRS:
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file() and path.suffix in STRIP_SUFFIXES:
+            path.unlink()
+    for name in ("boto3", "botocore", "s3transfer"):
+        shutil.rmtree(tree / name, ignore_errors=True)
+
+
+def copy_gallop(target: Path) -> None:
+    shutil.copytree(
+        ROOT / "shared" / "gallop",
+        target / "gallop",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        dirs_exist_ok=True,
+    )
+
+
+def build_code(out: Path, function: str) -> Path:
+    target = out / "lambda" / function
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    shutil.copy2(ROOT / "functions" / function / "handler.py", target / "handler.py")
+    copy_gallop(target)
+    return target
+
+
+def install(requirements: Path, target: Path) -> None:
+    """pip install the pinned wheels for Lambda's platform; reused while the pins hold."""
+    stamp = target / ".requirements.sha256"
+    digest = hashlib.sha256(_flatten(requirements).encode()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        PYTHON,
+        "--target",
+        str(target),
+        "-r",
+        str(requirements),
+    ]
+    for platform in PLATFORMS:
+        command += ["--platform", platform]
+    subprocess.run(command, check=True)
+    strip(target)
+    stamp.write_text(digest)
+
+
+def _flatten(requirements: Path) -> str:
+    lines = []
+    for line in requirements.read_text().splitlines():
+        if line.startswith("-r "):
+            lines.append(_flatten(requirements.parent / line.split(maxsplit=1)[1]))
+        elif line.strip() and not line.startswith("#"):
+            lines.append(line.strip())
+    return "\n".join(lines)
+
+
+def build_layer(out: Path, layer: str) -> Path:
+    target = out / "layers" / layer / "python"
+    install(LAYERS / f"requirements-{layer}.txt", target)
+    return target.parent
+
+
+def build_image_context(out: Path, with_dependencies: bool) -> Path:
+    context = out / "images" / "data"
+    for part in ("gallop", "functions"):
+        shutil.rmtree(context / part, ignore_errors=True)
+    context.mkdir(parents=True, exist_ok=True)
+    (context / "Dockerfile").write_text(DOCKERFILE)
+    copy_gallop(context)
+    for function in ("ingest", "features"):
+        (context / "functions" / function).mkdir(parents=True)
+        shutil.copy2(
+            ROOT / "functions" / function / "handler.py",
+            context / "functions" / function / "handler.py",
+        )
+        (context / "functions" / function / "__init__.py").write_text("")
+    if with_dependencies:
+        install(LAYERS / "requirements-data.txt", context / "site-packages")
+    else:
+        (context / "site-packages").mkdir(exist_ok=True)
+    return context
+
+
+def report(out: Path) -> dict[str, dict]:
+    sizes: dict[str, dict] = {}
+    for function, (layers, kind) in FUNCTIONS.items():
+        if kind == "zip":
+            code = size_of(out / "lambda" / function)
+            layer_sizes = {layer: size_of(out / "layers" / layer) for layer in layers}
+        else:
+            context = out / "images" / "data"
+            code = size_of(context / "gallop") + size_of(context / "functions")
+            layer_sizes = {"image dependencies": size_of(context / "site-packages")}
+        total = code + sum(layer_sizes.values())
+        limit = (
+            (INFERENCE_BUDGET_MB if function == "api" else ZIP_LIMIT_MB) if kind == "zip" else None
+        )
+        sizes[function] = {
+            "kind": kind,
+            "code_mb": round(code / MB, 1),
+            "layers_mb": {k: round(v / MB, 1) for k, v in layer_sizes.items()},
+            "total_mb": round(total / MB, 1),
+            "limit_mb": limit,
+            "within_limit": limit is None or total / MB <= limit,
+        }
+    inference = {layer: size_of(out / "layers" / layer) for layer in INFERENCE_PATH}
+    total = sum(inference.values())
+    sizes["inference path"] = {
+        "kind": "zip",
+        "code_mb": 0.0,
+        "layers_mb": {k: round(v / MB, 1) for k, v in inference.items()},
+        "total_mb": round(total / MB, 1),
+        "limit_mb": INFERENCE_BUDGET_MB,
+        "within_limit": total / MB <= INFERENCE_BUDGET_MB,
+    }
+    return sizes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "build")
+    parser.add_argument(
+        "--code-only",
+        action="store_true",
+        help="function code only (what synthesis needs); no wheels, no report",
+    )
+    args = parser.parse_args()
+    for function, (_, kind) in FUNCTIONS.items():
+        if kind == "zip":
+            build_code(args.out, function)
+    build_image_context(args.out, with_dependencies=not args.code_only)
+    if args.code_only:
+        for layer in ZIP_LAYERS:
+            (args.out / "layers" / layer / "python").mkdir(parents=True, exist_ok=True)
+        return 0
+    for layer in ZIP_LAYERS:
+        build_layer(args.out, layer)
+    sizes = report(args.out)
+    (args.out / "sizes.json").write_text(json.dumps(sizes, indent=2))
+    print(f"{'function':<15}{'kind':<7}{'code MB':>9}  {'layers (MB)':<42}{'total MB':>9}  limit")
+    for function, row in sizes.items():
+        layers = ", ".join(f"{k} {v}" for k, v in row["layers_mb"].items())
+        limit = f"{row['limit_mb']} MB" if row["limit_mb"] else "10 GB image"
+        verdict = "ok" if row["within_limit"] else "OVER"
+        print(
+            f"{function:<10}{row['kind']:<7}{row['code_mb']:>9}  {layers:<42}"
+            f"{row['total_mb']:>9}  {limit} {verdict}"
+        )
+    return 0 if all(row["within_limit"] for row in sizes.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
