@@ -232,3 +232,27 @@ def test_the_api_function_imports_no_pandas_or_pyarrow(settings: Settings) -> No
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_behind_a_gateway_that_checks_keys_the_app_requires_its_verdict(
+    settings: Settings, deployed_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gallop.settings import get_settings
+
+    # GIVEN the deployed configuration: API Gateway (REST, apiKeyRequired) checks the keys
+    monkeypatch.delenv("GALLOP_API_KEYS")
+    monkeypatch.setenv("GALLOP_API_KEY_SOURCE", "gateway")
+    get_settings.cache_clear()
+    migrate(engine_for(settings.sqlalchemy_url))
+    module = _load_api_function()
+    event = load_event("apigw_get_health.json")
+    event["headers"].pop("x-api-key")
+    event["multiValueHeaders"].pop("x-api-key")
+    # WHEN the gateway names the key it validated THEN the request is served
+    event["requestContext"]["identity"]["apiKeyId"] = "k3y1d"
+    assert module.handler(event, _Context())["statusCode"] == 200  # type: ignore[attr-defined]
+    # AND a request that did not come through a key check is refused
+    event["requestContext"]["identity"].pop("apiKeyId")
+    reply = module.handler(event, _Context())  # type: ignore[attr-defined]
+    assert reply["statusCode"] == 401
+    assert "gateway" in json.loads(reply["body"])["detail"]

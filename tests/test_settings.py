@@ -52,8 +52,8 @@ def test_require_names_every_missing_variable(monkeypatch: pytest.MonkeyPatch) -
     for name in ("DATABASE_URL", "GALLOP_DATABASE_SECRET_ARN", "GALLOP_API_KEYS"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(MissingSettings) as caught:
-        Settings().require("database", "api_keys", "data_bucket")
+        Settings().require_for("api")
     assert str(caught.value) == (
         "gallop is not configured: set DATABASE_URL (or GALLOP_DATABASE_SECRET_ARN), "
-        "GALLOP_API_KEYS"
+        "GALLOP_API_KEYS (or GALLOP_API_KEY_SOURCE=gateway)"
     )

@@ -10,7 +10,7 @@ from gallop.api.app import create_app, meter
 from gallop.settings import get_settings
 
 # A function deployed without its configuration fails at cold start, naming what is missing.
-get_settings().require("database", "data_bucket", "api_keys")
+get_settings().require_for("api")
 
 # lifespan="off": start-up work would otherwise run on every invocation.
 asgi = Mangum(create_app(), lifespan="off")

@@ -22,7 +22,7 @@ from gallop.observability import discard_unpublished, logger, metrics
 from gallop.settings import get_settings
 
 # A function deployed without its configuration fails at cold start, naming what is missing.
-get_settings().require("database", "data_bucket")
+get_settings().require_for("ingest")
 
 log = logger("gallop-ingest")
 meter = metrics("gallop-ingest")

@@ -14,7 +14,7 @@ log = logger("gallop-migrate")
 
 @log.inject_lambda_context
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    settings = get_settings().require("database")
+    settings = get_settings().require_for("migrate")
     request = event["RequestType"]
     if request in ("Create", "Update"):
         migrate(engine_for(settings.sqlalchemy_url))

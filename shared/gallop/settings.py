@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,15 @@ ENV_API_KEYS = "GALLOP_API_KEYS"
 ENV_INGEST_QUEUE_URL = "GALLOP_INGEST_QUEUE_URL"
 ENV_FEATURES_QUEUE_URL = "GALLOP_FEATURES_QUEUE_URL"
 ENV_AWS_ENDPOINT_URL = "GALLOP_AWS_ENDPOINT_URL"
+
+# What each deployed function must be configured with: its handler checks these at cold
+# start, and the CDK stack sets the variables (a test ties the two together).
+FUNCTION_SETTINGS: dict[str, tuple[str, ...]] = {
+    "api": ("database", "data_bucket", "api_key_source"),
+    "migrate": ("database",),
+    "ingest": ("database", "data_bucket", "features_queue_url"),
+    "features": ("database", "data_bucket"),
+}
 
 RAW_PREFIX = "raw/"
 CURATED_PREFIX = "curated/"
@@ -68,6 +78,11 @@ class Settings(BaseSettings):
         default="",
         description="Comma-separated API keys accepted in the x-api-key header.",
     )
+    api_key_source: Literal["settings", "gateway"] = Field(
+        default="settings",
+        description="settings: check x-api-key against api_keys. gateway: API Gateway "
+        "checked the key (REST API, apiKeyRequired); the app verifies it did.",
+    )
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     upload_url_expiry_seconds: int = Field(default=900, gt=0, le=7 * 24 * 3600)
     report_max_rows: int = Field(
@@ -92,16 +107,24 @@ class Settings(BaseSettings):
         """Configured explicitly (deployed functions must be; SQLite is for local use)."""
         return bool(self.database_url or self.database_secret_arn)
 
+    def require_for(self, function: str) -> Settings:
+        return self.require(*FUNCTION_SETTINGS[function])
+
     def require(self, *fields: str) -> Settings:
         """Fail at start-up, naming the variables, when a deployed function lacks them.
         'database' is satisfied by DATABASE_URL or by GALLOP_DATABASE_SECRET_ARN."""
-        missing = [
-            f for f in fields if not (self.has_database if f == "database" else getattr(self, f))
-        ]
+        missing = [f for f in fields if not self._configured(f)]
         if missing:
             names = ", ".join(env_name(f) for f in missing)
             raise MissingSettings(f"gallop is not configured: set {names}")
         return self
+
+    def _configured(self, field: str) -> bool:
+        if field == "database":
+            return self.has_database
+        if field == "api_key_source":  # keys to check, or the gateway checks them
+            return self.api_key_source == "gateway" or bool(self.api_key_set)
+        return bool(getattr(self, field))
 
     @property
     def api_key_set(self) -> frozenset[str]:
@@ -115,6 +138,8 @@ class MissingSettings(RuntimeError):
 def env_name(field: str) -> str:
     if field == "database":
         return f"{ENV_DATABASE_URL} (or {ENV_DATABASE_SECRET_ARN})"
+    if field == "api_key_source":
+        return "GALLOP_API_KEYS (or GALLOP_API_KEY_SOURCE=gateway)"
     alias = Settings.model_fields[field].validation_alias
     return alias if isinstance(alias, str) else ENV_PREFIX + field.upper()
 

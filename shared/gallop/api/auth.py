@@ -11,7 +11,16 @@ API_KEY_HEADER = APIKeyHeader(name="x-api-key", auto_error=False, description="g
 
 
 def require_api_key(request: Request, key: str | None = Security(API_KEY_HEADER)) -> None:
-    accepted = request.app.state.settings.api_key_set
+    settings = request.app.state.settings
+    if settings.api_key_source == "gateway":
+        # A REST API with apiKeyRequired only invokes us after validating the key; it names
+        # the key it validated. No key id means the request did not come that way.
+        event = request.scope.get("aws.event") or {}
+        identity = (event.get("requestContext") or {}).get("identity") or {}
+        if not identity.get("apiKeyId"):
+            raise HTTPException(status_code=401, detail="no API key validated by the gateway")
+        return
+    accepted = settings.api_key_set
     if not key:
         raise HTTPException(status_code=401, detail="missing x-api-key header")
     # Compare against every key in constant time, so timing tells nothing.
