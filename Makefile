@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test serve lint bench clean
+.PHONY: demo test serve lint bench bundles synth clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "gallop needs Python 3.11 or newer")'
@@ -23,13 +23,19 @@ test: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/gallop serve
 
+bundles: $(STAMP)
+	$(BIN)/python layers/build.py
+
+synth: bundles
+	npx --yes aws-cdk@2 synth --quiet
+
 lint: $(STAMP)
-	$(BIN)/ruff check shared functions tests benchmarks
-	$(BIN)/ruff format --check shared functions tests benchmarks
+	$(BIN)/ruff check shared functions tests benchmarks infra layers
+	$(BIN)/ruff format --check shared functions tests benchmarks infra layers
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest_100k.py
 	$(BIN)/python benchmarks/features_1m.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info shared/*.egg-info
+	rm -rf $(VENV) build cdk.out *.egg-info shared/*.egg-info

@@ -1,0 +1,1 @@
+"""The CDK app that deploys gallop. Runtime code never imports this package."""

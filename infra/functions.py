@@ -1,0 +1,158 @@
+"""How every gallop function is made: same runtime, tracing, logs, network, and an
+environment derived from what the code declares it needs (gallop.settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from gallop.settings import (
+    ENV_DATA_BUCKET,
+    ENV_DATABASE_HOST,
+    ENV_DATABASE_SECRET_ARN,
+    ENV_FEATURES_QUEUE_URL,
+    FUNCTION_SETTINGS,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "build"
+BUILD_COMMAND = ".venv/bin/python layers/build.py"
+
+
+class BundlesMissing(RuntimeError):
+    pass
+
+
+def build_path(*parts: str) -> str:
+    path = BUILD.joinpath(*parts)
+    if not path.exists():
+        raise BundlesMissing(f"{path} does not exist: run `{BUILD_COMMAND}` before synthesis")
+    return str(path)
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """Values the stack provides, by settings field; environment is built from these."""
+
+    database_secret_arn: str
+    database_host: str
+    data_bucket: str
+    features_queue_url: str
+
+
+def environment(function: str, wiring: Wiring) -> dict[str, str]:
+    """Exactly the variables FUNCTION_SETTINGS[function] asks for; unknown fields fail
+    synthesis, so a new setting cannot be forgotten here."""
+    env = {
+        "POWERTOOLS_SERVICE_NAME": f"gallop-{function}",
+        "POWERTOOLS_METRICS_NAMESPACE": "gallop",
+    }
+    for field in FUNCTION_SETTINGS[function]:
+        if field == "database":
+            env[ENV_DATABASE_SECRET_ARN] = wiring.database_secret_arn
+            env[ENV_DATABASE_HOST] = wiring.database_host
+        elif field == "data_bucket":
+            env[ENV_DATA_BUCKET] = wiring.data_bucket
+        elif field == "features_queue_url":
+            env[ENV_FEATURES_QUEUE_URL] = wiring.features_queue_url
+        elif field == "api_key_source":
+            env["GALLOP_API_KEY_SOURCE"] = "gateway"
+        else:
+            raise KeyError(f"the stack does not know how to provide setting {field!r}")
+    return env
+
+
+@dataclass(frozen=True)
+class Placement:
+    vpc: ec2.IVpc
+    security_groups: list[ec2.ISecurityGroup]
+
+
+def _log_group(scope: Construct, id: str) -> logs.LogGroup:
+    return logs.LogGroup(
+        scope,
+        f"{id}Logs",
+        retention=logs.RetentionDays.ONE_MONTH,
+        removal_policy=RemovalPolicy.DESTROY,
+    )
+
+
+def zip_function(
+    scope: Construct,
+    id: str,
+    *,
+    function: str,
+    layers: list[lambda_.ILayerVersion],
+    wiring: Wiring,
+    placement: Placement,
+    memory_mb: int,
+    timeout: Duration,
+    description: str,
+) -> lambda_.Function:
+    return lambda_.Function(
+        scope,
+        id,
+        description=description,
+        runtime=lambda_.Runtime.PYTHON_3_12,
+        architecture=lambda_.Architecture.X86_64,
+        handler="handler.handler",
+        code=lambda_.Code.from_asset(build_path("lambda", function)),
+        layers=layers,
+        memory_size=memory_mb,
+        timeout=timeout,
+        tracing=lambda_.Tracing.ACTIVE,
+        environment=environment(function, wiring),
+        log_group=_log_group(scope, id),
+        vpc=placement.vpc,
+        vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
+        security_groups=placement.security_groups,
+    )
+
+
+def image_function(
+    scope: Construct,
+    id: str,
+    *,
+    function: str,
+    wiring: Wiring,
+    placement: Placement,
+    memory_mb: int,
+    timeout: Duration,
+    description: str,
+) -> lambda_.DockerImageFunction:
+    """pandas + pyarrow do not fit a zip function: these run the data image (built by
+    `cdk deploy` from build/images/data; synthesis needs no Docker)."""
+    return lambda_.DockerImageFunction(
+        scope,
+        id,
+        description=description,
+        code=lambda_.DockerImageCode.from_image_asset(
+            build_path("images", "data"), cmd=[f"{function}.handler.handler"]
+        ),
+        architecture=lambda_.Architecture.X86_64,
+        memory_size=memory_mb,
+        timeout=timeout,
+        tracing=lambda_.Tracing.ACTIVE,
+        environment=environment(function, wiring),
+        log_group=_log_group(scope, id),
+        vpc=placement.vpc,
+        vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
+        security_groups=placement.security_groups,
+    )
+
+
+def layer(scope: Construct, id: str, name: str, description: str) -> lambda_.LayerVersion:
+    return lambda_.LayerVersion(
+        scope,
+        id,
+        code=lambda_.Code.from_asset(build_path("layers", name)),
+        compatible_runtimes=[lambda_.Runtime.PYTHON_3_12],
+        compatible_architectures=[lambda_.Architecture.X86_64],
+        description=description,
+    )

@@ -1,0 +1,71 @@
+"""Alarms on what ops must hear about, all to one SNS topic."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as actions
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+P99_LATENCY_MS = 1000
+
+
+class Monitoring(Construct):
+    def __init__(self, scope: Construct, id: str, *, key: kms.IKey) -> None:
+        super().__init__(scope, id)
+        self.topic = sns.Topic(self, "Alarms", master_key=key, display_name="gallop alarms")
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                effect=iam.Effect.DENY,
+                principals=[iam.AnyPrincipal()],
+                actions=["sns:Publish"],
+                resources=[self.topic.topic_arn],
+                conditions={"Bool": {"aws:SecureTransport": "false"}},
+            )
+        )
+        self._action = actions.SnsAction(self.topic)
+
+    def _alarm(self, id: str, metric: cloudwatch.Metric, threshold: float, what: str) -> None:
+        alarm = metric.create_alarm(
+            self,
+            id,
+            threshold=threshold,
+            evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            alarm_description=what,
+        )
+        alarm.add_alarm_action(self._action)
+
+    def watch_function(self, name: str, function: lambda_.IFunction) -> None:
+        period = Duration.minutes(5)
+        self._alarm(
+            f"{name}Errors", function.metric_errors(period=period), 1, f"{name}: invocations failed"
+        )
+        self._alarm(
+            f"{name}Throttles",
+            function.metric_throttles(period=period),
+            1,
+            f"{name}: invocations throttled",
+        )
+
+    def watch_dead_letters(self, name: str, queue: sqs.IQueue) -> None:
+        metric = queue.metric_approximate_number_of_messages_visible(period=Duration.minutes(5))
+        self._alarm(f"{name}DeadLetters", metric, 1, f"{name}: messages were dead-lettered")
+
+    def watch_api(self, api: apigw.RestApi) -> None:
+        period = Duration.minutes(5)
+        self._alarm("Api5xx", api.metric_server_error(period=period), 1, "API answered 5xx")
+        latency = api.metric_latency(period=period, statistic="p99")
+        self._alarm(
+            "ApiLatencyP99",
+            latency,
+            P99_LATENCY_MS,
+            f"API p99 latency at or above {P99_LATENCY_MS} ms",
+        )

@@ -1,0 +1,124 @@
+"""The gallop stack: composes one construct per concern and does every grant."""
+
+from __future__ import annotations
+
+from aws_cdk import CfnOutput, RemovalPolicy, Stack
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from infra.api import Api
+from infra.database import Database
+from infra.functions import Placement, Wiring, layer
+from infra.migrations import Migrations
+from infra.monitoring import Monitoring
+from infra.pipeline import Pipeline
+from infra.storage import Storage
+
+
+class GallopStack(Stack):
+    def __init__(self, scope: Construct, id: str, **kwargs: object) -> None:
+        super().__init__(scope, id, **kwargs)  # type: ignore[arg-type]
+        # One key per concern: the queue key's policy names the data bucket (S3 sends
+        # notifications), so the bucket cannot share it without a dependency cycle.
+        data_key = self._key("DataKey", "gallop buckets")
+        messages_key = self._key("MessagesKey", "gallop queues and alarm topic")
+        database_key = self._key("DatabaseKey", "gallop metadata database and its secret")
+        storage = Storage(self, "Storage", key=data_key)
+        vpc = self._network()
+        database = Database(self, "Database", vpc=vpc, key=database_key)
+        placement = Placement(vpc, [database.clients])
+
+        web = layer(self, "WebLayer", "web", "FastAPI, Mangum, pydantic, Powertools")
+        db = layer(self, "DbLayer", "db", "SQLAlchemy, Alembic, psycopg")
+
+        def wiring(features_queue_url: str = "") -> Wiring:
+            return Wiring(
+                database_secret_arn=database.secret.secret_arn,
+                database_host=database.proxy.endpoint,
+                data_bucket=storage.data.bucket_name,
+                features_queue_url=features_queue_url,
+            )
+
+        pipeline = Pipeline(
+            self,
+            "Pipeline",
+            data=storage.data,
+            key=messages_key,
+            placement=placement,
+            wiring_for=wiring,
+        )
+        api = Api(self, "Api", layers=[web, db], wiring=wiring(), placement=placement)
+        migrations = Migrations(
+            self, "Migrations", layers=[web, db], wiring=wiring(), placement=placement
+        )
+        # Nothing may reach the database before its schema exists. (The function resources
+        # only: their roles are named in key policies the migration itself depends on.)
+        schema = migrations.resource.node.default_child
+        for function in [*pipeline.functions, api.function]:
+            function.node.default_child.node.add_dependency(schema)  # type: ignore[union-attr]
+
+        # -- grants: least privilege, all in one place ------------------------------------
+        for function in [*pipeline.functions, api.function, migrations.function]:
+            database.secret.grant_read(function)
+        storage.data.grant_read_write(pipeline.ingest)
+        storage.data.grant_read_write(pipeline.features)
+        # The API signs presigned POSTs with its own credentials: it needs PutObject, and
+        # reads curated reports and entity snapshots.
+        storage.data.grant_put(api.function)
+        storage.data.grant_read(api.function)
+        pipeline.features_queue.grant_send_messages(pipeline.ingest)
+
+        monitoring = Monitoring(self, "Monitoring", key=messages_key)
+        for name, function in (
+            ("Ingest", pipeline.ingest),
+            ("Features", pipeline.features),
+            ("Api", api.function),
+            ("Migrate", migrations.function),
+        ):
+            monitoring.watch_function(name, function)
+        for name, queue in zip(("Ingest", "Features"), pipeline.dead_letter_queues, strict=True):
+            monitoring.watch_dead_letters(name, queue)
+        monitoring.watch_api(api.rest_api)
+
+        CfnOutput(self, "ApiUrl", value=api.rest_api.url)
+        CfnOutput(self, "FirstApiKeyId", value=api.first_key.key_id)
+        CfnOutput(self, "DataBucket", value=storage.data.bucket_name)
+        CfnOutput(self, "ArtifactsBucket", value=storage.artifacts.bucket_name)
+        CfnOutput(self, "AlarmTopic", value=monitoring.topic.topic_arn)
+        self.storage, self.database, self.pipeline, self.api = storage, database, pipeline, api
+        self.migrations, self.monitoring = migrations, monitoring
+
+    def _key(self, id: str, description: str) -> kms.Key:
+        return kms.Key(
+            self,
+            id,
+            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.RETAIN,
+            description=description,
+        )
+
+    def _network(self) -> ec2.Vpc:
+        vpc = ec2.Vpc(
+            self,
+            "Vpc",
+            max_azs=2,
+            nat_gateways=1,
+            subnet_configuration=[
+                ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC),
+                ec2.SubnetConfiguration(
+                    name="private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS
+                ),
+            ],
+            gateway_endpoints={
+                "S3": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.S3)
+            },
+        )
+        vpc.add_flow_log(
+            "FlowLog",
+            destination=ec2.FlowLogDestination.to_cloud_watch_logs(
+                logs.LogGroup(self, "FlowLogs", retention=logs.RetentionDays.ONE_MONTH)
+            ),
+        )
+        return vpc

@@ -1,0 +1,281 @@
+"""The CDK app, proven by synthesis: real templates, asserted property by property."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+
+from aws_cdk.assertions import Annotations, Match, Template  # noqa: E402
+
+from gallop.settings import FUNCTION_SETTINGS, Settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def stack() -> Any:
+    # Function code and the image context are copied in place; synthesis needs no wheels
+    # and no Docker (the image is built by cdk deploy).
+    subprocess.run([sys.executable, "layers/build.py", "--code-only"], cwd=ROOT, check=True)
+    from infra.app import build
+
+    _, gallop = build({"aws:cdk:disable-asset-staging": True})
+    return gallop
+
+
+@pytest.fixture(scope="module")
+def template(stack: Any) -> Template:
+    return Template.from_stack(stack)
+
+
+def resources(template: Template, kind: str) -> dict[str, dict]:
+    return template.find_resources(kind)
+
+
+def test_cdk_nag_finds_nothing_unsuppressed(stack: Any, template: Template) -> None:
+    annotations = Annotations.from_stack(stack)
+    for pack in ("AwsSolutions-.*", "Serverless-.*"):
+        errors = annotations.find_error("*", Match.string_like_regexp(pack))
+        warnings = annotations.find_warning("*", Match.string_like_regexp(pack))
+        assert errors == [] and warnings == [], [str(e.entry.data)[:120] for e in errors + warnings]
+
+
+def test_every_suppression_carries_a_reason(template: Template) -> None:
+    suppressed = [
+        r for r in template.to_json()["Resources"].values() if "cdk_nag" in r.get("Metadata", {})
+    ]
+    assert suppressed
+    for resource in suppressed:
+        for rule in resource["Metadata"]["cdk_nag"]["rules_to_suppress"]:
+            assert len(rule["reason"]) >= 40, rule
+
+
+def test_buckets_are_encrypted_private_and_ssl_only(template: Template) -> None:
+    buckets = resources(template, "AWS::S3::Bucket")
+    assert len(buckets) == 3  # data, artifacts, their access logs
+    for bucket in buckets.values():
+        props = bucket["Properties"]
+        assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        assert props["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        }
+        assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    kms = [b for b in buckets.values() if "LoggingConfiguration" in b["Properties"]]
+    assert len(kms) == 2, "data and artifacts buckets log access"
+    for bucket in kms:
+        rule = bucket["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+        assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    policies = resources(template, "AWS::S3::BucketPolicy")
+    ssl_only = [
+        p
+        for p in policies.values()
+        if any(
+            s["Effect"] == "Deny"
+            and s.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}
+            for s in p["Properties"]["PolicyDocument"]["Statement"]
+        )
+    ]
+    assert len(ssl_only) == len(buckets)
+
+
+def test_uploads_and_quarantine_expire_and_models_are_kept(template: Template) -> None:
+    rules = [
+        b["Properties"].get("LifecycleConfiguration", {}).get("Rules", [])
+        for b in resources(template, "AWS::S3::Bucket").values()
+    ]
+    prefixes = {r.get("Prefix"): r.get("ExpirationInDays") for rs in rules for r in rs}
+    assert prefixes["raw/"] == 30 and prefixes["quarantine/"] == 90
+    artifacts = [rs for rs in rules if rs and all("ExpirationInDays" not in r for r in rs)]
+    assert artifacts, "the artifacts bucket expires nothing"
+
+
+def test_keys_rotate(template: Template) -> None:
+    keys = resources(template, "AWS::KMS::Key")
+    assert keys and all(k["Properties"]["EnableKeyRotation"] for k in keys.values())
+
+
+def test_every_work_queue_has_a_dead_letter_queue_and_all_are_encrypted(
+    template: Template,
+) -> None:
+    queues = resources(template, "AWS::SQS::Queue")
+    dlq_ids = {
+        q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+        for q in queues.values()
+        if "RedrivePolicy" in q["Properties"]
+    }
+    work = [i for i, q in queues.items() if "RedrivePolicy" in q["Properties"]]
+    assert len(work) == 2 and len(dlq_ids) == 2
+    assert set(queues) == set(work) | dlq_ids, "every queue is a work queue or a DLQ"
+    for queue in queues.values():
+        assert "KmsMasterKeyId" in queue["Properties"]
+    for queue in (queues[i] for i in work):
+        assert queue["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 3
+
+
+def test_only_raw_uploads_notify_the_ingest_queue(template: Template) -> None:
+    (notifications,) = resources(template, "Custom::S3BucketNotifications").values()
+    (config,) = notifications["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    assert config["Events"] == ["s3:ObjectCreated:*"]
+    assert config["Filter"] == {"Key": {"FilterRules": [{"Name": "prefix", "Value": "raw/"}]}}
+
+
+def test_queue_driven_functions_report_partial_batch_failures(template: Template) -> None:
+    mappings = resources(template, "AWS::Lambda::EventSourceMapping")
+    assert len(mappings) == 2
+    for mapping in mappings.values():
+        assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def gallop_functions(template: Template) -> dict[str, dict]:
+    """Our functions, by name (their Powertools service name says which they are)."""
+    found = {}
+    for resource in resources(template, "AWS::Lambda::Function").values():
+        env = resource["Properties"].get("Environment", {}).get("Variables", {})
+        service = env.get("POWERTOOLS_SERVICE_NAME", "")
+        if service.startswith("gallop-"):
+            found[service.removeprefix("gallop-")] = resource["Properties"]
+    return found
+
+
+def test_every_function_is_sized_traced_and_configured_as_its_code_requires(
+    template: Template, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    functions = gallop_functions(template)
+    assert set(functions) == set(FUNCTION_SETTINGS)
+    for name, props in functions.items():
+        assert props["MemorySize"] >= 512 and props["Timeout"] >= 29, name
+        assert props["TracingConfig"] == {"Mode": "Active"}, name
+        assert props["VpcConfig"]["SubnetIds"], name
+        # The very check the handler runs at cold start, on the synthesised environment
+        # (tokens such as bucket names stand in as placeholders).
+        for variable in [k for k in os.environ if k.startswith("GALLOP_") or k == "DATABASE_URL"]:
+            monkeypatch.delenv(variable)
+        env = {
+            k: v if isinstance(v, str) else "resolved-at-deploy"
+            for k, v in props["Environment"]["Variables"].items()
+        }
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        Settings().require_for(name)  # raises, naming the variable, if the stack forgot one
+        assert "DATABASE_URL" not in env, "no credentials in plain environment variables"
+
+
+def test_the_data_functions_run_the_image_and_the_others_are_zips(template: Template) -> None:
+    functions = gallop_functions(template)
+    for name in ("ingest", "features"):
+        assert functions[name]["PackageType"] == "Image"
+        assert functions[name]["ImageConfig"]["Command"] == [f"{name}.handler.handler"]
+    for name in ("api", "migrate"):
+        assert functions[name]["Runtime"] == "python3.12" and len(functions[name]["Layers"]) == 2
+    assert (ROOT / "build" / "images" / "data" / "Dockerfile").is_file()
+
+
+# Actions AWS offers no resource-level permission for, each with the reason.
+STAR_RESOURCE_JUSTIFIED = {
+    "xray:PutTraceSegments": "X-Ray tracing has no resource-level permissions",
+    "xray:PutTelemetryRecords": "X-Ray tracing has no resource-level permissions",
+}
+
+
+def test_no_wildcard_actions_and_star_resources_only_where_aws_requires(
+    template: Template,
+) -> None:
+    statements = [
+        s
+        for p in resources(template, "AWS::IAM::Policy").values()
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    assert statements
+    for statement in statements:
+        actions = (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+        assert "*" not in actions and not any(a.endswith(":*") for a in actions), statement
+        if statement.get("Resource") == "*":
+            unjustified = [a for a in actions if a not in STAR_RESOURCE_JUSTIFIED]
+            assert unjustified == [], statement
+
+
+def test_every_api_method_needs_a_key_and_clients_are_throttled(template: Template) -> None:
+    methods = resources(template, "AWS::ApiGateway::Method")
+    assert methods
+    for method in methods.values():
+        assert method["Properties"]["ApiKeyRequired"] is True
+        assert method["Properties"]["AuthorizationType"] == "NONE"  # keys, not IAM/Cognito
+        assert "RequestValidatorId" in method["Properties"]
+    template.has_resource_properties(
+        "AWS::ApiGateway::UsagePlan",
+        {
+            "Throttle": {"RateLimit": Match.any_value(), "BurstLimit": Match.any_value()},
+            "Quota": Match.object_like({"Period": "MONTH"}),
+        },
+    )
+    template.has_resource_properties(
+        "AWS::ApiGateway::Stage",
+        {
+            "AccessLogSetting": Match.object_like({"DestinationArn": Match.any_value()}),
+            "TracingEnabled": True,
+        },
+    )
+    template.resource_count_is("AWS::WAFv2::WebACLAssociation", 1)
+
+
+def test_the_database_is_private_encrypted_rotated_and_behind_a_proxy(template: Template) -> None:
+    template.has_resource_properties(
+        "AWS::RDS::DBCluster",
+        {
+            "Engine": "aurora-postgresql",
+            "StorageEncrypted": True,
+            "DeletionProtection": True,
+            "ServerlessV2ScalingConfiguration": Match.any_value(),
+        },
+    )
+    template.has_resource_properties("AWS::RDS::DBProxy", {"RequireTLS": True})
+    template.resource_count_is("AWS::SecretsManager::RotationSchedule", 1)
+    # Migrations run on deploy, and again whenever the migration files change.
+    (schema,) = resources(template, "AWS::CloudFormation::CustomResource").values()
+    assert len(schema["Properties"]["migrations"]) == 16
+
+
+def test_alarms_cover_errors_throttles_dead_letters_and_the_api(template: Template) -> None:
+    alarms = resources(template, "AWS::CloudWatch::Alarm").values()
+    metrics = [
+        (a["Properties"].get("Namespace"), a["Properties"].get("MetricName")) for a in alarms
+    ]
+    functions = len(FUNCTION_SETTINGS)
+    assert metrics.count(("AWS/Lambda", "Errors")) == functions
+    assert metrics.count(("AWS/Lambda", "Throttles")) == functions
+    assert metrics.count(("AWS/SQS", "ApproximateNumberOfMessagesVisible")) == 2
+    assert ("AWS/ApiGateway", "5XXError") in metrics and ("AWS/ApiGateway", "Latency") in metrics
+    for alarm in alarms:
+        assert alarm["Properties"]["AlarmActions"], "every alarm notifies the topic"
+    template.has_resource_properties("AWS::SNS::Topic", {"KmsMasterKeyId": Match.any_value()})
+
+
+def test_bundles_fit_lambda_limits_and_the_inference_budget() -> None:
+    # The real build: pinned manylinux wheels from the package index (cached in build/).
+    done = subprocess.run(
+        [sys.executable, "layers/build.py"], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    import json
+
+    sizes = json.loads((ROOT / "build" / "sizes.json").read_text())
+    assert sizes["inference path"]["total_mb"] <= 150
+    for name in ("api", "migrate"):
+        assert sizes[name]["total_mb"] <= 250
+    # No boto3 in any layer: the runtime provides it.
+    assert not list((ROOT / "build" / "layers").glob("*/python/boto3"))
+    # The API function's layers really lack pandas, onnxruntime is only in inference.
+    assert not (ROOT / "build" / "layers" / "web" / "python" / "pandas").exists()
+    assert (ROOT / "build" / "layers" / "inference" / "python" / "onnxruntime").is_dir()
