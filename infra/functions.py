@@ -83,6 +83,32 @@ def _log_group(scope: Construct, id: str) -> logs.LogGroup:
     )
 
 
+def _common(
+    scope: Construct,
+    id: str,
+    function: str,
+    wiring: Wiring,
+    placement: Placement,
+    memory_mb: int,
+    timeout: Duration,
+    description: str,
+) -> dict[str, object]:
+    """What every gallop function shares: explicit size and timeout, X-Ray, a log group
+    with retention, private subnets, and the environment its code requires."""
+    return {
+        "description": description,
+        "architecture": lambda_.Architecture.X86_64,
+        "memory_size": memory_mb,
+        "timeout": timeout,
+        "tracing": lambda_.Tracing.ACTIVE,
+        "environment": environment(function, wiring),
+        "log_group": _log_group(scope, id),
+        "vpc": placement.vpc,
+        "vpc_subnets": ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
+        "security_groups": placement.security_groups,
+    }
+
+
 def zip_function(
     scope: Construct,
     id: str,
@@ -98,20 +124,11 @@ def zip_function(
     return lambda_.Function(
         scope,
         id,
-        description=description,
         runtime=lambda_.Runtime.PYTHON_3_12,
-        architecture=lambda_.Architecture.X86_64,
         handler="handler.handler",
         code=lambda_.Code.from_asset(build_path("lambda", function)),
         layers=layers,
-        memory_size=memory_mb,
-        timeout=timeout,
-        tracing=lambda_.Tracing.ACTIVE,
-        environment=environment(function, wiring),
-        log_group=_log_group(scope, id),
-        vpc=placement.vpc,
-        vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
-        security_groups=placement.security_groups,
+        **_common(scope, id, function, wiring, placement, memory_mb, timeout, description),  # type: ignore[arg-type]
     )
 
 
@@ -131,19 +148,10 @@ def image_function(
     return lambda_.DockerImageFunction(
         scope,
         id,
-        description=description,
         code=lambda_.DockerImageCode.from_image_asset(
             build_path("images", "data"), cmd=[f"{function}.handler.handler"]
         ),
-        architecture=lambda_.Architecture.X86_64,
-        memory_size=memory_mb,
-        timeout=timeout,
-        tracing=lambda_.Tracing.ACTIVE,
-        environment=environment(function, wiring),
-        log_group=_log_group(scope, id),
-        vpc=placement.vpc,
-        vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
-        security_groups=placement.security_groups,
+        **_common(scope, id, function, wiring, placement, memory_mb, timeout, description),  # type: ignore[arg-type]
     )
 
 

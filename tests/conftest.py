@@ -153,15 +153,17 @@ def client(stack: LocalStack) -> Iterator[GallopClient]:
 
 
 @contextmanager
-def paused_poller(stack: LocalStack) -> Iterator[None]:
-    """Stop the ingest poller so a test can drive the handler itself; restart it after."""
+def paused_poller(stack: LocalStack, which: str = "poller") -> Iterator[None]:
+    """Stop a poller ("poller": ingest, or "features_poller") so a test can play that
+    function itself; a fresh poller takes over afterwards."""
     from gallop.local.lambda_runtime import SqsPoller
 
-    old = stack.poller
+    old = getattr(stack, which)
     assert old is not None
     old.stop()
     try:
         yield
     finally:
-        stack.poller = SqsPoller(old.sqs, old.queue_url, old.queue_arn, old.handler, "ingest")
-        stack.poller.start()
+        fresh = SqsPoller(old.sqs, old.queue_url, old.queue_arn, old.handler, old.function_name)
+        setattr(stack, which, fresh)
+        fresh.start()

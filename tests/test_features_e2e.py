@@ -22,7 +22,7 @@ from gallop.local.stack import LocalStack
 from gallop.metadata.db import engine_for
 from gallop.spec import DatasetSpec
 from gallop.storage import Store
-from tests.conftest import spec_named, unique_name
+from tests.conftest import paused_poller, spec_named, unique_name
 from tests.test_features import card_of, keyed
 
 
@@ -107,8 +107,7 @@ def test_a_crash_while_writing_features_leaves_no_feature_set_and_a_retry_finish
 ) -> None:
     assert stack.settings is not None and stack.features_poller is not None
     spec = spec_named(races_spec, unique_name("crash"))
-    stack.features_poller.stop()  # this test plays the features function itself
-    try:
+    with paused_poller(stack, "features_poller"):  # this test plays the function
         version_id = ingest(client, spec, races_csv.read_bytes())
         engine = engine_for(stack.settings.sqlalchemy_url)
         failing = boto3.client(
@@ -132,14 +131,6 @@ def test_a_crash_while_writing_features_leaves_no_feature_set_and_a_retry_finish
         assert done.status == "READY"
         again = build_for_version(request, Store(stack.settings.data_bucket, s3), engine)
         assert again.id == done.id  # the same request twice is one feature set
-    finally:
-        from gallop.local.lambda_runtime import SqsPoller
-
-        old = stack.features_poller
-        stack.features_poller = SqsPoller(
-            old.sqs, old.queue_url, old.queue_arn, old.handler, "features"
-        )
-        stack.features_poller.start()
 
 
 def test_unknown_version_has_no_feature_sets(client: GallopClient, races_spec: DatasetSpec) -> None:

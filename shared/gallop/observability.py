@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 NAMESPACE = "gallop"
 
@@ -27,3 +38,36 @@ def discard_unpublished(meter: Metrics) -> None:
     long-running local process would grow it forever."""
     if is_metrics_disabled():
         meter.clear_metrics()
+
+
+def unretryable(log: Logger, meter: Metrics, exc: Exception, **context: object) -> None:
+    """A message that retrying cannot help: say why, count it, and let it go."""
+    problem = type(exc).__name__
+    log.error(f"{problem}: {exc}", extra=context)
+    meter.add_metric(name=problem, unit=MetricUnit.Count, value=1)
+
+
+def sqs_batch_handler(service: str, make_worker: Callable[[Logger, Metrics], Any]) -> Callable:
+    """The Lambda handler of a queue-driven function: Powertools batch processing with
+    partial failures (a record that raises is retried, the others are not), JSON logs
+    keyed by the first message id, and metrics published per invocation."""
+    log, meter = logger(service), metrics(service)
+    processor = BatchProcessor(event_type=EventType.SQS)
+    worker = make_worker(log, meter)
+    # A batch of only s3:TestEvent publishes no metric; that is expected, not a fault.
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
+
+    def record_handler(record: SQSRecord) -> None:
+        worker.handle_message(record.message_id, record.body)
+
+    @log.inject_lambda_context(correlation_id_path="Records[0].messageId", clear_state=True)
+    @meter.log_metrics
+    def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        try:
+            return process_partial_response(
+                event=event, record_handler=record_handler, processor=processor, context=context
+            )
+        finally:
+            discard_unpublished(meter)
+
+    return handler

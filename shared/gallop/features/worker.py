@@ -10,6 +10,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from gallop.features.service import FeaturesRequest, VersionNotValid, build_for_version
 from gallop.metadata import repo
 from gallop.metadata.db import engine_for
+from gallop.observability import unretryable
 from gallop.settings import get_settings
 from gallop.storage import Store
 
@@ -28,9 +29,7 @@ class FeaturesWorker:
         try:
             result = build_for_version(request, self._store, engine_for(settings.sqlalchemy_url))
         except (repo.DatasetNotFound, VersionNotValid) as exc:
-            # Retrying cannot help: log, count, let the message go.
-            self.log.error(f"{type(exc).__name__}: {exc}", extra={"message_id": message_id})
-            self.meter.add_metric(name=type(exc).__name__, unit=MetricUnit.Count, value=1)
+            unretryable(self.log, self.meter, exc, message_id=message_id)
             return
         seconds = time.perf_counter() - started
         self.log.info(

@@ -12,6 +12,7 @@ from gallop.features.service import FeaturesRequest
 from gallop.ingest.events import objects_created
 from gallop.ingest.service import UnknownDataset, ingest_object
 from gallop.metadata.db import engine_for
+from gallop.observability import unretryable
 from gallop.settings import RAW_PREFIX, get_settings
 from gallop.storage import NotAnUploadKey, ObjectMissing, Store
 
@@ -40,13 +41,8 @@ class IngestWorker:
             try:
                 outcome = ingest_object(created.key, self._store, engine, settings)
             except (UnknownDataset, NotAnUploadKey, ObjectMissing) as exc:
-                # Retrying cannot help: say so, count it, and let the message go. The object
-                # (if any) stays in raw/ for an operator.
-                problem = type(exc).__name__
-                self.log.error(
-                    f"{problem}: {exc}", extra={"key": created.key, "message_id": message_id}
-                )
-                self.meter.add_metric(name=problem, unit=MetricUnit.Count, value=1)
+                # The object (if any) stays in raw/ for an operator.
+                unretryable(self.log, self.meter, exc, key=created.key, message_id=message_id)
                 continue
             seconds = time.perf_counter() - started
             self.log.info(
