@@ -32,6 +32,7 @@ class GallopStack(Stack):
 
         web = layer(self, "WebLayer", "web", "FastAPI, Mangum, pydantic, Powertools")
         db = layer(self, "DbLayer", "db", "SQLAlchemy, Alembic, psycopg")
+        numpy = layer(self, "NumpyLayer", "numpy", "numpy (the feature engine)")
 
         def wiring(features_queue_url: str = "") -> Wiring:
             return Wiring(
@@ -49,7 +50,7 @@ class GallopStack(Stack):
             placement=placement,
             wiring_for=wiring,
         )
-        api = Api(self, "Api", layers=[web, db], wiring=wiring(), placement=placement)
+        api = Api(self, "Api", layers=[web, db, numpy], wiring=wiring(), placement=placement)
         migrations = Migrations(
             self, "Migrations", layers=[web, db], wiring=wiring(), placement=placement
         )

@@ -33,15 +33,15 @@ INFERENCE_BUDGET_MB = 150  # ours: the predict path stays lean
 
 # function -> (layers, kind); kind "zip" or "image"
 FUNCTIONS = {
-    "api": (["web", "db"], "zip"),
+    "api": (["web", "db", "numpy"], "zip"),
     "migrate": (["web", "db"], "zip"),
     "ingest": (["data"], "image"),
     "features": (["data"], "image"),
 }
-ZIP_LAYERS = ("web", "db", "inference")
+ZIP_LAYERS = ("web", "db", "numpy", "inference")
 # The predict function (serving issue) will run web + inference and no database
 # client: its budget is checked on those layers until it exists.
-INFERENCE_PATH = ["web", "inference"]
+INFERENCE_PATH = ["web", "numpy", "inference"]
 DOCKERFILE = """\
 # ingest and features: one image, the handler chosen by the function's CMD.
 FROM public.ecr.aws/lambda/python:3.12
@@ -51,6 +51,27 @@ COPY functions/ ${LAMBDA_TASK_ROOT}/
 CMD ["ingest.handler.handler"]
 """
 STRIP_DIRS = {"__pycache__", "tests", "test", "testing"}
+# What the python3.12 Lambda runtime itself provides.
+RUNTIME_PROVIDED = {
+    "boto3",
+    "botocore",
+    "s3transfer",
+    "jmespath",
+    "python-dateutil",
+    "six",
+    "urllib3",
+}
+LAMBDA_MARKERS = {
+    "python_version": PYTHON,
+    "python_full_version": PYTHON + ".0",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "os_name": "posix",
+    "extra": "",
+}
 STRIP_SUFFIXES = {".pyc", ".pyi"}
 
 
@@ -91,6 +112,7 @@ def install(requirements: Path, target: Path) -> None:
     stamp = target / ".requirements.sha256"
     digest = hashlib.sha256(_flatten(requirements).encode()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest:
+        strip(target)
         return
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
@@ -155,6 +177,36 @@ def build_image_context(out: Path, with_dependencies: bool) -> Path:
     return context
 
 
+def missing_requirements(trees: list[Path]) -> list[str]:
+    """Requirements (for python3.12 on Lambda, no extras) that no package in these trees,
+    nor the runtime, satisfies: what --no-deps pins must not leave out."""
+    from email.parser import Parser
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    installed: dict[str, str] = {}
+    metadata = []
+    for tree in trees:
+        for info in tree.rglob("*.dist-info/METADATA"):
+            message = Parser().parsestr(info.read_text(encoding="utf-8", errors="replace"))
+            installed[canonicalize_name(message["Name"])] = message["Version"]
+            metadata.append(message)
+    problems = []
+    for message in metadata:
+        for line in message.get_all("Requires-Dist") or []:
+            requirement = Requirement(line)
+            if requirement.marker and not requirement.marker.evaluate(LAMBDA_MARKERS):
+                continue
+            name = canonicalize_name(requirement.name)
+            if name in RUNTIME_PROVIDED:
+                continue
+            version = installed.get(name)
+            if version is None or not requirement.specifier.contains(version, prereleases=True):
+                problems.append(f"{message['Name']} needs {requirement} (found: {version})")
+    return sorted(set(problems))
+
+
 def report(out: Path) -> dict[str, dict]:
     sizes: dict[str, dict] = {}
     for function, (layers, kind) in FUNCTIONS.items():
@@ -177,6 +229,13 @@ def report(out: Path) -> dict[str, dict]:
             "limit_mb": limit,
             "within_limit": limit is None or total / MB <= limit,
         }
+    for function, (layers, kind) in FUNCTIONS.items():
+        trees = (
+            [out / "layers" / layer for layer in layers]
+            if kind == "zip"
+            else [out / "images" / "data" / "site-packages"]
+        )
+        sizes[function]["missing"] = missing_requirements(trees)
     inference = {layer: size_of(out / "layers" / layer) for layer in INFERENCE_PATH}
     total = sum(inference.values())
     sizes["inference path"] = {
@@ -186,6 +245,7 @@ def report(out: Path) -> dict[str, dict]:
         "total_mb": round(total / MB, 1),
         "limit_mb": INFERENCE_BUDGET_MB,
         "within_limit": total / MB <= INFERENCE_BUDGET_MB,
+        "missing": missing_requirements([out / "layers" / layer for layer in INFERENCE_PATH]),
     }
     return sizes
 
@@ -220,7 +280,10 @@ def main() -> int:
             f"{function:<10}{row['kind']:<7}{row['code_mb']:>9}  {layers:<42}"
             f"{row['total_mb']:>9}  {limit} {verdict}"
         )
-    return 0 if all(row["within_limit"] for row in sizes.values()) else 1
+    missing = {f: row["missing"] for f, row in sizes.items() if row["missing"]}
+    for function, problems in missing.items():
+        print(f"{function}: incomplete dependencies: " + "; ".join(problems))
+    return 0 if all(row["within_limit"] for row in sizes.values()) and not missing else 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -175,8 +176,9 @@ def test_the_data_functions_run_the_image_and_the_others_are_zips(template: Temp
     for name in ("ingest", "features"):
         assert functions[name]["PackageType"] == "Image"
         assert functions[name]["ImageConfig"]["Command"] == [f"{name}.handler.handler"]
+    assert len(functions["api"]["Layers"]) == 3 and len(functions["migrate"]["Layers"]) == 2
     for name in ("api", "migrate"):
-        assert functions[name]["Runtime"] == "python3.12" and len(functions[name]["Layers"]) == 2
+        assert functions[name]["Runtime"] == "python3.12"
     assert (ROOT / "build" / "images" / "data" / "Dockerfile").is_file()
 
 
@@ -279,3 +281,96 @@ def test_bundles_fit_lambda_limits_and_the_inference_budget() -> None:
     # The API function's layers really lack pandas, onnxruntime is only in inference.
     assert not (ROOT / "build" / "layers" / "web" / "python" / "pandas").exists()
     assert (ROOT / "build" / "layers" / "inference" / "python" / "onnxruntime").is_dir()
+
+
+def python_3_12() -> str | None:
+    """A real python3.12 interpreter (pyenv's shims only dispatch), or None."""
+    candidates = sorted(Path.home().glob(".pyenv/versions/3.12*/bin/python3.12"))
+    candidates += [Path(p) for p in (shutil.which("python3.12"), "/usr/bin/python3.12") if p]
+    for candidate in candidates:
+        ok = (
+            subprocess.run(
+                [str(candidate), "-c", "import sys; assert sys.version_info[:2] == (3, 12)"],
+                capture_output=True,
+            ).returncode
+            == 0
+        )
+        if ok:
+            return str(candidate)
+    return None
+
+
+RUNTIME_PACKAGES = ["boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six.py", "urllib3"]
+
+
+@pytest.fixture(scope="module")
+def lambda_runtime_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the python3.12 Lambda runtime brings on its own (boto3 and its dependencies),
+    taken from this environment: all pure Python."""
+    import boto3
+
+    site = Path(boto3.__file__).parents[1]
+    runtime = tmp_path_factory.mktemp("lambda-runtime")
+    for name in RUNTIME_PACKAGES:
+        (runtime / name).symlink_to(site / name)
+    return runtime
+
+
+@pytest.mark.parametrize(
+    ("function", "paths", "also"),
+    [
+        (
+            "api",
+            ["lambda/api", "layers/web/python", "layers/db/python", "layers/numpy/python"],
+            "import psycopg, sqlalchemy.dialects.postgresql.psycopg",
+        ),
+        (
+            "migrate",
+            ["lambda/migrate", "layers/web/python", "layers/db/python"],
+            "import psycopg, alembic",
+        ),
+        (
+            "ingest",
+            ["images/data/functions", "images/data", "images/data/site-packages"],
+            "import pandas, pyarrow.parquet, psycopg",
+        ),
+        (
+            "features",
+            ["images/data/functions", "images/data", "images/data/site-packages"],
+            "import pandas, pyarrow.parquet, psycopg",
+        ),
+        (
+            "inference path",
+            ["layers/web/python", "layers/numpy/python", "layers/inference/python"],
+            "import onnxruntime, numpy, fastapi, mangum, gallop_probe",
+        ),
+    ],
+)
+def test_each_bundle_imports_on_python_3_12_with_nothing_else(
+    function: str, paths: list[str], also: str, lambda_runtime_packages: Path, tmp_path: Path
+) -> None:
+    python = python_3_12()
+    if python is None:
+        pytest.skip("no python3.12 here (the Lambda runtime's version) to import the bundles")
+    test_bundles_fit_lambda_limits_and_the_inference_budget()  # the real, complete build
+    (tmp_path / "gallop_probe.py").write_text("")
+    path = [str(ROOT / "build" / p) for p in paths] + [str(lambda_runtime_packages), str(tmp_path)]
+    handler = {
+        "api": "handler",
+        "migrate": "handler",
+        "ingest": "ingest.handler",
+        "features": "features.handler",
+    }.get(function)
+    code = (f"import {handler}; " if handler else "") + also
+    env = {
+        "PYTHONPATH": os.pathsep.join(path),
+        "PATH": os.environ["PATH"],
+        "DATABASE_URL": "postgresql+psycopg://u@db.invalid/gallop",
+        "GALLOP_DATA_BUCKET": "b",
+        "GALLOP_API_KEY_SOURCE": "gateway",
+        "GALLOP_FEATURES_QUEUE_URL": "https://sqs.invalid/q",
+        "AWS_REGION": "us-east-1",
+    }
+    # -S: no site-packages at all, so only the bundle and the runtime's packages are there.
+    done = subprocess.run([python, "-S", "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-1500:]
