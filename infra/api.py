@@ -3,7 +3,7 @@ and quotas; request validation; access logs) in front of the api function."""
 
 from __future__ import annotations
 
-from aws_cdk import Duration
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -42,6 +42,8 @@ class Api(Construct):
         self.rest_api = apigw.LambdaRestApi(
             self,
             "RestApi",
+            # API Gateway's metrics are keyed by name: a default name could be shared.
+            rest_api_name=f"{Stack.of(self).stack_name}-api",
             handler=self.function,
             proxy=True,
             endpoint_types=[apigw.EndpointType.REGIONAL],
@@ -99,7 +101,18 @@ class Api(Construct):
                     override_action=waf.CfnWebACL.OverrideActionProperty(none={}),
                     statement=waf.CfnWebACL.StatementProperty(
                         managed_rule_group_statement=waf.CfnWebACL.ManagedRuleGroupStatementProperty(
-                            vendor_name="AWS", name=name
+                            vendor_name="AWS",
+                            name=name,
+                            # Bodies over 8 KB are normal here (specs, race cards of up to
+                            # 1,000 runners); the app limits sizes itself.
+                            rule_action_overrides=[
+                                waf.CfnWebACL.RuleActionOverrideProperty(
+                                    name="SizeRestrictions_BODY",
+                                    action_to_use=waf.CfnWebACL.RuleActionProperty(count={}),
+                                )
+                            ]
+                            if name == "AWSManagedRulesCommonRuleSet"
+                            else None,
                         )
                     ),
                     visibility_config=waf.CfnWebACL.VisibilityConfigProperty(

@@ -3,7 +3,7 @@ through RDS Proxy, its credentials in Secrets Manager with rotation."""
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_rds as rds
@@ -45,6 +45,8 @@ class Database(Construct):
         self.cluster.add_rotation_single_user(automatically_after=Duration.days(30))
         self.proxy = self.cluster.add_proxy(
             "Proxy",
+            # Proxy names are unique per account and region: derive it from the stack.
+            db_proxy_name=f"{Stack.of(self).stack_name}-metadata",
             secrets=[self.secret],
             vpc=vpc,
             vpc_subnets=private,

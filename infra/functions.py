@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
@@ -29,11 +30,26 @@ class BundlesMissing(RuntimeError):
     pass
 
 
+CODE_ONLY = "gallop:code-only-bundles"  # context flag: synthesis for tests, never deploy
+
+
 def build_path(*parts: str) -> str:
     path = BUILD.joinpath(*parts)
     if not path.exists():
         raise BundlesMissing(f"{path} does not exist: run `{BUILD_COMMAND}` before synthesis")
     return str(path)
+
+
+def dependencies_path(scope: Construct, *parts: str) -> str:
+    """A layer or the image context, refused if its dependencies were not installed (a
+    `--code-only` build leaves them empty), unless the app says it will not deploy."""
+    path = build_path(*parts)
+    installed = Path(path).rglob(".requirements.sha256")
+    if not any(installed) and not scope.node.try_get_context(CODE_ONLY):
+        raise BundlesMissing(
+            f"{path} holds no installed dependencies: run `{BUILD_COMMAND}` (not --code-only)"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -149,7 +165,10 @@ def image_function(
         scope,
         id,
         code=lambda_.DockerImageCode.from_image_asset(
-            build_path("images", "data"), cmd=[f"{function}.handler.handler"]
+            dependencies_path(scope, "images", "data"),
+            cmd=[f"{function}.handler.handler"],
+            # The wheels inside are x86_64: build that, even on an ARM machine.
+            platform=ecr_assets.Platform.LINUX_AMD64,
         ),
         **_common(scope, id, function, wiring, placement, memory_mb, timeout, description),  # type: ignore[arg-type]
     )
@@ -159,7 +178,7 @@ def layer(scope: Construct, id: str, name: str, description: str) -> lambda_.Lay
     return lambda_.LayerVersion(
         scope,
         id,
-        code=lambda_.Code.from_asset(build_path("layers", name)),
+        code=lambda_.Code.from_asset(dependencies_path(scope, "layers", name)),
         compatible_runtimes=[lambda_.Runtime.PYTHON_3_12],
         compatible_architectures=[lambda_.Architecture.X86_64],
         description=description,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as actions
@@ -17,9 +17,31 @@ P99_LATENCY_MS = 1000
 
 
 class Monitoring(Construct):
-    def __init__(self, scope: Construct, id: str, *, key: kms.IKey) -> None:
+    def __init__(self, scope: Construct, id: str, *, key: kms.Key) -> None:
         super().__init__(scope, id)
         self.topic = sns.Topic(self, "Alarms", master_key=key, display_name="gallop alarms")
+        stack = Stack.of(self)
+        alarms = f"arn:{stack.partition}:cloudwatch:{stack.region}:{stack.account}:alarm:*"
+        from_our_alarms = {"ArnLike": {"aws:SourceArn": alarms}}
+        cloudwatch_principal = iam.ServicePrincipal("cloudwatch.amazonaws.com")
+        # A topic policy replaces SNS's default one: CloudWatch must be allowed explicitly,
+        # and must be able to use the topic's key.
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                principals=[cloudwatch_principal],
+                actions=["sns:Publish"],
+                resources=[self.topic.topic_arn],
+                conditions=from_our_alarms,
+            )
+        )
+        key.add_to_resource_policy(
+            iam.PolicyStatement(
+                principals=[cloudwatch_principal],
+                actions=["kms:Decrypt", "kms:GenerateDataKey"],
+                resources=["*"],  # in a key policy, "*" is this key
+                conditions=from_our_alarms,
+            )
+        )
         self.topic.add_to_resource_policy(
             iam.PolicyStatement(
                 effect=iam.Effect.DENY,
@@ -31,12 +53,16 @@ class Monitoring(Construct):
         )
         self._action = actions.SnsAction(self.topic)
 
-    def _alarm(self, id: str, metric: cloudwatch.Metric, threshold: float, what: str) -> None:
+    def _alarm(
+        self, id: str, metric: cloudwatch.Metric, threshold: float, what: str, of: int = 1
+    ) -> None:
+        """Alarm when `of` of the last `of` periods breach (1: at once)."""
         alarm = metric.create_alarm(
             self,
             id,
             threshold=threshold,
-            evaluation_periods=1,
+            evaluation_periods=of,
+            datapoints_to_alarm=of,
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
             alarm_description=what,

@@ -30,15 +30,17 @@ IAM = [
     NagPackSuppression(
         id="AwsSolutions-IAM5",
         reason="Object keys carry dataset, version and upload ids that are not known at "
-        "deploy time: the S3 grants cover object actions on the one data bucket's objects "
-        "(and no other bucket).",
+        "deploy time: each S3 grant covers object actions under one prefix of the data "
+        "bucket (raw/, curated/, quarantine/ or features/), and no other bucket.",
         applies_to=[
             "Action::s3:Abort*",
             "Action::s3:DeleteObject*",
             "Action::s3:GetBucket*",
             "Action::s3:GetObject*",
             "Action::s3:List*",
-            RegexAppliesTo(regex="/^Resource::<StorageData[0-9A-F]+\\.Arn>\\/\\*$/"),
+            RegexAppliesTo(
+                regex="/^Resource::<StorageData[0-9A-F]+\\.Arn>\\/(raw|curated|quarantine|features)\\/\\*$/"
+            ),
         ],
     ),
     NagPackSuppression(
@@ -50,7 +52,8 @@ IAM = [
     NagPackSuppression(
         id="AwsSolutions-IAM5",
         reason="X-Ray's PutTraceSegments and PutTelemetryRecords have no resource-level "
-        "permissions: AWS requires Resource '*' for active tracing.",
+        "permissions: AWS requires Resource '*' for active tracing. (A test checks that no "
+        "other action is granted on '*'.)",
         applies_to=["Resource::*"],
     ),
     NagPackSuppression(

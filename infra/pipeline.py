@@ -82,13 +82,22 @@ class Pipeline(Construct):
             timeout=Duration.minutes(10),
             description="Point-in-time features and the entity snapshot of a version",
         )
-        for function, queue in (
-            (self.ingest, self.ingest_queue),
-            (self.features, self.features_queue),
-        ):
-            function.add_event_source(
-                sources.SqsEventSource(queue, batch_size=5, report_batch_item_failures=True)
+        # Bounded concurrency: a burst of uploads must not open hundreds of connections to a
+        # 4-ACU database. One upload per ingest invocation: a slow file cannot make its
+        # batch-mates time out with it.
+        self.ingest.add_event_source(
+            sources.SqsEventSource(
+                self.ingest_queue, batch_size=1, max_concurrency=10, report_batch_item_failures=True
             )
+        )
+        self.features.add_event_source(
+            sources.SqsEventSource(
+                self.features_queue,
+                batch_size=1,
+                max_concurrency=4,
+                report_batch_item_failures=True,
+            )
+        )
 
     @property
     def functions(self) -> list[lambda_.IFunction]:

@@ -8,6 +8,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from gallop.settings import CURATED_PREFIX, FEATURES_PREFIX, QUARANTINE_PREFIX, RAW_PREFIX
 from infra.api import Api
 from infra.database import Database
 from infra.functions import Placement, Wiring, layer
@@ -54,6 +55,9 @@ class GallopStack(Stack):
         migrations = Migrations(
             self, "Migrations", layers=[web, db], wiring=wiring(), placement=placement
         )
+        # The schema can only be migrated once the writer, the proxy's target and the
+        # security group rules exist; the environment alone only orders it after the proxy.
+        migrations.resource.node.add_dependency(database)
         # Nothing may reach the database before its schema exists. (The function resources
         # only: their roles are named in key policies the migration itself depends on.)
         schema = migrations.resource.node.default_child
@@ -63,12 +67,19 @@ class GallopStack(Stack):
         # -- grants: least privilege, all in one place ------------------------------------
         for function in [*pipeline.functions, api.function, migrations.function]:
             database.secret.grant_read(function)
-        storage.data.grant_read_write(pipeline.ingest)
-        storage.data.grant_read_write(pipeline.features)
-        # The API signs presigned POSTs with its own credentials: it needs PutObject, and
-        # reads curated reports and entity snapshots.
-        storage.data.grant_put(api.function)
-        storage.data.grant_read(api.function)
+        # S3 by prefix, exactly what each function's code touches. Only ingest may delete,
+        # and only in raw/; nothing may write raw/ but uploads signed by the API.
+        data = storage.data
+        data.grant_read(pipeline.ingest, f"{RAW_PREFIX}*")
+        data.grant_delete(pipeline.ingest, f"{RAW_PREFIX}*")
+        data.grant_put(pipeline.ingest, f"{CURATED_PREFIX}*")
+        data.grant_put(pipeline.ingest, f"{QUARANTINE_PREFIX}*")
+        data.grant_read(pipeline.features, f"{CURATED_PREFIX}*")
+        data.grant_put(pipeline.features, f"{FEATURES_PREFIX}*")
+        # The API signs presigned POSTs with its own credentials (so it needs PutObject on
+        # raw/) and loads entity snapshots for race cards.
+        data.grant_put(api.function, f"{RAW_PREFIX}*")
+        data.grant_read(api.function, f"{FEATURES_PREFIX}*")
         pipeline.features_queue.grant_send_messages(pipeline.ingest)
 
         monitoring = Monitoring(self, "Monitoring", key=messages_key)
