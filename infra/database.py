@@ -10,6 +10,7 @@ from aws_cdk import aws_rds as rds
 from constructs import Construct
 
 DATABASE_NAME = "gallop"
+DATABASE_USER = "gallop"
 
 
 class Database(Construct):
@@ -31,7 +32,7 @@ class Database(Construct):
             vpc=vpc,
             vpc_subnets=private,
             default_database_name=DATABASE_NAME,
-            credentials=rds.Credentials.from_generated_secret("gallop", encryption_key=key),
+            credentials=rds.Credentials.from_generated_secret(DATABASE_USER, encryption_key=key),
             storage_encrypted=True,
             storage_encryption_key=key,
             iam_authentication=True,
@@ -51,6 +52,8 @@ class Database(Construct):
             vpc=vpc,
             vpc_subnets=private,
             require_tls=True,
+            # Clients present IAM tokens; only the proxy uses the (rotated) secret.
+            iam_auth=True,
             security_groups=[self._proxy_group(vpc)],
         )
         self.proxy_group.add_ingress_rule(

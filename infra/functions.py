@@ -16,7 +16,9 @@ from constructs import Construct
 from gallop.settings import (
     ENV_DATA_BUCKET,
     ENV_DATABASE_HOST,
-    ENV_DATABASE_SECRET_ARN,
+    ENV_DATABASE_IAM_AUTH,
+    ENV_DATABASE_NAME,
+    ENV_DATABASE_USER,
     ENV_FEATURES_QUEUE_URL,
     FUNCTION_SETTINGS,
 )
@@ -56,8 +58,9 @@ def dependencies_path(scope: Construct, *parts: str) -> str:
 class Wiring:
     """Values the stack provides, by settings field; environment is built from these."""
 
-    database_secret_arn: str
     database_host: str
+    database_user: str
+    database_name: str
     data_bucket: str
     features_queue_url: str
 
@@ -71,8 +74,11 @@ def environment(function: str, wiring: Wiring) -> dict[str, str]:
     }
     for field in FUNCTION_SETTINGS[function]:
         if field == "database":
-            env[ENV_DATABASE_SECRET_ARN] = wiring.database_secret_arn
+            # IAM tokens through RDS Proxy: no password in the function at all.
             env[ENV_DATABASE_HOST] = wiring.database_host
+            env[ENV_DATABASE_USER] = wiring.database_user
+            env[ENV_DATABASE_NAME] = wiring.database_name
+            env[ENV_DATABASE_IAM_AUTH] = "true"
         elif field == "data_bucket":
             env[ENV_DATA_BUCKET] = wiring.data_bucket
         elif field == "features_queue_url":

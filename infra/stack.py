@@ -10,7 +10,7 @@ from constructs import Construct
 
 from gallop.settings import CURATED_PREFIX, FEATURES_PREFIX, QUARANTINE_PREFIX, RAW_PREFIX
 from infra.api import Api
-from infra.database import Database
+from infra.database import DATABASE_NAME, DATABASE_USER, Database
 from infra.functions import Placement, Wiring, layer
 from infra.migrations import Migrations
 from infra.monitoring import Monitoring
@@ -37,8 +37,9 @@ class GallopStack(Stack):
 
         def wiring(features_queue_url: str = "") -> Wiring:
             return Wiring(
-                database_secret_arn=database.secret.secret_arn,
                 database_host=database.proxy.endpoint,
+                database_user=DATABASE_USER,
+                database_name=DATABASE_NAME,
                 data_bucket=storage.data.bucket_name,
                 features_queue_url=features_queue_url,
             )
@@ -66,7 +67,7 @@ class GallopStack(Stack):
 
         # -- grants: least privilege, all in one place ------------------------------------
         for function in [*pipeline.functions, api.function, migrations.function]:
-            database.secret.grant_read(function)
+            database.proxy.grant_connect(function, DATABASE_USER)
         # S3 by prefix, exactly what each function's code touches. Only ingest may delete,
         # and only in raw/; nothing may write raw/ but uploads signed by the API.
         data = storage.data

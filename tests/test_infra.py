@@ -294,7 +294,24 @@ def test_the_database_is_private_encrypted_rotated_and_behind_a_proxy(template: 
             "ServerlessV2ScalingConfiguration": Match.any_value(),
         },
     )
-    template.has_resource_properties("AWS::RDS::DBProxy", {"RequireTLS": True})
+    template.has_resource_properties(
+        "AWS::RDS::DBProxy",
+        {
+            "RequireTLS": True,
+            "Auth": [Match.object_like({"IAMAuth": "REQUIRED"})],
+        },
+    )
+    # Functions connect with IAM tokens (rds-db:connect) and never read the secret.
+    statements = [
+        s
+        for p in resources(template, "AWS::IAM::Policy").values()
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    assert sum("rds-db:connect" in listed(s["Action"]) for s in statements) == len(
+        FUNCTION_SETTINGS
+    )
+    for name, props in gallop_functions(template).items():
+        assert props["Environment"]["Variables"]["GALLOP_DATABASE_IAM_AUTH"] == "true", name
     template.resource_count_is("AWS::SecretsManager::RotationSchedule", 1)
     # Migrations run on deploy, and again whenever the migration files change; only once
     # the writer, the proxy's target and the security group rules exist.

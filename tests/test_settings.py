@@ -2,58 +2,66 @@
 
 from __future__ import annotations
 
-import json
-
-import boto3
 import pytest
-from moto import mock_aws
 
-from gallop.settings import MissingSettings, Settings, _url_from_secret
+from gallop.settings import MissingSettings, Settings
 
 
-def test_database_url_from_an_rds_secret_and_the_proxy_host(
-    monkeypatch: pytest.MonkeyPatch,
+def test_iam_authentication_gives_every_connection_a_fresh_token(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with mock_aws():
-        secret = boto3.client("secretsmanager", region_name="eu-west-1").create_secret(
-            Name="gallop/db",
-            SecretString=json.dumps(
-                {
-                    "username": "gallop",
-                    "password": "p@ss:/word",
-                    "host": "cluster.internal",
-                    "port": 5432,
-                    "dbname": "gallop",
-                }
-            ),
-        )
-        monkeypatch.setenv("GALLOP_DATABASE_SECRET_ARN", secret["ARN"])
-        monkeypatch.setenv("GALLOP_DATABASE_HOST", "proxy.internal")
-        monkeypatch.setenv("AWS_REGION", "eu-west-1")
-        monkeypatch.delenv("DATABASE_URL", raising=False)
-        _url_from_secret.cache_clear()
-        settings = Settings()
-        assert settings.has_database
-        # The password is quoted, and the proxy endpoint wins over the cluster host.
-        assert settings.sqlalchemy_url == (
-            "postgresql+psycopg://gallop:p%40ss%3A%2Fword@proxy.internal:5432/gallop"
-        )
+    # GIVEN the deployed configuration: a proxy host, a user, IAM auth, no password anywhere
+    from sqlalchemy import event, make_url, text
+
+    from gallop.metadata.db import dispose_engine, engine_for
+
+    target = make_url(postgres_url)
+    for name, value in {
+        "GALLOP_DATABASE_HOST": target.host,
+        "GALLOP_DATABASE_USER": "postgres",
+        "GALLOP_DATABASE_NAME": target.database,
+        "GALLOP_DATABASE_IAM_AUTH": "true",
+        "GALLOP_DATABASE_SSLMODE": "disable",
+        "AWS_REGION": "eu-west-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    settings = Settings()
+    assert settings.has_database and make_url(settings.sqlalchemy_url).password is None
+    engine = engine_for(settings.sqlalchemy_url)
+    passwords: list[str] = []
+    event.listen(engine, "do_connect", lambda d, r, a, params: passwords.append(params["password"]))
+    try:
+        # WHEN two connections are opened THEN each got its own signed RDS token, and the
+        # database answers (this server trusts local connections, so any password works).
+        with engine.connect() as first, engine.connect() as second:
+            assert first.execute(text("SELECT 1")).scalar() == 1
+            assert second.execute(text("SELECT 1")).scalar() == 1
+        assert len(passwords) == 2
+        for token in passwords:
+            assert token.startswith(f"{target.host}:5432/?Action=connect&DBUser=postgres")
+            assert "X-Amz-Signature=" in token and "X-Amz-Expires=900" in token
+    finally:
+        dispose_engine(settings.sqlalchemy_url)
 
 
 def test_an_explicit_url_wins_and_plain_postgres_urls_are_accepted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgres://u@db:5432/x")
-    monkeypatch.setenv("GALLOP_DATABASE_SECRET_ARN", "arn:aws:secretsmanager:eu-west-1:1:secret:x")
+    monkeypatch.setenv("GALLOP_DATABASE_IAM_AUTH", "true")
+    monkeypatch.setenv("GALLOP_DATABASE_HOST", "proxy.internal")
+    monkeypatch.setenv("GALLOP_DATABASE_USER", "gallop")
     assert Settings().sqlalchemy_url == "postgresql+psycopg://u@db:5432/x"
 
 
 def test_require_names_every_missing_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DATABASE_URL", "GALLOP_DATABASE_SECRET_ARN", "GALLOP_API_KEYS"):
+    for name in ("DATABASE_URL", "GALLOP_DATABASE_HOST", "GALLOP_API_KEYS"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(MissingSettings) as caught:
         Settings().require_for("api")
     assert str(caught.value) == (
-        "gallop is not configured: set DATABASE_URL (or GALLOP_DATABASE_SECRET_ARN), "
+        "gallop is not configured: set DATABASE_URL (or GALLOP_DATABASE_HOST, "
+        "GALLOP_DATABASE_USER and GALLOP_DATABASE_IAM_AUTH=true), "
         "GALLOP_API_KEYS (or GALLOP_API_KEY_SOURCE=gateway)"
     )

@@ -20,8 +20,10 @@ ENV_PREFIX = "GALLOP_"
 # Variables every deployed function needs (the CDK stack sets exactly these).
 ENV_DATA_BUCKET = "GALLOP_DATA_BUCKET"
 ENV_DATABASE_URL = "DATABASE_URL"
-ENV_DATABASE_SECRET_ARN = "GALLOP_DATABASE_SECRET_ARN"
 ENV_DATABASE_HOST = "GALLOP_DATABASE_HOST"
+ENV_DATABASE_USER = "GALLOP_DATABASE_USER"
+ENV_DATABASE_NAME = "GALLOP_DATABASE_NAME"
+ENV_DATABASE_IAM_AUTH = "GALLOP_DATABASE_IAM_AUTH"
 ENV_API_KEYS = "GALLOP_API_KEYS"
 ENV_INGEST_QUEUE_URL = "GALLOP_INGEST_QUEUE_URL"
 ENV_FEATURES_QUEUE_URL = "GALLOP_FEATURES_QUEUE_URL"
@@ -35,6 +37,9 @@ FUNCTION_SETTINGS: dict[str, tuple[str, ...]] = {
     "ingest": ("database", "data_bucket", "features_queue_url"),
     "features": ("database", "data_bucket"),
 }
+
+# Marks a database URL whose connections authenticate with IAM tokens (value: region).
+IAM_AUTH_QUERY = "gallop_iam_region"
 
 RAW_PREFIX = "raw/"
 CURATED_PREFIX = "curated/"
@@ -56,13 +61,18 @@ class Settings(BaseSettings):
         validation_alias="DATABASE_URL",
         description="SQLAlchemy URL; defaults to SQLite under state_dir.",
     )
-    database_secret_arn: str | None = Field(
-        default=None,
-        description="On AWS: the Secrets Manager secret (RDS format) with the credentials.",
-    )
     database_host: str | None = Field(
-        default=None, description="On AWS: the host to connect to (the RDS Proxy endpoint)."
+        default=None, description="On AWS: the RDS Proxy endpoint (with database_iam_auth)."
     )
+    database_port: int = 5432
+    database_user: str | None = None
+    database_name: str = "gallop"
+    database_iam_auth: bool = Field(
+        default=False,
+        description="Authenticate with a short-lived IAM token per connection (RDS Proxy): "
+        "no password in the function, and secret rotation never breaks a warm container.",
+    )
+    database_sslmode: str = "require"
     aws_region: str = Field(default="us-east-1", validation_alias="AWS_REGION")
     aws_endpoint_url: str | None = Field(
         default=None, description="S3/SQS endpoint override (the local moto server)."
@@ -98,21 +108,29 @@ class Settings(BaseSettings):
     def sqlalchemy_url(self) -> str:
         if self.database_url:
             return normalise_database_url(self.database_url)
-        if self.database_secret_arn:
-            return _url_from_secret(self.database_secret_arn, self.database_host, self.aws_region)
+        if self.database_iam_auth and self.database_host and self.database_user:
+            # The engine adds a fresh IAM token as the password of every new connection.
+            return (
+                f"postgresql+psycopg://{self.database_user}@{self.database_host}:"
+                f"{self.database_port}/{self.database_name}?sslmode={self.database_sslmode}"
+                f"&{IAM_AUTH_QUERY}={self.aws_region}"
+            )
         return f"sqlite:///{self.state_dir / 'gallop.db'}"
 
     @property
     def has_database(self) -> bool:
         """Configured explicitly (deployed functions must be; SQLite is for local use)."""
-        return bool(self.database_url or self.database_secret_arn)
+        return bool(
+            self.database_url
+            or (self.database_iam_auth and self.database_host and self.database_user)
+        )
 
     def require_for(self, function: str) -> Settings:
         return self.require(*FUNCTION_SETTINGS[function])
 
     def require(self, *fields: str) -> Settings:
         """Fail at start-up, naming the variables, when a deployed function lacks them.
-        'database' is satisfied by DATABASE_URL or by GALLOP_DATABASE_SECRET_ARN."""
+        'database' is satisfied by DATABASE_URL, or by IAM authentication to a host."""
         missing = [f for f in fields if not self._configured(f)]
         if missing:
             names = ", ".join(env_name(f) for f in missing)
@@ -137,7 +155,10 @@ class MissingSettings(RuntimeError):
 
 def env_name(field: str) -> str:
     if field == "database":
-        return f"{ENV_DATABASE_URL} (or {ENV_DATABASE_SECRET_ARN})"
+        return (
+            f"{ENV_DATABASE_URL} (or {ENV_DATABASE_HOST}, {ENV_DATABASE_USER} and "
+            f"{ENV_DATABASE_IAM_AUTH}=true)"
+        )
     if field == "api_key_source":
         return "GALLOP_API_KEYS (or GALLOP_API_KEY_SOURCE=gateway)"
     alias = Settings.model_fields[field].validation_alias
@@ -150,24 +171,6 @@ def normalise_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
-
-
-@lru_cache(maxsize=4)
-def _url_from_secret(secret_arn: str, host: str | None, region: str) -> str:
-    """postgresql+psycopg URL from an RDS-format secret; fetched once per container."""
-    import json
-    from urllib.parse import quote
-
-    import boto3
-
-    secret = json.loads(
-        boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=secret_arn)[
-            "SecretString"
-        ]
-    )
-    user, password = quote(secret["username"], safe=""), quote(secret["password"], safe="")
-    where = f"{host or secret['host']}:{secret.get('port', 5432)}"
-    return f"postgresql+psycopg://{user}:{password}@{where}/{secret.get('dbname', 'gallop')}"
 
 
 @lru_cache(maxsize=1)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from gallop.settings import get_settings
+from gallop.settings import IAM_AUTH_QUERY, get_settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -45,8 +45,29 @@ def _create_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    parsed = make_url(url)
+    region = parsed.query.get(IAM_AUTH_QUERY)
+    if region:
+        parsed = parsed.difference_update_query([IAM_AUTH_QUERY])
     # Fail in seconds, not at the function's timeout, when the database cannot be reached.
-    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    engine = create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    if region:
+        event.listen(engine, "do_connect", _iam_token(parsed, str(region)))
+    return engine
+
+
+def _iam_token(url: URL, region: str) -> Callable[..., None]:
+    """A new connection's password: an IAM auth token for RDS Proxy, valid 15 minutes."""
+    import boto3
+
+    rds = boto3.client("rds", region_name=region)
+
+    def add_token(dialect: object, record: object, cargs: object, cparams: dict) -> None:
+        cparams["password"] = rds.generate_db_auth_token(
+            DBHostname=url.host, Port=url.port or 5432, DBUsername=url.username, Region=region
+        )
+
+    return add_token
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
