@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from gallop.models.onnx_export import booster_to_onnx, float32_at_or_below
+from gallop.models.onnx_export import booster_to_onnx, float32_at_or_below, native_margin
 from tests.conftest import LETOR
 
 TOLERANCE = 1e-5  # margin space
@@ -125,3 +125,24 @@ def test_float32_thresholds_decide_like_double_ones(threshold: float) -> None:
 
 def test_letor_data_path_is_beside_the_repository() -> None:
     assert Path(__file__).resolve().parents[2] / "shared" / "data" / "letor" == LETOR
+
+
+def test_random_forest_boosters_average_their_trees_in_onnx_too() -> None:
+    rng = np.random.default_rng(9)
+    features = rng.normal(size=(2000, 5)).astype(np.float32)
+    features[::9, 2] = np.nan
+    labels = (features[:, 0] - np.nan_to_num(features[:, 2]) > 0).astype(int)
+    params = {
+        "objective": "binary",
+        "boosting": "rf",
+        "bagging_fraction": 0.632,
+        "bagging_freq": 1,
+        "feature_fraction": 0.8,
+        "verbose": -1,
+    }
+    booster = lgb.train(params, lgb.Dataset(features, labels), 50)
+    native = native_margin(booster, features)
+    exported = onnx_scores(booster_to_onnx(booster, features.shape[1]), features)
+    assert np.abs(exported - native).max() <= TOLERANCE
+    # The margin is the one LightGBM's own probabilities are made of.
+    assert np.allclose(1 / (1 + np.exp(-exported)), booster.predict(features), atol=1e-6)

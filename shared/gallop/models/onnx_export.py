@@ -96,6 +96,15 @@ def _add_tree(arrays: _Arrays, tree_id: int, root: dict[str, Any], scale: float)
         stack.append((node["left_child"], left))
 
 
+def native_margin(booster: Any, features: np.ndarray) -> np.ndarray:
+    """The model's margin as LightGBM itself uses it. In random-forest mode LightGBM's
+    predictions average the trees, but predict(raw_score=True) returns their sum."""
+    raw = booster.predict(features, raw_score=True)
+    if booster.dump_model().get("average_output"):
+        raw = raw / booster.num_trees()
+    return np.asarray(raw, dtype=np.float64)
+
+
 def tree_ensemble_node(
     booster: Any, input_name: str, output_name: str, scale: float = 1.0
 ) -> onnx.NodeProto:
@@ -103,8 +112,8 @@ def tree_ensemble_node(
     dump = booster.dump_model()
     if dump.get("num_tree_per_iteration", 1) != 1:
         raise UnsupportedModel("multiclass models (several trees per iteration)")
-    if dump.get("average_output"):
-        raise UnsupportedModel("random-forest averaging: export its trees with scale 1/n")
+    if dump.get("average_output"):  # random-forest mode: the score is the trees' mean
+        scale /= len(dump["tree_info"])
     arrays = _Arrays()
     for tree in dump["tree_info"]:
         _add_tree(arrays, int(tree["tree_index"]), tree["tree_structure"], scale)

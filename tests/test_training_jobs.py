@@ -1,0 +1,190 @@
+"""Training entry points on the SageMaker container contract, in a fake /opt/ml tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gallop.features.build import build_features
+from gallop.ingest.canonical import to_parquet
+from gallop.ingest.validate import validate
+from gallop.spec import DatasetSpec
+from gallop.synth.races import generate_races
+from gallop.training.contract import decode
+from gallop.training.metrics import ndcg_at_k
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def race_features(races_spec: DatasetSpec, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The features step's output for 400 generated races, as a train channel."""
+    runners, _ = generate_races(400, seed=17)
+    built = build_features(validate(runners.astype(str), races_spec).canonical, races_spec)
+    channel = tmp_path_factory.mktemp("channel")
+    (channel / "features.parquet").write_bytes(to_parquet(built.frame))
+    (channel / "manifest.json").write_text(json.dumps(built.manifest))
+    return channel
+
+
+def opt_ml(tmp_path: Path, channel: Path | None, hyperparameters: dict[str, str]) -> Path:
+    base = tmp_path / "opt" / "ml"
+    (base / "input" / "config").mkdir(parents=True)
+    (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    train = base / "input" / "data" / "train"
+    train.mkdir(parents=True)
+    if channel is not None:
+        for path in channel.iterdir():
+            (train / path.name).write_bytes(path.read_bytes())
+    return base
+
+
+def run_job(job: str, base: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GALLOP_OPT_ML": str(base)}
+    return subprocess.run(
+        [sys.executable, "-m", f"training_jobs.{job}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize(
+    "model", ["lambdarank", "binary_win", "position_regression", "random_forest"]
+)
+def test_base_job_writes_out_of_fold_margins_and_a_refit_model(
+    model: str, race_features: Path, tmp_path: Path
+) -> None:
+    # GIVEN a fake /opt/ml with string hyperparameters, as SageMaker passes them
+    base = opt_ml(
+        tmp_path,
+        race_features,
+        {"model": model, "folds": "4", "num_boost_round": "60", "seed": "3"},
+    )
+    # WHEN the job runs THEN it succeeds, prints metrics for metric definitions ...
+    done = run_job("base", base)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "#metric oof_ndcg@1=" in done.stdout
+    # ... and writes the refit model, one out-of-fold margin per runner, and its record
+    out = base / "model"
+    record = json.loads((out / "base.json").read_text())
+    assert record["model"] == model and record["settings"]["folds"] == 4
+    oof = pd.read_parquet(out / "oof.parquet")
+    features = pd.read_parquet(race_features / "features.parquet")
+    assert len(oof) == len(features) and not oof["margin"].isna().any()
+    # A race never straddles two folds.
+    assert (oof.groupby("race_id")["fold"].nunique() == 1).all()
+    assert sorted(oof["fold"].unique()) == [0, 1, 2, 3]
+    # Out of fold, the model ranks clearly better than random orders of the same races.
+    frame = features.sort_values("race_id", kind="mergesort")
+    relevance = np.clip(4 - frame["position"].to_numpy(), 0, None)
+    sizes = frame.groupby("race_id", sort=False).size().to_numpy()
+    rng = np.random.default_rng(0)
+    chance = np.mean([ndcg_at_k(rng.random(len(frame)), relevance, sizes, 1) for _ in range(20)])
+    assert record["metrics"]["ndcg@1"] > chance + 0.08, (record["metrics"], chance)
+    import lightgbm as lgb
+
+    booster = lgb.Booster(model_file=str(out / "booster.txt"))
+    assert booster.num_feature() == len(
+        json.loads((race_features / "manifest.json").read_text())["features"]
+    )
+    assert not (base / "output" / "failure").exists()
+
+
+def test_time_ordered_folds_are_contiguous_blocks_of_races(
+    race_features: Path, tmp_path: Path
+) -> None:
+    base = opt_ml(
+        tmp_path, race_features, {"folds": "3", "split": '"time"', "num_boost_round": "20"}
+    )
+    done = run_job("base", base)
+    assert done.returncode == 0, done.stderr[-2000:]
+    oof = pd.read_parquet(base / "model" / "oof.parquet")
+    spans = oof.groupby("fold")["race_time"].agg(["min", "max"]).sort_index()
+    assert (spans["max"].iloc[:-1].to_numpy() <= spans["min"].iloc[1:].to_numpy()).all()
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "says"),
+    [
+        ({"model": "xgboost"}, "model='xgboost'"),
+        ({"folds": "1"}, "folds=1 is not valid"),
+        ({"learning_rate": "fast"}, "learning_rate='fast' is not valid"),
+        ({"depth": "3"}, "unknown hyperparameters ['depth']"),
+    ],
+)
+def test_a_bad_hyperparameter_fails_the_job_with_the_reason(
+    hyperparameters: dict[str, str], says: str, race_features: Path, tmp_path: Path
+) -> None:
+    base = opt_ml(tmp_path, race_features, hyperparameters)
+    done = run_job("base", base)
+    assert done.returncode == 1
+    assert says in (base / "output" / "failure").read_text()
+    assert not (base / "model").exists() or not any((base / "model").iterdir())
+
+
+def test_an_empty_channel_fails_the_job_with_the_reason(tmp_path: Path) -> None:
+    base = opt_ml(tmp_path, None, {})
+    done = run_job("base", base)
+    assert done.returncode == 1
+    assert "channel 'train' is empty" in (base / "output" / "failure").read_text()
+
+
+def test_hyperparameter_strings_are_decoded() -> None:
+    assert [decode(v) for v in ["100", "0.05", "true", "[3, 5]", "lambdarank", 7]] == [
+        100,
+        0.05,
+        True,
+        [3, 5],
+        "lambdarank",
+        7,
+    ]
+
+
+def test_ndcg_matches_lightgbms_definition() -> None:
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(4)
+    groups = np.array([5, 7, 4, 6])
+    relevance = rng.integers(0, 4, groups.sum()).astype(float)
+    relevance[:5] = 0  # a group with nothing relevant counts 1
+    features = rng.normal(size=(groups.sum(), 3))
+    train = lgb.Dataset(features, relevance, group=groups)
+    valid = lgb.Dataset(features, relevance, group=groups, reference=train)
+    result: dict = {}
+    booster = lgb.train(
+        {
+            "objective": "lambdarank",
+            "metric": "ndcg",
+            "eval_at": [1, 3],
+            "verbose": -1,
+            "min_data_in_leaf": 1,
+        },
+        train,
+        5,
+        valid_sets=[valid],
+        callbacks=[lgb.record_evaluation(result)],
+    )
+    scores = booster.predict(features)
+    for k in (1, 3):
+        expected = result["valid_0"][f"ndcg@{k}"][-1]
+        assert ndcg_at_k(scores, relevance, groups, k) == pytest.approx(expected, abs=1e-9)
+
+
+def test_the_same_inputs_give_the_same_model_bytes(race_features: Path, tmp_path: Path) -> None:
+    hyperparameters = {"folds": "3", "num_boost_round": "40", "seed": "5"}
+    first = opt_ml(tmp_path / "a", race_features, hyperparameters)
+    second = opt_ml(tmp_path / "b", race_features, hyperparameters)
+    for base in (first, second):
+        assert run_job("base", base).returncode == 0
+    for name in ("booster.txt", "oof.parquet"):
+        assert (first / "model" / name).read_bytes() == (second / "model" / name).read_bytes()

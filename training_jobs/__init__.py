@@ -1,0 +1,1 @@
+"""SageMaker training entry points (python -m training_jobs.<job>)."""
