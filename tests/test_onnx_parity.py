@@ -146,3 +146,38 @@ def test_random_forest_boosters_average_their_trees_in_onnx_too() -> None:
     assert np.abs(exported - native).max() <= TOLERANCE
     # The margin is the one LightGBM's own probabilities are made of.
     assert np.allclose(1 / (1 + np.exp(-exported)), booster.predict(features), atol=1e-6)
+
+
+def test_the_whole_stack_is_one_graph_equal_to_the_native_stack(letor_ranker: tuple) -> None:
+    from gallop.models.onnx_export import stack_to_onnx
+
+    ranker, test, groups = letor_ranker
+    train, labels, train_groups = load_letor("rank.train")
+    train = np.pad(train, ((0, 0), (0, test.shape[1] - train.shape[1])))
+    # GIVEN three different base models and a meta-learner's weights
+    rf = lgb.train(
+        {
+            "objective": "binary",
+            "boosting": "rf",
+            "bagging_fraction": 0.632,
+            "bagging_freq": 1,
+            "feature_fraction": 0.8,
+            "verbose": -1,
+        },
+        lgb.Dataset(train, (labels >= 2).astype(int)),
+        40,
+    )
+    regression = lgb.train(
+        {"objective": "regression", "verbose": -1}, lgb.Dataset(train, labels), 60
+    )
+    boosters = [ranker.booster_, rf, regression]
+    weights, bias = [0.7, 1.3, 0.25], -0.4
+    # WHEN exported as one graph THEN its margins and score equal the native computation
+    model = stack_to_onnx(boosters, weights, bias, test.shape[1])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    score, margins = session.run(["score", "margins"], {"features": test})
+    native_margins = np.column_stack([native_margin(b, test) for b in boosters])
+    native_score = native_margins @ np.array(weights) + bias
+    assert np.abs(margins - native_margins).max() <= TOLERANCE
+    assert np.abs(score[:, 0] - native_score).max() <= 2 * TOLERANCE
+    assert same_order_within_groups(score[:, 0].astype(np.float64), native_score, groups)

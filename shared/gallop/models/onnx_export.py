@@ -162,3 +162,52 @@ def booster_to_onnx(
     )
     onnx.checker.check_model(model)
     return model
+
+
+def stack_to_onnx(
+    boosters: list[Any],
+    weights: list[float],
+    bias: float,
+    n_features: int,
+    input_name: str = "features",
+) -> onnx.ModelProto:
+    """One graph for the whole stack: each base booster's margin, then the meta-learner's
+    linear combination. Outputs `margins` [n, k] (what explanations decompose) and `score`
+    [n, 1] = margins @ weights + bias. Calibration (softmax within a race at the fitted
+    temperature, already folded into the weights) is applied by the runtime per group."""
+    if len(boosters) != len(weights) or not boosters:
+        raise ValueError("one weight per base booster, at least one booster")
+    nodes = [
+        tree_ensemble_node(booster, input_name, f"margin_{i}") for i, booster in enumerate(boosters)
+    ]
+    nodes.append(
+        helper.make_node(
+            "Concat", [f"margin_{i}" for i in range(len(boosters))], ["margins"], axis=1
+        )
+    )
+    weight = helper.make_tensor(
+        "meta_weights", TensorProto.FLOAT, [len(weights), 1], [float(w) for w in weights]
+    )
+    offset = helper.make_tensor("meta_bias", TensorProto.FLOAT, [1], [float(bias)])
+    nodes.append(helper.make_node("MatMul", ["margins", "meta_weights"], ["weighted"]))
+    nodes.append(helper.make_node("Add", ["weighted", "meta_bias"], ["score"]))
+    graph = helper.make_graph(
+        nodes,
+        "gallop_stack",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [None, n_features])],
+        [
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1]),
+            helper.make_tensor_value_info("margins", TensorProto.FLOAT, [None, len(boosters)]),
+        ],
+        initializer=[weight, offset],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[
+            helper.make_opsetid("", ONNX_OPSET),
+            helper.make_opsetid(ML_DOMAIN, ML_OPSET),
+        ],
+        producer_name="gallop",
+    )
+    onnx.checker.check_model(model)
+    return model
