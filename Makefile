@@ -30,8 +30,8 @@ synth: bundles
 	npx --yes aws-cdk@2 synth --quiet
 
 lint: $(STAMP)
-	$(BIN)/ruff check shared functions tests benchmarks infra layers
-	$(BIN)/ruff format --check shared functions tests benchmarks infra layers
+	$(BIN)/ruff check shared functions tests benchmarks infra layers training_jobs
+	$(BIN)/ruff format --check shared functions tests benchmarks infra layers training_jobs
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest_100k.py

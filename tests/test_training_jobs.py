@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -188,3 +189,92 @@ def test_the_same_inputs_give_the_same_model_bytes(race_features: Path, tmp_path
         assert run_job("base", base).returncode == 0
     for name in ("booster.txt", "oof.parquet"):
         assert (first / "model" / name).read_bytes() == (second / "model" / name).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def split_channels(
+    races_spec: DatasetSpec, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """Train on the earlier races, test on the last fifth (by time, so no look-ahead)."""
+    runners, _ = generate_races(500, seed=23)
+    built = build_features(validate(runners.astype(str), races_spec).canonical, races_spec)
+    cut = built.frame["race_time"].quantile(0.8)
+    channels = []
+    for name, rows in (
+        ("train", built.frame["race_time"] <= cut),
+        ("test", built.frame["race_time"] > cut),
+    ):
+        channel = tmp_path_factory.mktemp(name)
+        (channel / "features.parquet").write_bytes(to_parquet(built.frame[rows]))
+        (channel / "manifest.json").write_text(json.dumps(built.manifest))
+        channels.append(channel)
+    return channels[0], channels[1]
+
+
+def test_stack_job_fits_evaluates_and_exports_one_graph_with_parity(
+    split_channels: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import tarfile
+
+    import onnxruntime as ort
+
+    train, test = split_channels
+    # GIVEN two base jobs' outputs, one handed over as SageMaker does (model.tar.gz)
+    bases = tmp_path / "bases"
+    for i, model in enumerate(["lambdarank", "binary_win"]):
+        base = opt_ml(
+            tmp_path / model, train, {"model": model, "folds": "3", "num_boost_round": "50"}
+        )
+        assert run_job("base", base).returncode == 0
+        target = bases / f"base-{i}"
+        target.mkdir(parents=True)
+        if i == 0:
+            with tarfile.open(target / "model.tar.gz", "w:gz") as tar:
+                for path in (base / "model").iterdir():
+                    tar.add(path, arcname=path.name)
+        else:
+            for path in (base / "model").iterdir():
+                (target / path.name).write_bytes(path.read_bytes())
+    stack = opt_ml(tmp_path / "stack", train, {"l2": "0.001"})
+    for name, source in (("bases", bases), ("test", test)):
+        shutil.copytree(source, stack / "input" / "data" / name)
+
+    # WHEN the stack job runs
+    done = run_job("stack", stack)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    # THEN it reports held-out metrics, for the stack and each base model side by side
+    manifest = json.loads((stack / "model" / "manifest.json").read_text())
+    assert manifest["evaluated_on"] == "test" and manifest["onnx_parity_max_abs"] <= 1e-5
+    assert set(manifest["metrics"]) == {"stack", "base_0_lambdarank", "base_1_binary_win"}
+    assert {"ndcg@1", "top1_hit_rate", "race_log_loss", "race_brier"} <= set(
+        manifest["metrics"]["stack"]
+    )
+    assert "#metric race_log_loss=" in done.stdout
+    weights = [b["weight"] for b in manifest["base_models"]]
+    assert all(w >= 0 for w in weights) and sum(weights) > 0
+    # AND the one graph gives the stacked score of the test races, equal to the native stack
+    features = pd.read_parquet(test / "features.parquet")[manifest["features"]].to_numpy(np.float32)
+    session = ort.InferenceSession(
+        str(stack / "model" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    score, margins = session.run(["score", "margins"], {"features": features})
+    assert margins.shape == (len(features), 2)
+    assert np.allclose(score[:, 0], margins @ np.array(weights), atol=1e-5)
+    # AND it beats picking runners at random on the held-out races
+    random_log_loss = float(
+        np.mean(np.log(pd.read_parquet(test / "features.parquet").groupby("race_id").size()))
+    )
+    assert manifest["metrics"]["stack"]["race_log_loss"] < random_log_loss
+
+
+def test_stack_job_without_base_outputs_fails_with_the_reason(
+    split_channels: tuple[Path, Path], tmp_path: Path
+) -> None:
+    train, _ = split_channels
+    stack = opt_ml(tmp_path, train, {})
+    (stack / "input" / "data" / "bases").mkdir()
+    (stack / "input" / "data" / "bases" / "notes.txt").write_text("nothing here")
+    done = run_job("stack", stack)
+    assert done.returncode == 1
+    assert "holds no base job output" in (stack / "output" / "failure").read_text()
