@@ -96,6 +96,19 @@ def _add_tree(arrays: _Arrays, tree_id: int, root: dict[str, Any], scale: float)
         stack.append((node["left_child"], left))
 
 
+def _checked_model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(
+        graph,
+        opset_imports=[
+            helper.make_opsetid("", ONNX_OPSET),
+            helper.make_opsetid(ML_DOMAIN, ML_OPSET),
+        ],
+        producer_name="gallop",
+    )
+    onnx.checker.check_model(model)
+    return model
+
+
 def native_margin(booster: Any, features: np.ndarray) -> np.ndarray:
     """The model's margin as LightGBM itself uses it. In random-forest mode LightGBM's
     predictions average the trees, but predict(raw_score=True) returns their sum."""
@@ -152,16 +165,7 @@ def booster_to_onnx(
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [None, n_features])],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [None, 1])],
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[
-            helper.make_opsetid("", ONNX_OPSET),
-            helper.make_opsetid(ML_DOMAIN, ML_OPSET),
-        ],
-        producer_name="gallop",
-    )
-    onnx.checker.check_model(model)
-    return model
+    return _checked_model(graph)
 
 
 def stack_to_onnx(
@@ -201,13 +205,4 @@ def stack_to_onnx(
         ],
         initializer=[weight, offset],
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[
-            helper.make_opsetid("", ONNX_OPSET),
-            helper.make_opsetid(ML_DOMAIN, ML_OPSET),
-        ],
-        producer_name="gallop",
-    )
-    onnx.checker.check_model(model)
-    return model
+    return _checked_model(graph)
