@@ -278,3 +278,58 @@ def test_stack_job_without_base_outputs_fails_with_the_reason(
     done = run_job("stack", stack)
     assert done.returncode == 1
     assert "holds no base job output" in (stack / "output" / "failure").read_text()
+
+
+def test_gallop_train_runs_the_jobs_locally_and_leaves_the_artifact(tmp_path: Path) -> None:
+    from gallop.synth.races import write_races
+
+    data, _ = write_races(300, seed=31, out=tmp_path / "races.csv")
+    out = tmp_path / "model"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gallop.cli",
+            "train",
+            "--data",
+            str(data),
+            "--spec",
+            str(ROOT / "shared" / "gallop" / "specs" / "races.yaml"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "base lambdarank: done" in done.stdout and "stack: done" in done.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (out / "model.onnx").stat().st_size > 0
+    assert manifest["evaluated_on"] == "test" and len(manifest["base_models"]) == 3
+    assert "meta-learner weights:" in done.stdout
+
+
+def test_gallop_train_refuses_invalid_data_with_the_report(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("race_id,race_time,horse_id,position\nR1,2024-01-01T12:00,H1,1\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gallop.cli",
+            "train",
+            "--data",
+            str(bad),
+            "--spec",
+            str(ROOT / "shared" / "gallop" / "specs" / "races.yaml"),
+            "--out",
+            str(tmp_path / "m"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "missing_column" in done.stdout and "is not valid data" in done.stderr

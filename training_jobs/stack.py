@@ -117,9 +117,10 @@ def main(container: Container) -> None:
         evaluation_rows = np.column_stack([native_margin(b, features) for b in boosters])
     metrics = {"stack": evaluate(meta.score(evaluation_rows), evaluated, manifest)}
     for i, record in enumerate(records):
-        metrics[f"base_{i}_{record['model']}"] = evaluate(
-            evaluation_rows[:, i], evaluated, manifest
-        )
+        # Each base alone, at its own temperature fitted out of fold, for a fair comparison.
+        alone = fit_conditional_logit(oof_margins[:, [i]], won, sizes, l2=float(l2))
+        score = evaluation_rows[:, i] * alone.weights[0]
+        metrics[f"base_{i}_{record['model']}"] = evaluate(score, evaluated, manifest)
     for name, value in metrics["stack"].items():
         emit_metric(name, value)
 

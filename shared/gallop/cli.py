@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -86,6 +87,20 @@ def _parser() -> argparse.ArgumentParser:
     card.add_argument("--state", type=Path, required=True, help="entity snapshot (.npz)")
     card.add_argument("--card", type=Path, required=True, help="JSON list of runner objects")
     card.set_defaults(run=_features_card)
+
+    train = commands.add_parser(
+        "train", help="train the stack locally: the SageMaker jobs, in subprocesses"
+    )
+    train.add_argument("--data", type=Path, required=True, help="history: CSV, Parquet, JSONL")
+    train.add_argument("--spec", type=Path, required=True)
+    train.add_argument("--out", type=Path, required=True, help="folder for the model artifact")
+    train.add_argument(
+        "--test",
+        type=Path,
+        default=None,
+        help="held-out races (default: the last fifth of the races by time)",
+    )
+    train.set_defaults(run=_train)
 
     demo = commands.add_parser("demo", help="the whole path on generated races")
     demo.add_argument("--races", type=int, default=2000)
@@ -435,6 +450,84 @@ def _features_card(args: argparse.Namespace) -> int:
     for j, name in enumerate(names):
         print(f"{name:<{width}}" + "".join(f"{v:>12.4g}" for v in matrix[:, j]))
     return 0
+
+
+def _canonical_or_report(path: Path, spec: Any) -> Any:
+    from gallop.ingest.problems import UnreadableFile
+    from gallop.ingest.readers import format_of, read_table
+    from gallop.ingest.validate import validate
+
+    if not path.is_file():
+        raise _UserError(f"{path}: no such file")
+    try:
+        frame = read_table(path.read_bytes(), format_of(path.name))
+    except UnreadableFile as exc:
+        raise _UserError(f"{path}: {exc.problem.message}") from None
+    checked = validate(frame, spec)
+    if not checked.ok:
+        for problem in checked.problems:
+            print(f"  ✗ [{problem.code}] {problem.message}")
+        raise _UserError(f"{path} is not valid data for this spec (see above)")
+    return checked.canonical
+
+
+def _train(args: argparse.Namespace) -> int:
+    import shutil
+
+    import pandas as pd
+
+    from gallop.features.build import build_features
+    from gallop.features.plan import FeatureSpecError
+    from gallop.spec import load_spec
+    from gallop.training.runner import TrainingFailed, split_by_time, train_locally
+
+    started = time.monotonic()
+    spec = _load_spec(args.spec, load_spec)
+    history = _canonical_or_report(args.data, spec)
+    held = _canonical_or_report(args.test, spec) if args.test else None
+    # Test races get their features from the history before them, as they would live.
+    everything = pd.concat([history, held]) if held is not None else history
+    try:
+        built = build_features(everything.reset_index(drop=True), spec)
+    except FeatureSpecError as exc:
+        raise _UserError(f"features: {exc}") from None
+    print(f"{len(built.frame):,} rows x {len(built.plan.features)} features", flush=True)
+    try:
+        if held is not None:
+            is_test = built.frame[spec.group].isin(set(held[spec.group]))
+            train, test = built.frame[~is_test], built.frame[is_test]
+        else:
+            train, test = split_by_time(built.frame, built.manifest)
+        model_dir = train_locally(
+            train,
+            test,
+            built.manifest,
+            args.out / "work",
+            progress=lambda line: print(line, flush=True),
+        )
+    except TrainingFailed as exc:
+        print(f"training failed: {exc}", file=sys.stderr)
+        return 1
+    for path in model_dir.iterdir():
+        shutil.copy2(path, args.out / path.name)
+    manifest = json.loads((args.out / "manifest.json").read_text())
+    _print_metrics(manifest)
+    print(
+        f"model: {args.out / 'model.onnx'} (ONNX equals the native stack within "
+        f"{manifest['onnx_parity_max_abs']:.1e}); {time.monotonic() - started:.0f} s"
+    )
+    return 0
+
+
+def _print_metrics(manifest: dict[str, Any]) -> None:
+    metrics = manifest["metrics"]
+    names = list(metrics["stack"])
+    print(f"\non the {manifest['evaluated_on']} races:")
+    print(f"{'model':<28}" + "".join(f"{n:>15}" for n in names))
+    for model, values in metrics.items():
+        print(f"{model:<28}" + "".join(f"{values[n]:>15.4f}" for n in names))
+    weights = ", ".join(f"{b['model']} {b['weight']:.3f}" for b in manifest["base_models"])
+    print(f"meta-learner weights: {weights}")
 
 
 def _db_upgrade(_args: argparse.Namespace) -> int:

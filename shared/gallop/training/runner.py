@@ -1,0 +1,112 @@
+"""The local training runner: the SageMaker jobs in subprocesses, each with its own
+/opt/ml tree (the container's paths and environment), base jobs in parallel, then the
+stack job. The same jobs run on SageMaker in AWS."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gallop.ingest.canonical import to_parquet
+
+DEFAULT_BASES = ("lambdarank", "binary_win", "position_regression")
+REPO = Path(__file__).resolve().parents[3]
+
+
+class TrainingFailed(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobResult:
+    name: str
+    seconds: float
+    model_dir: Path
+
+
+def write_channel(path: Path, frame: pd.DataFrame, manifest: dict[str, Any]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "features.parquet").write_bytes(to_parquet(frame))
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def split_by_time(frame: pd.DataFrame, manifest: dict[str, Any], share: float = 0.2):  # type: ignore[no-untyped-def]
+    """The last `share` of races (by start time) held out: no look-ahead into the test."""
+    time_column, group = manifest.get("time"), manifest.get("group")
+    if not time_column or not group:
+        raise TrainingFailed("a time split needs the spec's time and group (or pass --test)")
+    starts = frame.groupby(group)[time_column].min().sort_values(kind="mergesort")
+    held = set(starts.index[int(len(starts) * (1 - share)) :])
+    test = frame[group].isin(held)
+    return frame[~test], frame[test]
+
+
+def run_job(job: str, base: Path, hyperparameters: dict[str, Any]) -> None:
+    (base / "input" / "config").mkdir(parents=True, exist_ok=True)
+    # SageMaker hands every value over as a string; so does this runner.
+    as_strings = {key: json.dumps(value) for key, value in hyperparameters.items()}
+    (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(as_strings))
+    env = {**os.environ, "GALLOP_OPT_ML": str(base)}
+    done = subprocess.run(
+        [sys.executable, "-m", f"training_jobs.{job}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    (base / "output").mkdir(parents=True, exist_ok=True)
+    (base / "output" / "log.txt").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        failure = base / "output" / "failure"
+        reason = failure.read_text().split("\n\n")[0] if failure.exists() else done.stderr[-500:]
+        raise TrainingFailed(f"{job} job failed: {reason}")
+
+
+def train_locally(
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    manifest: dict[str, Any],
+    work: Path,
+    bases: tuple[str, ...] = DEFAULT_BASES,
+    progress: Callable[[str], None] = print,
+    parallel: int = 2,
+) -> Path:
+    """Run the base jobs (in parallel) and the stack job; returns the stack's model dir."""
+    shutil.rmtree(work, ignore_errors=True)
+    channel = work / "channels"
+    write_channel(channel / "train", train, manifest)
+    write_channel(channel / "test", test, manifest)
+
+    def base_job(index: int, model: str) -> JobResult:
+        started = time.monotonic()
+        tree = work / f"base-{index}-{model}"
+        shutil.copytree(channel / "train", tree / "input" / "data" / "train")
+        run_job("base", tree, {"model": model})
+        seconds = time.monotonic() - started
+        progress(f"  base {model}: done in {seconds:.1f} s")
+        return JobResult(model, seconds, tree / "model")
+
+    progress(f"training {len(bases)} base models ({parallel} at a time) ...")
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        results = list(pool.map(lambda item: base_job(*item), enumerate(bases)))
+    stack = work / "stack"
+    for i, result in enumerate(results):
+        shutil.copytree(result.model_dir, stack / "input" / "data" / "bases" / f"base-{i}")
+    for name in ("train", "test"):
+        shutil.copytree(channel / name, stack / "input" / "data" / name)
+    progress("stacking, evaluating and exporting one ONNX graph ...")
+    started = time.monotonic()
+    run_job("stack", stack, {})
+    progress(f"  stack: done in {time.monotonic() - started:.1f} s")
+    return stack / "model"
