@@ -384,8 +384,9 @@ def _features(args: argparse.Namespace) -> int:
 
     from gallop.features.build import build_features
     from gallop.features.plan import FeatureSpecError
+    from gallop.ingest.formats import format_of
     from gallop.ingest.problems import UnreadableFile
-    from gallop.ingest.readers import format_of, read_table
+    from gallop.ingest.readers import read_table
     from gallop.ingest.validate import validate
     from gallop.spec import load_spec
 
@@ -453,8 +454,9 @@ def _features_card(args: argparse.Namespace) -> int:
 
 
 def _canonical_or_report(path: Path, spec: Any) -> Any:
+    from gallop.ingest.formats import format_of
     from gallop.ingest.problems import UnreadableFile
-    from gallop.ingest.readers import format_of, read_table
+    from gallop.ingest.readers import read_table
     from gallop.ingest.validate import validate
 
     if not path.is_file():

@@ -91,10 +91,6 @@ class DatasetSpec(BaseModel):
             raise ValueError(f"derived: {exc}") from None
         return self
 
-    @property
-    def key_columns(self) -> list[str]:
-        return [c for c in (self.group, self.time, self.entity) if c]
-
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 

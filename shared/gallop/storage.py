@@ -115,9 +115,6 @@ class Store:
         body = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
         self.put_bytes(key, body, "application/json")
 
-    def get_json(self, key: str) -> Any:
-        return json.loads(self.get_bytes(key))
-
     def copy(self, source_key: str, dest_key: str) -> None:
         self.s3.copy_object(
             Bucket=self.bucket, Key=dest_key, CopySource={"Bucket": self.bucket, "Key": source_key}

@@ -42,8 +42,8 @@ def create_app(
         dependencies=[Depends(require_api_key)],
     )
     app.state.settings = settings
-    app.state.engine = _lazy(lambda: engine or engine_for(settings.sqlalchemy_url))
-    app.state.store = _lazy(lambda: store or Store.from_settings(settings))
+    app.state.engine = cache(lambda: engine or engine_for(settings.sqlalchemy_url))
+    app.state.store = cache(lambda: store or Store.from_settings(settings))
     app.state.snapshots = _snapshot_cache(app)
     app.include_router(datasets.router)
 
@@ -56,10 +56,6 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.middleware("http")(_correlate)
     return app
-
-
-def _lazy(factory: Callable[[], Any]) -> Callable[[], Any]:
-    return cache(factory)
 
 
 def _snapshot_cache(app: FastAPI) -> Callable[[str], Any]:

@@ -50,7 +50,7 @@ class Roles:
 
 def compute(rows: Table, plan: Plan, roles: Roles, state: State | None) -> tuple[Table, State]:
     columns: Table = dict(rows)
-    groups = _codes(rows[roles.group])[0] if roles.group else None
+    groups = _codes(rows[roles.group]) if roles.group else None
     results = _results(rows[roles.target], groups, roles)
     layouts: dict[str, _Layout] = {}
     new_state = State(keys={})
@@ -80,9 +80,8 @@ def compute(rows: Table, plan: Plan, roles: Roles, state: State | None) -> tuple
 # -- race-level ------------------------------------------------------------------------
 
 
-def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    uniques, codes = np.unique(values, return_inverse=True)
-    return codes.reshape(-1), uniques
+def _codes(values: np.ndarray) -> np.ndarray:
+    return np.unique(values, return_inverse=True)[1].reshape(-1)
 
 
 def rank_within(groups: np.ndarray, x: np.ndarray, higher_is_better: bool) -> np.ndarray:

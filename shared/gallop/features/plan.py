@@ -62,11 +62,6 @@ class Plan:
     spec_hash: str
 
 
-def derived_outputs(derived: Derived) -> list[str]:
-    names = [out for _, entry in derived.entries() for out in entry.outputs()]  # type: ignore[attr-defined]
-    return names + ([FIELD_SIZE] if derived.field_size else [])
-
-
 def check_spec(spec: DatasetSpec) -> None:
     """Checks that need only the spec (registration time); raises FeatureSpecError."""
     if spec.derived is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from gallop.features.engine import Roles
-from gallop.features.plan import Plan, build_plan
 from gallop.spec import DatasetSpec, TargetOrder, Task
 
 
@@ -11,7 +10,3 @@ def roles_for(spec: DatasetSpec) -> Roles:
     higher = spec.task is Task.BINARY or spec.target_order is TargetOrder.DESCENDING
     places = spec.derived.places if spec.derived else 3
     return Roles(spec.group, spec.time, spec.target, higher, places, spec.task is Task.BINARY)
-
-
-def plan_for(spec: DatasetSpec, data_numeric: list[str] | None) -> Plan:
-    return build_plan(spec, data_numeric)

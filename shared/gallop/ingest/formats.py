@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from gallop.ingest.problems import Problem, UnreadableFile
 
-FORMATS = ("csv", "parquet", "jsonl")
 EXTENSIONS = {
     ".csv": "csv",
     ".parquet": "parquet",

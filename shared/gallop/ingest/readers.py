@@ -11,10 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gallop.ingest.formats import FILENAMES, FORMATS, format_of
 from gallop.ingest.problems import Problem, UnreadableFile
-
-__all__ = ["FILENAMES", "FORMATS", "format_of", "read_table"]
 
 
 def read_table(data: bytes, fmt: str) -> pd.DataFrame:

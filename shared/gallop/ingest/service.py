@@ -18,8 +18,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from gallop.ingest.canonical import content_hash, rejected_hash, to_parquet, version_id_for
+from gallop.ingest.formats import format_of
 from gallop.ingest.problems import Problem, UnreadableFile
-from gallop.ingest.readers import format_of, read_table
+from gallop.ingest.readers import read_table
 from gallop.ingest.validate import Validation, validate
 from gallop.metadata import repo
 from gallop.metadata.models import Dataset, VersionStatus
