@@ -84,19 +84,34 @@ def _codes(values: np.ndarray) -> np.ndarray:
     return np.unique(values, return_inverse=True)[1].reshape(-1)
 
 
+def run_starts(*keys: np.ndarray) -> np.ndarray:
+    """For rows sorted by `keys`: each row's position of the first row with its keys."""
+    n = len(keys[0])
+    changed = np.zeros(n, dtype=bool)
+    if n:
+        changed[0] = True
+    for key in keys:
+        changed[1:] |= key[1:] != key[:-1]
+    return np.maximum.accumulate(np.where(changed, np.arange(n), 0)) if n else np.zeros(0, np.int64)
+
+
+def group_range(groups: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: the lowest and highest non-NaN value (+inf / -inf when there is none)."""
+    size = int(groups.max()) + 1 if len(groups) else 0
+    low, high = np.full(size, np.inf), np.full(size, -np.inf)
+    np.fmin.at(low, groups, x)
+    np.fmax.at(high, groups, x)
+    return low, high
+
+
 def rank_within(groups: np.ndarray, x: np.ndarray, higher_is_better: bool) -> np.ndarray:
     """1 = best within each group; ties share the better rank; NaN stays NaN."""
     v = -x if higher_is_better else x
     idx = np.flatnonzero(~np.isnan(v))
     order = idx[np.lexsort((v[idx], groups[idx]))]
     g, vals = groups[order], v[order]
-    pos = np.arange(len(order))
-    new_group = np.r_[True, g[1:] != g[:-1]] if len(order) else np.zeros(0, bool)
-    new_value = new_group | (np.r_[True, vals[1:] != vals[:-1]] if len(order) else new_group)
-    group_start = np.maximum.accumulate(np.where(new_group, pos, 0)) if len(order) else pos
-    run_start = np.maximum.accumulate(np.where(new_value, pos, 0)) if len(order) else pos
     rank = np.full(len(x), np.nan)
-    rank[order] = run_start - group_start + 1
+    rank[order] = run_starts(g, vals) - run_starts(g) + 1
     return rank
 
 
@@ -107,10 +122,7 @@ def _results(target: np.ndarray, groups: np.ndarray | None, roles: Roles) -> Tab
         won = np.where(unknown, np.nan, (target == 1).astype(np.float64))
         return {"won": won, "placed": won}
     rank = rank_within(groups, target, roles.target_higher_is_better)
-    size = int(groups.max()) + 1 if len(groups) else 0
-    low, high = np.full(size, np.inf), np.full(size, -np.inf)
-    np.fmin.at(low, groups, target)
-    np.fmax.at(high, groups, target)
+    low, high = group_range(groups, target)
     ordered = (high > low)[groups]  # every runner alike (all relevance 0): nobody won
     won = np.where(unknown, np.nan, ((rank == 1) & ordered).astype(np.float64))
     placed = np.where(unknown, np.nan, ((rank <= roles.places) & ordered).astype(np.float64))
@@ -136,9 +148,7 @@ def _relative(entry: Relative, x: np.ndarray, groups: np.ndarray) -> Table:
         mean = np.where(count > 0, total / count, np.nan)[groups]
         spread = np.bincount(groups, weights=np.where(valid, (x - mean) ** 2, 0.0), minlength=size)
         std = np.sqrt(np.where(count > 0, spread / count, np.nan))[groups]
-    low, high = np.full(size, np.inf), np.full(size, -np.inf)
-    np.fmin.at(low, groups, x)
-    np.fmax.at(high, groups, x)
+    low, high = group_range(groups, x)
     spread_out = (high > low)[groups]  # an all-equal field has no spread, whatever rounding says
     best = np.where(
         np.isinf(high if entry.higher_is_better else low),
@@ -199,12 +209,8 @@ class _Layout:
         self.order = np.lexsort((times, codes))
         self.codes, self.times = codes[self.order], times[self.order]
         pos = np.arange(len(self.order))
-        new_key = np.r_[True, self.codes[1:] != self.codes[:-1]] if len(pos) else pos.astype(bool)
-        new_block = new_key | (
-            np.r_[True, self.times[1:] != self.times[:-1]] if len(pos) else new_key
-        )
-        self.key_start = np.maximum.accumulate(np.where(new_key, pos, 0)) if len(pos) else pos
-        self.block_start = np.maximum.accumulate(np.where(new_block, pos, 0)) if len(pos) else pos
+        self.key_start = run_starts(self.codes)
+        self.block_start = run_starts(self.codes, self.times)  # (key, time): one race's rows
         self.is_new = self.order >= self.n_tail
         where = np.empty(len(self.order), dtype=np.int64)
         where[self.order] = pos
