@@ -47,6 +47,22 @@ def unretryable(log: Logger, meter: Metrics, exc: Exception, **context: object) 
     meter.add_metric(name=problem, unit=MetricUnit.Count, value=1)
 
 
+def completed(
+    log: Logger,
+    meter: Metrics,
+    message: str,
+    *,
+    counter: str,
+    timer: str,
+    seconds: float,
+    **context: object,
+) -> None:
+    """A message handled: one log line, one count (`counter`) and its duration (`timer`)."""
+    log.info(message, extra={**context, "seconds": round(seconds, 3)})
+    meter.add_metric(name=counter, unit=MetricUnit.Count, value=1)
+    meter.add_metric(name=timer, unit=MetricUnit.Seconds, value=seconds)
+
+
 def sqs_batch_handler(service: str, make_worker: Callable[[Logger, Metrics], Any]) -> Callable:
     """The Lambda handler of a queue-driven function: Powertools batch processing with
     partial failures (a record that raises is retried, the others are not), JSON logs

@@ -5,12 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit
-
 from gallop.features.service import FeaturesRequest, VersionNotValid, build_for_version
 from gallop.metadata import repo
 from gallop.metadata.db import engine_for
-from gallop.observability import unretryable
+from gallop.observability import completed, unretryable
 from gallop.settings import get_settings
 from gallop.storage import Store
 
@@ -31,19 +29,16 @@ class FeaturesWorker:
         except (repo.DatasetNotFound, VersionNotValid) as exc:
             unretryable(self.log, self.meter, exc, message_id=message_id)
             return
-        seconds = time.perf_counter() - started
-        self.log.info(
+        completed(
+            self.log,
+            self.meter,
             "features",
-            extra={
-                "dataset": request.dataset,
-                "version_id": request.version_id,
-                "status": result.status,
-                "reason": result.reason,
-                "rows": result.row_count,
-                "seconds": round(seconds, 3),
-            },
+            counter=f"FeatureSets{result.status.title()}",
+            timer="FeatureSeconds",
+            seconds=time.perf_counter() - started,
+            dataset=request.dataset,
+            version_id=request.version_id,
+            status=result.status,
+            reason=result.reason,
+            rows=result.row_count,
         )
-        self.meter.add_metric(
-            name=f"FeatureSets{result.status.title()}", unit=MetricUnit.Count, value=1
-        )
-        self.meter.add_metric(name="FeatureSeconds", unit=MetricUnit.Seconds, value=seconds)

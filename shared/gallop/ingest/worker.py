@@ -5,14 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit
-
 from gallop import aws
 from gallop.features.service import FeaturesRequest
 from gallop.ingest.events import objects_created
 from gallop.ingest.service import UnknownDataset, ingest_object
 from gallop.metadata.db import engine_for
-from gallop.observability import unretryable
+from gallop.observability import completed, unretryable
 from gallop.settings import RAW_PREFIX, get_settings
 from gallop.storage import NotAnUploadKey, ObjectMissing, Store
 
@@ -44,21 +42,18 @@ class IngestWorker:
                 # The object (if any) stays in raw/ for an operator.
                 unretryable(self.log, self.meter, exc, key=created.key, message_id=message_id)
                 continue
-            seconds = time.perf_counter() - started
-            self.log.info(
+            completed(
+                self.log,
+                self.meter,
                 "ingested",
-                extra={
-                    "key": created.key,
-                    "status": outcome.status,
-                    "version_id": outcome.version_id,
-                    "new": outcome.created,
-                    "seconds": round(seconds, 3),
-                },
+                counter=f"Versions{outcome.status.title()}",
+                timer="IngestSeconds",
+                seconds=time.perf_counter() - started,
+                key=created.key,
+                status=outcome.status,
+                version_id=outcome.version_id,
+                new=outcome.created,
             )
-            self.meter.add_metric(
-                name=f"Versions{outcome.status.title()}", unit=MetricUnit.Count, value=1
-            )
-            self.meter.add_metric(name="IngestSeconds", unit=MetricUnit.Seconds, value=seconds)
             if outcome.status == "VALID":
                 self._announce(outcome.dataset, outcome.version_id, settings)
 
