@@ -54,11 +54,13 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, limit: int = 20) -> Validat
 
     n = len(frame)
     out: dict[str, Any] = {}
-    features = spec.features if spec.features is not None else _numeric_columns(frame, spec)
+    # Default features are found by parsing every candidate column: keep those parses.
+    parsed = _numeric_columns(frame, spec) if spec.features is None else {}
+    features = list(parsed) if spec.features is None else spec.features
     result.features = features
 
     for name in features:
-        values, bad, raw = _numeric(frame[name])
+        values, bad, raw = parsed[name] if name in parsed else _numeric(frame[name])
         if bad.any():
             result.problems.append(
                 at_rows(
@@ -223,16 +225,18 @@ def _missing_columns(frame: pd.DataFrame, spec: DatasetSpec) -> list[str]:
     return [c for c in dict.fromkeys(required) if c not in present]
 
 
-def _numeric_columns(frame: pd.DataFrame, spec: DatasetSpec) -> list[str]:
-    """Default features: every column with no other role whose values are all numbers."""
+def _numeric_columns(
+    frame: pd.DataFrame, spec: DatasetSpec
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Default features: every column with no other role whose values are all numbers,
+    with its parse (values, not-a-number mask, raw cells)."""
     roles = {spec.target, spec.group, spec.time, spec.entity, *spec.categorical, *spec.post_race}
-    chosen = []
+    chosen = {}
     for name in frame.columns:
-        if name in roles:
-            continue
-        _, bad, _ = _numeric(frame[name])
-        if not bad.any():
-            chosen.append(name)
+        if name not in roles:
+            result = _numeric(frame[name])
+            if not result[1].any():
+                chosen[name] = result
     return chosen
 
 
