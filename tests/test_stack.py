@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gallop.models.stack import fit_conditional_logit, softmax_within_groups
+from gallop.models.stack import (
+    conformal_half_width,
+    fit_conditional_logit,
+    fit_isotonic,
+    fit_linear_stack,
+    fit_logistic_stack,
+    sigmoid,
+    softmax_within_groups,
+)
 
 
 def races(seed: int, n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
@@ -62,3 +70,37 @@ def test_dead_heats_share_and_races_without_a_winner_are_ignored() -> None:
     assert np.isfinite(fitted.log_loss) and fitted.weights[0] > fitted.weights[1]
     with pytest.raises(ValueError, match="no race has a winner"):
         fit_conditional_logit(margins, np.zeros(len(won)), sizes)
+
+
+def test_the_logistic_stack_recovers_weights_and_keeps_them_non_negative() -> None:
+    rng = np.random.default_rng(7)
+    margins = rng.normal(size=(20000, 3))
+    y = (rng.random(20000) < sigmoid(margins @ np.array([1.5, -0.7, 0.4]) - 0.3)).astype(float)
+    fitted = fit_logistic_stack(margins, y, l2=0.0)
+    assert fitted.weights[1] == 0.0
+    assert np.allclose(fitted.weights[[0, 2]], [1.5, 0.4], atol=0.12), fitted.weights
+    assert fitted.bias == pytest.approx(-0.3, abs=0.1)
+
+
+def test_isotonic_pools_adjacent_violators_and_ties() -> None:
+    curve = fit_isotonic(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 0.0, 1.0, 1.0]))
+    assert curve.thresholds.tolist() == [1.0, 3.0] and curve.values.tolist() == [0.5, 1.0]
+    assert curve(np.array([0.0, 2.5, 3.0, 9.0])).tolist() == [0.5, 0.5, 1.0, 1.0]
+    tied = fit_isotonic(np.array([2.0, 1.0, 1.0]), np.array([1.0, 1.0, 0.0]))
+    assert tied.thresholds.tolist() == [1.0, 2.0] and tied.values.tolist() == [0.5, 1.0]
+    rng = np.random.default_rng(3)
+    score = rng.normal(size=500)
+    values = fit_isotonic(score, (rng.random(500) < sigmoid(score)).astype(float)).values
+    assert (np.diff(values) > 0).all()
+
+
+def test_conformal_intervals_cover_new_rows_at_the_nominal_rate() -> None:
+    rng = np.random.default_rng(11)
+    margins = rng.normal(size=(8000, 2))
+    y = margins @ np.array([2.0, 0.5]) + 1.0 + rng.standard_t(4, size=8000)
+    fitted = fit_linear_stack(margins[:4000], y[:4000], coverage=0.9)
+    value = fitted.score(margins[4000:])
+    covered = np.abs(y[4000:] - value) <= fitted.half_width
+    assert 0.88 <= covered.mean() <= 0.92
+    assert conformal_half_width(np.arange(1.0, 11.0), 0.9) == 10.0  # ceil(11 * 0.9) = 10th
+    assert conformal_half_width(np.arange(1.0, 101.0), 0.5) == 51.0

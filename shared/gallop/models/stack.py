@@ -1,17 +1,22 @@
-"""The meta-learner: non-negative weights on base-model margins, fitted as a conditional
-logit (the chance of winning is a softmax of the stacked score within each race).
+"""The meta-learners: non-negative weights on base-model margins, and the calibration.
 
-Non-negative weights keep the stack exactly explainable (a positive mix of base models),
-and the softmax's temperature is folded into the weights' scale. Fit it on out-of-fold
-margins only, never on rows it will be evaluated on.
+Non-negative weights keep the stack exactly explainable (a positive mix of base models).
+Ranking: a conditional logit, the chance of winning being a softmax of the stacked score
+within each race (the temperature folded into the weights' scale). Binary: a logistic
+stack (Platt scaling of the stacked score), isotonic as an option. Regression: a linear
+stack with split-conformal intervals. Fit them on out-of-fold margins only, never on
+rows they will be evaluated on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
+
+from gallop.training.metrics import group_starts
 
 
 @dataclass(frozen=True)
@@ -21,10 +26,6 @@ class ConditionalLogit:
 
     def score(self, margins: np.ndarray) -> np.ndarray:
         return margins @ self.weights
-
-
-def group_starts(sizes: np.ndarray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
 
 
 def softmax_within_groups(score: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -65,3 +66,188 @@ def fit_conditional_logit(
     probability = softmax_within_groups(margins @ weights, sizes)
     log_loss = -float((target[used] * np.log(np.maximum(probability[used], 1e-300))).sum()) / races
     return ConditionalLogit(weights, log_loss)
+
+
+@dataclass(frozen=True)
+class LogisticStack:
+    """Binary stack: P(y=1) = sigmoid(margins @ weights + bias). Fitted by maximum
+    likelihood on out-of-fold margins, so it is the Platt calibration of the stacked score."""
+
+    weights: np.ndarray
+    bias: float
+    log_loss: float
+
+    def score(self, margins: np.ndarray) -> np.ndarray:
+        return margins @ self.weights + self.bias
+
+
+def sigmoid(score: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * score))  # no overflow for large |score|
+
+
+def fit_logistic_stack(margins: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> LogisticStack:
+    margins = np.asarray(margins, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    design = np.column_stack([margins, np.ones(len(y))])
+    penalised = np.r_[np.ones(margins.shape[1]), 0.0]  # the bias is not shrunk
+
+    def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
+        z = design @ w
+        nll = float(np.mean(np.logaddexp(0.0, z) - y * z))
+        gradient = design.T @ (sigmoid(z) - y) / len(y)
+        return nll + l2 * float((penalised * w) @ w), gradient + 2 * l2 * penalised * w
+
+    start = np.r_[np.full(margins.shape[1], 1.0 / margins.shape[1]), 0.0]
+    bounds = [(0.0, None)] * margins.shape[1] + [(None, None)]
+    result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds)
+    weights, bias = np.maximum(result.x[:-1], 0.0), float(result.x[-1])
+    z = margins @ weights + bias
+    return LogisticStack(weights, bias, float(np.mean(np.logaddexp(0.0, z) - y * z)))
+
+
+@dataclass(frozen=True)
+class Isotonic:
+    """A non-decreasing step function of the score: value[i] for score >= threshold[i]
+    (and value[0] below threshold[1]); fitted by pool-adjacent-violators."""
+
+    thresholds: np.ndarray
+    values: np.ndarray
+
+    def __call__(self, score: np.ndarray) -> np.ndarray:
+        steps = (np.asarray(score)[:, None] >= self.thresholds[None, 1:]).sum(axis=1)
+        return self.values[steps]
+
+
+def fit_isotonic(score: np.ndarray, y: np.ndarray) -> Isotonic:
+    order = np.argsort(score, kind="stable")
+    xs, ys = np.asarray(score, dtype=np.float64)[order], np.asarray(y, dtype=np.float64)[order]
+    # Blocks of (sum, count, first score); merge while a block's mean falls below the last.
+    sums: list[float] = []
+    counts: list[int] = []
+    starts: list[float] = []
+    previous = np.nan
+    for x, value in zip(xs, ys, strict=True):
+        if x == previous:  # tied scores share one block: the last one
+            sums[-1] += value
+            counts[-1] += 1
+        else:
+            sums.append(value)
+            counts.append(1)
+            starts.append(x)
+        previous = x
+        while len(sums) > 1 and sums[-2] / counts[-2] >= sums[-1] / counts[-1]:
+            total, count = sums.pop(), counts.pop()
+            sums[-1] += total
+            counts[-1] += count
+            starts.pop()
+    return Isotonic(np.array(starts), np.array(sums) / np.array(counts))
+
+
+@dataclass(frozen=True)
+class LinearStack:
+    """Regression stack: value = margins @ weights + bias, with a split-conformal interval
+    value ± half_width from the out-of-fold absolute residuals."""
+
+    weights: np.ndarray
+    bias: float
+    half_width: float
+    coverage: float  # the nominal coverage the half-width was chosen for
+
+    def score(self, margins: np.ndarray) -> np.ndarray:
+        return margins @ self.weights + self.bias
+
+
+def fit_linear_stack(
+    margins: np.ndarray, y: np.ndarray, coverage: float = 0.9, l2: float = 1e-3
+) -> LinearStack:
+    margins = np.asarray(margins, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    design = np.column_stack([margins, np.ones(len(y))])
+    penalised = np.r_[np.ones(margins.shape[1]), 0.0]
+    scale = float(np.var(y)) or 1.0  # the penalty relative to the target's spread
+
+    def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
+        residual = design @ w - y
+        loss = float(residual @ residual) / len(y) + l2 * scale * float((penalised * w) @ w)
+        return loss, 2 * design.T @ residual / len(y) + 2 * l2 * scale * penalised * w
+
+    start = np.r_[np.full(margins.shape[1], 1.0 / margins.shape[1]), float(np.mean(y))]
+    bounds = [(0.0, None)] * margins.shape[1] + [(None, None)]
+    result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds)
+    weights, bias = np.maximum(result.x[:-1], 0.0), float(result.x[-1])
+    residuals = np.abs(y - (margins @ weights + bias))
+    return LinearStack(weights, bias, conformal_half_width(residuals, coverage), coverage)
+
+
+def conformal_half_width(residuals: np.ndarray, coverage: float) -> float:
+    """Split conformal: the ceil((n + 1) * coverage)-th smallest absolute residual, so that
+    a new row's interval covers its value with probability >= coverage."""
+    n = len(residuals)
+    rank = min(int(np.ceil((n + 1) * coverage)), n)
+    return float(np.sort(residuals)[rank - 1])
+
+
+@dataclass(frozen=True)
+class Meta:
+    """The fitted stack on top of the base margins, whatever the task: score = margins @
+    weights + bias, then the calibration named in `calibration` (as the manifest and the
+    ONNX graph carry it)."""
+
+    weights: np.ndarray
+    bias: float
+    calibration: dict[str, Any]
+
+    def score(self, margins: np.ndarray) -> np.ndarray:
+        return np.asarray(margins, dtype=np.float64) @ self.weights + self.bias
+
+    def outputs(self, score: np.ndarray, sizes: np.ndarray | None) -> dict[str, np.ndarray]:
+        kind = self.calibration["kind"]
+        if kind == "softmax_within_group":
+            assert sizes is not None, "win probabilities need the races' sizes"
+            return {"win_probability": softmax_within_groups(score, sizes)}
+        if kind == "platt":
+            return {"probability": sigmoid(score)}
+        if kind == "isotonic":
+            curve = Isotonic(
+                np.array(self.calibration["thresholds"]), np.array(self.calibration["values"])
+            )
+            return {"probability": curve(score)}
+        half_width = self.calibration["half_width"]
+        return {"value": score, "lower": score - half_width, "upper": score + half_width}
+
+
+def fit_meta(
+    task: str,
+    margins: np.ndarray,
+    target: np.ndarray,
+    sizes: np.ndarray | None = None,
+    l2: float = 1e-3,
+    calibration: str = "platt",
+    coverage: float = 0.9,
+) -> Meta:
+    """target: each runner's share of its race's win (ranking), 0/1 (binary) or the value
+    (regression), for out-of-fold margins."""
+    if task == "ranking":
+        assert sizes is not None, "a ranking stack needs the races' sizes"
+        logit = fit_conditional_logit(margins, target, sizes, l2=l2)
+        return Meta(logit.weights, 0.0, {"kind": "softmax_within_group"})
+    if task == "binary":
+        stack = fit_logistic_stack(margins, target, l2=l2)
+        if calibration == "platt":
+            return Meta(stack.weights, stack.bias, {"kind": "platt"})
+        curve = fit_isotonic(stack.score(margins), target)
+        return Meta(
+            stack.weights,
+            stack.bias,
+            {
+                "kind": "isotonic",
+                "thresholds": curve.thresholds.tolist(),
+                "values": curve.values.tolist(),
+            },
+        )
+    linear = fit_linear_stack(margins, target, coverage=coverage, l2=l2)
+    return Meta(
+        linear.weights,
+        linear.bias,
+        {"kind": "conformal", "half_width": linear.half_width, "coverage": coverage},
+    )
