@@ -181,3 +181,39 @@ def test_the_whole_stack_is_one_graph_equal_to_the_native_stack(letor_ranker: tu
     assert np.abs(margins - native_margins).max() <= TOLERANCE
     assert np.abs(score[:, 0] - native_score).max() <= 2 * TOLERANCE
     assert same_order_within_groups(score[:, 0].astype(np.float64), native_score, groups)
+
+
+@pytest.mark.parametrize(
+    "calibration",
+    [
+        {"kind": "platt"},
+        {"kind": "isotonic", "thresholds": [-9.0, -0.5, 0.25, 1.0], "values": [0.1, 0.3, 0.6, 0.9]},
+        {"kind": "conformal", "half_width": 0.75, "coverage": 0.9},
+    ],
+    ids=lambda c: c["kind"],
+)
+def test_linear_bases_and_each_calibration_head_equal_the_native_stack(calibration: dict) -> None:
+    from gallop.models.linear import fit_linear
+    from gallop.models.onnx_export import stack_to_onnx
+    from gallop.models.stack import Meta
+
+    rng = np.random.default_rng(5)
+    features = (rng.normal(size=(3000, 6)) * [1, 10, 100, 1000, 0.01, 1]).astype(np.float32)
+    features[rng.random(features.shape) < 0.1] = np.nan  # missing values take the mean
+    y = (np.nan_to_num(features[:, 0]) + rng.normal(size=3000) > 0).astype(float)
+    linear = fit_linear(features, y, logistic=True)
+    booster = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(features, y), 30)
+    meta = Meta(np.array([0.8, 0.4]), -0.2, calibration)
+    model = stack_to_onnx([linear, booster], meta.weights.tolist(), meta.bias, 6, calibration)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(names, {"features": features}), strict=True))
+    margins = np.column_stack([linear.margin(features), native_margin(booster, features)])
+    assert np.abs(got["margins"] - margins).max() <= TOLERANCE
+    native = meta.outputs(meta.score(margins), None)
+    assert set(native) == set(names) - {"score", "margins"}
+    for name, values in native.items():
+        assert np.abs(got[name][:, 0] - values).max() <= TOLERANCE, name
+    # The linear margin splits exactly into per-feature terms and the bias.
+    terms = linear.contributions(features).sum(axis=1) + linear.bias
+    assert np.allclose(terms, linear.margin(features), atol=1e-12)

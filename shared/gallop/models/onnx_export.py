@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from gallop.models.linear import LinearModel
+
 ML_DOMAIN = "ai.onnx.ml"
 ML_OPSET = 3
 ONNX_OPSET = 15
@@ -110,8 +112,11 @@ def _checked_model(graph: onnx.GraphProto) -> onnx.ModelProto:
 
 
 def native_margin(booster: Any, features: np.ndarray) -> np.ndarray:
-    """The model's margin as LightGBM itself uses it. In random-forest mode LightGBM's
-    predictions average the trees, but predict(raw_score=True) returns their sum."""
+    """The model's margin as LightGBM itself uses it (or the linear model's). In
+    random-forest mode LightGBM's predictions average the trees, but
+    predict(raw_score=True) returns their sum."""
+    if isinstance(booster, LinearModel):
+        return booster.margin(features)
     raw = booster.predict(features, raw_score=True)
     if booster.dump_model().get("average_output"):
         raw = raw / booster.num_trees()
@@ -168,41 +173,100 @@ def booster_to_onnx(
     return _checked_model(graph)
 
 
+def _margin_parts(
+    base: Any, input_name: str, output_name: str
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    if isinstance(base, LinearModel):
+        return base.onnx_parts(input_name, output_name)
+    return [tree_ensemble_node(base, input_name, output_name)], []
+
+
+def _head(
+    calibration: dict[str, Any],
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], list[str]]:
+    """What follows the stacked score: nodes, constants and the extra outputs' names.
+    Ranking needs none in the graph (the softmax is within a race, which the caller knows)."""
+    kind = calibration["kind"]
+    if kind == "softmax_within_group":
+        return [], [], []
+    if kind == "platt":
+        return [helper.make_node("Sigmoid", ["score"], ["probability"])], [], ["probability"]
+    if kind == "isotonic":  # probability = values[number of thresholds the score reaches]
+        thresholds, values = calibration["thresholds"][1:], calibration["values"]
+        constants = [
+            helper.make_tensor(
+                "iso_thresholds", TensorProto.FLOAT, [1, len(thresholds)], thresholds
+            ),
+            helper.make_tensor("iso_values", TensorProto.FLOAT, [len(values)], values),
+            helper.make_tensor("iso_axis", TensorProto.INT64, [1], [1]),
+        ]
+        nodes = [
+            helper.make_node("GreaterOrEqual", ["score", "iso_thresholds"], ["iso_reached"]),
+            helper.make_node("Cast", ["iso_reached"], ["iso_ones"], to=TensorProto.INT64),
+            helper.make_node("ReduceSum", ["iso_ones", "iso_axis"], ["iso_step"], keepdims=1),
+            helper.make_node("Gather", ["iso_values", "iso_step"], ["probability"]),
+        ]
+        return nodes, constants, ["probability"]
+    if kind == "conformal":
+        constants = [
+            helper.make_tensor("half_width", TensorProto.FLOAT, [1], [calibration["half_width"]])
+        ]
+        nodes = [
+            helper.make_node("Identity", ["score"], ["value"]),
+            helper.make_node("Sub", ["score", "half_width"], ["lower"]),
+            helper.make_node("Add", ["score", "half_width"], ["upper"]),
+        ]
+        return nodes, constants, ["value", "lower", "upper"]
+    raise ValueError(f"unknown calibration {kind!r}")
+
+
 def stack_to_onnx(
-    boosters: list[Any],
+    bases: list[Any],
     weights: list[float],
     bias: float,
     n_features: int,
+    calibration: dict[str, Any] | None = None,
     input_name: str = "features",
 ) -> onnx.ModelProto:
-    """One graph for the whole stack: each base booster's margin, then the meta-learner's
-    linear combination. Outputs `margins` [n, k] (what explanations decompose) and `score`
-    [n, 1] = margins @ weights + bias. Calibration (softmax within a race at the fitted
-    temperature, already folded into the weights) is applied by the runtime per group."""
-    if len(boosters) != len(weights) or not boosters:
-        raise ValueError("one weight per base booster, at least one booster")
-    nodes = [
-        tree_ensemble_node(booster, input_name, f"margin_{i}") for i, booster in enumerate(boosters)
+    """One graph for the whole stack: each base model's margin (LightGBM booster or linear
+    model), the meta-learner's linear combination, then the calibration. Outputs `score`
+    [n, 1] = margins @ weights + bias, `margins` [n, k] (what explanations decompose) and
+    the calibration's outputs: `probability` (binary), `value`, `lower`, `upper`
+    (regression); a ranking's win probabilities are a softmax of `score` within each race,
+    its temperature folded into the weights."""
+    if len(bases) != len(weights) or not bases:
+        raise ValueError("one weight per base model, at least one base model")
+    nodes: list[onnx.NodeProto] = []
+    constants = [
+        helper.make_tensor(
+            "meta_weights", TensorProto.FLOAT, [len(weights), 1], [float(w) for w in weights]
+        ),
+        helper.make_tensor("meta_bias", TensorProto.FLOAT, [1], [float(bias)]),
     ]
+    for i, base in enumerate(bases):
+        base_nodes, base_constants = _margin_parts(base, input_name, f"margin_{i}")
+        nodes += base_nodes
+        constants += base_constants
     nodes.append(
-        helper.make_node(
-            "Concat", [f"margin_{i}" for i in range(len(boosters))], ["margins"], axis=1
-        )
+        helper.make_node("Concat", [f"margin_{i}" for i in range(len(bases))], ["margins"], axis=1)
     )
-    weight = helper.make_tensor(
-        "meta_weights", TensorProto.FLOAT, [len(weights), 1], [float(w) for w in weights]
-    )
-    offset = helper.make_tensor("meta_bias", TensorProto.FLOAT, [1], [float(bias)])
     nodes.append(helper.make_node("MatMul", ["margins", "meta_weights"], ["weighted"]))
     nodes.append(helper.make_node("Add", ["weighted", "meta_bias"], ["score"]))
+    head_nodes, head_constants, head_outputs = _head(
+        calibration or {"kind": "softmax_within_group"}
+    )
     graph = helper.make_graph(
-        nodes,
+        nodes + head_nodes,
         "gallop_stack",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [None, n_features])],
         [
             helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1]),
-            helper.make_tensor_value_info("margins", TensorProto.FLOAT, [None, len(boosters)]),
+            helper.make_tensor_value_info("margins", TensorProto.FLOAT, [None, len(bases)]),
+        ]
+        + [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, 1])
+            for name in head_outputs
         ],
-        initializer=[weight, offset],
+        initializer=constants + head_constants,
     )
     return _checked_model(graph)

@@ -1,0 +1,105 @@
+"""The regularised linear base model: standardised features, missing values at the mean.
+
+Ridge regression for regression targets (and a race's normalised finishing position),
+L2-regularised logistic regression for binary ones. Its margin is a sum of one term per
+feature, so its explanation is exact, and it exports to a few ONNX operators.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+from scipy.optimize import minimize
+
+from gallop.models.stack import sigmoid
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    means: np.ndarray  # what a missing value becomes, and the centre
+    scales: np.ndarray  # standard deviations (1 for a constant feature)
+    coef: np.ndarray  # per standardised feature
+    bias: float
+
+    def standardised(self, features: np.ndarray) -> np.ndarray:
+        values = np.asarray(features, dtype=np.float64)
+        values = np.where(np.isnan(values), self.means, values)
+        return (values - self.means) / self.scales
+
+    def margin(self, features: np.ndarray) -> np.ndarray:
+        return self.standardised(features) @ self.coef + self.bias
+
+    def contributions(self, features: np.ndarray) -> np.ndarray:
+        """Each feature's term of the margin (the rest is the bias): exact, additive."""
+        return self.standardised(features) * self.coef
+
+    def save(self, path: Path) -> None:
+        fields = {"means": self.means, "scales": self.scales, "coef": self.coef}
+        payload = {name: [float(v) for v in values] for name, values in fields.items()}
+        path.write_text(json.dumps({**payload, "bias": self.bias}, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: Path) -> LinearModel:
+        data = json.loads(path.read_text())
+        arrays = (np.array(data[name], dtype=np.float64) for name in ("means", "scales", "coef"))
+        return cls(*arrays, bias=float(data["bias"]))
+
+    def onnx_parts(
+        self, input_name: str, output_name: str
+    ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+        """Nodes computing the margin [n, 1] from the float32 input, and their constants."""
+        p = output_name
+        d = len(self.means)
+        constants = [
+            helper.make_tensor(f"{p}_means", TensorProto.FLOAT, [1, d], self.means.tolist()),
+            helper.make_tensor(
+                f"{p}_coef", TensorProto.FLOAT, [d, 1], (self.coef / self.scales).tolist()
+            ),
+            helper.make_tensor(f"{p}_bias", TensorProto.FLOAT, [1], [self.bias]),
+        ]
+        nodes = [
+            helper.make_node("IsNaN", [input_name], [f"{p}_missing"]),
+            helper.make_node("Where", [f"{p}_missing", f"{p}_means", input_name], [f"{p}_filled"]),
+            # Centre before the product: the terms stay small, so float32 loses little.
+            helper.make_node("Sub", [f"{p}_filled", f"{p}_means"], [f"{p}_centred"]),
+            helper.make_node("MatMul", [f"{p}_centred", f"{p}_coef"], [f"{p}_product"]),
+            helper.make_node("Add", [f"{p}_product", f"{p}_bias"], [output_name]),
+        ]
+        return nodes, constants
+
+
+def fit_linear(
+    features: np.ndarray, labels: np.ndarray, logistic: bool, l2: float = 1e-2
+) -> LinearModel:
+    """Minimises the mean squared error (or the mean logistic loss) + l2 * |coef|^2 on
+    standardised features; the bias is not penalised."""
+    values = np.asarray(features, dtype=np.float64)
+    means = np.nanmean(values, axis=0)
+    means = np.where(np.isnan(means), 0.0, means)  # a column with no values at all
+    scales = np.nanstd(values, axis=0)
+    scales = np.where(np.isfinite(scales) & (scales > 0), scales, 1.0)
+    empty = LinearModel(means, scales, np.zeros(values.shape[1]), 0.0)
+    z = empty.standardised(values)
+    y = np.asarray(labels, dtype=np.float64)
+    n, d = z.shape
+    if not logistic:
+        bias = float(y.mean())
+        coef = np.linalg.solve(z.T @ z / n + l2 * np.eye(d), z.T @ (y - bias) / n)
+        return LinearModel(means, scales, coef, bias)
+
+    design = np.column_stack([z, np.ones(n)])
+    penalised = np.r_[np.ones(d), 0.0]
+
+    def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
+        s = design @ w
+        nll = float(np.mean(np.logaddexp(0.0, s) - y * s))
+        gradient = design.T @ (sigmoid(s) - y) / n
+        return nll + l2 * float((penalised * w) @ w), gradient + 2 * l2 * penalised * w
+
+    result = minimize(objective, np.zeros(d + 1), jac=True, method="L-BFGS-B")
+    return LinearModel(means, scales, result.x[:-1], float(result.x[-1]))
