@@ -2,10 +2,12 @@
 
 Channel `train`: features.parquet and manifest.json, as the features step writes them.
 Hyperparameters (strings, decoded): model (lambdarank | binary_win | position_regression
-| random_forest for races; binary | random_forest, regression | random_forest otherwise),
-folds (>= 2), split (group | time), seed, num_boost_round, learning_rate, num_leaves,
-min_data_in_leaf. Folds are split by group: a race never straddles two folds.
-Writes model/: booster.txt, oof.parquet (identifiers, fold, margin) and base.json.
+| random_forest | linear for races; binary | random_forest | linear, regression |
+random_forest | linear otherwise), folds (>= 2), split (group | time), seed,
+num_boost_round, learning_rate, num_leaves, min_data_in_leaf, l2 (the linear model's
+penalty). Folds are split by group: a race never straddles two folds.
+Writes model/: booster.txt (or linear.json), oof.parquet (identifiers, fold, margin) and
+base.json.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from gallop.models.linear import LinearModel, fit_linear
 from gallop.models.onnx_export import native_margin
+from gallop.training.config import BASE_MODELS
 from gallop.training.contract import Container, JobError, emit_metric, run
-from gallop.training.metrics import ndcg_at_k
+from gallop.training.metrics import auc, ndcg_at_k
 
 DEFAULTS: dict[str, Any] = {
     "model": None,  # by task: lambdarank, binary or regression
@@ -30,11 +34,8 @@ DEFAULTS: dict[str, Any] = {
     "learning_rate": 0.05,
     "num_leaves": 31,
     "min_data_in_leaf": 20,
-}
-MODELS = {
-    "ranking": {"lambdarank", "binary_win", "position_regression", "random_forest"},
-    "binary": {"binary", "random_forest"},
-    "regression": {"regression", "random_forest"},
+    "l2": 1e-2,
+    "job": "base",  # which entry point the training image runs (see layers/)
 }
 
 
@@ -44,10 +45,10 @@ def settings_from(raw: dict[str, Any], task: str) -> dict[str, Any]:
         raise JobError(f"unknown hyperparameters {unknown}; known: {sorted(DEFAULTS)}")
     chosen = {**DEFAULTS, **raw}
     chosen["model"] = chosen["model"] or {"ranking": "lambdarank"}.get(task, task)
-    if chosen["model"] not in MODELS[task]:
+    if chosen["model"] not in BASE_MODELS[task]:
         raise JobError(
             f"hyperparameter model={chosen['model']!r}: for a {task} task use one "
-            f"of {sorted(MODELS[task])}"
+            f"of {sorted(BASE_MODELS[task])}"
         )
     checks = {
         "folds": lambda v: isinstance(v, int) and v >= 2,
@@ -57,6 +58,8 @@ def settings_from(raw: dict[str, Any], task: str) -> dict[str, Any]:
         "learning_rate": lambda v: isinstance(v, int | float) and 0 < v <= 1,
         "num_leaves": lambda v: isinstance(v, int) and v >= 2,
         "min_data_in_leaf": lambda v: isinstance(v, int) and v >= 1,
+        "l2": lambda v: isinstance(v, int | float) and v >= 0,
+        "job": lambda v: v == "base",
     }
     for name, ok in checks.items():
         if not ok(chosen[name]):
@@ -77,7 +80,7 @@ def labels_for(frame: pd.DataFrame, manifest: dict[str, Any], model: str) -> np.
     )
     if model in ("binary_win", "random_forest"):
         return best.astype(np.float64)
-    if model == "position_regression":  # 1 for the winner down to 0 for the last
+    if model in ("position_regression", "linear"):  # 1 for the winner down to 0 for the last
         size = group.map(group.value_counts()).to_numpy(dtype=np.float64)
         rank = (
             frame.groupby(manifest["group"])[manifest["target"]]
@@ -98,7 +101,10 @@ def params_for(settings: dict[str, Any], task: str) -> dict[str, Any]:
         "position_regression": "regression",
         "regression": "regression",
         "random_forest": "regression" if task == "regression" else "binary",
+        "linear": "linear",
     }
+    if settings["model"] == "linear":
+        return {"objective": "linear", "logistic": task == "binary", "l2": settings["l2"]}
     params = {
         "objective": objective[settings["model"]],
         "learning_rate": settings["learning_rate"],
@@ -147,7 +153,9 @@ def train(
     key: str | None,
     params: dict[str, Any],
     rounds: int,
-) -> lgb.Booster:
+) -> lgb.Booster | LinearModel:
+    if params["objective"] == "linear":
+        return fit_linear(features, labels, logistic=params["logistic"], l2=params["l2"])
     dataset = lgb.Dataset(
         features,
         labels,
@@ -165,6 +173,7 @@ def main(container: Container) -> None:
         raise JobError("the train channel's features are empty")
     settings = settings_from(container.hyperparameters(), manifest["task"])
     key = manifest["group"]
+    frame["_row"] = np.arange(len(frame))  # the stack job aligns margins by channel row
     if key:  # rows of a group together, as LightGBM's group sizes require
         frame = frame.sort_values([key], kind="mergesort").reset_index(drop=True)
     features = frame[manifest["features"]].to_numpy(dtype=np.float32)
@@ -187,9 +196,12 @@ def main(container: Container) -> None:
         emit_metric(f"oof_{name}", value)
     out = container.model_dir
     out.mkdir(parents=True, exist_ok=True)
-    final.save_model(str(out / "booster.txt"))
+    if isinstance(final, LinearModel):
+        final.save(out / "linear.json")
+    else:
+        final.save_model(str(out / "booster.txt"))
     ident = [c for c in manifest["identifiers"] if c in frame]
-    oof = frame[ident].assign(fold=folds, margin=margins)
+    oof = frame[["_row", *ident]].assign(fold=folds, margin=margins)
     oof.to_parquet(out / "oof.parquet", index=False)
     (out / "base.json").write_text(
         json.dumps(
@@ -210,8 +222,11 @@ def main(container: Container) -> None:
 def evaluate(
     margins: np.ndarray, frame: pd.DataFrame, manifest: dict[str, Any]
 ) -> dict[str, float]:
-    if manifest["task"] != "ranking":
-        return {}
+    target = frame[manifest["target"]].to_numpy(dtype=np.float64)
+    if manifest["task"] == "binary":
+        return {"auc": auc(margins, target)}
+    if manifest["task"] == "regression":  # the margin is the prediction before stacking
+        return {"rmse": float(np.sqrt(np.mean((margins - target) ** 2)))}
     relevance = labels_for(frame, manifest, "lambdarank")
     sizes = group_sizes(frame, manifest["group"])
     assert sizes is not None

@@ -1,11 +1,15 @@
 """SageMaker job `stack`: the meta-learner on the base models' out-of-fold margins,
-evaluation, and the whole stack exported as one ONNX graph (checked for parity).
+calibration, evaluation, and the whole stack exported as one ONNX graph (checked for
+parity), with its manifest and report: the model artifact.
 
 Channels: `train` (features.parquet, manifest.json), `bases` (one folder per base job's
-model/ output, or its model.tar.gz), optional `test` (held-out races, same layout as
-train). Hyperparameters: l2 (meta-learner penalty, default 0.001).
-Writes model/: model.onnx, manifest.json, and base_<i>.txt boosters (for explanations).
-Ranking tasks only for now: binary (Platt) and regression (conformal) stacks come next.
+model/ output, or its model.tar.gz), optional `test` (held-out rows, same layout as
+train; without it the stack is evaluated out of fold). Hyperparameters: l2 (meta-learner
+penalty, 0.001), calibration (binary: platt | isotonic), coverage (regression intervals,
+0.9), bet_margin (0.05) and kelly_fraction (0.25) for the betting simulation when the
+data has odds, and run_id, data_version, code_version, recorded in the manifest.
+Writes model/: model.onnx, manifest.json, report.html and each base model (for
+explanations): base_<i>.txt (LightGBM) or base_<i>.json (linear).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +26,84 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
+from gallop.models.linear import LinearModel
 from gallop.models.onnx_export import native_margin, stack_to_onnx
-from gallop.models.stack import fit_conditional_logit, softmax_within_groups
+from gallop.models.stack import Meta, fit_meta
 from gallop.training.contract import Container, JobError, emit_metric, run
-from gallop.training.metrics import ndcg_at_k
+from gallop.training.metrics import (
+    betting,
+    binary_metrics,
+    ranking_metrics,
+    regression_metrics,
+    reliability,
+)
+from gallop.training.report import render_report
 
 PARITY = 1e-5
+DEFAULTS: dict[str, Any] = {
+    "l2": 1e-3,
+    "calibration": "platt",
+    "coverage": 0.9,
+    "bet_margin": 0.05,
+    "kelly_fraction": 0.25,
+    "run_id": None,
+    "data_version": None,
+    "code_version": None,
+    "job": "stack",
+}
+CHECKS = {
+    "l2": lambda v: isinstance(v, int | float) and v >= 0,
+    "calibration": lambda v: v in ("platt", "isotonic"),
+    "coverage": lambda v: isinstance(v, float) and 0 < v < 1,
+    "bet_margin": lambda v: isinstance(v, int | float) and v >= 0,
+    "kelly_fraction": lambda v: isinstance(v, int | float) and 0 < v <= 1,
+    "job": lambda v: v == "stack",
+}
 
 
-def load_frame(channel: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+def settings_from(raw: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise JobError(f"unknown hyperparameters {unknown}; known: {sorted(DEFAULTS)}")
+    chosen = {**DEFAULTS, **raw}
+    for name, ok in CHECKS.items():
+        if not ok(chosen[name]):
+            raise JobError(f"hyperparameter {name}={chosen[name]!r} is not valid")
+    return chosen
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A channel's rows (a race's runners together) and what they are evaluated against."""
+
+    frame: pd.DataFrame
+    features: np.ndarray  # float32, as fed to the graph
+    target: np.ndarray  # a runner's share of its race's win (ranking), 0/1, or the value
+    sizes: np.ndarray | None  # rows per race, in order (ranking)
+    relevance: np.ndarray | None  # graded relevance for NDCG (ranking)
+
+
+def load_rows(channel: Path) -> tuple[Rows, dict[str, Any]]:
     manifest = json.loads((channel / "manifest.json").read_text())
     frame = pd.read_parquet(channel / "features.parquet")
-    key = [c for c in (manifest["group"], manifest.get("identifiers", [None])[-1]) if c]
-    return frame.sort_values(key, kind="mergesort").reset_index(drop=True), manifest
+    frame["_row"] = np.arange(len(frame))  # the base jobs' out-of-fold rows refer to it
+    group, target = manifest["group"], manifest["target"]
+    values = frame[target].to_numpy(dtype=np.float64)
+    if manifest["task"] != "ranking":
+        return Rows(
+            frame, frame[manifest["features"]].to_numpy(np.float32), values, None, None
+        ), manifest
+    frame = frame.sort_values([group], kind="mergesort").reset_index(drop=True)
+    values = frame[target].to_numpy(dtype=np.float64)
+    ascending = manifest["target_order"] == "ascending"
+    best = frame.groupby(group, sort=False)[target].transform("min" if ascending else "max")
+    won = (frame[target] == best).to_numpy(dtype=np.float64)
+    winners = frame.assign(won=won).groupby(group, sort=False)["won"].transform("sum")
+    share = won / np.maximum(winners.to_numpy(), 1.0)
+    relevance = np.clip(4 - values, 0, None) if ascending else values
+    sizes = frame.groupby(group, sort=False).size().to_numpy()
+    features = frame[manifest["features"]].to_numpy(np.float32)
+    return Rows(frame, features, share, sizes, relevance), manifest
 
 
 def load_bases(channel: Path, scratch: Path) -> list[Path]:
@@ -53,113 +123,255 @@ def load_bases(channel: Path, scratch: Path) -> list[Path]:
     return folders
 
 
-def race_outcomes(frame: pd.DataFrame, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    group, target = manifest["group"], manifest["target"]
-    best = frame.groupby(group, sort=False)[target].transform(
-        "min" if manifest["target_order"] == "ascending" else "max"
-    )
-    won = (frame[target] == best).to_numpy(dtype=np.float64)
-    return won, frame.groupby(group, sort=False).size().to_numpy()
+def load_base(folder: Path) -> lgb.Booster | LinearModel:
+    if (folder / "linear.json").exists():
+        return LinearModel.load(folder / "linear.json")
+    return lgb.Booster(model_file=str(folder / "booster.txt"))
 
 
-def evaluate(score: np.ndarray, frame: pd.DataFrame, manifest: dict[str, Any]) -> dict[str, float]:
-    won, sizes = race_outcomes(frame, manifest)
-    target = frame[manifest["target"]].to_numpy(dtype=np.float64)
-    relevance = np.clip(4 - target, 0, None) if manifest["target_order"] == "ascending" else target
-    probability = softmax_within_groups(score, sizes)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    top = np.array(
-        [s + int(np.argmax(score[s : s + n])) for s, n in zip(starts, sizes, strict=True)]
+def evaluate(
+    task: str, meta: Meta, margins: np.ndarray, rows: Rows
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    score = meta.score(margins)
+    outputs = meta.outputs(score, rows.sizes)
+    if task == "ranking":
+        assert rows.sizes is not None and rows.relevance is not None
+        probability = outputs["win_probability"]
+        return ranking_metrics(score, probability, rows.relevance, rows.target, rows.sizes), outputs
+    if task == "binary":
+        return binary_metrics(outputs["probability"], rows.target), outputs
+    return regression_metrics(
+        outputs["value"], rows.target, outputs["lower"], outputs["upper"]
+    ), outputs
+
+
+def in_time_order(rows: Rows, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Row order and group sizes with races (or rows) in time order, for the betting run."""
+    time, group = manifest.get("time"), manifest.get("group")
+    keys = [c for c in (time, group) if c]
+    order = (
+        np.lexsort([rows.frame[c].to_numpy() for c in reversed(keys)])
+        if keys
+        else np.arange(len(rows.frame))
     )
-    winners = np.add.reduceat(won, starts)
-    share = won / np.repeat(np.maximum(winners, 1), sizes)
-    metrics = {f"ndcg@{k}": ndcg_at_k(score, relevance, sizes, k) for k in (1, 3, 5, 10)}
-    metrics["top1_hit_rate"] = float(won[top].mean())
-    metrics["race_log_loss"] = float(
-        -(share * np.log(np.maximum(probability, 1e-300))).sum() / max(int((winners > 0).sum()), 1)
-    )
-    metrics["race_brier"] = float(np.add.reduceat((probability - share) ** 2, starts).mean())
-    return metrics
+    if rows.sizes is None:
+        return order, np.ones(len(order), dtype=np.int64)
+    race = rows.frame[group].to_numpy()[order]
+    starts = np.flatnonzero(np.r_[True, race[1:] != race[:-1]])
+    return order, np.diff(np.r_[starts, len(race)])
+
+
+def check_parity(
+    model_bytes: bytes, meta: Meta, margins: np.ndarray, rows: Rows, outputs: list[str]
+) -> dict[str, float]:
+    """The graph against the native stack on the evaluated rows: score and margins within
+    PARITY (relative to the value where it exceeds 1), the same order within every race."""
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    got = dict(zip(outputs, session.run(outputs, {"features": rows.features}), strict=True))
+    native = meta.score(margins)
+
+    def gap(exported: np.ndarray, expected: np.ndarray) -> float:
+        return float((np.abs(exported - expected) / np.maximum(np.abs(expected), 1.0)).max())
+
+    gaps = {"score": gap(got["score"][:, 0], native), "margins": gap(got["margins"], margins)}
+    if max(gaps.values()) > PARITY:
+        raise JobError(
+            f"ONNX differs from the native stack by {max(gaps.values()):.2e} (> {PARITY})"
+        )
+    if rows.sizes is not None:
+        race = np.repeat(np.arange(len(rows.sizes)), rows.sizes)
+        exported_order = np.lexsort((-got["score"][:, 0], race))
+        if not np.array_equal(exported_order, np.lexsort((-native, race))):
+            raise JobError("ONNX orders the runners of some race differently from the native stack")
+    calibrated = meta.outputs(native, rows.sizes)
+    for name in outputs[2:]:
+        gaps[name] = gap(got[name][:, 0], calibrated[name])
+    return gaps
+
+
+def top_features(
+    bases: list[Any], weights: np.ndarray, margins: np.ndarray, names: list[str], k: int = 20
+) -> list[dict[str, Any]]:
+    """Each base model's importance shares (LightGBM gain, |coefficient| on standardised
+    features), mixed by the base's part of the stacked score's spread."""
+    part = weights * margins.std(axis=0)
+    part = part / part.sum() if part.sum() > 0 else np.full(len(bases), 1.0 / len(bases))
+    total = np.zeros(len(names))
+    for base, share in zip(bases, part, strict=True):
+        raw = (
+            np.abs(base.coef) if isinstance(base, LinearModel) else base.feature_importance("gain")
+        )
+        raw = np.asarray(raw, dtype=np.float64)
+        total += share * raw / raw.sum() if raw.sum() > 0 else 0.0
+    top = np.argsort(-total, kind="stable")[:k]
+    return [{"feature": names[i], "gain": float(total[i])} for i in top if total[i] > 0]
 
 
 def main(container: Container) -> None:
-    train, manifest = load_frame(container.channel("train"))
-    if manifest["task"] != "ranking":
-        raise JobError(f"stacking a {manifest['task']} task is not built yet (ranking only)")
-    l2 = container.hyperparameters().get("l2", 1e-3)
-    if not isinstance(l2, int | float) or l2 < 0:
-        raise JobError(f"hyperparameter l2={l2!r} is not valid")
+    settings = settings_from(container.hyperparameters())
+    train, manifest = load_rows(container.channel("train"))
+    task = manifest["task"]
     scratch = container.base / "scratch"
     folders = load_bases(container.channel("bases"), scratch)
-    ident = [c for c in manifest["identifiers"] if c != manifest.get("time")]
 
-    margins, boosters, records = [], [], []
+    bases, records, columns = [], [], []
     for folder in folders:
         record = json.loads((folder / "base.json").read_text())
         if record["features"] != manifest["features"]:
             raise JobError(f"{folder.name}: trained on other features than the train channel")
-        oof = pd.read_parquet(folder / "oof.parquet")
-        aligned = train[ident].merge(oof[ident + ["margin"]], on=ident, how="left")
-        if aligned["margin"].isna().any() or len(aligned) != len(train):
+        oof = pd.read_parquet(folder / "oof.parquet").set_index("_row")["margin"]
+        margin = oof.reindex(train.frame["_row"]).to_numpy()
+        if np.isnan(margin).any() or len(oof) != len(train.frame):
             raise JobError(f"{folder.name}: out-of-fold margins do not cover the train rows")
-        margins.append(aligned["margin"].to_numpy())
-        boosters.append(lgb.Booster(model_file=str(folder / "booster.txt")))
+        columns.append(margin)
+        bases.append(load_base(folder))
         records.append(record)
-    oof_margins = np.column_stack(margins)
-    won, sizes = race_outcomes(train, manifest)
-    meta = fit_conditional_logit(oof_margins, won, sizes, l2=float(l2))
-    emit_metric("oof_race_log_loss", meta.log_loss)
+    oof_margins = np.column_stack(columns)
 
-    evaluated, evaluation_rows = train, oof_margins  # without a test split: out-of-fold
+    def fit(margins: np.ndarray) -> Meta:
+        return fit_meta(
+            task,
+            margins,
+            train.target,
+            train.sizes,
+            l2=float(settings["l2"]),
+            calibration=settings["calibration"],
+            coverage=settings["coverage"],
+        )
+
+    meta = fit(oof_margins)
+    evaluated, margins = train, oof_margins  # without a test split: out-of-fold
     if (container.base / "input" / "data" / "test").is_dir():
-        evaluated, _ = load_frame(container.channel("test"))
-        features = evaluated[manifest["features"]].to_numpy(np.float32)
-        evaluation_rows = np.column_stack([native_margin(b, features) for b in boosters])
-    metrics = {"stack": evaluate(meta.score(evaluation_rows), evaluated, manifest)}
-    for i, record in enumerate(records):
-        # Each base alone, at its own temperature fitted out of fold, for a fair comparison.
-        alone = fit_conditional_logit(oof_margins[:, [i]], won, sizes, l2=float(l2))
-        score = evaluation_rows[:, i] * alone.weights[0]
-        metrics[f"base_{i}_{record['model']}"] = evaluate(score, evaluated, manifest)
-    for name, value in metrics["stack"].items():
-        emit_metric(name, value)
+        evaluated, _ = load_rows(container.channel("test"))
+        margins = np.column_stack([native_margin(b, evaluated.features) for b in bases])
+
+    names = ["stack"] + [f"base_{i}_{r['model']}" for i, r in enumerate(records)]
+    metrics, curves, probabilities = {}, {}, {}
+    for i, name in enumerate(names):
+        # Each base alone gets its own calibration fitted out of fold, for a fair comparison.
+        chosen = meta if i == 0 else fit(oof_margins[:, [i - 1]])
+        metrics[name], outputs = evaluate(
+            task, chosen, margins if i == 0 else margins[:, [i - 1]], evaluated
+        )
+        probability = outputs.get("win_probability", outputs.get("probability"))
+        if probability is not None:
+            probabilities[name] = probability
+            curves[name] = reliability(probability, evaluated.target)
+    for metric, value in metrics["stack"].items():
+        emit_metric(metric.replace("@", "_at_"), value)
+
+    odds_column = manifest.get("odds")
+    roi = None
+    if odds_column and task != "regression" and odds_column in evaluated.frame:
+        order, sizes = in_time_order(evaluated, manifest)
+        odds = evaluated.frame[odds_column].to_numpy(dtype=np.float64)[order]
+        roi = betting(
+            probabilities["stack"][order],
+            odds,
+            evaluated.target[order],
+            sizes,
+            margin=float(settings["bet_margin"]),
+            kelly_fraction=float(settings["kelly_fraction"]),
+        )
+
+    outputs = ["score", "margins"] + {
+        "ranking": [],
+        "binary": ["probability"],
+        "regression": ["value", "lower", "upper"],
+    }[task]
+    model = stack_to_onnx(
+        bases, meta.weights.tolist(), meta.bias, len(manifest["features"]), meta.calibration
+    )
+    model_bytes = model.SerializeToString()
+    parity = check_parity(model_bytes, meta, margins, evaluated, outputs)
+    emit_metric("onnx_parity_max_abs", parity["score"])
 
     out = container.model_dir
     out.mkdir(parents=True, exist_ok=True)
-    model = stack_to_onnx(boosters, meta.weights.tolist(), 0.0, len(manifest["features"]))
-    features = evaluated[manifest["features"]].to_numpy(np.float32)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    exported = session.run(["score"], {"features": features})[0][:, 0]
-    native = np.column_stack([native_margin(b, features) for b in boosters]) @ meta.weights
-    gap = float(np.abs(exported - native).max())
-    emit_metric("onnx_parity_max_abs", gap)
-    if gap > PARITY:
-        raise JobError(f"ONNX differs from the native stack by {gap:.2e} (> {PARITY})")
-    (out / "model.onnx").write_bytes(model.SerializeToString())
-    for i, booster in enumerate(boosters):
-        booster.save_model(str(out / f"base_{i}.txt"))
-    (out / "manifest.json").write_text(
-        json.dumps(
+    (out / "model.onnx").write_bytes(model_bytes)
+    files = []
+    for i, base in enumerate(bases):
+        if isinstance(base, LinearModel):
+            files.append(f"base_{i}.json")
+            base.save(out / files[-1])
+        else:
+            files.append(f"base_{i}.txt")
+            base.save_model(str(out / files[-1]))
+    importance = top_features(bases, meta.weights, oof_margins, manifest["features"])
+    artifact = {
+        "task": task,
+        "features": manifest["features"],
+        "onnx_input": "features",
+        "onnx_outputs": outputs,
+        "group": manifest["group"],
+        "target": manifest["target"],
+        "base_models": [
             {
-                "task": manifest["task"],
-                "features": manifest["features"],
-                "onnx_input": "features",
-                "onnx_outputs": ["score", "margins"],
-                "group": manifest["group"],
-                "calibration": {"kind": "softmax_within_group", "temperature_in_weights": True},
-                "base_models": [
-                    {"model": r["model"], "weight": float(w), "booster": f"base_{i}.txt"}
-                    for i, (r, w) in enumerate(zip(records, meta.weights, strict=True))
-                ],
-                "metrics": metrics,
-                "onnx_parity_max_abs": gap,
-                "evaluated_on": "test" if evaluated is not train else "out-of-fold",
-            },
-            indent=2,
-            sort_keys=True,
-        )
-    )
+                "model": r["model"],
+                "weight": float(w),
+                "file": f,
+                "kind": "linear" if f.endswith(".json") else "lightgbm",
+            }
+            for r, w, f in zip(records, meta.weights, files, strict=True)
+        ],
+        "meta": {"bias": meta.bias, "calibration": meta.calibration},
+        "metrics": metrics,
+        "betting": roi,
+        "onnx_parity": parity,
+        "evaluated_on": "test" if evaluated is not train else "out-of-fold",
+        "rows": {"train": len(train.frame), "evaluated": len(evaluated.frame)},
+        "data_version": settings["data_version"],
+        "run_id": settings["run_id"],
+        "code_version": settings["code_version"],
+        "feature_spec_hash": manifest.get("spec_hash"),
+        # Explanations: the stacked score is bias + sum of weight x base margin, and each
+        # base margin splits exactly into per-feature terms (TreeSHAP, or linear terms).
+        "explain": {"method": "weighted base contributions", "base_value_from": "base files"},
+        "top_features": importance,
+    }
+    (out / "manifest.json").write_text(json.dumps(artifact, indent=2, sort_keys=True))
+    (out / "report.html").write_text(render_report(report_of(artifact, curves, metrics)))
     shutil.rmtree(scratch, ignore_errors=True)
+
+
+def report_of(
+    artifact: dict[str, Any], curves: dict[str, Any], metrics: dict[str, Any]
+) -> dict[str, Any]:
+    ndcg = {
+        name: {k.split("@")[1]: v for k, v in values.items() if k.startswith("ndcg@")}
+        for name, values in metrics.items()
+    }
+    facts = {
+        "run id": artifact["run_id"] or "–",
+        "data version": artifact["data_version"] or "–",
+        "code version": artifact["code_version"] or "–",
+        "rows trained on": artifact["rows"]["train"],
+        f"rows evaluated ({artifact['evaluated_on']})": artifact["rows"]["evaluated"],
+        "ONNX parity (max relative gap)": f"{max(artifact['onnx_parity'].values()):.2e}",
+    }
+    if "coverage" in artifact["meta"]["calibration"]:
+        facts["nominal_coverage"] = artifact["meta"]["calibration"]["coverage"]
+    report: dict[str, Any] = {
+        "title": f"gallop model {artifact['run_id'] or ''} ({artifact['task']})".replace("  ", " "),
+        "task": artifact["task"],
+        "facts": facts,
+        "metrics": metrics,
+        "calibration": curves,
+        "weights": [{"model": b["model"], "weight": b["weight"]} for b in artifact["base_models"]],
+        "importance": artifact["top_features"],
+    }
+    if artifact["task"] == "ranking":
+        report["ndcg"] = ndcg
+    if artifact["betting"]:
+        report["roi"] = artifact["betting"]
+    if artifact["task"] == "regression":
+        stack = metrics["stack"]
+        report["intervals"] = {
+            "nominal": artifact["meta"]["calibration"]["coverage"],
+            "coverage": stack["coverage"],
+            "width": stack["interval_width"],
+        }
+    return report
 
 
 if __name__ == "__main__":

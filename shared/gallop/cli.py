@@ -481,7 +481,7 @@ def _train(args: argparse.Namespace) -> int:
     from gallop.features.build import build_features
     from gallop.features.plan import FeatureSpecError
     from gallop.spec import load_spec
-    from gallop.training.runner import TrainingFailed, split_by_time, train_locally
+    from gallop.training.runner import TrainingFailed, holdout_split, train_locally
 
     started = time.monotonic()
     spec = _load_spec(args.spec, load_spec)
@@ -499,7 +499,7 @@ def _train(args: argparse.Namespace) -> int:
             is_test = built.frame[spec.group].isin(set(held[spec.group]))
             train, test = built.frame[~is_test], built.frame[is_test]
         else:
-            train, test = split_by_time(built.frame, built.manifest)
+            train, test = holdout_split(built.frame, built.manifest)
         model_dir = train_locally(
             train,
             test,
@@ -516,20 +516,28 @@ def _train(args: argparse.Namespace) -> int:
     _print_metrics(manifest)
     print(
         f"model: {args.out / 'model.onnx'} (ONNX equals the native stack within "
-        f"{manifest['onnx_parity_max_abs']:.1e}); {time.monotonic() - started:.0f} s"
+        f"{max(manifest['onnx_parity'].values()):.1e}); {time.monotonic() - started:.0f} s"
     )
+    print(f"report: {args.out / 'report.html'}")
     return 0
 
 
 def _print_metrics(manifest: dict[str, Any]) -> None:
     metrics = manifest["metrics"]
-    names = list(metrics["stack"])
-    print(f"\non the {manifest['evaluated_on']} races:")
-    print(f"{'model':<28}" + "".join(f"{n:>15}" for n in names))
-    for model, values in metrics.items():
-        print(f"{model:<28}" + "".join(f"{values[n]:>15.4f}" for n in names))
+    models = [name.split("_", 2)[-1] for name in metrics]  # base_0_lambdarank -> lambdarank
+    print(f"\non the {manifest['evaluated_on']} rows:")
+    print(f"{'':<16}" + "".join(f"{m[:20]:>21}" for m in models))
+    for metric in metrics["stack"]:
+        values = [metrics[name].get(metric, float("nan")) for name in metrics]
+        print(f"{metric:<16}" + "".join(f"{v:>21.4f}" for v in values))
     weights = ", ".join(f"{b['model']} {b['weight']:.3f}" for b in manifest["base_models"])
     print(f"meta-learner weights: {weights}")
+    for strategy, result in (manifest.get("betting") or {}).items():
+        print(
+            f"betting ({strategy}): {result['bets']:.0f} bets, turnover {result['turnover']:.1f},"
+            f" profit {result['profit']:+.1f}, ROI {result['roi']:+.1%},"
+            f" max drawdown {result['max_drawdown']:.1f}"
+        )
 
 
 def _db_upgrade(_args: argparse.Namespace) -> int:

@@ -60,6 +60,7 @@ def build_features(canonical: pd.DataFrame, spec: DatasetSpec) -> FeatureSet:
         "group": spec.group,
         "time": spec.time,
         "target": spec.target,
+        "odds": spec.odds,
         "post_race": sorted(plan.post_race),
         "data_end": pd.Timestamp(data_end, unit="us", tz="UTC").isoformat() if data_end else None,
         "entities": {name: key.entities for name, key in state.keys.items()},

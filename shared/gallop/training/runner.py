@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from gallop.ingest.canonical import to_parquet
+from gallop.training.config import DEFAULT_BASES
 
-DEFAULT_BASES = ("lambdarank", "binary_win", "position_regression")
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -41,14 +42,25 @@ def write_channel(path: Path, frame: pd.DataFrame, manifest: dict[str, Any]) -> 
     (path / "manifest.json").write_text(json.dumps(manifest))
 
 
-def split_by_time(frame: pd.DataFrame, manifest: dict[str, Any], share: float = 0.2):  # type: ignore[no-untyped-def]
-    """The last `share` of races (by start time) held out: no look-ahead into the test."""
+def holdout_split(
+    frame: pd.DataFrame, manifest: dict[str, Any], share: float = 0.2, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, test). With a time column, the last `share` of groups (or rows) by time is
+    held out, so nothing looks ahead; otherwise a seeded random `share` of the groups (or
+    rows). A group never straddles the two."""
+    if not 0 < share < 1:
+        raise TrainingFailed(f"the test share must be between 0 and 1, not {share}")
     time_column, group = manifest.get("time"), manifest.get("group")
-    if not time_column or not group:
-        raise TrainingFailed("a time split needs the spec's time and group (or pass --test)")
-    starts = frame.groupby(group)[time_column].min().sort_values(kind="mergesort")
-    held = set(starts.index[int(len(starts) * (1 - share)) :])
-    test = frame[group].isin(held)
+    units = frame[group] if group else pd.Series(np.arange(len(frame)), index=frame.index)
+    if time_column:
+        first = frame.groupby(units.to_numpy())[time_column].min().sort_values(kind="mergesort")
+        ordered = first.index.to_numpy()
+    else:
+        ordered = np.random.default_rng(seed).permutation(np.unique(units.to_numpy()))
+    held = ordered[int(len(ordered) * (1 - share)) :]
+    if len(held) == 0 or len(held) == len(ordered):
+        raise TrainingFailed(f"{len(ordered)} groups are too few to hold {share:.0%} out")
+    test = units.isin(set(held.tolist())).to_numpy()
     return frame[~test], frame[test]
 
 
@@ -78,11 +90,15 @@ def train_locally(
     test: pd.DataFrame,
     manifest: dict[str, Any],
     work: Path,
-    bases: tuple[str, ...] = DEFAULT_BASES,
+    bases: tuple[str, ...] | None = None,
     progress: Callable[[str], None] = print,
     parallel: int = 2,
+    base_hyperparameters: dict[str, Any] | None = None,
+    stack_hyperparameters: dict[str, Any] | None = None,
 ) -> Path:
-    """Run the base jobs (in parallel) and the stack job; returns the stack's model dir."""
+    """Run the base jobs (in parallel) and the stack job; returns the stack's model dir
+    (model.onnx, manifest.json, report.html and the base models)."""
+    work = work.resolve()  # the jobs run in the repository, not in the caller's folder
     shutil.rmtree(work, ignore_errors=True)
     channel = work / "channels"
     write_channel(channel / "train", train, manifest)
@@ -92,11 +108,12 @@ def train_locally(
         started = time.monotonic()
         tree = work / f"base-{index}-{model}"
         shutil.copytree(channel / "train", tree / "input" / "data" / "train")
-        run_job("base", tree, {"model": model})
+        run_job("base", tree, {**(base_hyperparameters or {}), "model": model})
         seconds = time.monotonic() - started
         progress(f"  base {model}: done in {seconds:.1f} s")
         return JobResult(model, seconds, tree / "model")
 
+    bases = bases or DEFAULT_BASES[manifest["task"]]
     progress(f"training {len(bases)} base models ({parallel} at a time) ...")
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         results = list(pool.map(lambda item: base_job(*item), enumerate(bases)))
@@ -107,6 +124,6 @@ def train_locally(
         shutil.copytree(channel / name, stack / "input" / "data" / name)
     progress("stacking, evaluating and exporting one ONNX graph ...")
     started = time.monotonic()
-    run_job("stack", stack, {})
+    run_job("stack", stack, stack_hyperparameters or {})
     progress(f"  stack: done in {time.monotonic() - started:.1f} s")
     return stack / "model"
