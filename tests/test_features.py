@@ -152,7 +152,10 @@ SMALL_SPEC = DatasetSpec.model_validate(
                 {"kind": "ratio", "left": "position", "right": "field_size", "name": "beaten_share"}
             ],
             "relative": [
-                {"column": "weight_kg", "kinds": ["rank", "zscore", "diff_mean", "diff_best"]},
+                {
+                    "column": "weight_kg",
+                    "kinds": ["rank", "zscore", "diff_mean", "diff_best", "log_implied"],
+                },
                 {"column": "horse_position_mean_2", "kinds": ["rank", "diff_best"]},
             ],
             "field_size": True,
@@ -419,3 +422,16 @@ def test_specs_that_would_crash_or_divide_by_zero_later_are_refused_now(
 ) -> None:
     with pytest.raises(ValidationError, match=re.escape(says)):
         DatasetSpec.model_validate(races_spec.model_dump(mode="json") | {"derived": entry})
+
+
+def test_log_implied_is_the_log_of_the_normalised_inverse_odds() -> None:
+    from gallop.features.engine import _relative
+    from gallop.features.spec import Relative
+
+    odds = np.array([2.0, 4.0, 4.0, np.nan, 3.0, 0.0])
+    groups = np.array([0, 0, 0, 0, 1, 1])
+    out = _relative(Relative(column="odds", kinds=["log_implied"]), odds, groups)
+    got = out["odds_log_implied"]
+    np.testing.assert_allclose(got[:3], np.log([0.5, 0.25, 0.25]))  # 1/2 + 1/4 + 1/4 = 1
+    assert np.isnan(got[3]) and np.isnan(got[5])  # no price, or a price that is no price
+    assert got[4] == 0.0  # the only priced runner: certain

@@ -164,6 +164,12 @@ def _relative(entry: Relative, x: np.ndarray, groups: np.ndarray) -> Table:
                 out[name] = np.where(spread_out, (x - mean) / std, np.where(valid, 0.0, np.nan))
         elif kind == "diff_mean":
             out[name] = x - mean
+        elif kind == "log_implied":
+            priced = valid & (x > 0)
+            inverse = np.where(priced, 1.0 / np.where(priced, x, 1.0), 0.0)
+            book = np.bincount(groups, weights=inverse, minlength=size)[groups]
+            with np.errstate(divide="ignore"):
+                out[name] = np.where(priced, np.log(inverse / book), np.nan)
         else:
             out[name] = x - best
     return out

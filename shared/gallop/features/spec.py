@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 RollingStat = Literal["mean", "min", "max", "count", "last"]
 CareerStat = Literal["runs", "wins", "win_rate", "place_rate"]
-RelativeKind = Literal["rank", "zscore", "diff_mean", "diff_best"]
+RelativeKind = Literal["rank", "zscore", "diff_mean", "diff_best", "log_implied"]
 
 
 class _Entry(BaseModel):
@@ -94,7 +94,9 @@ class SinceLast(_Entry):
 
 class Relative(_Entry):
     """The row against the rest of its race: rank (1 = best), z-score, difference from
-    the race mean or from the race's best value."""
+    the race mean or from the race's best value, or for decimal odds the log of the
+    implied chance, 1/x normalised over the race (the market's view, on the scale a
+    linear model of the chance of winning wants)."""
 
     column: str
     kinds: list[RelativeKind] = Field(min_length=1)
