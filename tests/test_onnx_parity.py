@@ -11,30 +11,19 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+import benchmarks.letor
+from benchmarks.letor import LETOR
 from gallop.models.onnx_export import booster_to_onnx, float32_at_or_below, native_margin
-from tests.conftest import LETOR
 
 TOLERANCE = 1e-5  # margin space
 
 
 def load_letor(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """svmlight rows ('label index:value ...') and the query sizes beside them."""
     if not (LETOR / name).exists():
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true but the LETOR sample is missing at {LETOR}")
         pytest.skip(f"the LETOR sample is not here ({LETOR}: shared/data sits beside the repo)")
-    labels, rows = [], []
-    for line in (LETOR / name).read_text().splitlines():
-        label, *pairs = line.split()
-        labels.append(float(label))
-        rows.append({int(k): float(v) for k, v in (p.split(":") for p in pairs)})
-    width = max(max(r) for r in rows if r) + 1
-    features = np.zeros((len(rows), width), dtype=np.float32)
-    for i, row in enumerate(rows):
-        for column, value in row.items():
-            features[i, column] = value
-    groups = np.loadtxt(LETOR / f"{name}.query", dtype=int)
-    return features, np.asarray(labels), groups
+    return benchmarks.letor.load_letor(name)
 
 
 def onnx_scores(model: object, features: np.ndarray) -> np.ndarray:
@@ -201,7 +190,7 @@ def test_linear_bases_and_each_calibration_head_equal_the_native_stack(calibrati
     features = (rng.normal(size=(3000, 6)) * [1, 10, 100, 1000, 0.01, 1]).astype(np.float32)
     features[rng.random(features.shape) < 0.1] = np.nan  # missing values take the mean
     y = (np.nan_to_num(features[:, 0]) + rng.normal(size=3000) > 0).astype(float)
-    linear = fit_linear(features, y, logistic=True)
+    linear = fit_linear(features, y, "logistic")
     booster = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(features, y), 30)
     meta = Meta(np.array([0.8, 0.4]), -0.2, calibration)
     model = stack_to_onnx([linear, booster], meta.weights.tolist(), meta.bias, 6, calibration)

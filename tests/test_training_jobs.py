@@ -307,7 +307,7 @@ def test_gallop_train_runs_the_jobs_locally_and_leaves_the_artifact(tmp_path: Pa
     assert "base lambdarank: done" in done.stdout and "stack: done" in done.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert (out / "model.onnx").stat().st_size > 0
-    assert manifest["evaluated_on"] == "test" and len(manifest["base_models"]) == 3
+    assert manifest["evaluated_on"] == "test" and len(manifest["base_models"]) == 4
     assert "meta-learner weights:" in done.stdout
 
 
@@ -416,3 +416,25 @@ def test_a_bad_stack_hyperparameter_fails_the_job_with_the_reason(
     done = run_job("stack", stack)
     assert done.returncode == 1
     assert "calibration='sideways' is not valid" in (stack / "output" / "failure").read_text()
+
+
+def test_jobs_hold_the_latest_races_out_themselves_given_a_test_share(
+    race_features: Path, tmp_path: Path
+) -> None:
+    """As on SageMaker: every job reads the whole feature set and splits it the same way."""
+    share = {"test_share": "0.25", "folds": "3", "num_boost_round": "20"}
+    base = opt_ml(tmp_path / "base", race_features, {**share, "model": '"lambdarank"'})
+    assert run_job("base", base).returncode == 0
+    oof = pd.read_parquet(base / "model" / "oof.parquet")
+    frame = pd.read_parquet(race_features / "features.parquet")
+    latest = frame.groupby("race_id")["race_time"].min().sort_values(kind="mergesort")
+    held = set(latest.index[300:])  # the last quarter of 400 races
+    assert set(oof["race_id"]) == set(latest.index[:300])
+
+    stack = opt_ml(tmp_path / "stack", race_features, {"test_share": "0.25"})
+    shutil.copytree(base / "model", stack / "input" / "data" / "bases" / "base-0")
+    done = run_job("stack", stack)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((stack / "model" / "manifest.json").read_text())
+    assert manifest["evaluated_on"] == "test"
+    assert manifest["rows"]["evaluated"] == int(frame["race_id"].isin(held).sum())

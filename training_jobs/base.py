@@ -24,18 +24,20 @@ from gallop.models.onnx_export import native_margin
 from gallop.training.config import BASE_MODELS
 from gallop.training.contract import Container, JobError, emit_metric, run
 from gallop.training.metrics import auc, ndcg_at_k
+from gallop.training.runner import holdout_split
 
 DEFAULTS: dict[str, Any] = {
     "model": None,  # by task: lambdarank, binary or regression
     "folds": 5,
     "split": "group",
     "seed": 0,
-    "num_boost_round": 200,
-    "learning_rate": 0.05,
+    "num_boost_round": 100,  # LightGBM's own defaults
+    "learning_rate": 0.1,
     "num_leaves": 31,
     "min_data_in_leaf": 20,
     "l2": 1e-2,
     "job": "base",  # which entry point the training image runs (see layers/)
+    "test_share": None,  # hold out the latest share of groups first (the stack job's test)
 }
 
 
@@ -60,6 +62,7 @@ def settings_from(raw: dict[str, Any], task: str) -> dict[str, Any]:
         "min_data_in_leaf": lambda v: isinstance(v, int) and v >= 1,
         "l2": lambda v: isinstance(v, int | float) and v >= 0,
         "job": lambda v: v == "base",
+        "test_share": lambda v: v is None or (isinstance(v, float) and 0 < v < 1),
     }
     for name, ok in checks.items():
         if not ok(chosen[name]):
@@ -78,9 +81,11 @@ def labels_for(frame: pd.DataFrame, manifest: dict[str, Any], model: str) -> np.
             frame.groupby(manifest["group"])[manifest["target"]].agg("min" if ascending else "max")
         ).to_numpy()
     )
-    if model in ("binary_win", "random_forest"):
+    if not ascending:  # a query whose documents are all irrelevant has no "winner"
+        best &= target > 0
+    if model in ("binary_win", "random_forest", "linear"):
         return best.astype(np.float64)
-    if model in ("position_regression", "linear"):  # 1 for the winner down to 0 for the last
+    if model == "position_regression":  # 1 for the winner down to 0 for the last
         size = group.map(group.value_counts()).to_numpy(dtype=np.float64)
         rank = (
             frame.groupby(manifest["group"])[manifest["target"]]
@@ -104,7 +109,8 @@ def params_for(settings: dict[str, Any], task: str) -> dict[str, Any]:
         "linear": "linear",
     }
     if settings["model"] == "linear":
-        return {"objective": "linear", "logistic": task == "binary", "l2": settings["l2"]}
+        loss = {"ranking": "conditional_logit", "binary": "logistic"}.get(task, "squared")
+        return {"objective": "linear", "loss": loss, "l2": settings["l2"]}
     params = {
         "objective": objective[settings["model"]],
         "learning_rate": settings["learning_rate"],
@@ -155,7 +161,8 @@ def train(
     rounds: int,
 ) -> lgb.Booster | LinearModel:
     if params["objective"] == "linear":
-        return fit_linear(features, labels, logistic=params["logistic"], l2=params["l2"])
+        sizes = group_sizes(frame, key)
+        return fit_linear(features, labels, params["loss"], params["l2"], sizes)
     dataset = lgb.Dataset(
         features,
         labels,
@@ -172,6 +179,8 @@ def main(container: Container) -> None:
     if frame.empty:
         raise JobError("the train channel's features are empty")
     settings = settings_from(container.hyperparameters(), manifest["task"])
+    if settings["test_share"]:
+        frame = holdout_split(frame, manifest, settings["test_share"])[0].reset_index(drop=True)
     key = manifest["group"]
     frame["_row"] = np.arange(len(frame))  # the stack job aligns margins by channel row
     if key:  # rows of a group together, as LightGBM's group sizes require

@@ -4,7 +4,9 @@ parity), with its manifest and report: the model artifact.
 
 Channels: `train` (features.parquet, manifest.json), `bases` (one folder per base job's
 model/ output, or its model.tar.gz), optional `test` (held-out rows, same layout as
-train; without it the stack is evaluated out of fold). Hyperparameters: l2 (meta-learner
+train). With the hyperparameter test_share the train channel is split instead, as the
+base jobs split it (the latest share of the groups held out); with neither, the stack is
+evaluated out of fold. Hyperparameters: l2 (meta-learner
 penalty, 0.001), calibration (binary: platt | isotonic), coverage (regression intervals,
 0.9), bet_margin (0.05) and kelly_fraction (0.25) for the betting simulation when the
 data has odds, and run_id, data_version, code_version, recorded in the manifest.
@@ -38,6 +40,7 @@ from gallop.training.metrics import (
     reliability,
 )
 from gallop.training.report import render_report
+from gallop.training.runner import holdout_split
 
 PARITY = 1e-5
 DEFAULTS: dict[str, Any] = {
@@ -50,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "data_version": None,
     "code_version": None,
     "job": "stack",
+    "test_share": None,
 }
 CHECKS = {
     "l2": lambda v: isinstance(v, int | float) and v >= 0,
@@ -58,6 +62,7 @@ CHECKS = {
     "bet_margin": lambda v: isinstance(v, int | float) and v >= 0,
     "kelly_fraction": lambda v: isinstance(v, int | float) and 0 < v <= 1,
     "job": lambda v: v == "stack",
+    "test_share": lambda v: v is None or (isinstance(v, float) and 0 < v < 1),
 }
 
 
@@ -81,29 +86,40 @@ class Rows:
     target: np.ndarray  # a runner's share of its race's win (ranking), 0/1, or the value
     sizes: np.ndarray | None  # rows per race, in order (ranking)
     relevance: np.ndarray | None  # graded relevance for NDCG (ranking)
+    graded: np.ndarray | None = None  # a share of the group's gain, for relevance grades
 
 
-def load_rows(channel: Path) -> tuple[Rows, dict[str, Any]]:
+def read_channel(channel: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     manifest = json.loads((channel / "manifest.json").read_text())
-    frame = pd.read_parquet(channel / "features.parquet")
+    return pd.read_parquet(channel / "features.parquet"), manifest
+
+
+def rows_of(frame: pd.DataFrame, manifest: dict[str, Any]) -> Rows:
+    frame = frame.reset_index(drop=True)
     frame["_row"] = np.arange(len(frame))  # the base jobs' out-of-fold rows refer to it
     group, target = manifest["group"], manifest["target"]
     values = frame[target].to_numpy(dtype=np.float64)
     if manifest["task"] != "ranking":
-        return Rows(
-            frame, frame[manifest["features"]].to_numpy(np.float32), values, None, None
-        ), manifest
+        return Rows(frame, frame[manifest["features"]].to_numpy(np.float32), values, None, None)
     frame = frame.sort_values([group], kind="mergesort").reset_index(drop=True)
     values = frame[target].to_numpy(dtype=np.float64)
     ascending = manifest["target_order"] == "ascending"
     best = frame.groupby(group, sort=False)[target].transform("min" if ascending else "max")
-    won = (frame[target] == best).to_numpy(dtype=np.float64)
+    won = frame[target] == best
+    if not ascending:  # a query whose documents are all irrelevant has no "winner"
+        won &= frame[target] > 0
+    won = won.to_numpy(dtype=np.float64)
     winners = frame.assign(won=won).groupby(group, sort=False)["won"].transform("sum")
     share = won / np.maximum(winners.to_numpy(), 1.0)
     relevance = np.clip(4 - values, 0, None) if ascending else values
     sizes = frame.groupby(group, sort=False).size().to_numpy()
     features = frame[manifest["features"]].to_numpy(np.float32)
-    return Rows(frame, features, share, sizes, relevance), manifest
+    graded = None
+    if not ascending:  # relevance grades, not finishing positions
+        gain = 2.0**relevance - 1.0
+        total = frame.assign(gain=gain).groupby(group, sort=False)["gain"].transform("sum")
+        graded = gain / np.maximum(total.to_numpy(), 1e-12)
+    return Rows(frame, features, share, sizes, relevance, graded)
 
 
 def load_bases(channel: Path, scratch: Path) -> list[Path]:
@@ -209,7 +225,11 @@ def top_features(
 
 def main(container: Container) -> None:
     settings = settings_from(container.hyperparameters())
-    train, manifest = load_rows(container.channel("train"))
+    frame, manifest = read_channel(container.channel("train"))
+    held_out = None
+    if settings["test_share"]:  # the same split as the base jobs made
+        frame, held_out = holdout_split(frame, manifest, settings["test_share"])
+    train = rows_of(frame, manifest)
     task = manifest["task"]
     scratch = container.base / "scratch"
     folders = load_bases(container.channel("bases"), scratch)
@@ -237,12 +257,15 @@ def main(container: Container) -> None:
             l2=float(settings["l2"]),
             calibration=settings["calibration"],
             coverage=settings["coverage"],
+            graded=train.graded,
         )
 
     meta = fit(oof_margins)
     evaluated, margins = train, oof_margins  # without a test split: out-of-fold
-    if (container.base / "input" / "data" / "test").is_dir():
-        evaluated, _ = load_rows(container.channel("test"))
+    if held_out is None and (container.base / "input" / "data" / "test").is_dir():
+        held_out = read_channel(container.channel("test"))[0]
+    if held_out is not None:
+        evaluated = rows_of(held_out, manifest)
         margins = np.column_stack([native_margin(b, evaluated.features) for b in bases])
 
     names = ["stack"] + [f"base_{i}_{r['model']}" for i, r in enumerate(records)]

@@ -1,7 +1,8 @@
 """The regularised linear base model: standardised features, missing values at the mean.
 
-Ridge regression for regression targets (and a race's normalised finishing position),
-L2-regularised logistic regression for binary ones. Its margin is a sum of one term per
+Ridge regression for regression targets, L2-regularised logistic regression for binary
+ones, and for races an L2-regularised conditional logit (a softmax within each race: the
+classic handicapping model). Its margin is a sum of one term per
 feature, so its explanation is exact, and it exports to a few ONNX operators.
 """
 
@@ -16,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 from scipy.optimize import minimize
 
-from gallop.models.stack import sigmoid
+from gallop.models.stack import fit_conditional_logit, sigmoid
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,15 @@ class LinearModel:
 
 
 def fit_linear(
-    features: np.ndarray, labels: np.ndarray, logistic: bool, l2: float = 1e-2
+    features: np.ndarray,
+    labels: np.ndarray,
+    loss: str,
+    l2: float = 1e-2,
+    sizes: np.ndarray | None = None,
 ) -> LinearModel:
-    """Minimises the mean squared error (or the mean logistic loss) + l2 * |coef|^2 on
-    standardised features; the bias is not penalised."""
+    """Minimises the mean loss ("squared", "logistic", or "conditional_logit" with labels
+    a runner's share of its race's win and `sizes` the races' contiguous rows) + l2 *
+    |coef|^2 on standardised features; the bias is not penalised."""
     values = np.asarray(features, dtype=np.float64)
     means = np.nanmean(values, axis=0)
     means = np.where(np.isnan(means), 0.0, means)  # a column with no values at all
@@ -87,7 +93,11 @@ def fit_linear(
     z = empty.standardised(values)
     y = np.asarray(labels, dtype=np.float64)
     n, d = z.shape
-    if not logistic:
+    if loss == "conditional_logit":
+        assert sizes is not None, "a conditional logit needs the races' sizes"
+        logit = fit_conditional_logit(z, y, sizes, l2=l2, non_negative=False)
+        return LinearModel(means, scales, logit.weights, 0.0)
+    if loss == "squared":
         bias = float(y.mean())
         coef = np.linalg.solve(z.T @ z / n + l2 * np.eye(d), z.T @ (y - bias) / n)
         return LinearModel(means, scales, coef, bias)

@@ -37,7 +37,11 @@ def softmax_within_groups(score: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 
 def fit_conditional_logit(
-    margins: np.ndarray, won: np.ndarray, sizes: np.ndarray, l2: float = 1e-3
+    margins: np.ndarray,
+    won: np.ndarray,
+    sizes: np.ndarray,
+    l2: float = 1e-3,
+    non_negative: bool = True,
 ) -> ConditionalLogit:
     """margins [n, k], won [n] (1 for the winner; a dead heat shares the race), sizes: the
     rows of each race, contiguous. Races with no winner carry no information and are
@@ -58,11 +62,10 @@ def fit_conditional_logit(
         gradient = ((probability - target)[used, None] * margins[used]).sum(axis=0)
         return nll / races + l2 * float(w @ w), gradient / races + 2 * l2 * w
 
-    start = np.full(margins.shape[1], 1.0 / margins.shape[1])
-    result = minimize(
-        objective, start, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * margins.shape[1]
-    )
-    weights = np.maximum(result.x, 0.0)
+    start = np.full(margins.shape[1], 1.0 / margins.shape[1] if non_negative else 0.0)
+    bounds = [(0.0 if non_negative else None, None)] * margins.shape[1]
+    result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds)
+    weights = np.maximum(result.x, 0.0) if non_negative else result.x
     probability = softmax_within_groups(margins @ weights, sizes)
     log_loss = -float((target[used] * np.log(np.maximum(probability[used], 1e-300))).sum()) / races
     return ConditionalLogit(weights, log_loss)
@@ -224,13 +227,21 @@ def fit_meta(
     l2: float = 1e-3,
     calibration: str = "platt",
     coverage: float = 0.9,
+    graded: np.ndarray | None = None,
 ) -> Meta:
     """target: each runner's share of its race's win (ranking), 0/1 (binary) or the value
-    (regression), for out-of-fold margins."""
+    (regression), for out-of-fold margins; graded: for graded relevance (higher is
+    better), each item's share of its group's gain 2^relevance - 1."""
     if task == "ranking":
         assert sizes is not None, "a ranking stack needs the races' sizes"
-        logit = fit_conditional_logit(margins, target, sizes, l2=l2)
-        return Meta(logit.weights, 0.0, {"kind": "softmax_within_group"})
+        if graded is None:
+            logit = fit_conditional_logit(margins, target, sizes, l2=l2)
+            return Meta(logit.weights, 0.0, {"kind": "softmax_within_group"})
+        # Graded relevance: the mix learns from every relevant item (a softmax target in
+        # proportion to 2^relevance - 1), the temperature from the winners alone.
+        mix = fit_conditional_logit(margins, graded, sizes, l2=l2).weights
+        temperature = fit_conditional_logit((margins @ mix)[:, None], target, sizes, l2=0.0)
+        return Meta(mix * temperature.weights[0], 0.0, {"kind": "softmax_within_group"})
     if task == "binary":
         stack = fit_logistic_stack(margins, target, l2=l2)
         if calibration == "platt":
