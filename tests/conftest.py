@@ -20,7 +20,6 @@ from gallop.spec import DatasetSpec, load_spec
 from gallop.synth.races import write_races
 
 EVENTS = Path(__file__).parent / "events"
-LETOR = Path(__file__).resolve().parents[2] / "shared" / "data" / "letor"
 SHIPPED_SPEC = Path(__file__).resolve().parents[1] / "shared" / "gallop" / "specs" / "races.yaml"
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 # Small enough that a test can exceed it cheaply; the generated test data stays well below.
@@ -94,7 +93,10 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
 def _truncate(eng: Engine) -> None:
     with eng.begin() as connection:
         connection.execute(
-            text("TRUNCATE feature_sets, uploads, dataset_versions, datasets RESTART IDENTITY")
+            text(
+                "TRUNCATE models, training_runs, feature_sets, uploads, dataset_versions, "
+                "datasets RESTART IDENTITY"
+            )
         )
 
 

@@ -114,3 +114,40 @@ def test_the_disk_mirror_never_writes_outside_the_state_directory(tmp_path: Path
     assert not (tmp_path / "escape.txt").exists()
     assert not any(p.name == "escape.txt" for p in tmp_path.rglob("*"))
     assert (state / "s3" / "gallop-data" / "ok" / "inside.txt").read_bytes() == b"x"
+
+
+def test_runs_left_training_by_a_stopped_stack_are_failed_on_restart(
+    tmp_path: Path, races_spec: DatasetSpec
+) -> None:
+    from gallop.metadata import repo
+    from gallop.metadata.db import engine_for
+    from gallop.training import runs
+    from gallop.training.config import run_config
+
+    # GIVEN a run that was training when the stack went down
+    stack = LocalStack(tmp_path, quiet=True).start()
+    try:
+        assert stack.settings is not None
+        engine = engine_for(stack.settings.sqlalchemy_url)
+        dataset, _ = repo.register_dataset(engine, races_spec)
+        run, _ = runs.start_run(
+            engine,
+            run_id="0f" * 10,
+            dataset_id=dataset.id,
+            version_id="v-1",
+            spec_hash=dataset.spec_hash,
+            code_version="c0de",
+            config=run_config(dataset.name, "ranking", None, {}, 0.2),
+        )
+        runs.mark_running(engine, run.run_id, runs.LOCAL_EXECUTION, "base 1/3 done")
+    finally:
+        stack.stop()
+
+    # WHEN the stack starts again THEN the run is FAILED as interrupted, and may be restarted
+    stack, client = _up(tmp_path)
+    try:
+        failed = client.training_run("0f" * 10)
+        assert failed["status"] == "FAILED" and failed["reason"].startswith("interrupted")
+    finally:
+        client.close()
+        stack.stop()

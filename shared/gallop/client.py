@@ -116,3 +116,21 @@ class GallopClient:
             if time.monotonic() - started > timeout:
                 raise TimeoutError(f"no features for {version_id} after {timeout:.0f} s")
             time.sleep(0.1)
+
+    def start_training_run(self, dataset: str, **options: Any) -> dict[str, Any]:
+        """POST /v1/training-runs: options are version, bases, hyperparameters, test_share."""
+        return self._call("POST", "/v1/training-runs", json={"dataset": dataset, **options})
+
+    def training_run(self, run_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/training-runs/{run_id}")
+
+    def wait_for_training_run(self, run_id: str, timeout: float = 1800.0) -> dict[str, Any]:
+        """Poll until the run SUCCEEDED or FAILED."""
+        started = time.monotonic()
+        while True:
+            run = self.training_run(run_id)
+            if run["status"] in ("SUCCEEDED", "FAILED"):
+                return run
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"run {run_id} still {run['status']} after {timeout:.0f} s")
+            time.sleep(0.2)

@@ -28,15 +28,27 @@ ENV_API_KEYS = "GALLOP_API_KEYS"
 ENV_INGEST_QUEUE_URL = "GALLOP_INGEST_QUEUE_URL"
 ENV_FEATURES_QUEUE_URL = "GALLOP_FEATURES_QUEUE_URL"
 ENV_AWS_ENDPOINT_URL = "GALLOP_AWS_ENDPOINT_URL"
+ENV_TRAINING_LAUNCHER = "GALLOP_TRAINING_LAUNCHER"
+ENV_CODE_VERSION = "GALLOP_CODE_VERSION"
 
 # What each deployed function must be configured with: its handler checks these at cold
 # start, and the CDK stack sets the variables (a test ties the two together).
 FUNCTION_SETTINGS: dict[str, tuple[str, ...]] = {
-    "api": ("database", "data_bucket", "api_key_source"),
+    "api": ("database", "data_bucket", "api_key_source", "artifacts_bucket", "training_launcher"),
     "migrate": ("database",),
     "ingest": ("database", "data_bucket", "features_queue_url"),
     "features": ("database", "data_bucket"),
+    "training": ("database", "artifacts_bucket"),
 }
+
+# What runs launched on Step Functions need, on top of the launcher's name. The code
+# version is set explicitly there: a deployed function has no training sources to hash.
+STEPFUNCTIONS_SETTINGS = (
+    "training_state_machine_arn",
+    "training_image",
+    "sagemaker_role_arn",
+    "code_version",
+)
 
 # Marks a database URL whose connections authenticate with IAM tokens (value: region).
 IAM_AUTH_QUERY = "gallop_iam_region"
@@ -45,6 +57,8 @@ RAW_PREFIX = "raw/"
 CURATED_PREFIX = "curated/"
 QUARANTINE_PREFIX = "quarantine/"
 FEATURES_PREFIX = "features/"
+TRAINING_PREFIX = "training/"
+MODELS_PREFIX = "models/"
 
 
 class Settings(BaseSettings):
@@ -93,6 +107,30 @@ class Settings(BaseSettings):
         description="settings: check x-api-key against api_keys. gateway: API Gateway "
         "checked the key (REST API, apiKeyRequired); the app verifies it did.",
     )
+    artifacts_bucket: str = Field(
+        default="gallop-artifacts", description="Training outputs and registered models."
+    )
+    training_launcher: Literal["local", "stepfunctions"] = Field(
+        default="local",
+        description="local: runs train in a thread of the API process (gallop serve). "
+        "stepfunctions: each run is an execution of the training state machine.",
+    )
+    training_state_machine_arn: str | None = None
+    training_image: str | None = Field(
+        default=None, description="ECR image the SageMaker training jobs run."
+    )
+    sagemaker_role_arn: str | None = Field(
+        default=None, description="Role the SageMaker training jobs assume."
+    )
+    training_kms_key_id: str | None = Field(
+        default=None, description="KMS key for the training jobs' output (optional)."
+    )
+    code_version: str | None = Field(
+        default=None,
+        description="Version of the training code (part of every run id); by default a hash "
+        "of the training sources beside this package.",
+    )
+    report_url_expiry_seconds: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     upload_url_expiry_seconds: int = Field(default=900, gt=0, le=7 * 24 * 3600)
     report_max_rows: int = Field(
@@ -131,11 +169,21 @@ class Settings(BaseSettings):
     def require(self, *fields: str) -> Settings:
         """Fail at start-up, naming the variables, when a deployed function lacks them.
         'database' is satisfied by DATABASE_URL, or by IAM authentication to a host."""
-        missing = [f for f in fields if not self._configured(f)]
+        missing = [name for f in fields for name in self._missing(f)]
         if missing:
-            names = ", ".join(env_name(f) for f in missing)
-            raise MissingSettings(f"gallop is not configured: set {names}")
+            raise MissingSettings(f"gallop is not configured: set {', '.join(missing)}")
         return self
+
+    def _missing(self, field: str) -> list[str]:
+        if field == "training_launcher":  # local needs nothing more; Step Functions does
+            if self.training_launcher == "local":
+                return []
+            return [
+                f"{env_name(f)} (for {ENV_TRAINING_LAUNCHER}=stepfunctions)"
+                for f in STEPFUNCTIONS_SETTINGS
+                if not getattr(self, f)
+            ]
+        return [] if self._configured(field) else [env_name(field)]
 
     def _configured(self, field: str) -> bool:
         if field == "database":

@@ -14,8 +14,10 @@ from gallop import aws
 from gallop.settings import (
     CURATED_PREFIX,
     FEATURES_PREFIX,
+    MODELS_PREFIX,
     QUARANTINE_PREFIX,
     RAW_PREFIX,
+    TRAINING_PREFIX,
     Settings,
     get_settings,
 )
@@ -68,6 +70,15 @@ def features_prefix(dataset: str, version_id: str, spec_hash: str) -> str:
     return f"{FEATURES_PREFIX}{dataset}/{version_id}/{spec_hash}/"
 
 
+def training_prefix(run_id: str) -> str:
+    """A run's working objects: its data channels, and its SageMaker jobs' output."""
+    return f"{TRAINING_PREFIX}{run_id}/"
+
+
+def model_prefix(run_id: str) -> str:
+    return f"{MODELS_PREFIX}{run_id}/"
+
+
 def quarantine_prefix(dataset: str, upload_id: str) -> str:
     return f"{QUARANTINE_PREFIX}{dataset}/{upload_id}/"
 
@@ -83,6 +94,11 @@ class Store:
     def from_settings(cls, settings: Settings | None = None) -> Store:
         settings = settings or get_settings()
         return cls(settings.data_bucket, aws.client("s3", settings))
+
+    @classmethod
+    def artifacts_from_settings(cls, settings: Settings | None = None) -> Store:
+        settings = settings or get_settings()
+        return cls(settings.artifacts_bucket, aws.client("s3", settings))
 
     @property
     def s3(self) -> Any:
@@ -130,6 +146,12 @@ class Store:
         ):
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         return keys
+
+    def presigned_get(self, key: str, expires_in: int) -> str:
+        """A link that reads one object, for a browser (e.g. a training report)."""
+        return self.s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
+        )
 
     def presigned_post(self, key: str, max_bytes: int, expires_in: int) -> dict[str, Any]:
         """A browser/curl-friendly upload form limited to one key and a size range."""

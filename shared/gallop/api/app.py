@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 
 from gallop import __version__
-from gallop.api import datasets
+from gallop.api import datasets, training
 from gallop.api.auth import require_api_key
 from gallop.api.schemas import Health
 from gallop.metadata.db import engine_for
@@ -23,6 +23,7 @@ from gallop.observability import logger as make_logger
 from gallop.observability import metrics as make_metrics
 from gallop.settings import Settings, get_settings
 from gallop.storage import Store
+from gallop.training.launchers import launcher_for
 
 log = make_logger("gallop-api")
 meter = make_metrics("gallop-api")  # flushed by the Lambda handler after each invocation
@@ -32,8 +33,10 @@ def create_app(
     settings: Settings | None = None,
     engine: Engine | None = None,
     store: Store | None = None,
+    artifacts: Store | None = None,
 ) -> FastAPI:
-    """Build the app. Engine and store are created on first use, not at import."""
+    """Build the app. Engine, stores and the training launcher are created on first use,
+    not at import."""
     settings = settings or get_settings()
     app = FastAPI(
         title="gallop",
@@ -44,8 +47,13 @@ def create_app(
     app.state.settings = settings
     app.state.engine = cache(lambda: engine or engine_for(settings.sqlalchemy_url))
     app.state.store = cache(lambda: store or Store.from_settings(settings))
+    app.state.artifacts = cache(lambda: artifacts or Store.artifacts_from_settings(settings))
+    app.state.launcher = cache(
+        lambda: launcher_for(settings, app.state.engine(), app.state.store(), app.state.artifacts())
+    )
     app.state.snapshots = _snapshot_cache(app)
     app.include_router(datasets.router)
+    app.include_router(training.router)
 
     @app.get("/v1/health", response_model=Health, tags=["health"])
     def health(request: Request) -> Health:

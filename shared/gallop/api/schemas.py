@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gallop.spec import DatasetSpec
+from gallop.spec import NAME_PATTERN, DatasetSpec
+from gallop.training.config import ALL_BASE_MODELS, RESERVED_HYPERPARAMETERS
 
 
 class DatasetOut(BaseModel):
@@ -88,3 +89,82 @@ class CardFeatures(BaseModel):
     spec_hash: str
     features: list[str]
     rows: list[list[float | None]] = Field(description="One list of values per card row.")
+
+
+class TrainingRunRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(pattern=NAME_PATTERN, description="The dataset's name.")
+    version: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Dataset version id; default: the newest VALID version.",
+    )
+    bases: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=8,
+        description="Base models to stack; default by task (ranking: lambdarank, "
+        "binary_win, position_regression; binary and regression: the task's objective "
+        "and random_forest).",
+    )
+    hyperparameters: dict[str, int | float | bool | str] = Field(
+        default_factory=dict,
+        max_length=50,
+        description="Passed to every base job (e.g. num_boost_round, learning_rate).",
+    )
+    test_share: float = Field(
+        default=0.2, gt=0, lt=1, description="Share of the groups (latest races) held out."
+    )
+
+    @field_validator("bases")
+    @classmethod
+    def _known_bases(cls, bases: list[str] | None) -> list[str] | None:
+        unknown = [name for name in bases or [] if name not in ALL_BASE_MODELS]
+        if unknown:
+            raise ValueError(
+                f"unknown base model(s) {', '.join(map(repr, unknown))}; "
+                f"valid: {', '.join(ALL_BASE_MODELS)}"
+            )
+        if bases is not None and len(set(bases)) != len(bases):
+            raise ValueError("a base model is named twice")
+        return bases
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _not_reserved(cls, values: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted(set(values) & set(RESERVED_HYPERPARAMETERS))
+        if reserved:
+            raise ValueError(f"{reserved} are set by gallop (choose models with 'bases')")
+        return values
+
+
+class ModelOut(BaseModel):
+    model_id: str
+    task: str
+    artifact_key: str = Field(description="model.tar.gz: the whole model directory.")
+    onnx_key: str
+    manifest_key: str
+    report_key: str
+    created_at: datetime
+
+
+class TrainingRunOut(BaseModel):
+    run_id: str
+    dataset: str
+    version_id: str
+    spec_hash: str
+    code_version: str
+    config: dict[str, Any]
+    status: Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED"]
+    attempt: int
+    stage: str | None = Field(description="Progress, in words.")
+    reason: str | None = Field(description="Why the run FAILED.")
+    metrics: dict[str, float] | None = Field(description="The stack's held-out metrics.")
+    execution: str | None = Field(description="Step Functions execution ARN, or 'local'.")
+    model: ModelOut | None
+    report_url: str | None = Field(description="A presigned link to the run's HTML report.")
+    links: dict[str, str]
+    created_at: datetime
+    updated_at: datetime

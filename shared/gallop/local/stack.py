@@ -40,6 +40,7 @@ from gallop.settings import (
     Settings,
     get_settings,
 )
+from gallop.training.runs import fail_interrupted_runs
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,10 @@ class LocalStack:
         settings = get_settings()
         s3, sqs = aws.client("s3", settings), aws.client("sqs", settings)
 
-        provision.create_bucket(s3, settings.data_bucket)
-        self._mirror = S3Mirror(s3, [settings.data_bucket], self.state_dir / "s3")
+        buckets = [settings.data_bucket, settings.artifacts_bucket]
+        for bucket in buckets:
+            provision.create_bucket(s3, bucket)
+        self._mirror = S3Mirror(s3, buckets, self.state_dir / "s3")
         restored = self._mirror.restore()  # before notifications: old objects are not new uploads
         queue, dlq = provision.create_queue_with_dlq(
             sqs, settings.ingest_queue_name, self.visibility_timeout
@@ -179,7 +182,9 @@ class LocalStack:
             settings.data_bucket, queue, dlq, features, features_dlq
         )
 
-        migrate(engine_for(settings.sqlalchemy_url))
+        engine = engine_for(settings.sqlalchemy_url)
+        migrate(engine)
+        interrupted = fail_interrupted_runs(engine)  # their thread died with the last process
         self.poller = SqsPoller(sqs, queue.url, queue.arn, load_handler("ingest"), "ingest")
         self.features_poller = SqsPoller(
             sqs, features.url, features.arn, load_handler("features"), "features"
@@ -188,7 +193,12 @@ class LocalStack:
         self.features_poller.start()
         self._mirror.start()
         redriven = self._redrive_pending_uploads(s3, sqs)
-        log.info("local stack up: %d objects restored, %d uploads re-driven", restored, redriven)
+        log.info(
+            "local stack up: %d objects restored, %d uploads re-driven, %d runs interrupted",
+            restored,
+            redriven,
+            interrupted,
+        )
         return self
 
     def serve_api(self, port: int = 8000, *, block: bool = False) -> str:

@@ -119,3 +119,49 @@ class FeatureSet(Base):
     row_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     features: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RunStatus(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+class TrainingRun(Base):
+    """One training run, identified by what it is made of (config, data, features, code)."""
+
+    __tablename__ = "training_runs"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    version_id: Mapped[str] = mapped_column(String(64))
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    code_version: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    # Restarting a FAILED run is a new attempt: SageMaker job and execution names are unique.
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    stage: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    execution: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class RegisteredModel(Base):
+    """The model a SUCCEEDED run produced: its artifacts under models/{run_id}/."""
+
+    __tablename__ = "models"
+
+    model_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("training_runs.run_id"), unique=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    task: Mapped[str] = mapped_column(String(16))
+    artifact_key: Mapped[str] = mapped_column(String(1024))
+    onnx_key: Mapped[str] = mapped_column(String(1024))
+    manifest_key: Mapped[str] = mapped_column(String(1024))
+    report_key: Mapped[str] = mapped_column(String(1024))
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

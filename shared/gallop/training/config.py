@@ -1,7 +1,7 @@
 """A run's configuration: which base models, their hyperparameters, the held-out share.
 
-The base job (training_jobs/base.py) accepts the same model names; a test keeps the two
-lists equal. Kept here too so that the API can check a request without LightGBM.
+The base job (training_jobs/base.py) checks its model against the same catalogue; it
+lives here, free of LightGBM, so that the API can check a request before anything runs.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def run_config(
     out and giving its default are the same run."""
     return {
         "dataset": dataset,
+        "task": task,
         "bases": bases_for(task, bases),
         "hyperparameters": dict(hyperparameters),
         "test_share": test_share,

@@ -1,0 +1,155 @@
+"""Routes for training runs: start one on a dataset version's features, follow it."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+from sqlalchemy import Engine
+
+from gallop.api.schemas import ModelOut, TrainingRunOut, TrainingRunRequest
+from gallop.metadata import repo
+from gallop.metadata.models import (
+    Dataset,
+    DatasetVersion,
+    FeatureStatus,
+    TrainingRun,
+    VersionStatus,
+)
+from gallop.training import runs
+from gallop.training.config import BadRunConfig, run_config
+from gallop.training.identity import code_version, run_id_for
+
+router = APIRouter(prefix="/v1/training-runs", tags=["training"])
+
+RUN_ID = Path(pattern=r"^[0-9a-f]{16,64}$", description="The run id (hex).")
+
+
+@router.post(
+    "",
+    response_model=TrainingRunOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        200: {"description": "The same run exists (pending, running or succeeded)"},
+        404: {},
+        409: {"description": "The version's features are not READY"},
+    },
+)
+def start_training_run(
+    body: TrainingRunRequest, request: Request, response: Response
+) -> TrainingRunOut:
+    """Train a stack on a dataset version's features. The run id is a hash of what the run
+    is made of: asking again for the same run returns it (200) instead of training again;
+    a FAILED run is started again (202)."""
+    state = request.app.state
+    engine = state.engine()
+    dataset = _dataset(engine, body.dataset)
+    version = _version(engine, dataset, body.version)
+    _require_ready_features(engine, dataset, version.version_id)
+    try:
+        config = run_config(
+            dataset.name,
+            dataset.spec["task"],
+            body.bases,
+            body.hyperparameters,
+            body.test_share,
+        )
+    except BadRunConfig as exc:
+        raise HTTPException(422, str(exc)) from None
+    code = code_version(state.settings)
+    run, started = runs.start_run(
+        engine,
+        run_id=run_id_for(config, version.version_id, dataset.spec_hash, code),
+        dataset_id=dataset.id,
+        version_id=version.version_id,
+        spec_hash=dataset.spec_hash,
+        code_version=code,
+        config=config,
+    )
+    if started:
+        run = state.launcher().launch(run)
+    else:
+        response.status_code = status.HTTP_200_OK
+    return _run_out(request, run)
+
+
+@router.get("/{run_id}", response_model=TrainingRunOut, responses={404: {}})
+def get_training_run(request: Request, run_id: str = RUN_ID) -> TrainingRunOut:
+    try:
+        run = runs.get_run(request.app.state.engine(), run_id)
+    except runs.RunNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no training run {run_id!r}") from None
+    return _run_out(request, run)
+
+
+def _dataset(engine: Engine, name: str) -> Dataset:
+    try:
+        return repo.get_dataset(engine, name)
+    except repo.DatasetNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no dataset named {name!r}") from None
+
+
+def _version(engine: Engine, dataset: Dataset, version_id: str | None) -> DatasetVersion:
+    """The named version, or the newest VALID one."""
+    if version_id is None:
+        valid = [
+            v for v in repo.list_versions(engine, dataset) if v.status == VersionStatus.VALID.value
+        ]
+        if not valid:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"dataset {dataset.name!r} has no VALID version yet"
+            )
+        return valid[-1]
+    version = repo.find_version(engine, dataset, version_id)
+    if version is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"no version {version_id!r} of dataset {dataset.name!r}"
+        )
+    if version.status != VersionStatus.VALID.value:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"version {version_id!r} of {dataset.name!r} is {version.status}, not VALID",
+        )
+    return version
+
+
+def _require_ready_features(engine: Engine, dataset: Dataset, version_id: str) -> None:
+    found = repo.find_feature_set(engine, dataset, version_id, dataset.spec_hash)
+    if found is None:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"the features of version {version_id!r} are not computed yet; start the run "
+            "when GET /v1/datasets/{name}/versions/{version_id}/features shows READY",
+        )
+    if found.status != FeatureStatus.READY.value:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"the features of version {version_id!r} are {found.status}: {found.reason}",
+        )
+
+
+def _run_out(request: Request, run: TrainingRun) -> TrainingRunOut:
+    state = request.app.state
+    model = runs.find_model(state.engine(), run.run_id)
+    report_url = None
+    if model is not None:
+        report_url = state.artifacts().presigned_get(
+            model.report_key, state.settings.report_url_expiry_seconds
+        )
+    return TrainingRunOut(
+        run_id=run.run_id,
+        dataset=run.config["dataset"],
+        version_id=run.version_id,
+        spec_hash=run.spec_hash,
+        code_version=run.code_version,
+        config=run.config,
+        status=run.status,
+        attempt=run.attempt,
+        stage=run.stage,
+        reason=run.reason,
+        metrics=run.metrics,
+        execution=run.execution,
+        model=ModelOut.model_validate(model, from_attributes=True) if model else None,
+        report_url=report_url,
+        links={"self": f"/v1/training-runs/{run.run_id}"},
+        created_at=run.created_at,
+        updated_at=run.updated_at,
+    )
