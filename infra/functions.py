@@ -14,13 +14,14 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from gallop.settings import (
-    ENV_DATA_BUCKET,
     ENV_DATABASE_HOST,
     ENV_DATABASE_IAM_AUTH,
     ENV_DATABASE_NAME,
     ENV_DATABASE_USER,
-    ENV_FEATURES_QUEUE_URL,
+    ENV_TRAINING_LAUNCHER,
     FUNCTION_SETTINGS,
+    STEPFUNCTIONS_SETTINGS,
+    env_name,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,18 +57,25 @@ def dependencies_path(scope: Construct, *parts: str) -> str:
 
 @dataclass(frozen=True)
 class Wiring:
-    """Values the stack provides, by settings field; environment is built from these."""
+    """Values the stack provides, named as the settings fields they fill; a function's
+    environment is built from these. Empty: not provided to this function."""
 
     database_host: str
     database_user: str
     database_name: str
     data_bucket: str
-    features_queue_url: str
+    features_queue_url: str = ""
+    artifacts_bucket: str = ""
+    training_state_machine_arn: str = ""
+    training_image: str = ""
+    sagemaker_role_arn: str = ""
+    code_version: str = ""
+    training_kms_key_id: str = ""
 
 
 def environment(function: str, wiring: Wiring) -> dict[str, str]:
-    """Exactly the variables FUNCTION_SETTINGS[function] asks for; unknown fields fail
-    synthesis, so a new setting cannot be forgotten here."""
+    """Exactly the variables FUNCTION_SETTINGS[function] asks for; a field the stack has
+    no value for fails synthesis, so a new setting cannot be forgotten here."""
     env = {
         "POWERTOOLS_SERVICE_NAME": f"gallop-{function}",
         "POWERTOOLS_METRICS_NAMESPACE": "gallop",
@@ -79,15 +87,25 @@ def environment(function: str, wiring: Wiring) -> dict[str, str]:
             env[ENV_DATABASE_USER] = wiring.database_user
             env[ENV_DATABASE_NAME] = wiring.database_name
             env[ENV_DATABASE_IAM_AUTH] = "true"
-        elif field == "data_bucket":
-            env[ENV_DATA_BUCKET] = wiring.data_bucket
-        elif field == "features_queue_url":
-            env[ENV_FEATURES_QUEUE_URL] = wiring.features_queue_url
         elif field == "api_key_source":
             env["GALLOP_API_KEY_SOURCE"] = "gateway"
+        elif field == "training_launcher":
+            # On AWS every run is an execution of the training state machine.
+            env[ENV_TRAINING_LAUNCHER] = "stepfunctions"
+            for needed in STEPFUNCTIONS_SETTINGS:
+                env[env_name(needed)] = _provided(function, wiring, needed)
+            if wiring.training_kms_key_id:  # optional: the jobs' output under our own key
+                env[env_name("training_kms_key_id")] = wiring.training_kms_key_id
         else:
-            raise KeyError(f"the stack does not know how to provide setting {field!r}")
+            env[env_name(field)] = _provided(function, wiring, field)
     return env
+
+
+def _provided(function: str, wiring: Wiring, field: str) -> str:
+    value = getattr(wiring, field, "")
+    if not value:
+        raise KeyError(f"the stack does not provide setting {field!r} to the {function} function")
+    return value
 
 
 @dataclass(frozen=True)

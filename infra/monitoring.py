@@ -11,6 +11,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 P99_LATENCY_MS = 1000
@@ -94,4 +95,20 @@ class Monitoring(Construct):
             latency,
             P99_LATENCY_MS,
             f"API p99 latency at or above {P99_LATENCY_MS} ms",
+        )
+
+    def watch_state_machine(self, name: str, machine: sfn.IStateMachine) -> None:
+        """A run that failed or ran out of time: its jobs' logs and the execution say why."""
+        period = Duration.minutes(5)
+        self._alarm(
+            f"{name}ExecutionsFailed",
+            machine.metric_failed(period=period),
+            1,
+            f"{name}: executions failed",
+        )
+        self._alarm(
+            f"{name}ExecutionsTimedOut",
+            machine.metric_timed_out(period=period),
+            1,
+            f"{name}: executions timed out",
         )

@@ -29,9 +29,10 @@ IAM = [
     ),
     NagPackSuppression(
         id="AwsSolutions-IAM5",
-        reason="Object keys carry dataset, version and upload ids that are not known at "
+        reason="Object keys carry dataset, version, upload and run ids that are not known at "
         "deploy time: each S3 grant covers object actions under one prefix of the data "
-        "bucket (raw/, curated/, quarantine/ or features/), and no other bucket.",
+        "bucket (raw/, curated/, quarantine/ or features/) or of the artifacts "
+        "bucket (training/ or models/), and no other bucket.",
         applies_to=[
             "Action::s3:Abort*",
             "Action::s3:DeleteObject*",
@@ -40,6 +41,9 @@ IAM = [
             "Action::s3:List*",
             RegexAppliesTo(
                 regex="/^Resource::<StorageData[0-9A-F]+\\.Arn>\\/(raw|curated|quarantine|features)\\/\\*$/"
+            ),
+            RegexAppliesTo(
+                regex="/^Resource::<StorageArtifacts[0-9A-F]+\\.Arn>\\/(training|models)\\/\\*$/"
             ),
         ],
     ),
@@ -51,16 +55,35 @@ IAM = [
     ),
     NagPackSuppression(
         id="AwsSolutions-IAM5",
-        reason="X-Ray's PutTraceSegments and PutTelemetryRecords have no resource-level "
-        "permissions: AWS requires Resource '*' for active tracing. (A test checks that no "
-        "other action is granted on '*'.)",
+        reason="Only actions without resource-level permissions, for which AWS requires "
+        "Resource '*': X-Ray tracing (functions, state machine), the state machine's log "
+        "delivery (logs:*LogDelivery*, resource policies), ECR's GetAuthorizationToken for "
+        "the training image pull, and SageMaker's training metrics (PutMetricData, held to "
+        "its namespace by a condition). A test lists each action allowed on '*'.",
         applies_to=["Resource::*"],
     ),
     NagPackSuppression(
         id="AwsSolutions-IAM5",
-        reason="The custom-resource provider invokes the migrate function by version or "
-        "alias, which the ':*' suffix covers; it is that one function.",
-        applies_to=[RegexAppliesTo(regex="/^Resource::<MigrationsFunction[0-9A-F]+\\.Arn>:\\*$/")],
+        reason="The custom-resource provider invokes the migrate function, and the training "
+        "state machine the training function, by version or alias, which the ':*' suffix "
+        "covers; each is that one function.",
+        applies_to=[
+            RegexAppliesTo(regex="/^Resource::<(Migrations|Training)Function[0-9A-F]+\\.Arn>:\\*$/")
+        ],
+    ),
+    NagPackSuppression(
+        id="AwsSolutions-IAM5",
+        reason="Training job names carry the run id, unknown at deploy time: the state "
+        "machine may create, describe, stop and tag only jobs named g-* (gallop's launcher "
+        "names every job g-{run_id}-...; SageMaker allows 63 characters), and the jobs "
+        "write log streams (named by SageMaker per job and instance) only in SageMaker's "
+        "/aws/sagemaker/TrainingJobs group.",
+        applies_to=[
+            "Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>:"
+            "training-job/g-*",
+            "Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:"
+            "log-group:/aws/sagemaker/TrainingJobs:*",
+        ],
     ),
 ]
 
@@ -75,7 +98,8 @@ RUNTIME = [
 NO_ASYNC = NagPackSuppression(
     id="Serverless-LambdaDLQ",
     reason="Never invoked asynchronously: SQS-driven functions dead-letter through their "
-    "queue's redrive policy; the api and migrate functions are invoked synchronously.",
+    "queue's redrive policy; the api, migrate and training functions are invoked "
+    "synchronously (the training function by its state machine, which retries and alarms).",
 )
 SQS_MAPPING = NagPackSuppression(
     id="Serverless-LambdaEventSourceMappingDestination",
@@ -107,9 +131,10 @@ CDK_MANAGED = [
 
 def suppress_justified(stack: GallopStack) -> None:
     NagSuppressions.add_stack_suppressions(stack, IAM)
-    for function in (stack.api.function, stack.migrations.function):
+    zips = (stack.api.function, stack.migrations.function, stack.training.function)
+    for function in zips:
         NagSuppressions.add_resource_suppressions(function, RUNTIME)
-    for function in (*stack.pipeline.functions, stack.api.function, stack.migrations.function):
+    for function in (*stack.pipeline.functions, *zips):
         NagSuppressions.add_resource_suppressions(function, [NO_ASYNC])
     NagSuppressions.add_resource_suppressions(stack.pipeline, [SQS_MAPPING], apply_to_children=True)
     for queue in stack.pipeline.dead_letter_queues:

@@ -8,7 +8,14 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from gallop.settings import CURATED_PREFIX, FEATURES_PREFIX, QUARANTINE_PREFIX, RAW_PREFIX
+from gallop.settings import (
+    CURATED_PREFIX,
+    FEATURES_PREFIX,
+    MODELS_PREFIX,
+    QUARANTINE_PREFIX,
+    RAW_PREFIX,
+    TRAINING_PREFIX,
+)
 from infra.api import Api
 from infra.database import DATABASE_NAME, DATABASE_USER, Database
 from infra.functions import Placement, Wiring, layer
@@ -16,6 +23,7 @@ from infra.migrations import Migrations
 from infra.monitoring import Monitoring
 from infra.pipeline import Pipeline
 from infra.storage import Storage
+from infra.training import Training
 
 
 class GallopStack(Stack):
@@ -35,13 +43,26 @@ class GallopStack(Stack):
         db = layer(self, "DbLayer", "db", "SQLAlchemy, Alembic, psycopg")
         numpy = layer(self, "NumpyLayer", "numpy", "numpy (the feature engine)")
 
-        def wiring(features_queue_url: str = "") -> Wiring:
+        def wiring(features_queue_url: str = "", training: Training | None = None) -> Wiring:
+            launches = {}
+            if training is not None:
+                launches = {
+                    "training_state_machine_arn": training.state_machine.state_machine_arn,
+                    "training_image": training.image.image_uri,
+                    "sagemaker_role_arn": training.sagemaker_role.role_arn,
+                    # The image's content hash: the training code and its pinned packages.
+                    "code_version": training.image.asset_hash,
+                    # SageMaker would encrypt the jobs' output with the AWS managed key.
+                    "training_kms_key_id": data_key.key_arn,
+                }
             return Wiring(
                 database_host=database.proxy.endpoint,
                 database_user=DATABASE_USER,
                 database_name=DATABASE_NAME,
                 data_bucket=storage.data.bucket_name,
                 features_queue_url=features_queue_url,
+                artifacts_bucket=storage.artifacts.bucket_name,
+                **launches,
             )
 
         pipeline = Pipeline(
@@ -52,7 +73,20 @@ class GallopStack(Stack):
             placement=placement,
             wiring_for=wiring,
         )
-        api = Api(self, "Api", layers=[web, db, numpy], wiring=wiring(), placement=placement)
+        training = Training(
+            self,
+            "Training",
+            layers=[web, db],
+            wiring=wiring(),
+            placement=placement,
+        )
+        api = Api(
+            self,
+            "Api",
+            layers=[web, db, numpy],
+            wiring=wiring(training=training),
+            placement=placement,
+        )
         migrations = Migrations(
             self, "Migrations", layers=[web, db], wiring=wiring(), placement=placement
         )
@@ -62,11 +96,11 @@ class GallopStack(Stack):
         # Nothing may reach the database before its schema exists. (The function resources
         # only: their roles are named in key policies the migration itself depends on.)
         schema = migrations.resource.node.default_child
-        for function in [*pipeline.functions, api.function]:
+        for function in [*pipeline.functions, api.function, training.function]:
             function.node.default_child.node.add_dependency(schema)  # type: ignore[union-attr]
 
         # -- grants: least privilege, all in one place ------------------------------------
-        for function in [*pipeline.functions, api.function, migrations.function]:
+        for function in [*pipeline.functions, api.function, migrations.function, training.function]:
             database.proxy.grant_connect(function, DATABASE_USER)
         # S3 by prefix, exactly what each function's code touches. Only ingest may delete,
         # and only in raw/; nothing may write raw/ but uploads signed by the API.
@@ -82,6 +116,22 @@ class GallopStack(Stack):
         data.grant_put(api.function, f"{RAW_PREFIX}*")
         data.grant_read(api.function, f"{FEATURES_PREFIX}*")
         pipeline.features_queue.grant_send_messages(pipeline.ingest)
+        # Training: the API starts a run's execution and signs links to registered models'
+        # reports; the state machine passes the SageMaker role (the API never does). The
+        # training function turns a run's output into a model.
+        artifacts = storage.artifacts
+        artifacts.grant_read(api.function, f"{MODELS_PREFIX}*")
+        training.state_machine.grant_start_execution(api.function)
+        # The jobs read their train channel (a feature set, as the features function wrote
+        # it) and the stack job the base jobs' output (the artifacts bucket's training/),
+        # where each job writes its own model.tar.gz; the buckets' grants include their key.
+        jobs = training.sagemaker_role
+        data.grant_read(jobs, f"{FEATURES_PREFIX}*")
+        artifacts.grant_read(jobs, f"{TRAINING_PREFIX}*")
+        artifacts.grant_put(jobs, f"{TRAINING_PREFIX}*")
+        artifacts.grant_read(training.function, f"{TRAINING_PREFIX}*")
+        artifacts.grant_read(training.function, f"{MODELS_PREFIX}*")
+        artifacts.grant_put(training.function, f"{MODELS_PREFIX}*")
 
         monitoring = Monitoring(self, "Monitoring", key=messages_key)
         for name, function in (
@@ -89,19 +139,23 @@ class GallopStack(Stack):
             ("Features", pipeline.features),
             ("Api", api.function),
             ("Migrate", migrations.function),
+            ("Training", training.function),
         ):
             monitoring.watch_function(name, function)
         for name, queue in zip(("Ingest", "Features"), pipeline.dead_letter_queues, strict=True):
             monitoring.watch_dead_letters(name, queue)
         monitoring.watch_api(api.rest_api)
+        monitoring.watch_state_machine("Training", training.state_machine)
 
         CfnOutput(self, "ApiUrl", value=api.rest_api.url)
         CfnOutput(self, "FirstApiKeyId", value=api.first_key.key_id)
         CfnOutput(self, "DataBucket", value=storage.data.bucket_name)
         CfnOutput(self, "ArtifactsBucket", value=storage.artifacts.bucket_name)
         CfnOutput(self, "AlarmTopic", value=monitoring.topic.topic_arn)
+        CfnOutput(self, "TrainingStateMachine", value=training.state_machine.state_machine_arn)
+        CfnOutput(self, "TrainingImage", value=training.image.image_uri)
         self.storage, self.database, self.pipeline, self.api = storage, database, pipeline, api
-        self.migrations, self.monitoring = migrations, monitoring
+        self.migrations, self.monitoring, self.training = migrations, monitoring, training
 
     def _key(self, id: str, description: str) -> kms.Key:
         return kms.Key(

@@ -9,8 +9,11 @@
 - build/images/data/: the build context of the container image that the ingest and
   features functions run (pandas + pyarrow do not fit a zip function), with its
   dependencies installed, so the image build is a COPY
-- build/sizes.json and the printed table: each function's unzipped size, layers
-  included; exits 1 if a budget is exceeded
+- build/images/training/: the build context of the SageMaker training image (the
+  training_jobs, the gallop package, its entry point train_entry.py and LightGBM,
+  SciPy, onnx and onnxruntime on top of the data image's packages)
+- build/sizes.json and the printed table: each function's and image's unzipped size,
+  layers included; exits 1 if a budget is exceeded
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x8
 PYTHON = "3.12"
 MB = 1024 * 1024
 ZIP_LIMIT_MB = 250  # Lambda: function + layers, unzipped
+IMAGE_LIMIT_MB = 10 * 1024  # Lambda container images and ours alike: 10 GB
 INFERENCE_BUDGET_MB = 150  # ours: the predict path stays lean
 
 # function -> (layers, kind); kind "zip" or "image"
@@ -37,6 +41,7 @@ FUNCTIONS = {
     "migrate": (["web", "db"], "zip"),
     "ingest": (["data"], "image"),
     "features": (["data"], "image"),
+    "training": (["web", "db"], "zip"),
 }
 ZIP_LAYERS = ("web", "db", "numpy", "inference")
 # The predict function (serving issue) will run web + inference and no database
@@ -49,6 +54,24 @@ COPY site-packages/ ${LAMBDA_TASK_ROOT}/
 COPY gallop/ ${LAMBDA_TASK_ROOT}/gallop/
 COPY functions/ ${LAMBDA_TASK_ROOT}/
 CMD ["ingest.handler.handler"]
+"""
+TRAINING_DOCKERFILE = """\
+# The SageMaker training image: `docker run <image> train` runs train_entry.py, which
+# runs python -m training_jobs.<job> for the hyperparameter `job` (base or stack).
+FROM public.ecr.aws/docker/library/python:3.12-slim-bookworm
+# LightGBM's wheel links the system's OpenMP runtime.
+RUN apt-get update \\
+    && apt-get install -y --no-install-recommends libgomp1 \\
+    && rm -rf /var/lib/apt/lists/*
+ENV PYTHONPATH=/opt/gallop:/opt/gallop/site-packages \\
+    PYTHONUNBUFFERED=1 \\
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /opt/gallop
+COPY site-packages/ /opt/gallop/site-packages/
+COPY gallop/ /opt/gallop/gallop/
+COPY training_jobs/ /opt/gallop/training_jobs/
+COPY train_entry.py /opt/gallop/train_entry.py
+ENTRYPOINT ["python", "/opt/gallop/train_entry.py"]
 """
 STRIP_DIRS = {"__pycache__", "tests", "test", "testing"}
 # What the python3.12 Lambda runtime itself provides.
@@ -79,9 +102,9 @@ def size_of(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def strip(tree: Path) -> None:
+def strip(tree: Path, keep: frozenset[str] = frozenset()) -> None:
     for path in sorted(tree.rglob("*"), reverse=True):
-        if path.is_dir() and path.name in STRIP_DIRS:
+        if path.is_dir() and path.name in STRIP_DIRS - keep:
             shutil.rmtree(path, ignore_errors=True)
         elif path.is_file() and path.suffix in STRIP_SUFFIXES:
             path.unlink()
@@ -89,13 +112,17 @@ def strip(tree: Path) -> None:
         shutil.rmtree(tree / name, ignore_errors=True)
 
 
-def copy_gallop(target: Path) -> None:
+def copy_package(source: Path, target: Path) -> None:
     shutil.copytree(
-        ROOT / "shared" / "gallop",
-        target / "gallop",
+        source,
+        target / source.name,
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
         dirs_exist_ok=True,
     )
+
+
+def copy_gallop(target: Path) -> None:
+    copy_package(ROOT / "shared" / "gallop", target)
 
 
 def build_code(out: Path, function: str) -> Path:
@@ -107,12 +134,16 @@ def build_code(out: Path, function: str) -> Path:
     return target
 
 
-def install(requirements: Path, target: Path) -> None:
-    """pip install the pinned wheels for Lambda's platform; reused while the pins hold."""
+def install(requirements: Path, target: Path, keep: frozenset[str] = frozenset()) -> None:
+    """pip install the pinned wheels for Lambda's platform; reused while the pins (and
+    what stripping keeps) hold."""
     stamp = target / ".requirements.sha256"
-    digest = hashlib.sha256(_flatten(requirements).encode()).hexdigest()
+    pinned = _flatten(requirements)
+    if keep:  # (so the stamps of trees stripped in full stay as they were)
+        pinned += "\nkept: " + " ".join(sorted(keep))
+    digest = hashlib.sha256(pinned.encode()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest:
-        strip(target)
+        strip(target, keep)
         return
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
@@ -136,7 +167,7 @@ def install(requirements: Path, target: Path) -> None:
     for platform in PLATFORMS:
         command += ["--platform", platform]
     subprocess.run(command, check=True)
-    strip(target)
+    strip(target, keep)
     stamp.write_text(digest)
 
 
@@ -170,16 +201,39 @@ def build_image_context(out: Path, with_dependencies: bool) -> Path:
             context / "functions" / function / "handler.py",
         )
         (context / "functions" / function / "__init__.py").write_text("")
-    if with_dependencies:
-        install(LAYERS / "requirements-data.txt", context / "site-packages")
-    else:
-        (context / "site-packages").mkdir(exist_ok=True)
+    _dependencies(context, "data", with_dependencies)
     return context
 
 
-def missing_requirements(trees: list[Path]) -> list[str]:
-    """Requirements (for python3.12 on Lambda, no extras) that no package in these trees,
-    nor the runtime, satisfies: what --no-deps pins must not leave out."""
+def build_training_context(out: Path, with_dependencies: bool) -> Path:
+    """What the training image copies: the jobs, the library and the entry point."""
+    context = out / "images" / "training"
+    for part in ("gallop", "training_jobs"):
+        shutil.rmtree(context / part, ignore_errors=True)
+    context.mkdir(parents=True, exist_ok=True)
+    (context / "Dockerfile").write_text(TRAINING_DOCKERFILE)
+    shutil.copy2(LAYERS / "train_entry.py", context / "train_entry.py")
+    copy_gallop(context)
+    copy_package(ROOT / "training_jobs", context)
+    _dependencies(context, "training", with_dependencies)
+    return context
+
+
+def _dependencies(context: Path, requirements: str, with_dependencies: bool) -> None:
+    # SciPy imports numpy.testing at run time (the data image's packages do not).
+    keep = frozenset({"testing"}) if requirements == "training" else frozenset()
+    if with_dependencies:
+        install(LAYERS / f"requirements-{requirements}.txt", context / "site-packages", keep)
+    else:
+        (context / "site-packages").mkdir(exist_ok=True)
+
+
+def missing_requirements(
+    trees: list[Path], provided: frozenset[str] | set[str] = RUNTIME_PROVIDED
+) -> list[str]:
+    """Requirements (for python3.12 on Linux x86_64, no extras) that no package in these
+    trees, nor what the runtime provides, satisfies: what --no-deps pins must not leave
+    out."""
     from email.parser import Parser
 
     from packaging.requirements import Requirement
@@ -199,7 +253,7 @@ def missing_requirements(trees: list[Path]) -> list[str]:
             if requirement.marker and not requirement.marker.evaluate(LAMBDA_MARKERS):
                 continue
             name = canonicalize_name(requirement.name)
-            if name in RUNTIME_PROVIDED:
+            if name in provided:
                 continue
             version = installed.get(name)
             if version is None or not requirement.specifier.contains(version, prereleases=True):
@@ -219,7 +273,9 @@ def report(out: Path) -> dict[str, dict]:
             layer_sizes = {"image dependencies": size_of(context / "site-packages")}
         total = code + sum(layer_sizes.values())
         limit = (
-            (INFERENCE_BUDGET_MB if function == "api" else ZIP_LIMIT_MB) if kind == "zip" else None
+            (INFERENCE_BUDGET_MB if function == "api" else ZIP_LIMIT_MB)
+            if kind == "zip"
+            else IMAGE_LIMIT_MB
         )
         sizes[function] = {
             "kind": kind,
@@ -227,7 +283,7 @@ def report(out: Path) -> dict[str, dict]:
             "layers_mb": {k: round(v / MB, 1) for k, v in layer_sizes.items()},
             "total_mb": round(total / MB, 1),
             "limit_mb": limit,
-            "within_limit": limit is None or total / MB <= limit,
+            "within_limit": total / MB <= limit,
         }
     for function, (layers, kind) in FUNCTIONS.items():
         trees = (
@@ -247,7 +303,26 @@ def report(out: Path) -> dict[str, dict]:
         "within_limit": total / MB <= INFERENCE_BUDGET_MB,
         "missing": missing_requirements([out / "layers" / layer for layer in INFERENCE_PATH]),
     }
+    sizes["training image"] = training_image_size(out / "images" / "training")
     return sizes
+
+
+def training_image_size(context: Path) -> dict[str, object]:
+    """SageMaker, not Lambda, runs it: the only bound is our own 10 GB for an image. Its
+    Python is not Lambda's, so nothing counts as provided (boto3 is not needed)."""
+    code = sum(size_of(context / part) for part in ("gallop", "training_jobs"))
+    code += (context / "train_entry.py").stat().st_size
+    dependencies = size_of(context / "site-packages")
+    total = code + dependencies
+    return {
+        "kind": "image",
+        "code_mb": round(code / MB, 1),
+        "layers_mb": {"image dependencies": round(dependencies / MB, 1)},
+        "total_mb": round(total / MB, 1),
+        "limit_mb": IMAGE_LIMIT_MB,
+        "within_limit": total / MB <= IMAGE_LIMIT_MB,
+        "missing": missing_requirements([context / "site-packages"], provided=frozenset()),
+    }
 
 
 def main() -> int:
@@ -263,6 +338,7 @@ def main() -> int:
         if kind == "zip":
             build_code(args.out, function)
     build_image_context(args.out, with_dependencies=not args.code_only)
+    build_training_context(args.out, with_dependencies=not args.code_only)
     if args.code_only:
         for layer in ZIP_LAYERS:
             (args.out / "layers" / layer / "python").mkdir(parents=True, exist_ok=True)
@@ -271,13 +347,13 @@ def main() -> int:
         build_layer(args.out, layer)
     sizes = report(args.out)
     (args.out / "sizes.json").write_text(json.dumps(sizes, indent=2))
-    print(f"{'function':<15}{'kind':<7}{'code MB':>9}  {'layers (MB)':<42}{'total MB':>9}  limit")
+    print(f"{'function':<16}{'kind':<7}{'code MB':>9}  {'layers (MB)':<42}{'total MB':>9}  limit")
     for function, row in sizes.items():
         layers = ", ".join(f"{k} {v}" for k, v in row["layers_mb"].items())
-        limit = f"{row['limit_mb']} MB" if row["limit_mb"] else "10 GB image"
+        limit = "10 GB image" if row["kind"] == "image" else f"{row['limit_mb']} MB"
         verdict = "ok" if row["within_limit"] else "OVER"
         print(
-            f"{function:<10}{row['kind']:<7}{row['code_mb']:>9}  {layers:<42}"
+            f"{function:<16}{row['kind']:<7}{row['code_mb']:>9}  {layers:<42}"
             f"{row['total_mb']:>9}  {limit} {verdict}"
         )
     missing = {f: row["missing"] for f, row in sizes.items() if row["missing"]}

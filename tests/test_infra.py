@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -160,6 +161,7 @@ def test_every_function_is_sized_traced_and_configured_as_its_code_requires(
         "migrate": (512, 300),
         "ingest": (3008, 300),
         "features": (4096, 600),
+        "training": (512, 300),
     }
     for name, props in functions.items():
         assert props["TracingConfig"] == {"Mode": "Active"}, name
@@ -183,8 +185,9 @@ def test_the_data_functions_run_the_image_and_the_others_are_zips(template: Temp
     for name in ("ingest", "features"):
         assert functions[name]["PackageType"] == "Image"
         assert functions[name]["ImageConfig"]["Command"] == [f"{name}.handler.handler"]
-    assert len(functions["api"]["Layers"]) == 3 and len(functions["migrate"]["Layers"]) == 2
-    for name in ("api", "migrate"):
+    assert len(functions["api"]["Layers"]) == 3
+    assert len(functions["migrate"]["Layers"]) == len(functions["training"]["Layers"]) == 2
+    for name in ("api", "migrate", "training"):
         assert functions[name]["Runtime"] == "python3.12"
     assert (ROOT / "build" / "images" / "data" / "Dockerfile").is_file()
 
@@ -193,6 +196,23 @@ def test_the_data_functions_run_the_image_and_the_others_are_zips(template: Temp
 STAR_RESOURCE_JUSTIFIED = {
     "xray:PutTraceSegments": "X-Ray tracing has no resource-level permissions",
     "xray:PutTelemetryRecords": "X-Ray tracing has no resource-level permissions",
+    "xray:GetSamplingRules": "X-Ray tracing (the state machine's) has none either",
+    "xray:GetSamplingTargets": "X-Ray tracing (the state machine's) has none either",
+    **{
+        f"logs:{action}": "state machine logging: CloudWatch Logs' vended log delivery"
+        for action in (
+            "CreateLogDelivery",
+            "GetLogDelivery",
+            "UpdateLogDelivery",
+            "DeleteLogDelivery",
+            "ListLogDeliveries",
+            "PutResourcePolicy",
+            "DescribeResourcePolicies",
+            "DescribeLogGroups",
+        )
+    },
+    "ecr:GetAuthorizationToken": "the training image pull: a registry token, no resource",
+    "cloudwatch:PutMetricData": "SageMaker's training metrics; held to its namespace",
 }
 
 
@@ -216,6 +236,10 @@ def test_no_wildcard_actions_and_star_resources_only_where_aws_requires(
         if "*" in listed(statement.get("Resource")):
             unjustified = [a for a in actions if a not in STAR_RESOURCE_JUSTIFIED]
             assert unjustified == [], statement
+            if "cloudwatch:PutMetricData" in actions:
+                assert statement["Condition"] == {
+                    "StringEquals": {"cloudwatch:namespace": "/aws/sagemaker/TrainingJobs"}
+                }
 
 
 def test_no_resource_policy_opens_anything_to_everyone(template: Template) -> None:
@@ -239,18 +263,82 @@ def test_no_resource_policy_opens_anything_to_everyone(template: Template) -> No
     assert checked > 10
 
 
-def test_s3_grants_are_limited_to_the_prefixes_each_function_uses(template: Template) -> None:
-    puts: dict[str, set[str]] = {}
+def role_names(template: Template) -> dict[str, str]:
+    """Role logical id -> whose it is: a function's name, or "sagemaker" for the jobs'."""
+    names = {}
+    for name, props in gallop_functions(template).items():
+        names[props["Role"]["Fn::GetAtt"][0]] = name
+    for role_id, role in resources(template, "AWS::IAM::Role").items():
+        principals = [
+            s["Principal"].get("Service")
+            for s in role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        ]
+        if principals == ["sagemaker.amazonaws.com"]:
+            names[role_id] = "sagemaker"
+        elif principals == ["states.amazonaws.com"]:
+            names[role_id] = "state machine"
+    return names
+
+
+def role_statements(template: Template) -> dict[str, list[dict]]:
+    """Each named role's policy statements (its default policy, where CDK puts grants)."""
+    names = role_names(template)
+    found: dict[str, list[dict]] = {name: [] for name in names.values()}
     for policy in resources(template, "AWS::IAM::Policy").values():
-        roles = [r["Ref"] for r in policy["Properties"].get("Roles", [])]
-        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
-            if "s3:PutObject" in listed(statement["Action"]):
-                for resource in listed(statement["Resource"]):
-                    suffix = resource["Fn::Join"][1][-1] if isinstance(resource, dict) else resource
-                    for role in roles:
-                        puts.setdefault(role, set()).add(suffix)
-    by_prefix = sorted(suffix for suffixes in puts.values() for suffix in suffixes)
-    assert by_prefix == ["/curated/*", "/features/*", "/quarantine/*", "/raw/*"], puts
+        for role in policy["Properties"].get("Roles", []):
+            if role["Ref"] in names:
+                found[names[role["Ref"]]] += policy["Properties"]["PolicyDocument"]["Statement"]
+    return found
+
+
+def bucket_names(template: Template) -> dict[str, str]:
+    """Bucket logical id -> "data" or "artifacts" (the prefix of its access logs)."""
+    return {
+        bucket_id: bucket["Properties"]["LoggingConfiguration"]["LogFilePrefix"].rstrip("/")
+        for bucket_id, bucket in resources(template, "AWS::S3::Bucket").items()
+        if "LoggingConfiguration" in bucket["Properties"]
+    }
+
+
+def object_grants(template: Template, action: str) -> dict[str, set[tuple[str, str]]]:
+    """Who may do `action` on which objects: name -> {(bucket, "/prefix/*")}."""
+    buckets = bucket_names(template)
+    grants: dict[str, set[tuple[str, str]]] = {}
+    for name, statements in role_statements(template).items():
+        for statement in statements:
+            if action not in listed(statement["Action"]):
+                continue
+            for resource in listed(statement["Resource"]):
+                parts = resource["Fn::Join"][1] if "Fn::Join" in resource else [resource, ""]
+                bucket = buckets[parts[0]["Fn::GetAtt"][0]]
+                grants.setdefault(name, set()).add((bucket, parts[-1]))
+    return grants
+
+
+def test_s3_grants_are_limited_to_the_prefixes_each_function_uses(template: Template) -> None:
+    assert object_grants(template, "s3:PutObject") == {
+        "ingest": {("data", "/curated/*"), ("data", "/quarantine/*")},
+        "features": {("data", "/features/*")},
+        "api": {("data", "/raw/*")},  # presigned uploads
+        "training": {("artifacts", "/models/*")},
+        "sagemaker": {("artifacts", "/training/*")},
+    }
+    reads = object_grants(template, "s3:GetObject*")
+    assert reads["sagemaker"] == {
+        ("data", ""),  # the bucket itself: SageMaker lists a channel's prefix
+        ("data", "/features/*"),  # the train channel: a feature set
+        ("artifacts", ""),
+        ("artifacts", "/training/*"),  # the stack job's bases: the base jobs' output
+    }
+    assert reads["api"] - {("data", ""), ("artifacts", "")} == {
+        ("data", "/features/*"),
+        ("artifacts", "/models/*"),  # presigned report links
+    }
+    assert reads["training"] - {("artifacts", "")} == {
+        ("artifacts", "/training/*"),  # the stack job's model.tar.gz
+        ("artifacts", "/models/*"),
+    }
+    assert object_grants(template, "s3:DeleteObject*") == {"ingest": {("data", "/raw/*")}}
 
 
 def test_every_api_method_needs_a_key_and_clients_are_throttled(template: Template) -> None:
@@ -341,6 +429,8 @@ def test_alarms_cover_errors_throttles_dead_letters_and_the_api(template: Templa
     assert metrics.count(("AWS/Lambda", "Errors")) == functions
     assert metrics.count(("AWS/Lambda", "Throttles")) == functions
     assert metrics.count(("AWS/SQS", "ApproximateNumberOfMessagesVisible")) == 2
+    assert metrics.count(("AWS/States", "ExecutionsFailed")) == 1
+    assert metrics.count(("AWS/States", "ExecutionsTimedOut")) == 1
     assert ("AWS/ApiGateway", "5XXError") in metrics and ("AWS/ApiGateway", "Latency") in metrics
     for alarm in alarms:
         assert alarm["Properties"]["AlarmActions"], "every alarm notifies the topic"
@@ -367,6 +457,400 @@ def test_alarms_cover_errors_throttles_dead_letters_and_the_api(template: Templa
     )
 
 
+# -- training ------------------------------------------------------------------------------
+
+
+def rendered(value: Any) -> str:
+    """A CloudFormation string value with its tokens as readable placeholders:
+    {"Ref": "X"} -> "<X>", {"Fn::GetAtt": ["X", "Arn"]} -> "<X.Arn>"."""
+    if isinstance(value, str):
+        return value
+    if "Ref" in value:
+        return f"<{value['Ref']}>"
+    if "Fn::GetAtt" in value:
+        return "<{}.{}>".format(*value["Fn::GetAtt"])
+    if "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return separator.join(rendered(part) for part in parts)
+    if isinstance(value.get("Fn::Sub"), str):
+        return re.sub(r"\$\{([^}]+)\}", r"<\1>", value["Fn::Sub"])
+    return f"<{next(iter(value))}>"  # Fn::Select ...: resolved at deploy
+
+
+def the_state_machine(template: Template) -> tuple[str, dict]:
+    ((machine_id, machine),) = resources(template, "AWS::StepFunctions::StateMachine").items()
+    return machine_id, machine["Properties"]
+
+
+def definition(template: Template) -> dict[str, Any]:
+    import json
+
+    return json.loads(rendered(the_state_machine(template)[1]["DefinitionString"]))
+
+
+def function_ids(template: Template) -> dict[str, str]:
+    return {
+        props["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"].removeprefix("gallop-"): i
+        for i, resource in resources(template, "AWS::Lambda::Function").items()
+        if (props := resource["Properties"]).get("Environment")
+        and "POWERTOOLS_SERVICE_NAME" in props["Environment"]["Variables"]
+    }
+
+
+def sagemaker_role_id(template: Template) -> str:
+    (role_id,) = [i for i, name in role_names(template).items() if name == "sagemaker"]
+    return role_id
+
+
+def test_training_runs_base_jobs_in_parallel_then_the_stack_job_then_register(
+    template: Template,
+) -> None:
+    from infra.training import REQUEST_FIELDS
+
+    states = definition(template)["States"]
+    start = states[definition(template)["StartAt"]]
+    sync = "arn:<AWS::Partition>:states:::sagemaker:createTrainingJob.sync"
+    # A Map over base_jobs, each item a CreateTrainingJob .sync task with the item's fields.
+    assert start["Type"] == "Map" and start["ItemsPath"] == "$.base_jobs"
+    assert 1 < start["MaxConcurrency"] <= 10
+    assert start["ResultPath"] is None, "the run's input (run_id) goes on unchanged"
+    (base,) = start["ItemProcessor"]["States"].values()
+    assert base["Resource"] == sync
+    assert base["Parameters"] == {f"{f}.$": f"$.{f}" for f in REQUEST_FIELDS}
+    # Then the stack job, from stack_job, its result beside the run's input.
+    stack = states[start["Next"]]
+    assert stack["Resource"] == sync
+    assert stack["Parameters"] == {f"{f}.$": f"$.stack_job.{f}" for f in REQUEST_FIELDS}
+    assert stack["ResultPath"] == "$.stack"
+    # Then register: the training function with the stack job's model.tar.gz.
+    register = states[stack["Next"]]
+    assert register["Resource"] == f"<{function_ids(template)['training']}.Arn>"
+    assert register["Parameters"] == {
+        "action": "register",
+        "run_id.$": "$.run_id",
+        "model_artifacts.$": "$.stack.ModelArtifacts.S3ModelArtifacts",
+    }
+    assert register["End"] is True
+
+
+def test_a_failed_step_marks_the_run_failed_and_fails_the_execution(template: Template) -> None:
+    states = definition(template)["States"]
+    steps = [s for s in states.values() if s["Type"] in ("Map", "Task") and "Catch" in s]
+    assert len(steps) == 3, "the base jobs, the stack job and register"
+    handlers = set()
+    for step in steps:
+        (catch,) = step["Catch"]
+        assert catch["ErrorEquals"] == ["States.ALL"]
+        assert catch["ResultPath"] == "$.error", "run_id stays beside the error"
+        handlers.add(catch["Next"])
+    (handler,) = handlers
+    failed = states[handler]
+    assert failed["Resource"] == f"<{function_ids(template)['training']}.Arn>"
+    assert failed["Parameters"] == {
+        "action": "failed",
+        "run_id.$": "$.run_id",
+        "error.$": "$.error",
+    }
+    assert failed["Retry"], "a throttled invocation must not leave the run RUNNING"
+    assert states[failed["Next"]] == {
+        "Type": "Fail",
+        "ErrorPath": "$.error.Error",
+        "CausePath": "$.error.Cause",
+    }
+
+
+def test_the_training_state_machine_logs_every_execution_and_traces(template: Template) -> None:
+    _, machine = the_state_machine(template)
+    assert machine["StateMachineType"] == "STANDARD"
+    assert machine["TracingConfiguration"] == {"Enabled": True}
+    logging = machine["LoggingConfiguration"]
+    assert logging["Level"] == "ALL" and logging["IncludeExecutionData"] is True
+    (destination,) = logging["Destinations"]
+    group_id = destination["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0]
+    group = resources(template, "AWS::Logs::LogGroup")[group_id]["Properties"]
+    assert group["LogGroupName"].startswith("/aws/vendedlogs/states/")
+    assert group["RetentionInDays"] >= 30
+
+
+def test_the_state_machine_may_only_run_gallop_jobs_with_the_sagemaker_role(
+    template: Template,
+) -> None:
+    from infra.training import JOB_PREFIX
+
+    statements = role_statements(template)["state machine"]
+    by_action = {a: s for s in statements for a in listed(s["Action"])}
+    jobs = (
+        f"arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>:training-job/{JOB_PREFIX}*"
+    )
+    for action in ("Create", "Describe", "Stop"):
+        assert listed(by_action[f"sagemaker:{action}TrainingJob"]["Resource"]) != ["*"]
+        assert rendered(by_action[f"sagemaker:{action}TrainingJob"]["Resource"]) == jobs
+    assert rendered(by_action["sagemaker:AddTags"]["Resource"]) == jobs
+    rule = "rule/StepFunctionsGetEventsForSageMakerTrainingJobsRule"
+    for action in ("PutTargets", "PutRule", "DescribeRule"):
+        assert rendered(by_action[f"events:{action}"]["Resource"]).endswith(
+            f":events:<AWS::Region>:<AWS::AccountId>:{rule}"
+        )
+    training = function_ids(template)["training"]
+    assert {rendered(r) for r in listed(by_action["lambda:InvokeFunction"]["Resource"])} == {
+        f"<{training}.Arn>",
+        f"<{training}.Arn>:*",
+    }
+    # iam:PassRole: in the whole stack, only here, only the jobs' role, only to SageMaker.
+    passes = [
+        (name, s)
+        for name, role in role_statements(template).items()
+        for s in role
+        if "iam:PassRole" in listed(s["Action"])
+    ]
+    assert [name for name, _ in passes] == ["state machine"]
+    ((_, passing),) = passes
+    assert passing["Resource"] == {"Fn::GetAtt": [sagemaker_role_id(template), "Arn"]}
+    assert passing["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}
+    }
+
+
+def test_the_sagemaker_role_is_for_gallop_training_jobs_only(template: Template) -> None:
+    from infra.training import JOB_PREFIX
+
+    role = resources(template, "AWS::IAM::Role")[sagemaker_role_id(template)]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "sagemaker.amazonaws.com"}
+    assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    assert rendered(trust["Condition"]["ArnLike"]["aws:SourceArn"]).endswith(
+        f":training-job/{JOB_PREFIX}*"
+    )
+    assert "ManagedPolicyArns" not in role and "Policies" not in role
+    statements = role_statements(template)["sagemaker"]
+    actions = {a for s in statements for a in listed(s["Action"])}
+    assert not any(a == "*" or a.endswith(":*") for a in actions)
+    assert {
+        "ecr:BatchGetImage",
+        "ecr:GetDownloadUrlForLayer",
+        "ecr:GetAuthorizationToken",
+    } <= actions
+    assert {"kms:Decrypt", "kms:GenerateDataKey*"} <= actions, "the buckets' key"
+    # Logs: SageMaker's own group for training jobs and its streams, nothing else.
+    (logs,) = [s for s in statements if "logs:PutLogEvents" in listed(s["Action"])]
+    assert {rendered(r).split(":log-group:")[1] for r in logs["Resource"]} == {
+        "/aws/sagemaker/TrainingJobs",
+        "/aws/sagemaker/TrainingJobs:*",
+    }
+    # What it may not do: start jobs, pass roles, or touch anything outside training/.
+    assert not any(a.startswith(("sagemaker:", "iam:", "states:")) for a in actions)
+
+
+def api_settings(template: Template, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The api function's settings as its code will read them (tokens as placeholders)."""
+    env = gallop_functions(template)["api"]["Environment"]["Variables"]
+    for variable in [k for k in os.environ if k.startswith("GALLOP_") or k == "DATABASE_URL"]:
+        monkeypatch.delenv(variable)
+    for key, value in env.items():
+        monkeypatch.setenv(key, rendered(value))
+    return Settings().require_for("api")
+
+
+def test_the_api_launches_runs_on_the_state_machine_with_the_stack_resources(
+    stack: Any, template: Template, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = api_settings(template, monkeypatch)
+    machine_id, _ = the_state_machine(template)
+    buckets = {name: i for i, name in bucket_names(template).items()}
+    assert settings.training_launcher == "stepfunctions"
+    assert settings.training_state_machine_arn == f"<{machine_id}>"
+    assert settings.sagemaker_role_arn == f"<{sagemaker_role_id(template)}.Arn>"
+    assert settings.artifacts_bucket == f"<{buckets['artifacts']}>"
+    assert settings.training_image == (
+        "<AWS::AccountId>.dkr.ecr.<AWS::Region>.<AWS::URLSuffix>/"
+        f"cdk-hnb659fds-container-assets-<AWS::AccountId>-<AWS::Region>:{stack.training.image.asset_hash}"
+    )
+    assert settings.code_version == stack.training.image.asset_hash
+    assert settings.training_kms_key_id and settings.training_kms_key_id.endswith(".Arn>")
+    # It may start executions of exactly that state machine, and pass no role itself.
+    statements = role_statements(template)["api"]
+    (start,) = [s for s in statements if "states:StartExecution" in listed(s["Action"])]
+    assert listed(start["Action"]) == ["states:StartExecution"]
+    assert start["Resource"] == {"Ref": machine_id}
+    assert not any("iam:PassRole" in listed(s["Action"]) for s in statements)
+
+
+def resolve(path: str, document: Any) -> Any:
+    """A JSONPath of plain field names, as the state machine's Parameters use."""
+    for name in path.removeprefix("$").split(".")[1:]:
+        document = document[name]
+    return document
+
+
+def parameters(state: dict[str, Any], document: Any) -> dict[str, Any]:
+    return {
+        key.removesuffix(".$"): resolve(value, document) if key.endswith(".$") else value
+        for key, value in state["Parameters"].items()
+    }
+
+
+def test_the_launchers_requests_pass_through_the_state_machine_whole(
+    template: Template, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the execution input the API's launcher builds with the synthesised settings
+    from gallop.metadata.models import TrainingRun
+    from gallop.training.config import run_config
+    from gallop.training.sagemaker import training_execution_input
+    from infra.training import JOB_PREFIX
+
+    settings = api_settings(template, monkeypatch)
+    config = run_config("races", "ranking", None, {"folds": 4}, 0.2)
+    run = TrainingRun(
+        run_id="0123456789abcdef0123",
+        version_id="v" * 64,
+        spec_hash="s" * 64,
+        code_version=settings.code_version,
+        config=config,
+        attempt=1,
+    )
+    execution = training_execution_input(run, settings)
+    states = definition(template)["States"]
+    start = states[definition(template)["StartAt"]]
+    (base,) = start["ItemProcessor"]["States"].values()
+    stack = states[start["Next"]]
+    # WHEN the state machine's tasks take their parameters from it
+    # THEN every job is created exactly as the launcher asked ...
+    jobs = resolve(start["ItemsPath"], execution)
+    assert len(jobs) == len(config["bases"])
+    for job in jobs:
+        assert parameters(base, job) == job
+    assert parameters(stack, execution) == execution["stack_job"]
+    register = parameters(
+        states[stack["Next"]],
+        {**execution, "stack": {"ModelArtifacts": {"S3ModelArtifacts": "s3://b/k.tar.gz"}}},
+    )
+    assert register == {
+        "action": "register",
+        "run_id": run.run_id,
+        "model_artifacts": "s3://b/k.tar.gz",
+    }
+    # ... with names the state machine may use, the one role it may pass, channels where
+    # the jobs' role may read and output where it may write.
+    ids = {name: i for i, name in bucket_names(template).items()}
+
+    def uris(action: str) -> tuple[str, ...]:
+        grants = object_grants(template, action)["sagemaker"]
+        return tuple(f"s3://<{ids[b]}>{p.removesuffix('*')}" for b, p in grants if p)
+
+    readable, writable = uris("s3:GetObject*"), uris("s3:PutObject")
+    for job in [*jobs, execution["stack_job"]]:
+        assert job["TrainingJobName"].startswith(JOB_PREFIX) and len(job["TrainingJobName"]) <= 63
+        assert job["RoleArn"] == f"<{sagemaker_role_id(template)}.Arn>"
+        assert job["OutputDataConfig"]["S3OutputPath"].startswith(writable)
+        assert job["OutputDataConfig"]["KmsKeyId"] == settings.training_kms_key_id
+        for channel in job["InputDataConfig"]:
+            assert channel["DataSource"]["S3DataSource"]["S3Uri"].startswith(readable), channel
+    # The stack job reads back what the base jobs wrote.
+    (bases,) = [c for c in execution["stack_job"]["InputDataConfig"] if c["ChannelName"] == "bases"]
+    assert bases["DataSource"]["S3DataSource"]["S3Uri"].startswith(writable)
+
+
+def test_the_training_image_context_holds_its_entry_point_and_the_jobs(stack: Any) -> None:
+    context = ROOT / "build" / "images" / "training"
+    assert (context / "train_entry.py").read_bytes() == (
+        ROOT / "layers" / "train_entry.py"
+    ).read_bytes()
+    for job in ("base", "stack"):
+        assert (context / "training_jobs" / f"{job}.py").is_file()
+    assert (context / "gallop" / "training" / "contract.py").is_file()
+    dockerfile = (context / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "/opt/gallop/train_entry.py"]' in dockerfile
+    for part in ("site-packages/", "gallop/", "training_jobs/", "train_entry.py"):
+        assert f"COPY {part}" in dockerfile
+    assert "libgomp1" in dockerfile, "LightGBM needs OpenMP"
+    # The stack's training image is built (by cdk deploy) from that context, for x86_64.
+    import json
+
+    assembly = stack.node.root.synth()
+    (manifest,) = Path(assembly.directory).glob(f"{stack.artifact_id}.assets.json")
+    images = json.loads(manifest.read_text())["dockerImages"]
+    source = images[stack.training.image.asset_hash]["source"]
+    assert source == {"directory": str(context), "platform": "linux/amd64"}
+
+
+@pytest.fixture(scope="module")
+def race_channel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small train channel as the features step writes it."""
+    import json
+
+    from gallop.features.build import build_features
+    from gallop.ingest.canonical import to_parquet
+    from gallop.ingest.validate import validate
+    from gallop.spec import load_spec
+    from gallop.synth.races import generate_races
+
+    spec = load_spec(ROOT / "shared" / "gallop" / "specs" / "races.yaml")
+    runners, _ = generate_races(60, seed=5)
+    built = build_features(validate(runners.astype(str), spec).canonical, spec)
+    channel = tmp_path_factory.mktemp("train")
+    (channel / "features.parquet").write_bytes(to_parquet(built.frame))
+    (channel / "manifest.json").write_text(json.dumps(built.manifest))
+    return channel
+
+
+def run_training_image_entry(
+    tmp_path: Path, hyperparameters: dict[str, str], argv: list[str], channel: Path | None
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The image's ENTRYPOINT on a fake /opt/ml, from the context as built (code only:
+    this environment's packages stand in for the image's site-packages)."""
+    import json
+
+    base = tmp_path / "opt" / "ml"
+    (base / "input" / "config").mkdir(parents=True)
+    (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    if channel is not None:
+        shutil.copytree(channel, base / "input" / "data" / "train")
+    context = ROOT / "build" / "images" / "training"
+    env = {**os.environ, "GALLOP_OPT_ML": str(base), "PYTHONPATH": str(context)}
+    done = subprocess.run(
+        [sys.executable, str(context / "train_entry.py"), *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return done, base
+
+
+def test_the_training_image_runs_the_job_its_hyperparameter_names(
+    stack: Any, race_channel: Path, tmp_path: Path
+) -> None:
+    # GIVEN a container started as SageMaker starts it, the job named as the launcher does
+    hyperparameters = {"job": '"base"', "folds": "2", "num_boost_round": "5"}
+    # WHEN it starts THEN the base job ran from the image's own copy, and wrote its model
+    done, base = run_training_image_entry(tmp_path, hyperparameters, ["train"], race_channel)
+    assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-2000:]
+    assert "gallop: running training_jobs.base" in done.stdout
+    assert "#metric oof_ndcg@1=" in done.stdout
+    assert (base / "model" / "base.json").is_file()
+    assert not (base / "output" / "failure").exists()
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "argv", "says"),
+    [
+        ({"job": '"serve"'}, ["train"], "job='serve': use one of base, stack"),
+        ({"model": '"lambdarank"'}, ["train"], "job=None: use one of base, stack"),
+        ({"job": '"base"'}, [], "runs as `train`"),
+        ({"job": '"base"'}, ["serve"], "runs as `train`"),
+    ],
+)
+def test_a_training_image_started_wrongly_fails_and_says_why(
+    stack: Any, hyperparameters: dict[str, str], argv: list[str], says: str, tmp_path: Path
+) -> None:
+    done, base = run_training_image_entry(tmp_path, hyperparameters, argv, None)
+    assert done.returncode == 1
+    assert says in (base / "output" / "failure").read_text()
+    assert says in done.stderr
+    assert "running training_jobs" not in done.stdout
+
+
 def test_bundles_fit_lambda_limits_and_the_inference_budget() -> None:
     # The real build: pinned manylinux wheels from the package index (cached in build/).
     done = subprocess.run(
@@ -377,8 +861,14 @@ def test_bundles_fit_lambda_limits_and_the_inference_budget() -> None:
 
     sizes = json.loads((ROOT / "build" / "sizes.json").read_text())
     assert sizes["inference path"]["total_mb"] <= 150
-    for name in ("api", "migrate"):
+    for name in ("api", "migrate", "training"):
         assert sizes[name]["total_mb"] <= 250
+    # The training image: every package its jobs need, nothing it lacks, and no boto3.
+    assert sizes["training image"]["within_limit"] and sizes["training image"]["missing"] == []
+    image = ROOT / "build" / "images" / "training" / "site-packages"
+    for package in ("lightgbm", "scipy", "onnx", "onnxruntime", "pandas", "pyarrow"):
+        assert (image / package).is_dir(), package
+    assert not (image / "boto3").exists()
     # No boto3 in any layer: the runtime provides it.
     assert not list((ROOT / "build" / "layers").glob("*/python/boto3"))
     # The API function's layers really lack pandas, onnxruntime is only in inference.
@@ -443,9 +933,21 @@ def lambda_runtime_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "import pandas, pyarrow.parquet, psycopg",
         ),
         (
+            "training",
+            ["lambda/training", "layers/web/python", "layers/db/python"],
+            "import psycopg, sqlalchemy.dialects.postgresql.psycopg",
+        ),
+        (
             "inference path",
             ["layers/web/python", "layers/numpy/python", "layers/inference/python"],
             "import onnxruntime, numpy, fastapi, mangum, gallop_probe",
+        ),
+        (
+            # Not Lambda: the image's own Python, so not even the runtime's boto3.
+            "training image",
+            ["images/training", "images/training/site-packages"],
+            "import train_entry, training_jobs.base, training_jobs.stack, lightgbm, onnx, "
+            "onnxruntime, scipy.optimize",
         ),
     ],
 )
@@ -457,10 +959,12 @@ def test_each_bundle_imports_on_python_3_12_with_nothing_else(
         pytest.skip("no python3.12 here (the Lambda runtime's version) to import the bundles")
     test_bundles_fit_lambda_limits_and_the_inference_budget()  # the real, complete build
     (tmp_path / "gallop_probe.py").write_text("")
-    path = [str(ROOT / "build" / p) for p in paths] + [str(lambda_runtime_packages), str(tmp_path)]
+    runtime = [] if function == "training image" else [str(lambda_runtime_packages)]
+    path = [str(ROOT / "build" / p) for p in paths] + runtime + [str(tmp_path)]
     handler = {
         "api": "handler",
         "migrate": "handler",
+        "training": "handler",
         "ingest": "ingest.handler",
         "features": "features.handler",
     }.get(function)
@@ -472,6 +976,7 @@ def test_each_bundle_imports_on_python_3_12_with_nothing_else(
         "GALLOP_DATA_BUCKET": "b",
         "GALLOP_API_KEY_SOURCE": "gateway",
         "GALLOP_FEATURES_QUEUE_URL": "https://sqs.invalid/q",
+        "GALLOP_ARTIFACTS_BUCKET": "a",
         "AWS_REGION": "us-east-1",
     }
     # -S: no site-packages at all, so only the bundle and the runtime's packages are there.
