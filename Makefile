@@ -36,6 +36,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest_100k.py
 	$(BIN)/python benchmarks/features_1m.py
+	$(BIN)/python -m benchmarks.training
 
 clean:
 	rm -rf $(VENV) build cdk.out *.egg-info shared/*.egg-info
