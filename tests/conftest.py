@@ -94,8 +94,8 @@ def _truncate(eng: Engine) -> None:
     with eng.begin() as connection:
         connection.execute(
             text(
-                "TRUNCATE models, training_runs, feature_sets, uploads, dataset_versions, "
-                "datasets RESTART IDENTITY"
+                "TRUNCATE model_aliases, models, training_runs, feature_sets, uploads, "
+                "dataset_versions, datasets RESTART IDENTITY"
             )
         )
 

@@ -159,6 +159,7 @@ def test_the_migrate_function_migrates_on_create_and_update_only(
     try:
         with engine.begin() as connection:  # back to an empty schema
             for table in (
+                "model_aliases",
                 "models",
                 "training_runs",
                 "feature_sets",

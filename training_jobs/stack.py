@@ -320,6 +320,8 @@ def main(container: Container) -> None:
         else:
             files.append(f"base_{i}.txt")
             base.save_model(str(out / files[-1]))
+            # The trees as JSON, which the serving side explains without LightGBM.
+            (out / f"base_{i}.trees.json").write_text(json.dumps(base.dump_model()))
     importance = top_features(bases, meta.weights, oof_margins, manifest["features"])
     artifact = {
         "task": task,
@@ -327,6 +329,8 @@ def main(container: Container) -> None:
         "onnx_input": "features",
         "onnx_outputs": outputs,
         "group": manifest["group"],
+        "identifiers": manifest["identifiers"],
+        "dataset": manifest.get("dataset"),
         "target": manifest["target"],
         "base_models": [
             {
@@ -334,6 +338,7 @@ def main(container: Container) -> None:
                 "weight": float(w),
                 "file": f,
                 "kind": "linear" if f.endswith(".json") else "lightgbm",
+                "explain": f if f.endswith(".json") else f.replace(".txt", ".trees.json"),
             }
             for r, w, f in zip(records, meta.weights, files, strict=True)
         ],
@@ -349,7 +354,7 @@ def main(container: Container) -> None:
         "feature_spec_hash": manifest.get("spec_hash"),
         # Explanations: the stacked score is bias + sum of weight x base margin, and each
         # base margin splits exactly into per-feature terms (TreeSHAP, or linear terms).
-        "explain": {"method": "weighted base contributions", "base_value_from": "base files"},
+        "explain": {"method": "meta weights x (TreeSHAP | linear terms) of each base"},
         "top_features": importance,
     }
     (out / "manifest.json").write_text(json.dumps(artifact, indent=2, sort_keys=True))

@@ -13,7 +13,8 @@ from gallop.settings import get_settings
 get_settings().require_for("api")
 
 # lifespan="off": start-up work would otherwise run on every invocation.
-asgi = Mangum(create_app(), lifespan="off")
+# /v1/predict and /v1/explain are routed to the predict function, which has onnxruntime.
+asgi = Mangum(create_app(serve_predictions=False), lifespan="off")
 
 
 @meter.log_metrics

@@ -39,6 +39,7 @@ FUNCTION_SETTINGS: dict[str, tuple[str, ...]] = {
     "ingest": ("database", "data_bucket", "features_queue_url"),
     "features": ("database", "data_bucket"),
     "training": ("database", "artifacts_bucket"),
+    "predict": ("data_bucket", "artifacts_bucket", "api_key_source"),
 }
 
 # What runs launched on Step Functions need, on top of the launcher's name. The code
@@ -131,6 +132,12 @@ class Settings(BaseSettings):
         "of the training sources beside this package.",
     )
     report_url_expiry_seconds: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
+    alias_ttl_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a warm container trusts its alias -> model lookup before "
+        "asking the database again: a promotion reaches every container within it.",
+    )
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     upload_url_expiry_seconds: int = Field(default=900, gt=0, le=7 * 24 * 3600)
     report_max_rows: int = Field(

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 
 from gallop import __version__
-from gallop.api import datasets, training
+from gallop.api import datasets, models, training
 from gallop.api.auth import require_api_key
 from gallop.api.schemas import Health
 from gallop.metadata.db import engine_for
@@ -34,9 +34,11 @@ def create_app(
     engine: Engine | None = None,
     store: Store | None = None,
     artifacts: Store | None = None,
+    serve_predictions: bool = True,
 ) -> FastAPI:
     """Build the app. Engine, stores and the training launcher are created on first use,
-    not at import."""
+    not at import. With serve_predictions, /v1/predict and /v1/explain too (gallop
+    serve); deployed, the predict function answers those."""
     settings = settings or get_settings()
     app = FastAPI(
         title="gallop",
@@ -54,6 +56,11 @@ def create_app(
     app.state.snapshots = _snapshot_cache(app)
     app.include_router(datasets.router)
     app.include_router(training.router)
+    app.include_router(models.router)
+    if serve_predictions:  # the deployed api leaves them to the predict function
+        from gallop.api import serving
+
+        app.include_router(serving.router)
 
     @app.get("/v1/health", response_model=Health, tags=["health"])
     def health(request: Request) -> Health:

@@ -50,6 +50,7 @@ def build_features(canonical: pd.DataFrame, spec: DatasetSpec) -> FeatureSet:
         "data_end": data_end,
     }
     manifest = {
+        "dataset": spec.name,
         "spec_hash": plan.spec_hash,
         "features": plan.features,
         "dtypes": {name: "float32" for name in plan.features},

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper
-from scipy.optimize import minimize
 
-from gallop.models.stack import fit_conditional_logit, sigmoid
+if TYPE_CHECKING:
+    import onnx
+# Fitting needs SciPy and exporting needs onnx; the serving side only reads the model,
+# so those are imported where they are used.
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class LinearModel:
         self, input_name: str, output_name: str
     ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
         """Nodes computing the margin [n, 1] from the float32 input, and their constants."""
+        from onnx import TensorProto, helper
+
         p = output_name
         d = len(self.means)
         constants = [
@@ -84,6 +87,10 @@ def fit_linear(
     """Minimises the mean loss ("squared", "logistic", or "conditional_logit" with labels
     a runner's share of its race's win and `sizes` the races' contiguous rows) + l2 *
     |coef|^2 on standardised features; the bias is not penalised."""
+    from scipy.optimize import minimize
+
+    from gallop.models.stack import fit_conditional_logit, sigmoid
+
     values = np.asarray(features, dtype=np.float64)
     means = np.nanmean(values, axis=0)
     means = np.where(np.isnan(means), 0.0, means)  # a column with no values at all

@@ -1,0 +1,75 @@
+"""Why a row scored what it did: the stacked score split exactly into one part per
+feature plus a base value. The stack is linear in its base models' margins, and each
+margin splits exactly (TreeSHAP for a LightGBM base, its own terms for a linear one), so
+the parts are weight x base part, summed over the bases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gallop.models.linear import LinearModel
+from gallop.serving.model import LoadedModel
+
+
+class LinearExplainer:
+    def __init__(self, model: LinearModel) -> None:
+        self.model = model
+
+    def contributions(self, features: np.ndarray) -> np.ndarray:
+        """[n, features + 1]: each feature's term, then the bias (the base value)."""
+        terms = self.model.contributions(features)
+        return np.column_stack([terms, np.full(len(terms), self.model.bias)])
+
+
+def explainer_for(base: dict[str, Any], payload: dict[str, Any]) -> Any:
+    if base["kind"] == "linear":
+        arrays = (np.array(payload[k], dtype=np.float64) for k in ("means", "scales", "coef"))
+        return LinearExplainer(LinearModel(*arrays, bias=float(payload["bias"])))
+    from gallop.serving.treeshap import TreeExplainer
+
+    return TreeExplainer(payload)
+
+
+def stacked_contributions(model: LoadedModel, features: np.ndarray) -> np.ndarray:
+    """[n, features + 1]: the stacked score's part per feature, then the base value."""
+    weights = [float(base["weight"]) for base in model.manifest["base_models"]]
+    total = np.zeros((len(features), len(model.features) + 1))
+    for weight, explainer in zip(weights, model.explainers(), strict=True):
+        if weight:
+            total += weight * explainer.contributions(features)
+    total[:, -1] += float(model.manifest["meta"]["bias"])
+    return total
+
+
+def reason(feature: str, value: float, contribution: float) -> str:
+    shown = "missing" if np.isnan(value) else f"= {value:.4g}"
+    direction = "raised" if contribution >= 0 else "lowered"
+    return f"{feature} {shown} {direction} the score by {abs(contribution):.2f}"
+
+
+def explanations(
+    model: LoadedModel, features: np.ndarray, score: np.ndarray, top_k: int
+) -> list[dict[str, Any]]:
+    parts = stacked_contributions(model, features)
+    out = []
+    for row, values, total in zip(parts, features.astype(np.float64), score, strict=True):
+        order = np.argsort(-np.abs(row[:-1]), kind="stable")[:top_k]
+        out.append(
+            {
+                "score": float(total),
+                "base_value": float(row[-1]),
+                "contributions": dict(zip(model.features, row[:-1].tolist(), strict=True)),
+                "top": [
+                    {
+                        "feature": model.features[j],
+                        "value": None if np.isnan(values[j]) else float(values[j]),
+                        "contribution": float(row[j]),
+                        "reason": reason(model.features[j], values[j], row[j]),
+                    }
+                    for j in order
+                ],
+            }
+        )
+    return out

@@ -1,0 +1,87 @@
+"""A model ready to serve: its ONNX session and manifest, loaded once, used by every
+request of a warm container.
+
+Only onnxruntime and numpy are imported here: the predict path must stay lean (no
+pandas, LightGBM, SciPy or scikit-learn; a test checks). The explainers are built on the
+first explain request, from the JSON the stack job wrote beside each base model.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+# One request at a time per Lambda container; two threads keep a 12-runner race fast
+# without fighting the other Lambda work (and uvicorn) for the cores.
+INTRA_OP_THREADS = 1
+INTER_OP_THREADS = 1
+
+
+def session_for(model_bytes: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = INTRA_OP_THREADS
+    options.inter_op_num_threads = INTER_OP_THREADS
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class LoadedModel:
+    model_id: str
+    manifest: dict[str, Any]
+    session: ort.InferenceSession
+    read_file: Callable[[str], bytes]  # a file of the artifact, for the explainers
+    features: list[str] = field(init=False)
+    index: dict[str, int] = field(init=False)
+    _explainers: list[Any] | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.features = list(self.manifest["features"])
+        self.index = {name: i for i, name in enumerate(self.features)}
+
+    @property
+    def task(self) -> str:
+        return str(self.manifest["task"])
+
+    @property
+    def group(self) -> str | None:
+        return self.manifest.get("group")
+
+    @classmethod
+    def from_files(cls, model_id: str, read_file: Callable[[str], bytes]) -> LoadedModel:
+        manifest = json.loads(read_file("manifest.json"))
+        return cls(model_id, manifest, session_for(read_file("model.onnx")), read_file)
+
+    @classmethod
+    def from_dir(cls, path: Path) -> LoadedModel:
+        """A model artifact folder, as `gallop train --out` leaves it."""
+        if not (path / "manifest.json").exists() or not (path / "model.onnx").exists():
+            raise FileNotFoundError(f"{path} holds no model (model.onnx and manifest.json)")
+        manifest = json.loads((path / "manifest.json").read_text())
+        model_id = str(manifest.get("run_id") or path.name)
+        return cls.from_files(model_id, lambda name: (path / name).read_bytes())
+
+    def run(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self.manifest["onnx_outputs"]
+        values = self.session.run(outputs, {self.manifest["onnx_input"]: features})
+        return dict(zip(outputs, values, strict=True))
+
+    def explainers(self) -> list[Any]:
+        """Per base model: TreeSHAP over its trees, or its linear terms (built once)."""
+        with self._lock:
+            if self._explainers is None:
+                from gallop.serving.explain import explainer_for
+
+                self._explainers = [
+                    explainer_for(base, json.loads(self.read_file(base["explain"])))
+                    for base in self.manifest["base_models"]
+                ]
+            return self._explainers

@@ -1,0 +1,384 @@
+"""Serving: predictions, explanations and aliases, through the local stack's API, the
+predict Lambda handler in a fresh process, and the arithmetic behind them."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from gallop.client import GallopClient
+from gallop.local.stack import LocalStack
+from gallop.serving.predict import place_probabilities, ranks, win_probabilities
+from gallop.spec import DatasetSpec
+from gallop.synth.races import generate_races
+from tests.conftest import spec_named, unique_name
+from tests.test_features_e2e import ingest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"num_boost_round": 20, "folds": 3}
+# Never on the predict path: a test imports the handler and predicts in a fresh process.
+HEAVY = ("pandas", "pyarrow", "lightgbm", "scipy", "sklearn", "sqlalchemy")
+
+
+# -- the arithmetic --------------------------------------------------------------------
+
+
+def test_place_probabilities_equal_harvilles_sum_over_orders() -> None:
+    win = np.array([0.4, 0.25, 0.15, 0.12, 0.08])
+    exact = np.zeros(5)
+    for order in itertools.permutations(range(5), 3):
+        chance, left = 1.0, 1.0
+        for runner in order:
+            chance *= win[runner] / left
+            left -= win[runner]
+        for runner in order:
+            exact[runner] += chance
+    race = np.zeros(5, dtype=int)
+    assert np.allclose(place_probabilities(win, race, 1), exact, atol=1e-12)
+    assert place_probabilities(win, race, 1).sum() == pytest.approx(3.0)
+    # a field of three: everyone places
+    assert (place_probabilities(np.array([0.5, 0.3, 0.2]), np.zeros(3, int), 1) == 1).all()
+
+
+def test_win_probabilities_and_ranks_within_interleaved_races() -> None:
+    score = np.array([2.0, 0.0, 1.0, 5.0, -1.0, 900.0])
+    race = np.array([0, 1, 0, 2, 1, 0])
+    win = win_probabilities(score, race, 3)
+    assert np.allclose(np.bincount(race, weights=win), 1.0) and np.isfinite(win).all()
+    assert win[3] == 1.0  # a race with one runner
+    assert ranks(score, race).tolist() == [2, 1, 3, 1, 2, 1]
+
+
+# -- through the local stack -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(stack: LocalStack, races_spec: DatasetSpec) -> dict[str, Any]:
+    """Two models of one dataset (different settings, so two runs), and held-out races."""
+    assert stack.api_url is not None
+    client = GallopClient(stack.api_url, stack.api_key)
+    runners, truth = generate_races(160, seed=8)
+    last = runners["race_id"].iloc[-1]
+    spec = spec_named(races_spec, unique_name("serve"))
+    history = runners[runners["race_id"] != last]
+    version_id = ingest(client, spec, history.to_csv(index=False).encode())
+    assert client.wait_for_features(spec.name, version_id, timeout=120)["status"] == "READY"
+    models = []
+    for rounds in (20, 30):
+        run = client.start_training_run(
+            spec.name, hyperparameters={**SMALL, "num_boost_round": rounds}
+        )
+        done = client.wait_for_training_run(run["run_id"], timeout=600)
+        assert done["status"] == "SUCCEEDED", done["reason"]
+        models.append(done["model"]["model_id"])
+    client.close()
+    card = runners[runners["race_id"] == last]
+    return {"models": models, "card": card, "dataset": spec.name, "truth": truth}
+
+
+def call(
+    stack: LocalStack, path: str, body: Any = None, raw: bytes | None = None
+) -> httpx.Response:
+    assert stack.api_url is not None
+    headers = {"x-api-key": stack.api_key, "content-type": "application/json"}
+    if raw is None and body is None:
+        return httpx.get(stack.api_url + path, headers=headers, timeout=60)
+    content = raw if raw is not None else json.dumps(body).encode()
+    return httpx.post(stack.api_url + path, content=content, headers=headers, timeout=60)
+
+
+def card_rows(card: pd.DataFrame) -> list[dict[str, Any]]:
+    """What an application sends before the off: ids and pre-race fields, no result."""
+    pre_race = card.drop(columns=["position", "finish_time_s"], errors="ignore")
+    return json.loads(pre_race.to_json(orient="records"))
+
+
+def feature_rows(stack: LocalStack, served: dict[str, Any]) -> list[dict[str, Any]]:
+    """Full feature rows of the held-back race, as the card endpoint computes them."""
+    model = call(stack, f"/v1/models/{served['models'][0]}").json()
+    versions = call(stack, f"/v1/datasets/{served['dataset']}/versions").json()
+    version_id = versions[-1]["version_id"]
+    features = call(
+        stack,
+        f"/v1/datasets/{served['dataset']}/versions/{version_id}/features/card",
+        {"rows": card_rows(served["card"])},
+    ).json()
+    at = [features["features"].index(f) for f in model["features"]]
+    race = served["card"]["race_id"].iloc[0]
+    return [
+        {**{model["features"][i]: row[j] for i, j in enumerate(at)}, "race_id": race}
+        for row in features["rows"]
+    ]
+
+
+def test_models_are_listed_and_an_alias_must_be_promoted_first(
+    stack: LocalStack, served: dict[str, Any]
+) -> None:
+    listed = call(stack, "/v1/models").json()["models"]
+    assert set(served["models"]) <= {m["model_id"] for m in listed}
+    one = call(stack, f"/v1/models/{served['models'][0]}").json()
+    assert one["task"] == "ranking" and one["report_url"].startswith("http")
+    assert call(stack, "/v1/models/m-nothing").status_code == 404
+    body = {"model": "challenger", "rows": [{"x": 1}]}
+    assert call(stack, "/v1/predict", body).status_code == 404
+    assert call(stack, "/v1/predict", {**body, "model": "m-nothing"}).status_code == 404
+    bad_alias = call(stack, f"/v1/models/{served['models'][0]}/promote", {"alias": "king"})
+    assert bad_alias.status_code == 422
+    assert call(stack, "/v1/models/m-nothing/promote", {"alias": "champion"}).status_code == 404
+
+
+def test_a_race_card_is_predicted_by_the_champion(
+    stack: LocalStack, served: dict[str, Any]
+) -> None:
+    first = served["models"][0]
+    promoted = call(stack, f"/v1/models/{first}/promote", {"alias": "champion"})
+    assert promoted.status_code == 200 and promoted.json()["model_id"] == first
+    # WHEN the card (ids and pre-race fields only) is sent for the champion
+    reply = call(stack, "/v1/predict", {"model": "champion", "rows": card_rows(served["card"])})
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()
+    # THEN every runner has a score, win and place chance and a rank
+    assert answer["model_id"] == first
+    predictions = answer["predictions"]
+    assert len(predictions) == len(served["card"])
+    assert sum(p["win_probability"] for p in predictions) == pytest.approx(1.0)
+    assert sum(p["place_probability"] for p in predictions) == pytest.approx(
+        min(3, len(predictions))
+    )
+    assert sorted(p["rank"] for p in predictions) == list(range(1, len(predictions) + 1))
+    best = max(predictions, key=lambda p: p["score"])
+    assert best["rank"] == 1 and best["win_probability"] == max(
+        p["win_probability"] for p in predictions
+    )
+
+
+def test_feature_rows_and_columns_give_the_same_answer_as_the_card(
+    stack: LocalStack, served: dict[str, Any]
+) -> None:
+    model = served["models"][0]
+    rows = feature_rows(stack, served)
+    by_rows = call(stack, "/v1/predict", {"model": model, "rows": rows}).json()["predictions"]
+    by_card = call(stack, "/v1/predict", {"model": model, "rows": card_rows(served["card"])})
+    columns = list(rows[0])
+    by_columns = call(
+        stack,
+        "/v1/predict",
+        {"model": model, "columns": columns, "data": [[r[c] for c in columns] for r in rows]},
+    ).json()["predictions"]
+    assert by_rows == by_columns
+    assert [p["score"] for p in by_rows] == pytest.approx(
+        [p["score"] for p in by_card.json()["predictions"]]
+    )
+
+
+def test_explanations_add_up_to_the_score(stack: LocalStack, served: dict[str, Any]) -> None:
+    model = served["models"][0]
+    rows = feature_rows(stack, served)
+    reply = call(stack, "/v1/explain", {"model": model, "rows": rows, "top_k": 3})
+    assert reply.status_code == 200, reply.text
+    scores = call(stack, "/v1/predict", {"model": model, "rows": rows}).json()["predictions"]
+    for explained, predicted in zip(reply.json()["explanations"], scores, strict=True):
+        total = explained["base_value"] + sum(explained["contributions"].values())
+        assert total == pytest.approx(predicted["score"], abs=1e-5)
+        assert len(explained["top"]) == 3
+        top = explained["top"][0]
+        assert abs(top["contribution"]) == max(abs(v) for v in explained["contributions"].values())
+        verb = "raised" if top["contribution"] >= 0 else "lowered"
+        assert top["reason"].startswith(top["feature"]) and verb in top["reason"]
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "message"),
+    [
+        (lambda rows: {"rows": []}, 422, "no rows"),
+        (lambda rows: {"rows": [rows[0]] * 1001}, 413, "more than 1000"),
+        (lambda rows: {"rows": [{**rows[0], "colour": 3}]}, 422, "unknown: ['colour']"),
+        (
+            lambda rows: {"rows": [{k: v for k, v in rows[0].items() if k != "odds"}]},
+            422,
+            "missing: ['odds']",
+        ),
+        (lambda rows: {"rows": [{**rows[0], "odds": "evens"}]}, 422, "odds must be a number"),
+        (lambda rows: {"rows": [{**rows[0], "odds": 1e39}]}, 422, "not a finite float32"),
+        (lambda rows: {"rows": [{**rows[0], "odds": True}]}, 422, "not true/false"),
+        (
+            lambda rows: {"rows": [{k: v for k, v in rows[0].items() if k != "race_id"}]},
+            422,
+            "group column",
+        ),
+        (lambda rows: {"columns": list(rows[0]), "data": [[1.0]]}, 422, "do not have"),
+        (lambda rows: [1, 2], 422, "JSON object"),
+        (lambda rows: {"rows": rows, "top_k": 0}, 422, "top_k"),
+    ],
+    ids=[
+        "empty",
+        "too-many",
+        "unknown",
+        "missing",
+        "text",
+        "infinite",
+        "bool",
+        "no-group",
+        "ragged",
+        "not-object",
+        "top_k",
+    ],
+)
+def test_bad_input_is_refused_with_the_reason(
+    stack: LocalStack, served: dict[str, Any], change: Any, status: int, message: str
+) -> None:
+    rows = feature_rows(stack, served)
+    body = change(rows)
+    if isinstance(body, dict):
+        body["model"] = served["models"][0]
+    path = "/v1/explain" if isinstance(body, dict) and "top_k" in body else "/v1/predict"
+    reply = call(stack, path, body)
+    assert reply.status_code == status, reply.text
+    assert message in reply.json()["detail"]
+
+
+def test_missing_values_and_a_lone_runner_are_answered(
+    stack: LocalStack, served: dict[str, Any]
+) -> None:
+    row = {**feature_rows(stack, served)[0], "odds": None, "horse_days_since_last": None}
+    reply = call(stack, "/v1/predict", {"model": served["models"][0], "rows": [row]})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["predictions"][0]["win_probability"] == 1.0
+    too_big = call(stack, "/v1/predict", raw=b'{"rows": [' + b" " * (6 * 1024 * 1024) + b"]}")
+    assert too_big.status_code == 413
+    assert call(stack, "/v1/predict", raw=b'{"rows": [{"odds": NaN}]}').status_code == 422
+
+
+def test_promotion_switches_every_request_at_once(
+    stack: LocalStack, served: dict[str, Any]
+) -> None:
+    first, second = served["models"]
+    rows = feature_rows(stack, served)
+    assert call(stack, f"/v1/models/{first}/promote", {"alias": "champion"}).status_code == 200
+    seen: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def keep_predicting() -> None:
+        with httpx.Client(base_url=stack.api_url or "", timeout=60) as http:
+            while not stop.is_set():
+                reply = http.post(
+                    "/v1/predict",
+                    json={"model": "champion", "rows": rows},
+                    headers={"x-api-key": stack.api_key},
+                )
+                seen.append((reply.status_code, reply.json().get("model_id")))
+
+    workers = [threading.Thread(target=keep_predicting) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for model in (second, first, second):
+        promoted = call(stack, f"/v1/models/{model}/promote", {"alias": "champion"})
+        assert promoted.status_code == 200
+    stop.set()
+    for worker in workers:
+        worker.join()
+    assert seen and all(status == 200 for status, _ in seen)
+    assert {model for _, model in seen} <= {first, second}
+    after = call(stack, "/v1/predict", {"model": "champion", "rows": rows}).json()
+    assert after["model_id"] == second  # this process forgets its lookup on promotion
+    listed = {m["model_id"]: m["aliases"] for m in call(stack, "/v1/models").json()["models"]}
+    assert listed[second] == ["champion"] and listed[first] == []
+
+
+def test_the_predict_lambda_imports_nothing_heavy(
+    stack: LocalStack, served: dict[str, Any]
+) -> None:
+    """A fresh process: import the handler, answer an API Gateway event, list the modules."""
+    rows = feature_rows(stack, served)
+    event = json.loads((ROOT / "tests" / "events" / "apigw_get_health.json").read_text())
+    event |= {
+        "resource": "/v1/predict",
+        "path": "/v1/predict",
+        "httpMethod": "POST",
+        "headers": {"content-type": "application/json", "x-api-key": stack.api_key},
+        "multiValueHeaders": {},
+        "body": json.dumps({"model": served["models"][0], "rows": rows}),
+        "isBase64Encoded": False,
+    }
+    event["requestContext"] |= {"resourcePath": "/v1/predict", "httpMethod": "POST"}
+    handler = str(ROOT / "functions" / "predict" / "handler.py")
+    script = f"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("h", {handler!r})
+handler = importlib.util.module_from_spec(spec); spec.loader.exec_module(handler)
+reply = handler.handler(json.loads(sys.stdin.read()), None)
+heavy = [m for m in {HEAVY!r} if m in sys.modules]
+print(json.dumps({{"status": reply["statusCode"], "body": reply["body"], "heavy": heavy}}))
+"""
+    assert stack.settings is not None
+    env = {
+        **os.environ,
+        "GALLOP_AWS_ENDPOINT_URL": stack.settings.aws_endpoint_url or "",
+        "GALLOP_DATA_BUCKET": stack.settings.data_bucket,
+        "GALLOP_ARTIFACTS_BUCKET": stack.settings.artifacts_bucket,
+        "GALLOP_API_KEY_SOURCE": "settings",
+        "GALLOP_API_KEYS": stack.api_key,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        input=json.dumps(event),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["status"] == 200, result["body"]
+    assert len(json.loads(result["body"])["predictions"]) == len(rows)
+    assert result["heavy"] == []
+
+
+# -- no input makes it answer 5xx ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def serving_schema(stack: LocalStack, served: dict[str, Any]) -> Any:
+    """The serving and model routes of the app, in process, on the stack's data, with a
+    champion to answer."""
+    import schemathesis
+
+    from gallop.api.app import create_app
+
+    champion = call(stack, f"/v1/models/{served['models'][0]}/promote", {"alias": "champion"})
+    assert champion.is_success
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(stack.settings))
+    return schema.include(path_regex=r"^/v1/(predict|explain|models)")
+
+
+def test_no_input_makes_the_serving_api_answer_5xx(
+    stack: LocalStack, serving_schema: Any
+) -> None:
+    """Schemathesis generates bodies, paths and headers from the OpenAPI schema (valid
+    and not) for every serving and model route; none may bring a server error."""
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    operations = [result.ok() for result in serving_schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/v1/predict", "/v1/explain", "/v1/models"}
+    for operation, mode in itertools.product(operations, GenerationMode):
+
+        @given(case=operation.as_strategy(mode))
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+        def check(case: Any) -> None:
+            response = case.call(headers={"x-api-key": stack.api_key})
+            assert response.status_code < 500, (case.path, case.body, response.text[:500])
+
+        check()
