@@ -12,8 +12,10 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
+import pytest
 
 from gallop.local.stack import free_port
+from gallop.synth.races import write_races
 from tests.conftest import SHIPPED_SPEC
 
 
@@ -115,3 +117,132 @@ def _wait_for_health(url: str, state: Path, server: subprocess.Popen) -> str:
                 return key
         time.sleep(0.2)
     raise AssertionError("gallop serve did not answer within 60 s")
+
+
+# -- gallop predict with a model folder: no server ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_and_rows(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    """A model trained by `gallop train` on 200 races, and the feature rows of three races
+    as `gallop features` computes them."""
+    work = tmp_path_factory.mktemp("predict")
+    races = work / "races.csv"
+    write_races(200, seed=3, out=races)
+    spec = str(SHIPPED_SPEC)
+    trained = gallop(
+        "train", "--data", str(races), "--spec", spec, "--out", str(work / "model"), state=work
+    )
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    built = gallop(
+        "features",
+        "--data",
+        str(races),
+        "--spec",
+        spec,
+        "--out",
+        str(work / "f.parquet"),
+        state=work,
+    )
+    assert built.returncode == 0, built.stderr
+    features = json.loads((work / "model" / "manifest.json").read_text())["features"]
+    frame = pd.read_parquet(work / "f.parquet")
+    last_three = frame["race_id"].isin(frame["race_id"].unique()[-3:])
+    return work / "model", frame.loc[last_three, ["race_id", "horse_id", *features]]
+
+
+def predict(
+    model: Path | str, path: Path, *options: str, state: Path
+) -> subprocess.CompletedProcess[str]:
+    return gallop("predict", "--model", str(model), "--input", str(path), *options, state=state)
+
+
+def test_predict_with_a_model_folder_gives_each_race_win_chances_summing_to_1(
+    tmp_path: Path, model_and_rows: tuple[Path, pd.DataFrame]
+) -> None:
+    model, rows = model_and_rows
+    # GIVEN the feature rows of three races as JSON row objects (missing values as null)
+    as_json = tmp_path / "rows.json"
+    records = rows.astype(object).where(rows.notna(), None).to_dict("records")
+    as_json.write_text(json.dumps({"rows": records}))
+
+    # WHEN they are scored with the model folder, no server anywhere
+    result = predict(model, as_json, state=tmp_path / "state")
+
+    # THEN one prediction per row, in order: win chances add up to 1 in each race,
+    # ranks run 1..n, and finishing in the first three is likelier than winning
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    assert reply["model_id"] and len(reply["predictions"]) == len(rows)
+    scored = rows[["race_id"]].assign(**pd.DataFrame(reply["predictions"], index=rows.index))
+    for _, race in scored.groupby("race_id"):
+        assert race["win_probability"].sum() == pytest.approx(1.0, abs=1e-6)
+        assert sorted(race["rank"]) == list(range(1, len(race) + 1))
+        assert (race["place_probability"] >= race["win_probability"] - 1e-9).all()
+    assert not (tmp_path / "state").exists(), "a model folder needs no local stack"
+
+    # AND the same rows as CSV get the same predictions
+    as_csv = tmp_path / "rows.csv"
+    rows.to_csv(as_csv, index=False)
+    from_csv = predict(model, as_csv, state=tmp_path / "state")
+    assert from_csv.returncode == 0, from_csv.stderr
+    assert json.loads(from_csv.stdout) == reply
+
+
+def test_predict_explain_adds_the_top_reasons_of_each_row(
+    tmp_path: Path, model_and_rows: tuple[Path, pd.DataFrame]
+) -> None:
+    model, rows = model_and_rows
+    as_csv = tmp_path / "rows.csv"
+    rows.to_csv(as_csv, index=False)
+    result = predict(model, as_csv, "--explain", "--top-k", "2", state=tmp_path)
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    assert len(reply["explanations"]) == len(reply["predictions"]) == len(rows)
+    for prediction, explanation in zip(reply["predictions"], reply["explanations"], strict=True):
+        assert explanation["score"] == pytest.approx(prediction["score"], abs=1e-4)
+        assert len(explanation["top"]) == 2
+        assert all(" the score by " in top["reason"] for top in explanation["top"])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"rows": [{"race_id": "R1", "odds": 3.0}]}', "missing: ['distance_m'"),
+        ("{not json", "not JSON"),
+        ('{"rows": []}', "no rows"),
+        ('{"rows": "all of them"}', '"rows" must be a list of row objects'),
+        (
+            '[{"race_id": "R1", "race_time": "2024-01-01T14:00", "horse_id": "H1", "odds": 3}]',
+            "race-card rows",
+        ),
+    ],
+)
+def test_predict_exits_1_with_one_line_on_bad_input(
+    tmp_path: Path, model_and_rows: tuple[Path, pd.DataFrame], content: str, message: str
+) -> None:
+    model, _ = model_and_rows
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    result = predict(model, bad, state=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("gallop: ") and result.stderr.count("\n") == 1
+    assert message in result.stderr
+
+
+def test_predict_exits_1_on_text_in_a_feature_or_a_missing_model_or_file(
+    tmp_path: Path, model_and_rows: tuple[Path, pd.DataFrame]
+) -> None:
+    model, rows = model_and_rows
+    typo = rows.astype(object)
+    typo.iloc[1, typo.columns.get_loc("weight_kg")] = "57,5"
+    as_csv = tmp_path / "typo.csv"
+    typo.to_csv(as_csv, index=False)
+    result = predict(model, as_csv, state=tmp_path)
+    assert result.returncode == 1 and "weight_kg must be a number or null" in result.stderr
+
+    no_model = predict(tmp_path / "nowhere", as_csv, state=tmp_path)
+    assert no_model.returncode == 1 and "no such model folder" in no_model.stderr
+    no_file = predict(model, tmp_path / "absent.json", state=tmp_path)
+    assert no_file.returncode == 1 and "no such file" in no_file.stderr

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from gallop.settings import get_settings
 
@@ -27,12 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except _UserError as exc:
-        print(f"gallop: {exc}", file=sys.stderr)
-        return 2
+        print(f"gallop: {' '.join(str(exc).split())}", file=sys.stderr)
+        return exc.exit_code
 
 
 class _UserError(Exception):
-    pass
+    exit_code = 2
+
+
+class _BadInput(_UserError):
+    """Input a command could not use: exit 1, as a command that ran and said no."""
+
+    exit_code = 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,7 +108,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(run=_train)
 
-    demo = commands.add_parser("demo", help="the whole path on generated races")
+    predict = commands.add_parser(
+        "predict",
+        help="score rows with a model folder (no server needed) or a registered model",
+    )
+    predict.add_argument(
+        "--model",
+        required=True,
+        help="a model folder (model.onnx and manifest.json, as `gallop train --out` leaves "
+        "it), or a registered model's id or alias (champion, challenger) on the local stack",
+    )
+    predict.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        help='JSON ({"rows": [...]}, a list of row objects, or {"columns", "data"}) or CSV: '
+        "feature rows with the group column, or race-card rows (registered models only)",
+    )
+    predict.add_argument("--explain", action="store_true", help="add each row's top reasons")
+    predict.add_argument("--top-k", type=int, default=5, help="reasons per row (default 5)")
+    predict.add_argument("--api", default=None, help="API URL (default: the local stack)")
+    predict.add_argument("--api-key", default=None)
+    state_dir_option(predict)
+    predict.set_defaults(run=_predict)
+
+    demo = commands.add_parser(
+        "demo", help="the whole path on generated races: ingest, train, promote, predict"
+    )
     demo.add_argument("--races", type=int, default=2000)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--fresh", action="store_true", help="start with empty local state")
@@ -151,9 +183,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def _api_client(args: argparse.Namespace, quiet: bool = True) -> Iterator[Any]:
+def _api_client(
+    args: argparse.Namespace, quiet: bool = True, notes: TextIO | None = None
+) -> Iterator[Any]:
     """A client of the API named on the command line, of a running `gallop serve`, or of a
-    local stack started here for the length of the command."""
+    local stack started here for the length of the command. `notes` (default stdout) is
+    where it says which."""
     from gallop.client import GallopClient
     from gallop.local.stack import LocalStack, free_port, running_endpoints
 
@@ -169,7 +204,7 @@ def _api_client(args: argparse.Namespace, quiet: bool = True) -> Iterator[Any]:
     state_dir = _state_dir(args)
     running = None if getattr(args, "fresh", False) else running_endpoints(state_dir)
     if running:
-        print(f"using the running local stack at {running['api_url']}")
+        print(f"using the running local stack at {running['api_url']}", file=notes or sys.stdout)
         client = GallopClient(running["api_url"], running["api_key"])
         try:
             yield client
@@ -276,32 +311,33 @@ def _demo(args: argparse.Namespace) -> int:
 
     state_dir = _state_dir(args)
     work = state_dir / "demo"
-    started = time.monotonic()
-    print(f"[1/4] generating {args.races:,} races (seed {args.seed}) ...", flush=True)
+    stage = _Stages(8)
+    stage(f"generating {args.races:,} races (seed {args.seed}); the last one is held back")
     generated, truth_path = write_races(args.races, args.seed, work / "generated.csv")
     # The last race is held back: it is the upcoming race the card is for.
     runners = pd.read_csv(generated, dtype=str, keep_default_na=False)
     upcoming = runners["race_id"] == runners["race_id"].iloc[-1]
     data = work / "races.csv"
     runners[~upcoming].to_csv(data, index=False, lineterminator="\n")
-    card_rows = runners[upcoming]
+    held_back = runners[upcoming]
     spec = load_spec(SHIPPED_SPEC)
+    card = _card(held_back, spec)
+    card_path = work / "card.json"
+    card_path.write_text(json.dumps({"rows": card}, indent=2) + "\n")
     broken = _broken_copy(data, work / "races-broken.csv")
 
-    print(
-        "[2/4] starting the local stack (moto S3/SQS, ingest and features pollers, API) ...",
-        flush=True,
-    )
+    stage("starting the local stack (moto S3/SQS, ingest and features pollers, API)")
     with _api_client(args) as client:
-        print("[3/4] ingesting through the API: presigned POST → S3 → SQS → ingest", flush=True)
+        stage("ingesting through the API: presigned POST → S3 → SQS → ingest")
         status, version = ingest_file(client, spec, data)
         print_version(version)
-        print("\nand a file with mistakes in it, to show a validation report:")
-        bad_status, bad_version = ingest_file(client, spec, broken)
-        print_version(bad_version)
         if status != "VALID":
             return 1
-        print("\n[4/4] features: computed when the version became VALID ...", flush=True)
+        stage("and a file with mistakes in it, to show a validation report")
+        bad_status, bad_version = ingest_file(client, spec, broken)
+        print_version(bad_version)
+
+        stage("features: computed when the version became VALID")
         feature_set = client.wait_for_features(spec.name, version["version_id"])
         if feature_set["status"] != "READY":
             print(f"features FAILED: {feature_set['reason']}")
@@ -310,12 +346,75 @@ def _demo(args: argparse.Namespace) -> int:
             f"READY: {feature_set['row_count']:,} rows x {len(feature_set['features'])} "
             f"float32 features in {feature_set['data_key']}"
         )
-        card = _card(card_rows, spec)
-        online = client.card_features(spec.name, version["version_id"], card)
+
+        stage("training the stack: POST /v1/training-runs, then GET it until it ends")
+        run = _train_through_api(client, spec.name, version["version_id"], stage)
+        if run["status"] != "SUCCEEDED":
+            print(f"training FAILED: {run['reason']}")
+            return 1
+        model_id = run["model"]["model_id"]
+
+        stage(f"promoting {model_id} to champion: POST /v1/models/{{id}}/promote")
+        promoted = client.promote(model_id, "champion")
+        print(f"champion → {promoted['model_id']} (before: {promoted.get('previous') or 'none'})")
+
+        stage(
+            f"predicting the held-back race from its card ({len(card)} runners): "
+            "POST /v1/predict, then POST /v1/explain (top 3 reasons)"
+        )
+        predicted = client.predict("champion", card)
+        explained = client.explain("champion", card, top_k=3)
     truth = pd.read_csv(truth_path, dtype={"true_win_probability": float})
-    _print_card(card_rows, online, truth)
-    print(f"\ndone in {time.monotonic() - started:.1f} s; state in {state_dir}")
+    _print_predictions(held_back, predicted, explained, truth)
+    _print_report(run, state_dir)
+    print(f"\ndone in {stage.elapsed:.1f} s; state in {state_dir}")
+    print(f"next: gallop predict --model champion --input {card_path} --explain")
     return 0 if bad_status == "REJECTED" else 1
+
+
+class _Stages:
+    """Announces each stage of a long command with the time since the command began."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.count = 0
+        self.started = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def __call__(self, message: str) -> None:
+        self.count += 1
+        print(f"\n[{self.count}/{self.total} at {self.elapsed:5.1f} s] {message}", flush=True)
+
+
+def _train_through_api(
+    client: Any, dataset: str, version_id: str, stage: _Stages
+) -> dict[str, Any]:
+    """Start (or find) the run on the version and follow it, printing each new stage."""
+    started = client.start_training_run(dataset, version=version_id)
+    print(f"run {started['run_id']}: {started['status']}", flush=True)
+    if started["status"] == "SUCCEEDED":
+        print("  the same run (same data, config and code) already succeeded: not trained again")
+    seen: list[tuple[str, str | None]] = []
+
+    def progress(run: dict[str, Any]) -> None:
+        now = (run["status"], run["stage"])
+        if not seen or seen[-1] != now:
+            seen.append(now)
+            print(f"  {stage.elapsed:5.1f} s  {run['status']}: {run['stage'] or ''}", flush=True)
+
+    run: dict[str, Any] = client.wait_for_training_run(started["run_id"], progress=progress)
+    if run["status"] == "SUCCEEDED":
+        metrics = run["metrics"] or {}
+        shown = ", ".join(
+            f"{name} {metrics[name]:.3f}"
+            for name in ("ndcg@1", "top1_hit_rate", "race_log_loss")
+            if name in metrics
+        )
+        print(f"model {run['model']['model_id']}; on the held-out races: {shown}")
+    return run
 
 
 def _card(rows: Any, spec: Any) -> list[dict[str, Any]]:
@@ -335,34 +434,201 @@ def _card(rows: Any, spec: Any) -> list[dict[str, Any]]:
     return card
 
 
-def _print_card(rows: Any, online: dict[str, Any], truth: Any) -> None:
-    shown = [
-        "horse_runs",
-        "horse_position_mean_5",
-        "horse_days_since_last",
-        "jockey_win_rate",
-        "weight_kg_rank",
-        "odds_rank",
-    ]
-    columns = [online["features"].index(name) for name in shown]
+def _print_predictions(
+    rows: Any, predicted: dict[str, Any], explained: dict[str, Any], truth: Any
+) -> None:
+    """The held-back race as the model saw it before the off, beside what happened."""
     race = rows["race_id"].iloc[0]
     chance = truth[truth["race_id"] == race].set_index("horse_id")["true_win_probability"]
     print(
-        f"\nthe held-back race {race} ({rows['race_time'].iloc[0]}), as its card's feature "
-        "rows (from the entity snapshot), with the result nobody could know before:"
+        f"\nthe held-back race {race} ({rows['race_time'].iloc[0]}) by {predicted['model_id']}, "
+        "from its card alone, beside the result and the generator's true chances:"
     )
-    header = (
-        f"{'horse':<9}" + "".join(f"{n:>23}" for n in shown) + f"{'true win %':>12}{'finish':>8}"
-    )
-    print(header)
-    for (_, runner), values in zip(rows.iterrows(), online["rows"], strict=True):
-        cells = "".join(
-            f"{'—' if values[c] is None else format(values[c], '.3g'):>23}" for c in columns
+    lines = []
+    for runner, prediction, explanation in zip(
+        rows.to_dict("records"),
+        predicted["predictions"],
+        explained["explanations"],
+        strict=True,
+    ):
+        top = explanation["top"]
+        lines.append(
+            (
+                int(prediction["rank"]),
+                runner["horse_id"],
+                100 * prediction["win_probability"],
+                _percent(prediction.get("place_probability")),
+                runner["position"],
+                100 * chance[runner["horse_id"]],
+                top[0]["reason"] if top else "—",
+            )
         )
+    print(
+        f"{'runner':<9}{'win %':>7}{'place %':>9}{'rank':>6}{'finish':>8}{'true win %':>12}"
+        "  top reason"
+    )
+    for rank, horse, win, place, finish, true_win, reason in sorted(lines):
+        print(f"{horse:<9}{win:>7.1f}{place:>9}{rank:>6}{finish:>8}{true_win:>12.1f}  {reason}")
+    winner = next((line for line in lines if line[4] == "1"), None)
+    if winner is not None:
         print(
-            f"{runner['horse_id']:<9}{cells}{100 * chance[runner['horse_id']]:>11.1f}%"
-            f"{runner['position']:>8}"
+            f"the winner, {winner[1]}, was ranked {winner[0]} with {winner[2]:.1f}% "
+            f"(true chance {winner[5]:.1f}%)"
         )
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def _print_report(run: dict[str, Any], state_dir: Path, wait: float = 5.0) -> None:
+    """The run's HTML report: the file the S3 mirror keeps, and the presigned link."""
+    key = run["model"]["report_key"]
+    deadline = time.monotonic() + wait  # a running `gallop serve` mirrors once a second
+    found: list[Path] = []
+    while not found and time.monotonic() < deadline:
+        found = sorted((state_dir / "s3").glob(f"*/{key}"))
+        if not found:
+            time.sleep(0.2)
+    print("\ntraining report:")
+    if found:
+        print(f"  file: {found[0].resolve()}")
+    print(f"  url (while the local stack runs): {run['report_url']}")
+
+
+# -- predict -----------------------------------------------------------------------------
+
+
+def _predict(args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise _BadInput("--top-k must be at least 1")
+    body = prediction_body(args.input)
+    folder = Path(args.model).expanduser()
+    if folder.is_dir():
+        reply = _predict_locally(folder, body, args.explain, args.top_k)
+    elif folder.exists():
+        raise _BadInput(f"{args.model}: give the model's folder, not a file in it")
+    elif "/" in args.model or "\\" in args.model:
+        raise _BadInput(f"{args.model}: no such model folder")
+    else:
+        reply = _predict_through_api(args, body)
+    print(json.dumps(reply, indent=2))
+    return 0
+
+
+def prediction_body(path: Path) -> dict[str, Any]:
+    """The rows of a JSON or CSV file as a /v1/predict body (without the model): `rows`
+    (a list of objects) or `columns` and `data`."""
+    if not path.is_file():
+        raise _BadInput(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return _json_body(path)
+    if suffix == ".csv":
+        return _csv_body(path)
+    raise _BadInput(f"{path}: give a .json or .csv file")
+
+
+def _json_body(path: Path) -> dict[str, Any]:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _BadInput(f"{path}: not JSON: {exc}") from None
+    if isinstance(loaded, list):
+        loaded = {"rows": loaded}
+    if isinstance(loaded, dict) and "rows" in loaded:
+        rows = loaded["rows"]
+        if not isinstance(rows, list):
+            raise _BadInput(f'{path}: "rows" must be a list of row objects')
+        wrong = next((i for i, row in enumerate(rows, 1) if not isinstance(row, dict)), None)
+        if wrong is not None:
+            raise _BadInput(f"{path}: row {wrong} is not an object")
+        if not rows:
+            raise _BadInput(f"{path}: no rows")
+        return {"rows": rows}
+    if isinstance(loaded, dict) and "columns" in loaded and "data" in loaded:
+        if not loaded["data"]:
+            raise _BadInput(f"{path}: no rows")
+        return {"columns": loaded["columns"], "data": loaded["data"]}
+    raise _BadInput(
+        f'{path}: expected {{"rows": [...]}}, a list of row objects, or {{"columns", "data"}}'
+    )
+
+
+def _csv_body(path: Path) -> dict[str, Any]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise _BadInput(f"{path}: empty file") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise _BadInput(f"{path}: not a readable CSV: {exc}") from None
+    if frame.empty:
+        raise _BadInput(f"{path}: no rows")
+    # Empty cells are missing values: null in JSON (NaN is not JSON).
+    values = frame.astype(object).where(frame.notna(), None)
+    return {"columns": [str(c) for c in frame.columns], "data": values.values.tolist()}
+
+
+def _predict_locally(
+    folder: Path, body: dict[str, Any], explain: bool, top_k: int
+) -> dict[str, Any]:
+    from gallop.serving.model import LoadedModel
+    from gallop.serving.predict import InputError, explain_body, predict_body
+
+    try:
+        model = LoadedModel.from_dir(folder)
+    except FileNotFoundError as exc:
+        raise _BadInput(str(exc)) from None
+    if _looks_like_a_card(model, body):
+        raise _BadInput(
+            "these are race-card rows: a model folder needs full feature rows; a registered "
+            "model (--model champion) completes a card from its entity snapshot"
+        )
+    try:
+        reply = predict_body(model, body)
+        if explain:
+            reply["explanations"] = explain_body(model, body, top_k)["explanations"]
+    except InputError as exc:
+        raise _BadInput(str(exc)) from None
+    return reply
+
+
+def _looks_like_a_card(model: Any, body: dict[str, Any]) -> bool:
+    """Identifiers present, most model features absent: what the server would complete."""
+    if "rows" in body:
+        columns = {name for row in body["rows"] for name in row}
+    else:
+        columns = set(body.get("columns") or [])
+    identifiers = set(model.manifest.get("identifiers") or [])
+    absent = set(model.features) - columns
+    return bool(identifiers) and identifiers <= columns and len(absent) > len(model.features) / 2
+
+
+def _predict_through_api(args: argparse.Namespace, body: dict[str, Any]) -> dict[str, Any]:
+    from gallop.client import ApiError
+
+    with _api_client(args, notes=sys.stderr) as client:
+        try:
+            reply: dict[str, Any] = client.predict(args.model, **body)
+            if args.explain:
+                explained = client.explain(args.model, top_k=args.top_k, **body)
+                reply["explanations"] = explained["explanations"]
+        except ApiError as exc:
+            if 400 <= exc.status_code < 500:  # unknown model or alias (404), bad rows (422)
+                raise _BadInput(_api_message(exc)) from None
+            raise
+    return reply
+
+
+def _api_message(exc: Any) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        message = body.get("message") or body.get("detail")
+        if isinstance(message, str):
+            return message
+    return str(exc)
 
 
 def _broken_copy(source: Path, out: Path) -> Path:

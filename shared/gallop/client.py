@@ -124,13 +124,62 @@ class GallopClient:
     def training_run(self, run_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/training-runs/{run_id}")
 
-    def wait_for_training_run(self, run_id: str, timeout: float = 1800.0) -> dict[str, Any]:
-        """Poll until the run SUCCEEDED or FAILED."""
+    def wait_for_training_run(
+        self,
+        run_id: str,
+        timeout: float = 1800.0,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the run SUCCEEDED or FAILED; `progress` sees the run at each poll."""
         started = time.monotonic()
         while True:
             run = self.training_run(run_id)
+            if progress:
+                progress(run)
             if run["status"] in ("SUCCEEDED", "FAILED"):
                 return run
             if time.monotonic() - started > timeout:
                 raise TimeoutError(f"run {run_id} still {run['status']} after {timeout:.0f} s")
             time.sleep(0.2)
+
+    # -- models and serving -----------------------------------------------------------
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/models")["models"]
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        """One model (by id or alias): its features, base models and report link too."""
+        return self._call("GET", f"/v1/models/{model_id}")
+
+    def promote(self, model_id: str, alias: str = "champion") -> dict[str, Any]:
+        """Point an alias (champion, challenger) at a model; the reply names the previous."""
+        return self._call("POST", f"/v1/models/{model_id}/promote", json={"alias": alias})
+
+    def predict(
+        self, model: str, rows: list[dict[str, Any]] | None = None, **columnar: Any
+    ) -> dict[str, Any]:
+        """POST /v1/predict with row objects, or columnar: columns=[...], data=[[...]].
+        `model` is a model id or an alias; race-card rows are completed by the server."""
+        return self._call("POST", "/v1/predict", json=serving_body(model, rows, columnar))
+
+    def explain(
+        self,
+        model: str,
+        rows: list[dict[str, Any]] | None = None,
+        top_k: int = 5,
+        **columnar: Any,
+    ) -> dict[str, Any]:
+        """POST /v1/explain: each row's contributions and its top_k reasons."""
+        body = {**serving_body(model, rows, columnar), "top_k": top_k}
+        return self._call("POST", "/v1/explain", json=body)
+
+
+def serving_body(
+    model: str, rows: list[dict[str, Any]] | None, columnar: dict[str, Any]
+) -> dict[str, Any]:
+    unknown = set(columnar) - {"columns", "data"}
+    if unknown:
+        raise TypeError(f"unexpected arguments: {', '.join(sorted(unknown))}")
+    if (rows is None) == (not columnar):
+        raise TypeError("give rows, or columns and data")
+    return {"model": model, **({"rows": rows} if rows is not None else columnar)}
