@@ -1,5 +1,7 @@
 """The HTTPS API: a REST API (API keys and usage plans give per-client keys, throttling
-and quotas; request validation; access logs) in front of the api function."""
+and quotas; request validation; access logs) in front of two functions: predict answers
+POST /v1/predict and /v1/explain (onnxruntime and numpy, no database, outside the VPC);
+the api function everything else."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from infra.functions import Placement, Wiring, zip_function
 
 RATE_LIMIT = 50  # requests per second per client key, steady
 BURST_LIMIT = 100
+# The predict function's routes (gallop.api.serving's router), under the app's /v1.
+PREDICT_PATHS = ("predict", "explain")
 
 
 class Api(Construct):
@@ -23,6 +27,7 @@ class Api(Construct):
         id: str,
         *,
         layers: list[lambda_.ILayerVersion],
+        predict_layers: list[lambda_.ILayerVersion],
         wiring: Wiring,
         placement: Placement,
     ) -> None:
@@ -38,6 +43,24 @@ class Api(Construct):
             timeout=Duration.seconds(29),
             description="gallop HTTP API (FastAPI through Mangum)",
         )
+        self.predict = zip_function(
+            self,
+            "PredictFunction",
+            function="predict",
+            layers=predict_layers,
+            wiring=wiring,
+            # Only S3 (the models, their aliases, entity snapshots): no database, so no
+            # VPC, no network interface to attach at cold start and no NAT in the path.
+            placement=None,
+            # Lambda gives CPU in proportion to memory (a whole vCPU at 1,769 MB): a
+            # request is CPU-bound (JSON, numpy validation, onnxruntime), and so is a cold
+            # start's import of onnxruntime and loading a model's session. 1024 MB is the
+            # start, to be tuned on measured latency.
+            memory_mb=1024,
+            # A warm request takes milliseconds; a cold one loads a model from S3.
+            timeout=Duration.seconds(10),
+            description="gallop predictions and explanations (onnxruntime, no database)",
+        )
         access_logs = logs.LogGroup(self, "AccessLogs", retention=logs.RetentionDays.ONE_YEAR)
         self.rest_api = apigw.LambdaRestApi(
             self,
@@ -45,7 +68,8 @@ class Api(Construct):
             # API Gateway's metrics are keyed by name: a default name could be shared.
             rest_api_name=f"{Stack.of(self).stack_name}-api",
             handler=self.function,
-            proxy=True,
+            # Routes are added below: a proxying LambdaRestApi takes no other resource.
+            proxy=False,
             endpoint_types=[apigw.EndpointType.REGIONAL],
             cloud_watch_role=True,
             # Every method, the proxy and the root alike, needs a key.
@@ -71,6 +95,7 @@ class Api(Construct):
                 throttling_burst_limit=BURST_LIMIT * 10,
             ),
         )
+        self._routes()
         self.validator = self.rest_api.add_request_validator(
             "Validate", validate_request_body=True, validate_request_parameters=True
         )
@@ -87,6 +112,18 @@ class Api(Construct):
         self.first_key = self.rest_api.add_api_key("FirstClient")
         self.plan.add_api_key(self.first_key)
         self._firewall()
+
+    def _routes(self) -> None:
+        """ANY / and /{proxy+} to the api function, as a proxying API has them; POST
+        /v1/predict and /v1/explain to the predict function. /v1/{proxy+} sends the rest
+        of /v1 to the api function explicitly, not by a fallback past /v1."""
+        root = self.rest_api.root
+        root.add_proxy()  # (also ANY on / itself: the api function, the default)
+        v1 = root.add_resource("v1")
+        v1.add_proxy()
+        predictions = apigw.LambdaIntegration(self.predict)
+        for path in PREDICT_PATHS:
+            v1.add_resource(path).add_method("POST", predictions)
 
     def _firewall(self) -> None:
         """AWS managed rules in front of the API (common exploits, known bad inputs)."""

@@ -128,14 +128,15 @@ def _common(
     id: str,
     function: str,
     wiring: Wiring,
-    placement: Placement,
+    placement: Placement | None,
     memory_mb: int,
     timeout: Duration,
     description: str,
 ) -> dict[str, object]:
     """What every gallop function shares: explicit size and timeout, X-Ray, a log group
-    with retention, private subnets, and the environment its code requires."""
-    return {
+    with retention, and the environment its code requires; private subnets for those
+    with a placement (the ones that reach the database)."""
+    common: dict[str, object] = {
         "description": description,
         "architecture": lambda_.Architecture.X86_64,
         "memory_size": memory_mb,
@@ -143,10 +144,12 @@ def _common(
         "tracing": lambda_.Tracing.ACTIVE,
         "environment": environment(function, wiring),
         "log_group": _log_group(scope, id),
-        "vpc": placement.vpc,
-        "vpc_subnets": ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
-        "security_groups": placement.security_groups,
     }
+    if placement is not None:
+        common["vpc"] = placement.vpc
+        common["vpc_subnets"] = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+        common["security_groups"] = placement.security_groups
+    return common
 
 
 def zip_function(
@@ -156,11 +159,13 @@ def zip_function(
     function: str,
     layers: list[lambda_.ILayerVersion],
     wiring: Wiring,
-    placement: Placement,
+    placement: Placement | None,
     memory_mb: int,
     timeout: Duration,
     description: str,
 ) -> lambda_.Function:
+    """A zip function on python3.12; placement None: outside the VPC (it reaches only
+    AWS APIs, so it needs no network interfaces and no NAT)."""
     return lambda_.Function(
         scope,
         id,

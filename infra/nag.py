@@ -32,7 +32,7 @@ IAM = [
         reason="Object keys carry dataset, version, upload and run ids that are not known at "
         "deploy time: each S3 grant covers object actions under one prefix of the data "
         "bucket (raw/, curated/, quarantine/ or features/) or of the artifacts "
-        "bucket (training/ or models/), and no other bucket.",
+        "bucket (training/, models/ or aliases/), and no other bucket.",
         applies_to=[
             "Action::s3:Abort*",
             "Action::s3:DeleteObject*",
@@ -43,7 +43,7 @@ IAM = [
                 regex="/^Resource::<StorageData[0-9A-F]+\\.Arn>\\/(raw|curated|quarantine|features)\\/\\*$/"
             ),
             RegexAppliesTo(
-                regex="/^Resource::<StorageArtifacts[0-9A-F]+\\.Arn>\\/(training|models)\\/\\*$/"
+                regex="/^Resource::<StorageArtifacts[0-9A-F]+\\.Arn>\\/(training|models|aliases)\\/\\*$/"
             ),
         ],
     ),
@@ -98,7 +98,7 @@ RUNTIME = [
 NO_ASYNC = NagPackSuppression(
     id="Serverless-LambdaDLQ",
     reason="Never invoked asynchronously: SQS-driven functions dead-letter through their "
-    "queue's redrive policy; the api, migrate and training functions are invoked "
+    "queue's redrive policy; the api, predict, migrate and training functions are invoked "
     "synchronously (the training function by its state machine, which retries and alarms).",
 )
 SQS_MAPPING = NagPackSuppression(
@@ -131,7 +131,12 @@ CDK_MANAGED = [
 
 def suppress_justified(stack: GallopStack) -> None:
     NagSuppressions.add_stack_suppressions(stack, IAM)
-    zips = (stack.api.function, stack.migrations.function, stack.training.function)
+    zips = (
+        stack.api.function,
+        stack.api.predict,
+        stack.migrations.function,
+        stack.training.function,
+    )
     for function in zips:
         NagSuppressions.add_resource_suppressions(function, RUNTIME)
     for function in (*stack.pipeline.functions, *zips):

@@ -25,6 +25,10 @@ from infra.pipeline import Pipeline
 from infra.storage import Storage
 from infra.training import Training
 
+# Where promotions write each alias's model id (gallop.serving.registry.alias_key); the
+# predict path reads it there instead of asking the database (a test ties the two).
+ALIASES_PREFIX = "aliases/"
+
 
 class GallopStack(Stack):
     def __init__(self, scope: Construct, id: str, **kwargs: object) -> None:
@@ -39,9 +43,10 @@ class GallopStack(Stack):
         database = Database(self, "Database", vpc=vpc, key=database_key)
         placement = Placement(vpc, [database.clients])
 
-        web = layer(self, "WebLayer", "web", "FastAPI, Mangum, pydantic, Powertools")
+        web = layer(self, "WebLayer", "web", "FastAPI, Mangum, pydantic, Powertools, orjson")
         db = layer(self, "DbLayer", "db", "SQLAlchemy, Alembic, psycopg")
         numpy = layer(self, "NumpyLayer", "numpy", "numpy (the feature engine)")
+        inference = layer(self, "InferenceLayer", "inference", "onnxruntime (the model runtime)")
 
         def wiring(features_queue_url: str = "", training: Training | None = None) -> Wiring:
             launches = {}
@@ -84,6 +89,7 @@ class GallopStack(Stack):
             self,
             "Api",
             layers=[web, db, numpy],
+            predict_layers=[web, numpy, inference],
             wiring=wiring(training=training),
             placement=placement,
         )
@@ -122,6 +128,13 @@ class GallopStack(Stack):
         artifacts = storage.artifacts
         artifacts.grant_read(api.function, f"{MODELS_PREFIX}*")
         training.state_machine.grant_start_execution(api.function)
+        # Promotion (POST /v1/models/{id}/promote) writes aliases/{alias}.json; the predict
+        # function reads it and the model files it names, and entity snapshots (a version's
+        # state.npz under features/) to complete race cards. It writes nothing.
+        artifacts.grant_put(api.function, f"{ALIASES_PREFIX}*")
+        artifacts.grant_read(api.predict, f"{MODELS_PREFIX}*")
+        artifacts.grant_read(api.predict, f"{ALIASES_PREFIX}*")
+        data.grant_read(api.predict, f"{FEATURES_PREFIX}*")
         # The jobs read their train channel (a feature set, as the features function wrote
         # it) and the stack job the base jobs' output (the artifacts bucket's training/),
         # where each job writes its own model.tar.gz; the buckets' grants include their key.
@@ -138,6 +151,7 @@ class GallopStack(Stack):
             ("Ingest", pipeline.ingest),
             ("Features", pipeline.features),
             ("Api", api.function),
+            ("Predict", api.predict),
             ("Migrate", migrations.function),
             ("Training", training.function),
         ):
@@ -156,6 +170,7 @@ class GallopStack(Stack):
         CfnOutput(self, "TrainingImage", value=training.image.image_uri)
         self.storage, self.database, self.pipeline, self.api = storage, database, pipeline, api
         self.migrations, self.monitoring, self.training = migrations, monitoring, training
+        self.layers = {"web": web, "db": db, "numpy": numpy, "inference": inference}
 
     def _key(self, id: str, description: str) -> kms.Key:
         return kms.Key(

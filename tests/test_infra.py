@@ -150,6 +150,10 @@ def gallop_functions(template: Template) -> dict[str, dict]:
     return found
 
 
+def uses_the_database(function: str) -> bool:
+    return "database" in FUNCTION_SETTINGS[function]
+
+
 def test_every_function_is_sized_traced_and_configured_as_its_code_requires(
     template: Template, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -158,6 +162,7 @@ def test_every_function_is_sized_traced_and_configured_as_its_code_requires(
     sizes = {name: (props["MemorySize"], props["Timeout"]) for name, props in functions.items()}
     assert sizes == {
         "api": (1024, 29),
+        "predict": (1024, 10),
         "migrate": (512, 300),
         "ingest": (3008, 300),
         "features": (4096, 600),
@@ -165,7 +170,10 @@ def test_every_function_is_sized_traced_and_configured_as_its_code_requires(
     }
     for name, props in functions.items():
         assert props["TracingConfig"] == {"Mode": "Active"}, name
-        assert props["VpcConfig"]["SubnetIds"], name
+        if uses_the_database(name):
+            assert props["VpcConfig"]["SubnetIds"], name
+        else:  # S3 only: outside the VPC, no network interfaces to attach
+            assert "VpcConfig" not in props, name
         # The very check the handler runs at cold start, on the synthesised environment
         # (tokens such as bucket names stand in as placeholders).
         for variable in [k for k in os.environ if k.startswith("GALLOP_") or k == "DATABASE_URL"]:
@@ -180,15 +188,35 @@ def test_every_function_is_sized_traced_and_configured_as_its_code_requires(
         assert "DATABASE_URL" not in env, "no credentials in plain environment variables"
 
 
-def test_the_data_functions_run_the_image_and_the_others_are_zips(template: Template) -> None:
+def test_the_data_functions_run_the_image_and_the_others_are_zips(
+    stack: Any, template: Template
+) -> None:
     functions = gallop_functions(template)
     for name in ("ingest", "features"):
         assert functions[name]["PackageType"] == "Image"
         assert functions[name]["ImageConfig"]["Command"] == [f"{name}.handler.handler"]
-    assert len(functions["api"]["Layers"]) == 3
-    assert len(functions["migrate"]["Layers"]) == len(functions["training"]["Layers"]) == 2
-    for name in ("api", "migrate", "training"):
+    layer_names = {
+        stack.resolve(layer.layer_version_arn)["Ref"]: name for name, layer in stack.layers.items()
+    }
+    layers = {
+        name: [layer_names[layer["Ref"]] for layer in props.get("Layers", [])]
+        for name, props in functions.items()
+    }
+    assert layers == {
+        "api": ["web", "db", "numpy"],
+        # The predict path: no database client (nor pandas, which no layer holds).
+        "predict": ["web", "numpy", "inference"],
+        "migrate": ["web", "db"],
+        "training": ["web", "db"],
+        "ingest": [],
+        "features": [],
+    }
+    for name in ("api", "predict", "migrate", "training"):
         assert functions[name]["Runtime"] == "python3.12"
+        assert functions[name]["Handler"] == "handler.handler"
+    assert (ROOT / "build" / "lambda" / "predict" / "handler.py").read_bytes() == (
+        ROOT / "functions" / "predict" / "handler.py"
+    ).read_bytes()
     assert (ROOT / "build" / "images" / "data" / "Dockerfile").is_file()
 
 
@@ -319,7 +347,8 @@ def test_s3_grants_are_limited_to_the_prefixes_each_function_uses(template: Temp
     assert object_grants(template, "s3:PutObject") == {
         "ingest": {("data", "/curated/*"), ("data", "/quarantine/*")},
         "features": {("data", "/features/*")},
-        "api": {("data", "/raw/*")},  # presigned uploads
+        # presigned uploads; promotions (aliases/{alias}.json)
+        "api": {("data", "/raw/*"), ("artifacts", "/aliases/*")},
         "training": {("artifacts", "/models/*")},
         "sagemaker": {("artifacts", "/training/*")},
     }
@@ -338,7 +367,49 @@ def test_s3_grants_are_limited_to_the_prefixes_each_function_uses(template: Temp
         ("artifacts", "/training/*"),  # the stack job's model.tar.gz
         ("artifacts", "/models/*"),
     }
+    assert reads["predict"] - {("data", ""), ("artifacts", "")} == {
+        ("artifacts", "/models/*"),  # the model's files
+        ("artifacts", "/aliases/*"),  # which model champion and challenger are
+        ("data", "/features/*"),  # entity snapshots (state.npz) for race cards
+    }
     assert object_grants(template, "s3:DeleteObject*") == {"ingest": {("data", "/raw/*")}}
+
+
+def test_the_predict_function_may_read_its_objects_and_do_nothing_else(
+    template: Template,
+) -> None:
+    statements = role_statements(template)["predict"]
+    actions = {a for s in statements for a in listed(s["Action"])}
+    # Read (objects, and the key that decrypts them), trace; no write, no database.
+    assert actions == {
+        "s3:GetObject*",
+        "s3:GetBucket*",
+        "s3:List*",
+        "kms:Decrypt",
+        "kms:DescribeKey",
+        "xray:PutTraceSegments",
+        "xray:PutTelemetryRecords",
+    }
+    (key,) = {rendered(s["Resource"]) for s in statements if "kms:Decrypt" in listed(s["Action"])}
+    buckets = resources(template, "AWS::S3::Bucket")
+    for bucket_id in bucket_names(template):
+        encryption = buckets[bucket_id]["Properties"]["BucketEncryption"]
+        rule = encryption["ServerSideEncryptionConfiguration"][0]
+        assert rendered(rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"]) == key
+    # Its role has only the basic execution policy (logs): no VPC access policy.
+    (role_id,) = [i for i, name in role_names(template).items() if name == "predict"]
+    role = resources(template, "AWS::IAM::Role")[role_id]["Properties"]
+    (managed,) = role["ManagedPolicyArns"]
+    assert rendered(managed).endswith(":policy/service-role/AWSLambdaBasicExecutionRole")
+
+
+def test_the_granted_prefixes_are_where_the_serving_code_reads_and_writes() -> None:
+    from gallop.serving.registry import alias_key, model_prefix
+    from gallop.settings import MODELS_PREFIX
+    from infra.stack import ALIASES_PREFIX
+
+    assert alias_key("champion") == f"{ALIASES_PREFIX}champion.json"
+    assert model_prefix("m-0123").startswith(MODELS_PREFIX)
 
 
 def test_every_api_method_needs_a_key_and_clients_are_throttled(template: Template) -> None:
@@ -372,6 +443,52 @@ def test_every_api_method_needs_a_key_and_clients_are_throttled(template: Templa
     assert (linked["ApiId"], linked["Stage"]) == ({"Ref": api_id}, {"Ref": stage_id})
 
 
+def method_routes(template: Template) -> dict[tuple[str, str], str]:
+    """(path, HTTP method) -> the function it invokes (its name)."""
+    api_resources = resources(template, "AWS::ApiGateway::Resource")
+
+    def path(resource: dict[str, Any]) -> str:
+        if "Ref" not in resource:  # the root: {"Fn::GetAtt": [api, "RootResourceId"]}
+            return ""
+        props = api_resources[resource["Ref"]]["Properties"]
+        return f"{path(props['ParentId'])}/{props['PathPart']}"
+
+    ids = {i: name for name, i in function_ids(template).items()}
+    routes = {}
+    for method in resources(template, "AWS::ApiGateway::Method").values():
+        props = method["Properties"]
+        assert props["Integration"]["Type"] == "AWS_PROXY"
+        (target,) = re.findall(r"functions/<(\w+)\.Arn>/", rendered(props["Integration"]["Uri"]))
+        routes[(path(props["ResourceId"]) or "/", props["HttpMethod"])] = ids[target]
+    return routes
+
+
+def test_predictions_go_to_the_predict_function_and_the_rest_to_the_api(
+    template: Template,
+) -> None:
+    assert method_routes(template) == {
+        ("/", "ANY"): "api",
+        ("/{proxy+}", "ANY"): "api",
+        ("/v1/{proxy+}", "ANY"): "api",
+        ("/v1/predict", "POST"): "predict",
+        ("/v1/explain", "POST"): "predict",
+    }
+    # (each method, these two included, needs a key and is validated: the test above)
+    # They are exactly the routes of the predict function's app.
+    from gallop.api.serving import router
+
+    to_predict = {route for route, name in method_routes(template).items() if name == "predict"}
+    assert {(r.path, m) for r in router.routes for m in r.methods} == to_predict
+    # API Gateway may invoke the predict function for exactly those two methods.
+    predict = function_ids(template)["predict"]
+    sources = {
+        tuple(rendered(p["Properties"]["SourceArn"]).rsplit("/", 3)[-3:])
+        for p in resources(template, "AWS::Lambda::Permission").values()
+        if p["Properties"]["FunctionName"] == {"Fn::GetAtt": [predict, "Arn"]}
+    }
+    assert sources == {("POST", "v1", "predict"), ("POST", "v1", "explain")}
+
+
 def test_the_database_is_private_encrypted_rotated_and_behind_a_proxy(template: Template) -> None:
     template.has_resource_properties(
         "AWS::RDS::DBCluster",
@@ -395,11 +512,20 @@ def test_the_database_is_private_encrypted_rotated_and_behind_a_proxy(template: 
         for p in resources(template, "AWS::IAM::Policy").values()
         for s in p["Properties"]["PolicyDocument"]["Statement"]
     ]
-    assert sum("rds-db:connect" in listed(s["Action"]) for s in statements) == len(
-        FUNCTION_SETTINGS
-    )
+    connecting = {
+        name
+        for name, role in role_statements(template).items()
+        if any("rds-db:connect" in listed(s["Action"]) for s in role)
+    }
+    assert connecting == {f for f in FUNCTION_SETTINGS if uses_the_database(f)}
+    assert sum("rds-db:connect" in listed(s["Action"]) for s in statements) == len(connecting)
+    assert "predict" not in connecting
     for name, props in gallop_functions(template).items():
-        assert props["Environment"]["Variables"]["GALLOP_DATABASE_IAM_AUTH"] == "true", name
+        variables = props["Environment"]["Variables"]
+        if uses_the_database(name):
+            assert variables["GALLOP_DATABASE_IAM_AUTH"] == "true", name
+        else:
+            assert not any(k.startswith("GALLOP_DATABASE") for k in variables), name
     template.resource_count_is("AWS::SecretsManager::RotationSchedule", 1)
     # Migrations run on deploy, and again whenever the migration files change; only once
     # the writer, the proxy's target and the security group rules exist.
@@ -428,6 +554,16 @@ def test_alarms_cover_errors_throttles_dead_letters_and_the_api(template: Templa
     functions = len(FUNCTION_SETTINGS)
     assert metrics.count(("AWS/Lambda", "Errors")) == functions
     assert metrics.count(("AWS/Lambda", "Throttles")) == functions
+    watched = {
+        (a["Properties"]["MetricName"], d["Value"]["Ref"])
+        for a in alarms
+        if a["Properties"].get("Namespace") == "AWS/Lambda"
+        for d in a["Properties"]["Dimensions"]
+        if d["Name"] == "FunctionName"
+    }
+    assert watched == {
+        (metric, i) for i in function_ids(template).values() for metric in ("Errors", "Throttles")
+    }
     assert metrics.count(("AWS/SQS", "ApproximateNumberOfMessagesVisible")) == 2
     assert metrics.count(("AWS/States", "ExecutionsFailed")) == 1
     assert metrics.count(("AWS/States", "ExecutionsTimedOut")) == 1
@@ -860,9 +996,14 @@ def test_bundles_fit_lambda_limits_and_the_inference_budget() -> None:
     import json
 
     sizes = json.loads((ROOT / "build" / "sizes.json").read_text())
-    assert sizes["inference path"]["total_mb"] <= 150
+    # The predict function, code and layers: the inference budget, without a database.
+    predict = sizes["predict"]
+    assert predict["limit_mb"] == 150 and predict["total_mb"] <= 150 and predict["within_limit"]
+    assert set(predict["layers_mb"]) == {"web", "numpy", "inference"}
+    assert predict["missing"] == []
+    assert "inference path" not in sizes, "the predict row is the inference path"
     for name in ("api", "migrate", "training"):
-        assert sizes[name]["total_mb"] <= 250
+        assert sizes[name]["limit_mb"] == 250 and sizes[name]["total_mb"] <= 250
     # The training image: every package its jobs need, nothing it lacks, and no boto3.
     assert sizes["training image"]["within_limit"] and sizes["training image"]["missing"] == []
     image = ROOT / "build" / "images" / "training" / "site-packages"
@@ -874,6 +1015,8 @@ def test_bundles_fit_lambda_limits_and_the_inference_budget() -> None:
     # The API function's layers really lack pandas, onnxruntime is only in inference.
     assert not (ROOT / "build" / "layers" / "web" / "python" / "pandas").exists()
     assert (ROOT / "build" / "layers" / "inference" / "python" / "onnxruntime").is_dir()
+    # The predict path's JSON: orjson's own compiled wheel, in the web layer.
+    assert list((ROOT / "build" / "layers" / "web" / "python" / "orjson").glob("*.so"))
 
 
 def python_3_12() -> str | None:
@@ -893,6 +1036,8 @@ def python_3_12() -> str | None:
     return None
 
 
+# What the predict function must not import (a test asserts it, in its bundle).
+LEAN_PATH_NEVER = ("pandas", "pyarrow", "lightgbm", "scipy", "sklearn", "sqlalchemy")
 RUNTIME_PACKAGES = ["boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six.py", "urllib3"]
 
 
@@ -938,9 +1083,17 @@ def lambda_runtime_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "import psycopg, sqlalchemy.dialects.postgresql.psycopg",
         ),
         (
-            "inference path",
-            ["layers/web/python", "layers/numpy/python", "layers/inference/python"],
-            "import onnxruntime, numpy, fastapi, mangum, gallop_probe",
+            # The lean path: nothing heavy imported, even where the bundle had it.
+            "predict",
+            [
+                "lambda/predict",
+                "layers/web/python",
+                "layers/numpy/python",
+                "layers/inference/python",
+            ],
+            "import sys, onnxruntime, numpy, orjson, gallop_probe; "
+            f"heavy = sorted(set({LEAN_PATH_NEVER!r}) & set(sys.modules)); "
+            "assert not heavy, heavy",
         ),
         (
             # Not Lambda: the image's own Python, so not even the runtime's boto3.
@@ -963,6 +1116,7 @@ def test_each_bundle_imports_on_python_3_12_with_nothing_else(
     path = [str(ROOT / "build" / p) for p in paths] + runtime + [str(tmp_path)]
     handler = {
         "api": "handler",
+        "predict": "handler",
         "migrate": "handler",
         "training": "handler",
         "ingest": "ingest.handler",
@@ -979,6 +1133,8 @@ def test_each_bundle_imports_on_python_3_12_with_nothing_else(
         "GALLOP_ARTIFACTS_BUCKET": "a",
         "AWS_REGION": "us-east-1",
     }
+    if function == "predict":  # it must start without any database configuration
+        del env["DATABASE_URL"]
     # -S: no site-packages at all, so only the bundle and the runtime's packages are there.
     done = subprocess.run([python, "-S", "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-1500:]
