@@ -10,7 +10,8 @@ from fastapi.security import APIKeyHeader
 API_KEY_HEADER = APIKeyHeader(name="x-api-key", auto_error=False, description="gallop API key")
 
 
-def require_api_key(request: Request, key: str | None = Security(API_KEY_HEADER)) -> None:
+async def require_api_key(request: Request, key: str | None = Security(API_KEY_HEADER)) -> None:
+    # async: a plain def would run in a worker thread, a thread hop on every request.
     settings = request.app.state.settings
     if settings.api_key_source == "gateway":
         # A REST API with apiKeyRequired only invokes us after validating the key; it names

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-# One request at a time per Lambda container; two threads keep a 12-runner race fast
-# without fighting the other Lambda work (and uvicorn) for the cores.
+# One request at a time per Lambda container (about 0.6 vCPU at 1024 MB): one thread
+# each way; more only add hand-offs for a 12-runner race.
 INTRA_OP_THREADS = 1
 INTER_OP_THREADS = 1
 
