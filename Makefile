@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest_100k.py
 	$(BIN)/python benchmarks/features_1m.py
 	$(BIN)/python -m benchmarks.training
+	$(BIN)/python -m benchmarks.serving
 
 clean:
 	rm -rf $(VENV) build cdk.out *.egg-info shared/*.egg-info

@@ -1,0 +1,264 @@
+"""Serving latency, cold start and a load test, in one run:
+
+    .venv/bin/python -m benchmarks.serving [--calls 3000] [--load-seconds 60]
+
+- Warm latency through the predict Lambda handler (an API Gateway REST event -> Mangum
+  -> FastAPI -> validation -> ONNX -> orjson reply) for a 12-runner race, p50/p99, next
+  to the bare InferenceSession.run on the same rows and to the naive Python path
+  (native LightGBM boosters + the numpy meta-learner), with the handler's time split
+  into parse/validate, session and the rest (probabilities, serialise, framework).
+- Cold start in a fresh process: import the handler, load the model from the local S3
+  (moto server), first reply: total and split.
+- A load test of `gallop serve`'s API over loopback: a fixed number of concurrent
+  clients for --load-seconds, requests/s, p50/p99 and errors.
+Figures are printed, not asserted. The model is the default stack trained on generated
+races (`gallop train`), stored as a registered model is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gallop.local.stack import LocalStack, free_port
+from gallop.storage import Store
+from gallop.synth.races import write_races
+from gallop.training.artifacts import publish_model_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "shared" / "gallop" / "specs" / "races.yaml"
+RUN_ID = "benchmarkserving0001"
+MODEL_ID = f"m-{RUN_ID}"
+RUNNERS = 12
+
+
+def percentiles(samples: list[float]) -> str:
+    ms = np.array(samples) * 1000
+    return f"p50 {np.percentile(ms, 50):.3f} ms / p99 {np.percentile(ms, 99):.3f} ms"
+
+
+def train_model(work: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """The default stack on 1,500 generated races; and a 12-runner race's feature rows."""
+    import pandas as pd
+
+    data, _ = write_races(1500, seed=3, out=work / "races.csv")
+    model_dir = work / "model"
+    done = subprocess.run(
+        [sys.executable, "-m", "gallop.cli", "train", "--data", str(data), "--spec", str(SPEC)]
+        + ["--out", str(model_dir)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-2000:])
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["run_id"] = RUN_ID  # as a registered run's model names its run
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    test = pd.read_parquet(model_dir / "work" / "channels" / "test" / "features.parquet")
+    sizes = test.groupby("race_id").size()
+    race = test[test["race_id"] == sizes[sizes >= RUNNERS].index[0]].head(RUNNERS)
+    frame = race[manifest["features"] + ["race_id"]]
+    rows = json.loads(frame.to_json(orient="records"))
+    return model_dir, rows
+
+
+def event_for(body: dict[str, Any], key: str) -> dict[str, Any]:
+    event = json.loads((ROOT / "tests" / "events" / "apigw_get_health.json").read_text())
+    event |= {
+        "resource": "/v1/predict",
+        "path": "/v1/predict",
+        "httpMethod": "POST",
+        "headers": {"content-type": "application/json", "x-api-key": key},
+        "multiValueHeaders": {},
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
+    event["requestContext"] |= {"resourcePath": "/v1/predict", "httpMethod": "POST"}
+    return event
+
+
+def handler_env(stack: LocalStack) -> dict[str, str]:
+    assert stack.settings is not None
+    return {
+        "GALLOP_AWS_ENDPOINT_URL": stack.settings.aws_endpoint_url or "",
+        "GALLOP_DATA_BUCKET": stack.settings.data_bucket,
+        "GALLOP_ARTIFACTS_BUCKET": stack.settings.artifacts_bucket,
+        "GALLOP_API_KEY_SOURCE": "settings",
+        "GALLOP_API_KEYS": stack.api_key,
+    }
+
+
+COLD = """
+import importlib.util, json, sys, time
+started = time.perf_counter()
+spec = importlib.util.spec_from_file_location("h", sys.argv[1])
+handler = importlib.util.module_from_spec(spec); spec.loader.exec_module(handler)
+imported = time.perf_counter()
+event = json.loads(sys.stdin.read())
+reply = handler.handler(event, None)
+first = time.perf_counter()
+reply = handler.handler(event, None)
+second = time.perf_counter()
+print(json.dumps({"import": imported - started, "first": first - imported,
+                  "second": second - first, "status": reply["statusCode"]}))
+"""
+
+
+def cold_start(stack: LocalStack, event: dict[str, Any]) -> None:
+    handler = str(ROOT / "functions" / "predict" / "handler.py")
+    runs = []
+    for _ in range(5):
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", COLD, handler],
+            input=json.dumps(event),
+            capture_output=True,
+            text=True,
+            env={**os.environ, **handler_env(stack)},
+            cwd=ROOT,
+        )
+        total = time.perf_counter() - started
+        if done.returncode != 0:
+            raise SystemExit(done.stderr[-2000:])
+        runs.append({**json.loads(done.stdout.splitlines()[-1]), "process": total})
+    best = min(runs, key=lambda r: r["process"])
+    print("\n## Cold start (fresh process; best of 5)\n")
+    in_process = best["import"] + best["first"] + best["second"]
+    lines = {
+        "new process -> first reply, in all": best["process"] - best["second"],
+        "interpreter start": best["process"] - in_process,
+        "import the handler (FastAPI, Mangum, onnxruntime, numpy, orjson)": best["import"],
+        "first request (model read from S3, session built, answered)": best["first"],
+        "second request, warm": best["second"],
+    }
+    for name, seconds in lines.items():
+        print(f"- {name}: {seconds * 1000:.1f} ms")
+    print(f"- status: {best['status']}")
+
+
+def warm(stack: LocalStack, model_dir: Path, rows: list[dict[str, Any]], calls: int) -> None:
+    import importlib.util
+
+    import lightgbm as lgb
+    import orjson
+
+    from gallop.serving.model import LoadedModel
+    from gallop.serving.predict import feature_matrix, parse, predict_body
+
+    os.environ.update(handler_env(stack))
+    spec = importlib.util.spec_from_file_location(
+        "h", ROOT / "functions" / "predict" / "handler.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    body = {"model": MODEL_ID, "rows": rows}
+    event = event_for(body, stack.api_key)
+    assert module.handler(event, None)["statusCode"] == 200
+
+    def timed(call: Any) -> list[float]:
+        for _ in range(200):
+            call()
+        samples = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            call()
+            samples.append(time.perf_counter() - started)
+        return samples
+
+    model = LoadedModel.from_dir(model_dir)
+    raw = json.dumps(body).encode()
+    features, groups = feature_matrix(model, *parse(model, orjson.loads(raw)))
+    boosters = [
+        lgb.Booster(model_file=str(model_dir / b["file"]))
+        for b in model.manifest["base_models"]
+        if b["kind"] == "lightgbm"
+    ]
+    weights = np.array(
+        [b["weight"] for b in model.manifest["base_models"] if b["kind"] == "lightgbm"]
+    )
+
+    def naive() -> None:
+        margins = np.column_stack([b.predict(features, raw_score=True) for b in boosters])
+        score = margins @ weights
+        np.exp(score - score.max()) / np.exp(score - score.max()).sum()
+
+    handler_samples = timed(lambda: module.handler(event, None))
+    rows_out = {
+        "handler (API Gateway event -> reply)": handler_samples,
+        "  parse + validate (orjson, one pass)": timed(
+            lambda: feature_matrix(model, *parse(model, orjson.loads(raw)))
+        ),
+        "  ONNX session": timed(lambda: model.run(features)),
+        "  predict_body + orjson.dumps": timed(lambda: orjson.dumps(predict_body(model, body))),
+        "bare InferenceSession.run": timed(lambda: model.session.run(None, {"features": features})),
+        f"naive Python ({len(boosters)} LightGBM boosters + numpy)": timed(naive),
+    }
+    shape = f"{RUNNERS}-runner race x {len(model.features)} features"
+    print(f"\n## Warm latency, {shape}, {calls:,} calls\n")
+    for name, samples in rows_out.items():
+        print(f"- {name}: {percentiles(samples)}")
+    bare = np.percentile(rows_out["bare InferenceSession.run"], 99)
+    print(f"- handler p99 / bare session p99: {np.percentile(handler_samples, 99) / bare:.1f}x")
+
+
+def load(stack: LocalStack, rows: list[dict[str, Any]], seconds: float, clients: int = 4) -> None:
+    import httpx
+
+    body = json.dumps({"model": MODEL_ID, "rows": rows}).encode()
+    headers = {"x-api-key": stack.api_key, "content-type": "application/json"}
+    latencies: list[float] = []
+    errors: list[int] = []
+    stop = time.perf_counter() + seconds
+
+    def client() -> None:
+        with httpx.Client(base_url=stack.api_url or "", timeout=30) as http:
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                reply = http.post("/v1/predict", content=body, headers=headers)
+                latencies.append(time.perf_counter() - started)
+                if reply.status_code != 200:
+                    errors.append(reply.status_code)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(f"\n## Load test: gallop serve over loopback, {clients} clients, {seconds:.0f} s\n")
+    print(f"- {len(latencies):,} requests, {len(latencies) / seconds:,.0f} requests/s")
+    print(f"- latency {percentiles(latencies)}")
+    print(f"- errors: {len(errors)} ({sorted(set(errors))})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--load-seconds", type=float, default=60)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        print("training the default stack on 1,500 generated races ...", flush=True)
+        model_dir, rows = train_model(work)
+        with LocalStack(work / "state", quiet=True).start() as stack:
+            stack.serve_api(free_port())
+            assert stack.settings is not None
+            publish_model_dir(Store.artifacts_from_settings(stack.settings), RUN_ID, model_dir)
+            warm(stack, model_dir, rows, args.calls)
+            cold_start(stack, event_for({"model": MODEL_ID, "rows": rows}, stack.api_key))
+            load(stack, rows, args.load_seconds)
+
+
+if __name__ == "__main__":
+    main()
