@@ -136,6 +136,8 @@ def test_models_are_listed_and_an_alias_must_be_promoted_first(
     bad_alias = call(stack, f"/v1/models/{served['models'][0]}/promote", {"alias": "king"})
     assert bad_alias.status_code == 422
     assert call(stack, "/v1/models/m-nothing/promote", {"alias": "champion"}).status_code == 404
+    for path in ("/v1/predict", "/v1/explain"):  # no key, no answer
+        assert httpx.post(f"{stack.api_url}{path}", json=body).status_code == 401
 
 
 def test_a_race_card_is_predicted_by_the_champion(

@@ -12,6 +12,11 @@ API_KEY_HEADER = APIKeyHeader(name="x-api-key", auto_error=False, description="g
 
 async def require_api_key(request: Request, key: str | None = Security(API_KEY_HEADER)) -> None:
     # async: a plain def would run in a worker thread, a thread hop on every request.
+    check_api_key(request, key)
+
+
+def check_api_key(request: Request, key: str | None) -> None:
+    """401 unless the request carries an accepted key (or the gateway validated one)."""
     settings = request.app.state.settings
     if settings.api_key_source == "gateway":
         # A REST API with apiKeyRequired only invokes us after validating the key; it names

@@ -107,9 +107,10 @@ def _first_bad_value(model: LoadedModel, picked: list[tuple[Any, ...]]) -> str:
 
 
 def race_indices(groups: np.ndarray) -> tuple[np.ndarray, int]:
-    """Each row's race as 0..races-1 (rows of a race need not be next to each other)."""
-    _, inverse = np.unique(groups, return_inverse=True)
-    return inverse.reshape(-1), int(inverse.max()) + 1
+    """Each row's race as 0..races-1 in order of first appearance (rows of a race need
+    not be next to each other)."""
+    first_seen = {group: i for i, group in enumerate(dict.fromkeys(groups.tolist()))}
+    return np.fromiter(map(first_seen.__getitem__, groups.tolist()), np.int64), len(first_seen)
 
 
 def win_probabilities(score: np.ndarray, race: np.ndarray, races: int) -> np.ndarray:
