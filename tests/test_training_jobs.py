@@ -381,6 +381,21 @@ def test_gallop_train_on_a_plain_table(task: str, tmp_path: Path) -> None:
         value, lower, upper = answers
         assert (lower < value).all() and (value < upper).all()
     assert "<svg" in (tmp_path / "model" / "report.html").read_text()
+    # AND the serving side answers the same, and explains it additively (TreeSHAP of a
+    # boosted and a random-forest base, and the linear base's terms)
+    from gallop.serving.model import LoadedModel
+    from gallop.serving.predict import explain_body, predict_body
+
+    served = LoadedModel.from_dir(tmp_path / "model")
+    body = {"columns": manifest["features"], "data": np.where(np.isnan(rows), None, rows).tolist()}
+    predictions = predict_body(served, body)["predictions"]
+    for name, values in zip(outputs, answers, strict=True):
+        assert [p[name] for p in predictions] == pytest.approx(values[:, 0].tolist(), abs=1e-6)
+    for explained, predicted in zip(
+        explain_body(served, body, top_k=2)["explanations"], predictions, strict=True
+    ):
+        total = explained["base_value"] + sum(explained["contributions"].values())
+        assert total == pytest.approx(predicted["score"], abs=1e-5)
 
 
 def test_the_same_inputs_give_a_byte_identical_model(tmp_path: Path) -> None:
