@@ -453,3 +453,21 @@ def test_jobs_hold_the_latest_races_out_themselves_given_a_test_share(
     manifest = json.loads((stack / "model" / "manifest.json").read_text())
     assert manifest["evaluated_on"] == "test"
     assert manifest["rows"]["evaluated"] == int(frame["race_id"].isin(held).sum())
+
+
+def test_gallop_train_takes_the_bases_and_their_hyperparameters(tmp_path: Path) -> None:
+    plain_table("regression", rows=800).to_csv(tmp_path / "data.csv", index=False)
+    (tmp_path / "spec.yaml").write_text("name: plain\ntask: regression\ntarget: y\n")
+    command = [sys.executable, "-m", "gallop.cli", "train", "--data", "data.csv"]
+    command += ["--spec", "spec.yaml", "--out", "model"]
+    chosen = ["--bases", "linear,regression", "--set", "num_boost_round=15", "--set", "folds=3"]
+    done = subprocess.run(command + chosen, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert [b["model"] for b in manifest["base_models"]] == ["linear", "regression"]
+    booster = (tmp_path / "model" / "base_1.txt").read_text()
+    assert booster.count("Tree=") == 15
+    wrong = subprocess.run(
+        command + ["--bases", "lambdarank"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert wrong.returncode != 0 and "cannot be trained for a regression task" in wrong.stderr

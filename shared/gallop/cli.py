@@ -106,6 +106,19 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="held-out races (default: the last fifth of the races by time)",
     )
+    train.add_argument(
+        "--bases",
+        default=None,
+        help="comma-separated base models (default by task; e.g. lambdarank,linear)",
+    )
+    train.add_argument(
+        "--set",
+        dest="hyperparameters",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a base-job hyperparameter for every base (repeatable), e.g. num_boost_round=300",
+    )
     train.set_defaults(run=_train)
 
     predict = commands.add_parser(
@@ -771,7 +784,9 @@ def _train(args: argparse.Namespace) -> int:
             test,
             built.manifest,
             args.out / "work",
+            bases=_bases(args.bases, spec.task.value),
             progress=lambda line: print(line, flush=True),
+            base_hyperparameters=_hyperparameters(args.hyperparameters),
         )
     except TrainingFailed as exc:
         print(f"training failed: {exc}", file=sys.stderr)
@@ -786,6 +801,30 @@ def _train(args: argparse.Namespace) -> int:
     )
     print(f"report: {args.out / 'report.html'}")
     return 0
+
+
+def _bases(text: str | None, task: str) -> tuple[str, ...] | None:
+    from gallop.training.config import BadRunConfig, bases_for
+
+    if text is None:
+        return None
+    try:
+        return tuple(bases_for(task, [b.strip() for b in text.split(",") if b.strip()]))
+    except BadRunConfig as exc:
+        raise _UserError(str(exc)) from None
+
+
+def _hyperparameters(pairs: list[str]) -> dict[str, Any]:
+    """NAME=VALUE pairs; values read as JSON where they are (numbers, true), else text."""
+    from gallop.training.contract import decode
+
+    chosen = {}
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        if not equals or not name:
+            raise _UserError(f"--set {pair!r}: write NAME=VALUE, e.g. num_boost_round=300")
+        chosen[name.strip()] = decode(value.strip())
+    return chosen
 
 
 def _print_metrics(manifest: dict[str, Any]) -> None:
