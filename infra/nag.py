@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from infra.stack import GallopStack
 
 MANAGED = "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+# Region and account in an ARN: tokens, or literal when synthesised for an environment.
+WHERE = "(<AWS::Region>|[a-z0-9-]+):(<AWS::AccountId>|[0-9]{12})"
 
 IAM = [
     NagPackSuppression(
@@ -79,10 +81,13 @@ IAM = [
         "write log streams (named by SageMaker per job and instance) only in SageMaker's "
         "/aws/sagemaker/TrainingJobs group.",
         applies_to=[
-            "Resource::arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>:"
-            "training-job/g-*",
-            "Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:"
-            "log-group:/aws/sagemaker/TrainingJobs:*",
+            RegexAppliesTo(
+                regex=f"/^Resource::arn:<AWS::Partition>:sagemaker:{WHERE}:training-job\\/g-\\*$/"
+            ),
+            RegexAppliesTo(
+                regex=f"/^Resource::arn:<AWS::Partition>:logs:{WHERE}:log-group:"
+                "\\/aws\\/sagemaker\\/TrainingJobs:\\*$/"
+            ),
         ],
     ),
 ]

@@ -50,6 +50,25 @@ def test_cdk_nag_finds_nothing_unsuppressed(stack: Any, template: Template) -> N
         assert errors == [] and warnings == [], [str(e.entry.data)[:120] for e in errors + warnings]
 
 
+def test_cdk_nag_finds_nothing_in_a_concrete_environment_either(
+    stack: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cdk synth` with credentials sets CDK_DEFAULT_ACCOUNT/REGION: ARNs then carry them
+    literally, and every suppression must still apply."""
+    from infra.app import build
+    from infra.functions import CODE_ONLY
+
+    monkeypatch.setenv("CDK_DEFAULT_ACCOUNT", "123456789012")
+    monkeypatch.setenv("CDK_DEFAULT_REGION", "eu-west-1")
+    _, concrete = build({"aws:cdk:disable-asset-staging": True, CODE_ONLY: True})
+    Template.from_stack(concrete)  # synthesise: the nag aspects run
+    annotations = Annotations.from_stack(concrete)
+    for pack in ("AwsSolutions-.*", "Serverless-.*"):
+        found = annotations.find_error("*", Match.string_like_regexp(pack))
+        found += annotations.find_warning("*", Match.string_like_regexp(pack))
+        assert found == [], [str(e.entry.data)[:160] for e in found]
+
+
 def test_every_suppression_carries_a_reason(template: Template) -> None:
     body = template.to_json()
     holders = [r.get("Metadata", {}) for r in body["Resources"].values()]
