@@ -235,7 +235,7 @@ def test_stack_job_fits_evaluates_and_exports_one_graph_with_parity(
         else:
             for path in (base / "model").iterdir():
                 (target / path.name).write_bytes(path.read_bytes())
-    stack = opt_ml(tmp_path / "stack", train, {"l2": "0.001"})
+    stack = opt_ml(tmp_path / "stack", train, {"meta_l2": "0.001"})
     for name, source in (("bases", bases), ("test", test)):
         shutil.copytree(source, stack / "input" / "data" / name)
 
@@ -461,12 +461,14 @@ def test_gallop_train_takes_the_bases_and_their_hyperparameters(tmp_path: Path) 
     command = [sys.executable, "-m", "gallop.cli", "train", "--data", "data.csv"]
     command += ["--spec", "spec.yaml", "--out", "model"]
     chosen = ["--bases", "linear,regression", "--set", "num_boost_round=15", "--set", "folds=3"]
+    chosen += ["--set", "coverage=0.8"]  # the stack job's: its intervals
     done = subprocess.run(command + chosen, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
     assert [b["model"] for b in manifest["base_models"]] == ["linear", "regression"]
     booster = (tmp_path / "model" / "base_1.txt").read_text()
     assert booster.count("Tree=") == 15
+    assert manifest["meta"]["calibration"]["coverage"] == 0.8
     wrong = subprocess.run(
         command + ["--bases", "lambdarank"], capture_output=True, text=True, cwd=tmp_path
     )

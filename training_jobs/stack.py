@@ -6,7 +6,7 @@ Channels: `train` (features.parquet, manifest.json), `bases` (one folder per bas
 model/ output, or its model.tar.gz), optional `test` (held-out rows, same layout as
 train). With the hyperparameter test_share the train channel is split instead, as the
 base jobs split it (the latest share of the groups held out); with neither, the stack is
-evaluated out of fold. Hyperparameters: l2 (meta-learner
+evaluated out of fold. Hyperparameters: meta_l2 (meta-learner
 penalty, 0.001), calibration (binary: platt | isotonic), coverage (regression intervals,
 0.9), bet_margin (0.05) and kelly_fraction (0.25) for the betting simulation when the
 data has odds, and run_id, data_version, code_version, recorded in the manifest.
@@ -44,7 +44,7 @@ from gallop.training.runner import holdout_split
 
 PARITY = 1e-5
 DEFAULTS: dict[str, Any] = {
-    "l2": 1e-3,
+    "meta_l2": 1e-3,
     "calibration": "platt",
     "coverage": 0.9,
     "bet_margin": 0.05,
@@ -56,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "test_share": None,
 }
 CHECKS = {
-    "l2": lambda v: isinstance(v, int | float) and v >= 0,
+    "meta_l2": lambda v: isinstance(v, int | float) and v >= 0,
     "calibration": lambda v: v in ("platt", "isotonic"),
     "coverage": lambda v: isinstance(v, float) and 0 < v < 1,
     "bet_margin": lambda v: isinstance(v, int | float) and v >= 0,
@@ -254,7 +254,7 @@ def main(container: Container) -> None:
             margins,
             train.target,
             train.sizes,
-            l2=float(settings["l2"]),
+            l2=float(settings["meta_l2"]),
             calibration=settings["calibration"],
             coverage=settings["coverage"],
             graded=train.graded,

@@ -117,7 +117,9 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a base-job hyperparameter for every base (repeatable), e.g. num_boost_round=300",
+        help="a hyperparameter (repeatable): of every base job, e.g. num_boost_round=300, or "
+        "of the stack job: meta_l2, calibration=isotonic, coverage=0.8, bet_margin, "
+        "kelly_fraction",
     )
     train.set_defaults(run=_train)
 
@@ -760,8 +762,10 @@ def _train(args: argparse.Namespace) -> int:
     from gallop.features.build import build_features
     from gallop.features.plan import FeatureSpecError
     from gallop.spec import load_spec
+    from gallop.training.config import split_hyperparameters
     from gallop.training.runner import TrainingFailed, holdout_split, train_locally
 
+    base_settings, stack_settings = split_hyperparameters(_hyperparameters(args.hyperparameters))
     started = time.monotonic()
     spec = _load_spec(args.spec, load_spec)
     history = _canonical_or_report(args.data, spec)
@@ -786,7 +790,8 @@ def _train(args: argparse.Namespace) -> int:
             args.out / "work",
             bases=_bases(args.bases, spec.task.value),
             progress=lambda line: print(line, flush=True),
-            base_hyperparameters=_hyperparameters(args.hyperparameters),
+            base_hyperparameters=base_settings,
+            stack_hyperparameters=stack_settings,
         )
     except TrainingFailed as exc:
         print(f"training failed: {exc}", file=sys.stderr)

@@ -21,6 +21,10 @@ DEFAULT_BASES: dict[str, tuple[str, ...]] = {
 ALL_BASE_MODELS = sorted({name for names in BASE_MODELS.values() for name in names})
 # Set by gallop per job, never by the caller.
 RESERVED_HYPERPARAMETERS = ("model", "job")
+# A run's hyperparameters go to every base job, except these, which the stack job takes
+# (training_jobs/stack.py checks them): the meta-learner's penalty, the calibration, the
+# intervals' coverage and the betting simulation's margin and stake.
+STACK_HYPERPARAMETERS = ("meta_l2", "calibration", "coverage", "bet_margin", "kelly_fraction")
 
 
 class BadRunConfig(ValueError):
@@ -58,6 +62,20 @@ def run_config(
     }
 
 
-def stack_hyperparameters(run_id: str, version_id: str, code: str) -> dict[str, str]:
-    """What the stack job writes into the model's manifest, to tie the model to its run."""
-    return {"run_id": run_id, "data_version": version_id, "code_version": code}
+def split_hyperparameters(chosen: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what every base job takes, what the stack job takes)."""
+    stack = {k: v for k, v in chosen.items() if k in STACK_HYPERPARAMETERS}
+    return {k: v for k, v in chosen.items() if k not in stack}, stack
+
+
+def base_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
+    return split_hyperparameters(config["hyperparameters"])[0]
+
+
+def stack_hyperparameters(
+    config: dict[str, Any], run_id: str, version_id: str, code: str
+) -> dict[str, Any]:
+    """The stack job's settings from the run's hyperparameters, and what it writes into
+    the model's manifest to tie the model to its run."""
+    chosen = split_hyperparameters(config["hyperparameters"])[1]
+    return {**chosen, "run_id": run_id, "data_version": version_id, "code_version": code}

@@ -24,7 +24,7 @@ from gallop.settings import Settings
 from gallop.storage import Store
 from gallop.training import runs
 from gallop.training.artifacts import publish_model_dir
-from gallop.training.config import stack_hyperparameters
+from gallop.training.config import base_hyperparameters, stack_hyperparameters
 from gallop.training.sagemaker import execution_name, training_execution_input
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,9 @@ class LocalLauncher:
             bases=tuple(run.config["bases"]),
             progress=self._progress(run.run_id, len(run.config["bases"])),
             stack_hyperparameters=stack_hyperparameters(
-                run.run_id, run.version_id, run.code_version
+                run.config, run.run_id, run.version_id, run.code_version
             ),
-            base_hyperparameters=run.config["hyperparameters"],
+            base_hyperparameters=base_hyperparameters(run.config),
         )
         runs.set_stage(self.engine, run.run_id, "storing the model")
         prefix = publish_model_dir(self.artifacts, run.run_id, model_dir)

@@ -19,7 +19,7 @@ from typing import Any
 from gallop.metadata.models import TrainingRun
 from gallop.settings import Settings
 from gallop.storage import features_prefix, training_prefix
-from gallop.training.config import stack_hyperparameters
+from gallop.training.config import base_hyperparameters, stack_hyperparameters
 
 INSTANCE_TYPE = "ml.m5.large"
 VOLUME_GB = 30
@@ -61,7 +61,7 @@ def training_execution_input(run: TrainingRun, settings: Settings) -> dict[str, 
             run,
             settings,
             base_job_name(run, index, model),
-            {"job": "base", **run.config["hyperparameters"], **split, "model": model},
+            {"job": "base", **base_hyperparameters(run.config), **split, "model": model},
             [train],
             BASE_METRICS[task],
         )
@@ -79,7 +79,7 @@ def training_execution_input(run: TrainingRun, settings: Settings) -> dict[str, 
         {
             "job": "stack",
             **split,
-            **stack_hyperparameters(run.run_id, run.version_id, run.code_version),
+            **stack_hyperparameters(run.config, run.run_id, run.version_id, run.code_version),
         },
         [train, bases],
         (*STACK_METRICS[task], PARITY_METRIC),
