@@ -133,6 +133,8 @@ def test_models_are_listed_and_an_alias_must_be_promoted_first(
     body = {"model": "challenger", "rows": [{"x": 1}]}
     assert call(stack, "/v1/predict", body).status_code == 404
     assert call(stack, "/v1/predict", {**body, "model": "m-nothing"}).status_code == 404
+    for text in ("abc", "m-" + "0" * 16, "m-../../x", "m-" + "f" * 2000):
+        assert call(stack, "/v1/predict", {**body, "model": text}).status_code == 404
     bad_alias = call(stack, f"/v1/models/{served['models'][0]}/promote", {"alias": "king"})
     assert bad_alias.status_code == 422
     assert call(stack, "/v1/models/m-nothing/promote", {"alias": "champion"}).status_code == 404
@@ -179,6 +181,14 @@ def test_feature_rows_and_columns_give_the_same_answer_as_the_card(
         {"model": model, "columns": columns, "data": [[r[c] for c in columns] for r in rows]},
     ).json()["predictions"]
     assert by_rows == by_columns
+    card = card_rows(served["card"])
+    names = list(card[0])
+    card_columns = {"model": model, "columns": names, "data": [[r[n] for n in names] for r in card]}
+    by_card_columns = call(stack, "/v1/predict", card_columns)
+    assert by_card_columns.json()["predictions"] == by_card.json()["predictions"]
+    late = [{**r, "race_time": "9999-12-31T23:59:00-12:00"} for r in card]
+    too_late = call(stack, "/v1/predict", {"model": model, "rows": late})
+    assert too_late.status_code == 422 and "out of range" in too_late.json()["detail"]
     assert [p["score"] for p in by_rows] == pytest.approx(
         [p["score"] for p in by_card.json()["predictions"]]
     )
@@ -221,6 +231,11 @@ def test_explanations_add_up_to_the_score(stack: LocalStack, served: dict[str, A
         ),
         (lambda rows: {"columns": list(rows[0]), "data": [[1.0]]}, 422, "do not have"),
         (lambda rows: [1, 2], 422, "JSON object"),
+        (
+            lambda rows: {"rows": [rows[0], {k: v for k, v in rows[1].items() if k != "odds"}]},
+            422,
+            "rows [1] lack names other rows have (row 1: ['odds'])",
+        ),
         (lambda rows: {"rows": rows, "top_k": 0}, 422, "top_k"),
     ],
     ids=[
@@ -234,6 +249,7 @@ def test_explanations_add_up_to_the_score(stack: LocalStack, served: dict[str, A
         "no-group",
         "ragged",
         "not-object",
+        "short-row",
         "top_k",
     ],
 )

@@ -590,35 +590,32 @@ def _predict_locally(
     folder: Path, body: dict[str, Any], explain: bool, top_k: int
 ) -> dict[str, Any]:
     from gallop.serving.model import LoadedModel
-    from gallop.serving.predict import InputError, explain_body, predict_body
+    from gallop.serving.predict import (
+        InputError,
+        explain_columns,
+        is_card,
+        parse,
+        predict_columns,
+    )
 
     try:
         model = LoadedModel.from_dir(folder)
     except FileNotFoundError as exc:
         raise _BadInput(str(exc)) from None
-    if _looks_like_a_card(model, body):
-        raise _BadInput(
-            "these are race-card rows: a model folder needs full feature rows; a registered "
-            "model (--model champion) completes a card from its entity snapshot"
-        )
     try:
-        reply = predict_body(model, body)
+        columns, values = parse(model, body)
+        if is_card(model, columns):
+            raise _BadInput(
+                "these are race-card rows: a model folder needs full feature rows; a "
+                "registered model (--model champion) completes a card from its entity snapshot"
+            )
+        reply = predict_columns(model, columns, values)
         if explain:
-            reply["explanations"] = explain_body(model, body, top_k)["explanations"]
+            explained = explain_columns(model, columns, values, top_k)
+            reply["explanations"] = explained["explanations"]
     except InputError as exc:
         raise _BadInput(str(exc)) from None
     return reply
-
-
-def _looks_like_a_card(model: Any, body: dict[str, Any]) -> bool:
-    """Identifiers present, most model features absent: what the server would complete."""
-    if "rows" in body:
-        columns = {name for row in body["rows"] for name in row}
-    else:
-        columns = set(body.get("columns") or [])
-    identifiers = set(model.manifest.get("identifiers") or [])
-    absent = set(model.features) - columns
-    return bool(identifiers) and identifiers <= columns and len(absent) > len(model.features) / 2
 
 
 def _predict_through_api(args: argparse.Namespace, body: dict[str, Any]) -> dict[str, Any]:

@@ -144,13 +144,6 @@ class GallopClient:
 
     # -- models and serving -----------------------------------------------------------
 
-    def models(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/v1/models")["models"]
-
-    def model(self, model_id: str) -> dict[str, Any]:
-        """One model (by id or alias): its features, base models and report link too."""
-        return self._call("GET", f"/v1/models/{model_id}")
-
     def promote(self, model_id: str, alias: str = "champion") -> dict[str, Any]:
         """Point an alias (champion, challenger) at a model; the reply names the previous."""
         return self._call("POST", f"/v1/models/{model_id}/promote", json={"alias": alias})

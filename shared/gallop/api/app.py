@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -18,6 +18,7 @@ from gallop import __version__
 from gallop.api import datasets, models, training
 from gallop.api.auth import require_api_key
 from gallop.api.schemas import Health
+from gallop.features.state import cached_snapshots
 from gallop.metadata.db import engine_for
 from gallop.observability import logger as make_logger
 from gallop.observability import metrics as make_metrics
@@ -53,7 +54,7 @@ def create_app(
     app.state.launcher = cache(
         lambda: launcher_for(settings, app.state.engine(), app.state.store(), app.state.artifacts())
     )
-    app.state.snapshots = _snapshot_cache(app)
+    app.state.snapshots = cached_snapshots(lambda key: app.state.store().get_bytes(key))
     app.include_router(datasets.router)
     app.include_router(training.router)
     app.include_router(models.router)
@@ -71,18 +72,6 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.middleware("http")(_correlate)
     return app
-
-
-def _snapshot_cache(app: FastAPI) -> Callable[[str], Any]:
-    """Entity snapshots by S3 key, loaded once per container (keys never change content:
-    they carry the version and spec hash)."""
-    from gallop.features.state import State
-
-    @lru_cache(maxsize=8)
-    def load(key: str) -> State:
-        return State.from_bytes(app.state.store().get_bytes(key))
-
-    return load
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -14,8 +14,9 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
 from gallop.api.auth import check_api_key
+from gallop.features.state import SNAPSHOT, cached_snapshots
 from gallop.serving.cache import ModelCache
-from gallop.serving.predict import InputError, explain_body, predict_body
+from gallop.serving.predict import InputError, explain_columns, is_card, parse, predict_columns
 from gallop.serving.registry import ModelNotFound
 
 # predict/explain need only the artifacts (and data) bucket and onnxruntime: the predict
@@ -70,26 +71,24 @@ async def _answer(request: Request, explain: bool) -> Response:
     except ModelNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     try:
-        body = _with_card_features(request, model, body)
+        columns, values = _completed(request, model, *parse(model, body))
         reply = (
-            explain_body(model, body, body.get("top_k", 5))
+            explain_columns(model, columns, values, body.get("top_k", 5))
             if explain
-            else predict_body(model, body)
+            else predict_columns(model, columns, values)
         )
     except InputError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     return Response(orjson.dumps(reply), media_type="application/json")
 
 
-def _with_card_features(request: Request, model: Any, body: dict[str, Any]) -> dict[str, Any]:
-    """Race-card rows (model features missing, identifiers present) become feature rows,
-    computed from the entity snapshot of the data the model was trained on."""
-    rows = body.get("rows")
-    identifiers = set(model.manifest.get("identifiers") or [])
-    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
-        return body
-    if not identifiers or not identifiers <= set(rows[0]) or set(model.features) <= set(rows[0]):
-        return body
+def _completed(
+    request: Request, model: Any, columns: list[str], values: list[list[Any]]
+) -> tuple[list[str], list[list[Any]]]:
+    """Race-card rows become feature rows, computed from the entity snapshot of the data
+    the model was trained on; other rows pass as they are."""
+    if not is_card(model, columns):
+        return columns, values
     from gallop.features.online import CardError, card_features
     from gallop.storage import ObjectMissing, features_prefix
 
@@ -98,22 +97,23 @@ def _with_card_features(request: Request, model: Any, body: dict[str, Any]) -> d
         manifest["dataset"], manifest["data_version"], manifest["feature_spec_hash"]
     )
     try:
-        state = request.app.state.snapshots(prefix + "state.npz")
+        state = request.app.state.snapshots(prefix + SNAPSHOT)
     except ObjectMissing:
         raise InputError(
             "the model's entity snapshot is gone: send full feature rows", 409
         ) from None
+    card = [dict(zip(columns, row, strict=True)) for row in values]
     try:
-        names, matrix = card_features(rows, state)
+        names, matrix = card_features(card, state, manifest["feature_spec_hash"])
     except CardError as exc:
         raise InputError(f"race card: {exc}") from None
     at = [names.index(f) for f in model.features]
-    columns = model.features + [model.group] if model.group else model.features
+    group = [model.group] if model.group else []
     data = [
-        [None if v != v else v for v in values] + ([row.get(model.group)] if model.group else [])
-        for values, row in zip(matrix[:, at].tolist(), rows, strict=True)
+        [None if v != v else v for v in features] + [row.get(g) for g in group]
+        for features, row in zip(matrix[:, at].tolist(), card, strict=True)
     ]
-    return {**body, "rows": None, "columns": columns, "data": data}
+    return model.features + group, data
 
 
 @router.post("/v1/predict", openapi_extra=_schema(PredictBody))
@@ -133,7 +133,7 @@ async def explain(request: Request) -> Response:
 def create_predict_app(settings: Any = None) -> Any:
     """The predict function's app: /v1/predict and /v1/explain only, nothing else
     imported (no database, no pandas), for a small bundle and a quick cold start."""
-    from functools import cache, lru_cache
+    from functools import cache
 
     from fastapi import FastAPI
 
@@ -146,12 +146,6 @@ def create_predict_app(settings: Any = None) -> Any:
     app.state.store = cache(lambda: Store.from_settings(settings))
     app.state.artifacts = cache(lambda: Store.artifacts_from_settings(settings))
 
-    @lru_cache(maxsize=8)
-    def snapshot(key: str) -> Any:
-        from gallop.features.state import State
-
-        return State.from_bytes(app.state.store().get_bytes(key))
-
-    app.state.snapshots = snapshot
+    app.state.snapshots = cached_snapshots(lambda key: app.state.store().get_bytes(key))
     app.include_router(router)
     return app

@@ -93,7 +93,10 @@ def _micros(value: Any, index: int) -> int:
         raise CardError(f"card row {index + 1}: {value!r} is not an ISO 8601 time") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    try:
+        delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59-12:00: past year 9999 in UTC
+        raise CardError(f"card row {index + 1}: {value!r} is out of range") from None
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from gallop.features.build import build_features
 from gallop.features.plan import FeatureSpecError
+from gallop.features.state import SNAPSHOT
 from gallop.ingest.canonical import to_parquet
 from gallop.metadata import repo
 from gallop.metadata.models import FeatureSet, FeatureStatus, VersionStatus
@@ -68,11 +69,11 @@ def build_for_version(request: FeaturesRequest, store: Store, engine: Engine) ->
         )
 
     prefix = features_prefix(dataset.name, request.version_id, spec.spec_hash)
-    keys = {name: prefix + name for name in ("features.parquet", "state.npz", "manifest.json")}
+    keys = {name: prefix + name for name in ("features.parquet", SNAPSHOT, "manifest.json")}
     store.put_bytes(
         keys["features.parquet"], to_parquet(built.frame), "application/vnd.apache.parquet"
     )
-    store.put_bytes(keys["state.npz"], built.state.to_bytes(), "application/octet-stream")
+    store.put_bytes(keys[SNAPSHOT], built.state.to_bytes(), "application/octet-stream")
     store.put_json(
         keys["manifest.json"],
         {**built.manifest, "dataset": dataset.name, "version_id": request.version_id, "keys": keys},
@@ -85,7 +86,7 @@ def build_for_version(request: FeaturesRequest, store: Store, engine: Engine) ->
         status=FeatureStatus.READY.value,
         data_key=keys["features.parquet"],
         manifest_key=keys["manifest.json"],
-        state_key=keys["state.npz"],
+        state_key=keys[SNAPSHOT],
         row_count=len(built.frame),
         features=built.plan.features,
     )

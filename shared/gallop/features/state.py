@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +22,20 @@ if TYPE_CHECKING:
 
 FORMAT = 1
 _CAREER = ("runs", "wins", "places", "last_time")
+
+
+SNAPSHOT = "state.npz"  # its file name under a feature set's prefix
+
+
+def cached_snapshots(read: Callable[[str], bytes]) -> Callable[[str], State]:
+    """Snapshots by key, each read once per container: a key names its dataset version
+    and spec, so its content never changes."""
+
+    @lru_cache(maxsize=8)
+    def load(key: str) -> State:
+        return State.from_bytes(read(key))
+
+    return load
 
 
 @dataclass

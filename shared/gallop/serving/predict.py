@@ -51,7 +51,22 @@ def parse(model: LoadedModel, body: Any) -> tuple[list[str], list[list[Any]]]:
         raise InputError("'rows' must be a list of objects, one per row")
     _check_count(len(rows))
     columns = list(dict.fromkeys(chain.from_iterable(rows)))  # loops in C: it's per request
+    short = [i for i, row in enumerate(rows) if len(row) != len(columns)]
+    if short:  # a name left out is not a missing value: send null for that
+        absent = sorted(set(columns) - set(rows[short[0]]))
+        raise InputError(f"rows {short[:10]} lack names other rows have (row {short[0]}: {absent})")
     return columns, [list(map(row.get, columns)) for row in rows]
+
+
+def is_card(model: LoadedModel, columns: list[str]) -> bool:
+    """Race-card rows: the identifiers (race, time, runner) and pre-race fields, without
+    the model's features, which the server completes from the entity snapshot."""
+    identifiers = set(model.manifest.get("identifiers") or [])
+    return (
+        bool(identifiers)
+        and identifiers <= set(columns)
+        and not set(model.features) <= set(columns)
+    )
 
 
 def _check_count(n: int) -> None:
@@ -177,7 +192,12 @@ def predictions(
 
 
 def predict_body(model: LoadedModel, body: Any) -> dict[str, Any]:
-    columns, values = parse(model, body)
+    return predict_columns(model, *parse(model, body))
+
+
+def predict_columns(
+    model: LoadedModel, columns: list[str], values: list[list[Any]]
+) -> dict[str, Any]:
     features, groups = feature_matrix(model, columns, values)
     columns_out = predictions(model, features, groups)
     names = list(columns_out)
@@ -189,6 +209,12 @@ def predict_body(model: LoadedModel, body: Any) -> dict[str, Any]:
 
 
 def explain_body(model: LoadedModel, body: Any, top_k: int = 5) -> dict[str, Any]:
+    return explain_columns(model, *parse(model, body), top_k=top_k)
+
+
+def explain_columns(
+    model: LoadedModel, columns: list[str], values: list[list[Any]], top_k: Any = 5
+) -> dict[str, Any]:
     from gallop.serving.explain import explanations
 
     if (
@@ -197,7 +223,6 @@ def explain_body(model: LoadedModel, body: Any, top_k: int = 5) -> dict[str, Any
         or not 1 <= top_k <= len(model.features)
     ):
         raise InputError(f"top_k must be a whole number from 1 to {len(model.features)}")
-    columns, values = parse(model, body)
-    features, groups = feature_matrix(model, columns, values)
-    score = predictions(model, features, groups)["score"]
+    features, _ = feature_matrix(model, columns, values)
+    score = model.run(features)["score"][:, 0].astype(np.float64)
     return {"model_id": model.model_id, "explanations": explanations(model, features, score, top_k)}
