@@ -56,3 +56,15 @@ def test_betting_flat_and_kelly_stakes_worked_by_hand() -> None:
     assert kelly["profit"] == pytest.approx(bank_after_2 - 100)
     assert kelly["max_drawdown"] == pytest.approx(bank_after_1 - bank_after_2)
     assert kelly["roi"] == pytest.approx(kelly["profit"] / kelly["turnover"])
+
+
+def test_a_race_without_a_winner_is_void_for_betting_and_calibration() -> None:
+    probability = np.array([0.5, 0.3, 0.2, 0.9, 0.1])
+    odds = np.array([3.0, 2.0, 10.0, 2.0, 20.0])
+    share = np.array([1.0, 0.0, 0.0, 0.0, 0.0])  # race 2 has no recorded result
+    sizes = np.array([3, 2])
+    with_void = betting(probability, odds, share, sizes)
+    alone = betting(probability[:3], odds[:3], share[:3], sizes[:1])
+    assert with_void == alone  # its bets are neither placed nor lost
+    metrics = ranking_metrics(np.log(probability), probability, share * 3, share, sizes)
+    assert metrics["ece"] == pytest.approx(ece(probability[:3], share[:3]))

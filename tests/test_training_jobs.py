@@ -473,3 +473,19 @@ def test_gallop_train_takes_the_bases_and_their_hyperparameters(tmp_path: Path) 
         command + ["--bases", "lambdarank"], capture_output=True, text=True, cwd=tmp_path
     )
     assert wrong.returncode != 0 and "cannot be trained for a regression task" in wrong.stderr
+
+
+def test_the_stack_job_refuses_margins_of_other_rows(race_features: Path, tmp_path: Path) -> None:
+    """Margins align by channel row; the identifiers beside them catch a channel whose
+    rows are not the ones the base job saw (here: the same rows, shuffled)."""
+    base = opt_ml(tmp_path / "base", race_features, {"folds": "3", "num_boost_round": "10"})
+    assert run_job("base", base).returncode == 0
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    frame = pd.read_parquet(race_features / "features.parquet").sample(frac=1.0, random_state=3)
+    (shuffled / "features.parquet").write_bytes(to_parquet(frame))
+    (shuffled / "manifest.json").write_bytes((race_features / "manifest.json").read_bytes())
+    stack = opt_ml(tmp_path / "stack", shuffled, {})
+    shutil.copytree(base / "model", stack / "input" / "data" / "bases" / "base-0")
+    assert run_job("stack", stack).returncode == 1
+    assert "do not cover the train rows" in (stack / "output" / "failure").read_text()

@@ -264,7 +264,7 @@ def test_the_local_launcher_reports_progress_as_the_runs_stage(
 
 
 def test_without_times_the_test_share_is_a_seeded_draw_of_whole_groups() -> None:
-    from gallop.training.channels import split
+    from gallop.training.runner import holdout_split as split
 
     frame = pd.DataFrame({"race_id": [f"r{i // 4}" for i in range(200)], "x": range(200)})
     manifest = {"group": "race_id", "time": None}

@@ -20,8 +20,6 @@ from gallop.metadata.models import FeatureStatus, TrainingRun
 from gallop.storage import Store
 from gallop.training.runner import holdout_split
 
-SPLIT_SEED = 0
-
 
 class FeaturesNotReady(LookupError):
     pass
@@ -42,11 +40,7 @@ def load_run_data(engine: Engine, data: Store, run: TrainingRun) -> RunData:
     assert feature_set.data_key and feature_set.manifest_key  # READY rows always have both
     frame = pd.read_parquet(io.BytesIO(data.get_bytes(feature_set.data_key)))
     manifest = json.loads(data.get_bytes(feature_set.manifest_key))
-    train, test = split(frame, manifest, run.config["test_share"])
+    # The split the SageMaker jobs make themselves (holdout_split, same seed): one run,
+    # the same test rows on either launcher.
+    train, test = holdout_split(frame, manifest, run.config["test_share"])
     return RunData(train, test, manifest)
-
-
-def split(
-    frame: pd.DataFrame, manifest: dict[str, Any], share: float
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return holdout_split(frame, manifest, share, seed=SPLIT_SEED)

@@ -116,7 +116,8 @@ def ranking_metrics(
     )
     brier = np.add.reduceat((probability - share) ** 2, starts)
     metrics["race_brier"] = float(brier[decided].mean())
-    metrics["ece"] = ece(probability, share)
+    counted = np.repeat(decided, sizes)  # a race with no result says nothing of calibration
+    metrics["ece"] = ece(probability[counted], share[counted])
     return metrics
 
 
@@ -130,12 +131,14 @@ def betting(
 ) -> dict[str, dict[str, float]]:
     """Back every runner whose expected return probability x odds exceeds 1 + margin, races
     in the given (time) order: flat one-unit stakes, and fractional Kelly stakes from a bank
-    of 100 (each race staked from the bank at its start). A dead heat pays its share."""
+    of 100 (each race staked from the bank at its start). A dead heat pays its share; a
+    race with no winner is void (stakes returned)."""
     odds = np.asarray(odds, dtype=np.float64)
     edge = probability * odds - 1.0
     bet = np.isfinite(odds) & (odds > 1.0) & (edge > margin)
-    returns = np.where(bet, share * odds - 1.0, 0.0)  # per unit staked
     starts = group_starts(sizes)
+    bet &= np.repeat(np.add.reduceat(share, starts) > 0, sizes)
+    returns = np.where(bet, share * odds - 1.0, 0.0)  # per unit staked
 
     flat = np.where(bet, 1.0, 0.0)
     flat_path = np.cumsum(np.add.reduceat(flat * returns, starts))
