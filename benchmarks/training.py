@@ -36,6 +36,7 @@ from gallop.ingest.validate import validate
 from gallop.spec import DatasetSpec, load_spec
 from gallop.synth.races import generate_races, write_races
 from gallop.training.metrics import binary_metrics, ndcg_at_k, ranking_metrics
+from gallop.training.outcomes import race_results
 from gallop.training.runner import holdout_split, train_locally
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,8 +117,7 @@ def races(n_races: int, work: Path) -> list[tuple[str, dict[str, float]]]:
     test = test.sort_values("race_id", kind="mergesort")
     test = test.merge(truth, on=["race_id", "horse_id"], how="left", validate="one_to_one")
     sizes = test.groupby("race_id", sort=False).size().to_numpy()
-    share = (test["position"] == 1).to_numpy(float)
-    relevance = np.clip(4 - test["position"].to_numpy(float), 0, None)
+    share, relevance = race_results(test, built.manifest)
     implied = 1.0 / test["odds"].to_numpy(float)
     market = (
         implied

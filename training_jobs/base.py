@@ -24,6 +24,7 @@ from gallop.models.onnx_export import native_margin
 from gallop.training.config import BASE_MODELS
 from gallop.training.contract import Container, JobError, emit_metric, run
 from gallop.training.metrics import auc, ndcg_at_k
+from gallop.training.outcomes import race_results
 from gallop.training.runner import holdout_split
 
 DEFAULTS: dict[str, Any] = {
@@ -74,28 +75,20 @@ def labels_for(frame: pd.DataFrame, manifest: dict[str, Any], model: str) -> np.
     target = frame[manifest["target"]].to_numpy(dtype=np.float64)
     if manifest["task"] != "ranking":
         return target
-    group = frame[manifest["group"]]
-    ascending = manifest["target_order"] == "ascending"
-    best = target == (
-        group.map(
-            frame.groupby(manifest["group"])[manifest["target"]].agg("min" if ascending else "max")
-        ).to_numpy()
-    )
-    if not ascending:  # a query whose documents are all irrelevant has no "winner"
-        best &= target > 0
+    share, relevance = race_results(frame, manifest)
     if model in ("binary_win", "random_forest", "linear"):
-        return best.astype(np.float64)
+        return (share > 0).astype(np.float64)
     if model == "position_regression":  # 1 for the winner down to 0 for the last
+        group = frame[manifest["group"]]
         size = group.map(group.value_counts()).to_numpy(dtype=np.float64)
+        ascending = manifest["target_order"] == "ascending"
         rank = (
             frame.groupby(manifest["group"])[manifest["target"]]
             .rank(ascending=ascending, method="min")
             .to_numpy()
         )
         return 1.0 - (rank - 1) / np.maximum(size - 1, 1)
-    if ascending:  # finishing position -> relevance: winner 3, second 2, third 1
-        return np.clip(4 - target, 0, None)
-    return target
+    return relevance  # lambdarank
 
 
 def params_for(settings: dict[str, Any], task: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import pandas as pd
 
 from gallop.models.linear import LinearModel
 from gallop.models.onnx_export import native_margin, stack_to_onnx
-from gallop.models.stack import Meta, fit_meta
+from gallop.models.stack import Meta, fit_meta, group_starts
 from gallop.training.contract import Container, JobError, emit_metric, run
 from gallop.training.metrics import (
     betting,
@@ -39,6 +39,7 @@ from gallop.training.metrics import (
     regression_metrics,
     reliability,
 )
+from gallop.training.outcomes import race_results
 from gallop.training.report import render_report
 from gallop.training.runner import holdout_split
 
@@ -102,20 +103,11 @@ def rows_of(frame: pd.DataFrame, manifest: dict[str, Any]) -> Rows:
     if manifest["task"] != "ranking":
         return Rows(frame, frame[manifest["features"]].to_numpy(np.float32), values, None, None)
     frame = frame.sort_values([group], kind="mergesort").reset_index(drop=True)
-    values = frame[target].to_numpy(dtype=np.float64)
-    ascending = manifest["target_order"] == "ascending"
-    best = frame.groupby(group, sort=False)[target].transform("min" if ascending else "max")
-    won = frame[target] == best
-    if not ascending:  # a query whose documents are all irrelevant has no "winner"
-        won &= frame[target] > 0
-    won = won.to_numpy(dtype=np.float64)
-    winners = frame.assign(won=won).groupby(group, sort=False)["won"].transform("sum")
-    share = won / np.maximum(winners.to_numpy(), 1.0)
-    relevance = np.clip(4 - values, 0, None) if ascending else values
+    share, relevance = race_results(frame, manifest)
     sizes = frame.groupby(group, sort=False).size().to_numpy()
     features = frame[manifest["features"]].to_numpy(np.float32)
     graded = None
-    if not ascending:  # relevance grades, not finishing positions
+    if manifest["target_order"] == "descending":  # relevance grades, not positions
         gain = 2.0**relevance - 1.0
         total = frame.assign(gain=gain).groupby(group, sort=False)["gain"].transform("sum")
         graded = gain / np.maximum(total.to_numpy(), 1e-12)
@@ -126,8 +118,7 @@ def decided_rows(rows: Rows) -> np.ndarray:
     """Rows that say something about calibration: all, but for races with no winner."""
     if rows.sizes is None:
         return np.ones(len(rows.target), dtype=bool)
-    starts = np.r_[0, np.cumsum(rows.sizes)[:-1]]
-    return np.repeat(np.add.reduceat(rows.target, starts) > 0, rows.sizes)
+    return np.repeat(np.add.reduceat(rows.target, group_starts(rows.sizes)) > 0, rows.sizes)
 
 
 def load_bases(channel: Path, scratch: Path) -> list[Path]:

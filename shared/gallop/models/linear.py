@@ -87,9 +87,7 @@ def fit_linear(
     """Minimises the mean loss ("squared", "logistic", or "conditional_logit" with labels
     a runner's share of its race's win and `sizes` the races' contiguous rows) + l2 *
     |coef|^2 on standardised features; the bias is not penalised."""
-    from scipy.optimize import minimize
-
-    from gallop.models.stack import fit_conditional_logit, sigmoid
+    from gallop.models.stack import fit_conditional_logit, fit_logistic_stack
 
     values = np.asarray(features, dtype=np.float64)
     means = np.nanmean(values, axis=0)
@@ -109,14 +107,5 @@ def fit_linear(
         coef = np.linalg.solve(z.T @ z / n + l2 * np.eye(d), z.T @ (y - bias) / n)
         return LinearModel(means, scales, coef, bias)
 
-    design = np.column_stack([z, np.ones(n)])
-    penalised = np.r_[np.ones(d), 0.0]
-
-    def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
-        s = design @ w
-        nll = float(np.mean(np.logaddexp(0.0, s) - y * s))
-        gradient = design.T @ (sigmoid(s) - y) / n
-        return nll + l2 * float((penalised * w) @ w), gradient + 2 * l2 * penalised * w
-
-    result = minimize(objective, np.zeros(d + 1), jac=True, method="L-BFGS-B")
-    return LinearModel(means, scales, result.x[:-1], float(result.x[-1]))
+    logistic = fit_logistic_stack(z, y, l2=l2, non_negative=False)
+    return LinearModel(means, scales, logistic.weights, logistic.bias)

@@ -16,8 +16,6 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize
 
-from gallop.training.metrics import group_starts
-
 
 @dataclass(frozen=True)
 class ConditionalLogit:
@@ -26,6 +24,10 @@ class ConditionalLogit:
 
     def score(self, margins: np.ndarray) -> np.ndarray:
         return margins @ self.weights
+
+
+def group_starts(sizes: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
 
 
 def softmax_within_groups(score: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -78,7 +80,6 @@ class LogisticStack:
 
     weights: np.ndarray
     bias: float
-    log_loss: float
 
     def score(self, margins: np.ndarray) -> np.ndarray:
         return margins @ self.weights + self.bias
@@ -88,7 +89,11 @@ def sigmoid(score: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * score))  # no overflow for large |score|
 
 
-def fit_logistic_stack(margins: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> LogisticStack:
+def fit_logistic_stack(
+    margins: np.ndarray, y: np.ndarray, l2: float = 1e-3, non_negative: bool = True
+) -> LogisticStack:
+    """Logistic regression of y on the columns (base margins, or standardised features
+    for the linear base model with non_negative=False) with an unpenalised bias."""
     margins = np.asarray(margins, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     design = np.column_stack([margins, np.ones(len(y))])
@@ -100,12 +105,11 @@ def fit_logistic_stack(margins: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> 
         gradient = design.T @ (sigmoid(z) - y) / len(y)
         return nll + l2 * float((penalised * w) @ w), gradient + 2 * l2 * penalised * w
 
-    start = np.r_[np.full(margins.shape[1], 1.0 / margins.shape[1]), 0.0]
-    bounds = [(0.0, None)] * margins.shape[1] + [(None, None)]
+    start = np.r_[np.full(margins.shape[1], 1.0 / margins.shape[1] if non_negative else 0.0), 0.0]
+    bounds = [(0.0 if non_negative else None, None)] * margins.shape[1] + [(None, None)]
     result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds)
-    weights, bias = np.maximum(result.x[:-1], 0.0), float(result.x[-1])
-    z = margins @ weights + bias
-    return LogisticStack(weights, bias, float(np.mean(np.logaddexp(0.0, z) - y * z)))
+    weights = np.maximum(result.x[:-1], 0.0) if non_negative else result.x[:-1]
+    return LogisticStack(weights, float(result.x[-1]))
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,7 @@ class Isotonic:
     values: np.ndarray
 
     def __call__(self, score: np.ndarray) -> np.ndarray:
-        steps = (np.asarray(score)[:, None] >= self.thresholds[None, 1:]).sum(axis=1)
-        return self.values[steps]
+        return self.values[np.searchsorted(self.thresholds[1:], score, side="right")]
 
 
 def fit_isotonic(score: np.ndarray, y: np.ndarray) -> Isotonic:

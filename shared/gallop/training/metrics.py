@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from gallop.models.stack import group_starts
+
 
 def ndcg_at_k(scores: np.ndarray, relevance: np.ndarray, groups: np.ndarray, k: int) -> float:
     """Mean NDCG@k over groups; gain 2^rel - 1, discount log2(rank + 1); a group with no
@@ -59,7 +61,6 @@ def auc(score: np.ndarray, y: np.ndarray) -> float:
         return float("nan")
     order = np.argsort(score, kind="stable")
     ranks = np.empty(len(score))
-    ranks[order] = np.arange(1, len(score) + 1)
     sorted_scores = np.asarray(score)[order]
     starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
     ends = np.r_[starts[1:], len(score)]
@@ -89,10 +90,6 @@ def regression_metrics(
         "coverage": float(np.mean((y >= lower) & (y <= upper))),
         "interval_width": float(np.mean(upper - lower)),
     }
-
-
-def group_starts(sizes: np.ndarray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
 
 
 def ranking_metrics(
