@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
+from sqlalchemy import Engine
 
 from gallop.api.schemas import (
     CardFeatures,
@@ -28,8 +29,12 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
 def _dataset(request: Request, name: str) -> Dataset:
+    return dataset_or_404(request.app.state.engine(), name)
+
+
+def dataset_or_404(engine: Engine, name: str) -> Dataset:
     try:
-        return repo.get_dataset(request.app.state.engine(), name)
+        return repo.get_dataset(engine, name)
     except repo.DatasetNotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no dataset named {name!r}") from None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 from sqlalchemy import Engine
 
+from gallop.api.datasets import dataset_or_404
 from gallop.api.schemas import ModelOut, TrainingRunOut, TrainingRunRequest
 from gallop.metadata import repo
 from gallop.metadata.models import (
@@ -41,7 +42,7 @@ def start_training_run(
     a FAILED run is started again (202)."""
     state = request.app.state
     engine = state.engine()
-    dataset = _dataset(engine, body.dataset)
+    dataset = dataset_or_404(engine, body.dataset)
     version = _version(engine, dataset, body.version)
     _require_ready_features(engine, dataset, version.version_id)
     try:
@@ -78,13 +79,6 @@ def get_training_run(request: Request, run_id: str = RUN_ID) -> TrainingRunOut:
     except runs.RunNotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no training run {run_id!r}") from None
     return _run_out(request, run)
-
-
-def _dataset(engine: Engine, name: str) -> Dataset:
-    try:
-        return repo.get_dataset(engine, name)
-    except repo.DatasetNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no dataset named {name!r}") from None
 
 
 def _version(engine: Engine, dataset: Dataset, version_id: str | None) -> DatasetVersion:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,7 +47,10 @@ class LinearModel:
 
     @classmethod
     def load(cls, path: Path) -> LinearModel:
-        data = json.loads(path.read_text())
+        return cls.from_dict(json.loads(path.read_text()))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LinearModel:
         arrays = (np.array(data[name], dtype=np.float64) for name in ("means", "scales", "coef"))
         return cls(*arrays, bias=float(data["bias"]))
 

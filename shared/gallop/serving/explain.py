@@ -25,8 +25,7 @@ class LinearExplainer:
 
 def explainer_for(base: dict[str, Any], payload: dict[str, Any]) -> Any:
     if base["kind"] == "linear":
-        arrays = (np.array(payload[k], dtype=np.float64) for k in ("means", "scales", "coef"))
-        return LinearExplainer(LinearModel(*arrays, bias=float(payload["bias"])))
+        return LinearExplainer(LinearModel.from_dict(payload))
     from gallop.serving.treeshap import TreeExplainer
 
     return TreeExplainer(payload)
