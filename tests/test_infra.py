@@ -428,7 +428,7 @@ def test_the_granted_prefixes_are_where_the_serving_code_reads_and_writes() -> N
     from infra.stack import ALIASES_PREFIX
 
     assert alias_key("champion") == f"{ALIASES_PREFIX}champion.json"
-    assert model_prefix("m-0123").startswith(MODELS_PREFIX)
+    assert model_prefix("m-" + "0123" * 5).startswith(MODELS_PREFIX)
 
 
 def test_every_api_method_needs_a_key_and_clients_are_throttled(template: Template) -> None:
