@@ -37,7 +37,7 @@ from gallop.training.artifacts import publish_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "shared" / "gallop" / "specs" / "races.yaml"
-RUN_ID = "benchmarkserving0001"
+RUN_ID = "0123456789abcdef0001"  # run ids are hex: model ids m-{run id}
 MODEL_ID = f"m-{RUN_ID}"
 RUNNERS = 12
 
