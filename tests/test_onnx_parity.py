@@ -16,6 +16,15 @@ from benchmarks.letor import LETOR
 from gallop.models.onnx_export import booster_to_onnx, float32_at_or_below, native_margin
 
 TOLERANCE = 1e-5  # margin space
+# LightGBM in random-forest mode: its score is the trees' mean, which the export must keep.
+RANDOM_FOREST = {
+    "objective": "binary",
+    "boosting": "rf",
+    "bagging_fraction": 0.632,
+    "bagging_freq": 1,
+    "feature_fraction": 0.8,
+    "verbose": -1,
+}
 
 
 def load_letor(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,15 +130,7 @@ def test_random_forest_boosters_average_their_trees_in_onnx_too() -> None:
     features = rng.normal(size=(2000, 5)).astype(np.float32)
     features[::9, 2] = np.nan
     labels = (features[:, 0] - np.nan_to_num(features[:, 2]) > 0).astype(int)
-    params = {
-        "objective": "binary",
-        "boosting": "rf",
-        "bagging_fraction": 0.632,
-        "bagging_freq": 1,
-        "feature_fraction": 0.8,
-        "verbose": -1,
-    }
-    booster = lgb.train(params, lgb.Dataset(features, labels), 50)
+    booster = lgb.train(RANDOM_FOREST, lgb.Dataset(features, labels), 50)
     native = native_margin(booster, features)
     exported = onnx_scores(booster_to_onnx(booster, features.shape[1]), features)
     assert np.abs(exported - native).max() <= TOLERANCE
@@ -145,14 +146,7 @@ def test_the_whole_stack_is_one_graph_equal_to_the_native_stack(letor_ranker: tu
     train = np.pad(train, ((0, 0), (0, test.shape[1] - train.shape[1])))
     # GIVEN three different base models and a meta-learner's weights
     rf = lgb.train(
-        {
-            "objective": "binary",
-            "boosting": "rf",
-            "bagging_fraction": 0.632,
-            "bagging_freq": 1,
-            "feature_fraction": 0.8,
-            "verbose": -1,
-        },
+        RANDOM_FOREST,
         lgb.Dataset(train, (labels >= 2).astype(int)),
         40,
     )

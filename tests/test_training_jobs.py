@@ -59,6 +59,12 @@ def run_job(job: str, base: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def gallop_train(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """`gallop train ARGS` in a new process, in `cwd` (relative paths as a user types them)."""
+    command = [sys.executable, "-m", "gallop.cli", "train", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
 @pytest.mark.parametrize(
     "model", ["lambdarank", "binary_win", "position_regression", "random_forest"]
 )
@@ -285,24 +291,8 @@ def test_gallop_train_runs_the_jobs_locally_and_leaves_the_artifact(tmp_path: Pa
 
     data, _ = write_races(300, seed=31, out=tmp_path / "races.csv")
     out = tmp_path / "model"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gallop.cli",
-            "train",
-            "--data",
-            str(data),
-            "--spec",
-            str(ROOT / "shared" / "gallop" / "specs" / "races.yaml"),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    spec = ROOT / "shared" / "gallop" / "specs" / "races.yaml"
+    done = gallop_train("--data", str(data), "--spec", str(spec), "--out", str(out), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "base lambdarank: done" in done.stdout and "stack: done" in done.stdout
     manifest = json.loads((out / "manifest.json").read_text())
@@ -314,21 +304,15 @@ def test_gallop_train_runs_the_jobs_locally_and_leaves_the_artifact(tmp_path: Pa
 def test_gallop_train_refuses_invalid_data_with_the_report(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("race_id,race_time,horse_id,position\nR1,2024-01-01T12:00,H1,1\n")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gallop.cli",
-            "train",
-            "--data",
-            str(bad),
-            "--spec",
-            str(ROOT / "shared" / "gallop" / "specs" / "races.yaml"),
-            "--out",
-            str(tmp_path / "m"),
-        ],
-        capture_output=True,
-        text=True,
+    spec = ROOT / "shared" / "gallop" / "specs" / "races.yaml"
+    done = gallop_train(
+        "--data",
+        str(bad),
+        "--spec",
+        str(spec),
+        "--out",
+        str(tmp_path / "m"),
+        cwd=tmp_path,
         timeout=120,
     )
     assert done.returncode == 2
@@ -353,14 +337,7 @@ def test_gallop_train_on_a_plain_table(task: str, tmp_path: Path) -> None:
 
     plain_table(task).to_csv(tmp_path / "data.csv", index=False)
     (tmp_path / "spec.yaml").write_text(f"name: plain-{task}\ntask: {task}\ntarget: y\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "gallop.cli", "train", "--data", "data.csv"]
-        + ["--spec", "spec.yaml", "--out", "model"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,  # relative paths, as a user types them
-    )
+    done = gallop_train("--data", "data.csv", "--spec", "spec.yaml", "--out", "model", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
     outputs = {"binary": ["probability"], "regression": ["value", "lower", "upper"]}[task]
@@ -458,20 +435,17 @@ def test_jobs_hold_the_latest_races_out_themselves_given_a_test_share(
 def test_gallop_train_takes_the_bases_and_their_hyperparameters(tmp_path: Path) -> None:
     plain_table("regression", rows=800).to_csv(tmp_path / "data.csv", index=False)
     (tmp_path / "spec.yaml").write_text("name: plain\ntask: regression\ntarget: y\n")
-    command = [sys.executable, "-m", "gallop.cli", "train", "--data", "data.csv"]
-    command += ["--spec", "spec.yaml", "--out", "model"]
+    command = ["--data", "data.csv", "--spec", "spec.yaml", "--out", "model"]
     chosen = ["--bases", "linear,regression", "--set", "num_boost_round=15", "--set", "folds=3"]
     chosen += ["--set", "coverage=0.8"]  # the stack job's: its intervals
-    done = subprocess.run(command + chosen, capture_output=True, text=True, cwd=tmp_path)
+    done = gallop_train(*command, *chosen, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
     assert [b["model"] for b in manifest["base_models"]] == ["linear", "regression"]
     booster = (tmp_path / "model" / "base_1.txt").read_text()
     assert booster.count("Tree=") == 15
     assert manifest["meta"]["calibration"]["coverage"] == 0.8
-    wrong = subprocess.run(
-        command + ["--bases", "lambdarank"], capture_output=True, text=True, cwd=tmp_path
-    )
+    wrong = gallop_train(*command, "--bases", "lambdarank", cwd=tmp_path)
     assert wrong.returncode != 0 and "cannot be trained for a regression task" in wrong.stderr
 
 
