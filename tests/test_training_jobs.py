@@ -107,6 +107,21 @@ def test_base_job_writes_out_of_fold_margins_and_a_refit_model(
     assert not (base / "output" / "failure").exists()
 
 
+def test_position_regression_learns_positions_in_races_and_grades_in_queries() -> None:
+    from training_jobs.base import labels_for
+
+    # Races: 1 for the winner down to 0 for the last, whatever the field size
+    races = pd.DataFrame({"race": ["a", "a", "a", "b", "b"], "position": [2, 1, 3, 1, 2]})
+    positions = {"task": "ranking", "group": "race", "target": "position"}
+    positions["target_order"] = "ascending"
+    assert labels_for(races, positions, "position_regression").tolist() == [0.5, 1, 0, 1, 0]
+    # Relevance grades: the grade itself, so a query of irrelevant documents has no "first"
+    queries = pd.DataFrame({"qid": [1, 1, 1, 2, 2], "label": [0, 2, 1, 0, 0]})
+    grades = {"task": "ranking", "group": "qid", "target": "label"}
+    grades["target_order"] = "descending"
+    assert labels_for(queries, grades, "position_regression").tolist() == [0, 2, 1, 0, 0]
+
+
 def test_time_ordered_folds_are_contiguous_blocks_of_races(
     race_features: Path, tmp_path: Path
 ) -> None:

@@ -78,13 +78,17 @@ def labels_for(frame: pd.DataFrame, manifest: dict[str, Any], model: str) -> np.
     share, relevance = race_results(frame, manifest)
     if model in ("binary_win", "random_forest", "linear"):
         return (share > 0).astype(np.float64)
-    if model == "position_regression":  # 1 for the winner down to 0 for the last
+    if model == "position_regression":
+        if manifest["target_order"] == "descending":
+            # Relevance grades share one scale across queries already; ranking them within
+            # a query would make every document of an all-irrelevant query "first".
+            return relevance
+        # Finishing positions: 1 for the winner down to 0 for the last, whatever the field.
         group = frame[manifest["group"]]
         size = group.map(group.value_counts()).to_numpy(dtype=np.float64)
-        ascending = manifest["target_order"] == "ascending"
         rank = (
             frame.groupby(manifest["group"])[manifest["target"]]
-            .rank(ascending=ascending, method="min")
+            .rank(ascending=True, method="min")
             .to_numpy()
         )
         return 1.0 - (rank - 1) / np.maximum(size - 1, 1)
