@@ -18,7 +18,7 @@ from gallop.ingest.canonical import to_parquet
 from gallop.ingest.validate import validate
 from gallop.spec import DatasetSpec
 from gallop.synth.races import generate_races
-from gallop.training.contract import decode
+from gallop.training.contract import JobError, decode
 from gallop.training.metrics import ndcg_at_k
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -478,3 +478,123 @@ def test_the_stack_job_refuses_margins_of_other_rows(race_features: Path, tmp_pa
     shutil.copytree(base / "model", stack / "input" / "data" / "bases" / "base-0")
     assert run_job("stack", stack).returncode == 1
     assert "do not cover the train rows" in (stack / "output" / "failure").read_text()
+
+
+def binary_with_odds(rows: int, seed: int) -> pd.DataFrame:
+    """A binary table with a foaling year (a large mean, a small spread) among its
+    features and a bookmaker's odds on y = 1 (the true chance, less a 10% margin)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 3))
+    year = 2018 + rng.integers(0, 4, rows)
+    chance = 1 / (1 + np.exp(-(1.5 * x[:, 0] - x[:, 1] + 0.8 * (year - 2019.5))))
+    frame = pd.DataFrame(x, columns=["x0", "x1", "x2"]).assign(year=year)
+    odds = np.round(1 / (chance * 1.1), 2).clip(1.01, 500)
+    return frame.assign(odds=odds, y=(rng.random(rows) < chance).astype(int))
+
+
+@pytest.fixture(scope="module")
+def binary_jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Train and test channels of that table, and a boosted and a linear base job's output."""
+    spec = DatasetSpec.model_validate(
+        {"name": "odds", "task": "binary", "target": "y", "odds": "odds"}
+    )
+    root = tmp_path_factory.mktemp("binary")
+    made: dict[str, Path] = {}
+    for name, rows, seed in (("train", 3000, 1), ("test", 1500, 2), ("one_class", 300, 3)):
+        table = binary_with_odds(rows, seed)
+        if name == "one_class":
+            table = table[table["y"] == 0]
+        built = build_features(validate(table.astype(str), spec).canonical, spec)
+        made[name] = root / name
+        made[name].mkdir()
+        (made[name] / "features.parquet").write_bytes(to_parquet(built.frame))
+        (made[name] / "manifest.json").write_text(json.dumps(built.manifest))
+    made["bases"] = root / "bases"
+    for i, model in enumerate(["binary", "linear"]):
+        base = opt_ml(root / model, made["train"], {"model": model, "num_boost_round": "40"})
+        done = run_job("base", base)
+        assert done.returncode == 0, done.stderr[-2000:]
+        shutil.copytree(base / "model", made["bases"] / f"base-{i}")
+    return made
+
+
+def stack_job(
+    made: dict[str, Path], tmp_path: Path, test: str | None, hyperparameters: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    stack = opt_ml(tmp_path, made["train"], hyperparameters)
+    shutil.copytree(made["bases"], stack / "input" / "data" / "bases")
+    if test:
+        shutil.copytree(made[test], stack / "input" / "data" / "test")
+    return run_job("stack", stack), stack / "model"
+
+
+def test_binary_bets_lose_on_a_0_and_the_graph_keeps_a_years_linear_term_exact(
+    binary_jobs: dict[str, Path], tmp_path: Path
+) -> None:
+    import onnxruntime as ort
+
+    # WHEN the stack is fitted, isotonic-calibrated and tested on rows with odds
+    done, model = stack_job(binary_jobs, tmp_path, "test", {"calibration": '"isotonic"'})
+    # THEN the graph equals the native stack, its linear term of the year included
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert set(manifest["onnx_parity"]) == {"score", "margins", "probability"}
+    assert max(manifest["onnx_parity"].values()) <= 1e-5
+    # AND every bet with an edge over 5% is placed, the lost ones too
+    test = pd.read_parquet(binary_jobs["test"] / "features.parquet")
+    session = ort.InferenceSession(str(model / "model.onnx"))
+    features = test[manifest["features"]].to_numpy(np.float32)
+    probability = session.run(["probability"], {"features": features})[0][:, 0]
+    odds, won = test["odds"].to_numpy(float), test["y"].to_numpy(float)
+    backed = probability * odds - 1 > 0.05
+    flat = manifest["betting"]["flat"]
+    assert flat["bets"] == backed.sum() and (won[backed] == 0).any()
+    assert flat["profit"] == pytest.approx(float((won * odds - 1)[backed].sum()))
+
+
+def test_a_stack_evaluated_out_of_fold_checks_parity_on_its_refit_bases(
+    binary_jobs: dict[str, Path], tmp_path: Path
+) -> None:
+    done, model = stack_job(binary_jobs, tmp_path, None, {})
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert manifest["evaluated_on"] == "out-of-fold"
+    assert max(manifest["onnx_parity"].values()) <= 1e-5
+
+
+def test_a_metric_with_no_value_is_null_in_the_manifest(
+    binary_jobs: dict[str, Path], tmp_path: Path
+) -> None:
+    # GIVEN test rows of one class only: their AUC is undefined
+    done, model = stack_job(binary_jobs, tmp_path, "one_class", {})
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = (model / "manifest.json").read_text()
+    assert "NaN" not in text  # JSON has no NaN, and Postgres' json type refuses it
+    assert json.loads(text)["metrics"]["stack"]["auc"] is None
+
+
+def test_the_parity_check_refuses_a_graph_whose_calibration_is_off() -> None:
+    from gallop.models.linear import LinearModel
+    from gallop.models.onnx_export import stack_to_onnx
+    from gallop.models.stack import Meta
+    from training_jobs.stack import Rows, check_parity
+
+    # GIVEN one linear base (margin = x) and an isotonic curve with steps at 0 and 1
+    base = LinearModel(np.zeros(1), np.ones(1), np.ones(1), 0.0)
+    curve = {"kind": "isotonic", "thresholds": [-9.0, 0.0, 1.0], "values": [0.1, 0.5, 0.9]}
+    meta = Meta(np.ones(1), 0.0, curve)
+    x = np.array([[-2.0], [0.5], [3.0], [1e-9]], dtype=np.float32)  # the last is on a step
+    rows = Rows(pd.DataFrame(index=range(4)), x, np.zeros(4), None, None)
+    outputs = ["score", "margins", "probability"]
+    margins = x.astype(np.float64)
+
+    def exported(values: list[float]) -> bytes:
+        graph = stack_to_onnx([base], [1.0], 0.0, 1, {**curve, "values": values})
+        return graph.SerializeToString()
+
+    # WHEN the graph is the stack THEN it passes, the row on a step not counted against it
+    same = check_parity(exported([0.1, 0.5, 0.9]), meta, margins, rows, outputs)
+    assert same["probability"] < 1e-7  # the values as float32
+    # WHEN its curve differs from the native one THEN the job is refused, naming the output
+    with pytest.raises(JobError, match="ONNX probability differs"):
+        check_parity(exported([0.1, 0.6, 0.9]), meta, margins, rows, outputs)

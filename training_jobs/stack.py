@@ -144,6 +144,10 @@ def load_base(folder: Path) -> lgb.Booster | LinearModel:
     return lgb.Booster(model_file=str(folder / "booster.txt"))
 
 
+def base_margins(bases: list[Any], features: np.ndarray) -> np.ndarray:
+    return np.column_stack([native_margin(b, features) for b in bases])
+
+
 def evaluate(
     task: str, meta: Meta, margins: np.ndarray, rows: Rows
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
@@ -182,7 +186,8 @@ def check_parity(
     """The graph against the native stack on the evaluated rows: score and margins within
     PARITY (relative to the value where it exceeds 1), and the same order within every
     race for runners whose native scores are more than PARITY apart (closer ones may
-    swap within float32's summing error without the graph being wrong)."""
+    swap within float32's summing error without the graph being wrong), and the
+    calibrated outputs within PARITY too."""
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     got = dict(zip(outputs, session.run(outputs, {"features": rows.features}), strict=True))
     native = meta.score(margins)
@@ -204,9 +209,26 @@ def check_parity(
         if (apart & swapped & (race[ahead] == race[behind])).any():
             raise JobError("ONNX orders the runners of some race differently from the native stack")
     calibrated = meta.outputs(native, rows.sizes)
+    settled = away_from_steps(native, meta.calibration)
     for name in outputs[2:]:
-        gaps[name] = gap(got[name][:, 0], calibrated[name])
+        gaps[name] = gap(got[name][settled, 0], calibrated[name][settled]) if settled.any() else 0.0
+        if gaps[name] > PARITY:
+            raise JobError(f"ONNX {name} differs from the native stack's by {gaps[name]:.2e}")
     return gaps
+
+
+def away_from_steps(score: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+    """Rows whose calibrated output the graph must reproduce: all, but for an isotonic
+    curve those within PARITY of a step, where float32 may read the score either side."""
+    if calibration["kind"] != "isotonic":
+        return np.ones(len(score), dtype=bool)
+    steps = np.asarray(calibration["thresholds"][1:], dtype=np.float64)
+    if not len(steps):
+        return np.ones(len(score), dtype=bool)
+    above = np.searchsorted(steps, score)  # the steps either side of each score
+    below, above = np.maximum(above - 1, 0), np.minimum(above, len(steps) - 1)
+    nearest = np.minimum(np.abs(score - steps[below]), np.abs(score - steps[above]))
+    return nearest > PARITY * np.maximum(np.abs(score), 1.0)
 
 
 def top_features(
@@ -273,7 +295,7 @@ def main(container: Container) -> None:
         held_out = read_channel(container.channel("test"))[0]
     if held_out is not None:
         evaluated = rows_of(held_out, manifest)
-        margins = np.column_stack([native_margin(b, evaluated.features) for b in bases])
+        margins = base_margins(bases, evaluated.features)
 
     names = ["stack"] + [f"base_{i}_{r['model']}" for i, r in enumerate(records)]
     metrics, curves, probabilities = {}, {}, {}
@@ -303,6 +325,7 @@ def main(container: Container) -> None:
             sizes,
             margin=float(settings["bet_margin"]),
             kelly_fraction=float(settings["kelly_fraction"]),
+            void_without_winner=task == "ranking",
         )
 
     outputs = ["score", "margins"] + {
@@ -314,7 +337,9 @@ def main(container: Container) -> None:
         bases, meta.weights.tolist(), meta.bias, len(manifest["features"]), meta.calibration
     )
     model_bytes = model.SerializeToString()
-    parity = check_parity(model_bytes, meta, margins, evaluated, outputs)
+    # The graph holds the bases refit on all rows: out of fold, their margins are not it.
+    native = margins if held_out is not None else base_margins(bases, evaluated.features)
+    parity = check_parity(model_bytes, meta, native, evaluated, outputs)
     emit_metric("onnx_parity_max_abs", max(parity.values()))  # relative where above 1
 
     out = container.model_dir
@@ -365,9 +390,23 @@ def main(container: Container) -> None:
         "explain": {"method": "meta weights x (TreeSHAP | linear terms) of each base"},
         "top_features": importance,
     }
-    (out / "manifest.json").write_text(json.dumps(artifact, indent=2, sort_keys=True))
+    # A metric with no value on these rows (AUC of one class, R² of a constant) is null:
+    # JSON has no NaN, and Postgres' json type refuses the token.
+    manifest_text = json.dumps(finite(artifact), indent=2, sort_keys=True, allow_nan=False)
+    (out / "manifest.json").write_text(manifest_text)
     (out / "report.html").write_text(render_report(report_of(artifact, curves, metrics)))
     shutil.rmtree(scratch, ignore_errors=True)
+
+
+def finite(value: Any) -> Any:
+    """The value with every NaN or infinity inside it replaced by None."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def report_of(

@@ -95,6 +95,9 @@ def fit_linear(
     values = np.asarray(features, dtype=np.float64)
     means = np.nanmean(values, axis=0)
     means = np.where(np.isnan(means), 0.0, means)  # a column with no values at all
+    # The centre as float32 holds it, as the ONNX graph does: for a feature with a large
+    # mean and a small spread (a year), its rounding times coef/scale would break parity.
+    means = means.astype(np.float32).astype(np.float64)
     scales = np.nanstd(values, axis=0)
     scales = np.where(np.isfinite(scales) & (scales > 0), scales, 1.0)
     empty = LinearModel(means, scales, np.zeros(values.shape[1]), 0.0)

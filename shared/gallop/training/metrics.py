@@ -125,16 +125,19 @@ def betting(
     sizes: np.ndarray,
     margin: float = 0.05,
     kelly_fraction: float = 0.25,
+    void_without_winner: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Back every runner whose expected return probability x odds exceeds 1 + margin, races
     in the given (time) order: flat one-unit stakes, and fractional Kelly stakes from a bank
     of 100 (each race staked from the bank at its start). A dead heat pays its share; a
-    race with no winner is void (stakes returned)."""
+    race with no winner is void (stakes returned). Binary outcomes (groups of one row)
+    pass void_without_winner=False: there a 0 is a lost bet, not a void race."""
     odds = np.asarray(odds, dtype=np.float64)
     edge = probability * odds - 1.0
     bet = np.isfinite(odds) & (odds > 1.0) & (edge > margin)
     starts = group_starts(sizes)
-    bet &= np.repeat(np.add.reduceat(share, starts) > 0, sizes)
+    if void_without_winner:
+        bet &= np.repeat(np.add.reduceat(share, starts) > 0, sizes)
     returns = np.where(bet, share * odds - 1.0, 0.0)  # per unit staked
 
     flat = np.where(bet, 1.0, 0.0)

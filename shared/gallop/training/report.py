@@ -19,7 +19,7 @@ PLOT = (48, 16, 300, 280)
 # Bar charts: labels left of BAR_LEFT, values right of BAR_RIGHT, one row per bar.
 BAR_LEFT, BAR_RIGHT, ROW = 176, 416, 20
 COLOURS = ("#1f4e79", "#d9822b", "#3a923a", "#c23b3b", "#7b5ea7", "#8c6d31", "#2a9d8f")
-LOWER_IS_BETTER = ("loss", "brier", "ece", "rmse", "mae")
+LOWER_IS_BETTER = ("loss", "brier", "ece", "rmse", "mae", "interval_width")
 UNIT_TICKS = [0.0, 0.25, 0.5, 0.75, 1.0]
 DASH = "–"
 TICK = ' class="tick"'
