@@ -51,6 +51,41 @@ def test_place_probabilities_equal_harvilles_sum_over_orders() -> None:
     assert (place_probabilities(np.array([0.5, 0.3, 0.2]), np.zeros(3, int), 1) == 1).all()
 
 
+def test_place_probabilities_hold_when_one_or_two_runners_hold_nearly_all_the_chance() -> None:
+    race = np.zeros(4, dtype=int)
+    # 1 - p is 0 in float64 for the favourite; the others still place in their order
+    place = place_probabilities(np.array([1.0, 1e-20, 1e-25, 1e-30]), race, 1)
+    assert np.isfinite(place).all() and place.sum() == pytest.approx(3.0)
+    assert place[:2] == pytest.approx([1, 1]) and place[3] == pytest.approx(1e-5, rel=1e-3)
+    # two runners take the first two places: the third goes to one of three equal others
+    race = np.zeros(5, dtype=int)
+    place = place_probabilities(np.array([0.5, 0.5, 1e-20, 1e-20, 1e-20]), race, 1)
+    assert place == pytest.approx([1, 1, 1 / 3, 1 / 3, 1 / 3])
+
+
+def test_a_score_beyond_float32_is_refused_not_answered_with_nulls() -> None:
+    from gallop.models.linear import LinearModel
+    from gallop.models.onnx_export import stack_to_onnx
+    from gallop.serving.model import LoadedModel, session_for
+    from gallop.serving.predict import InputError, predict_columns
+
+    steep = LinearModel(np.zeros(1), np.ones(1), np.array([1e30]), 0.0)
+    graph = stack_to_onnx([steep], [1.0], 0.0, 1).SerializeToString()
+    manifest = {
+        "task": "ranking",
+        "features": ["x"],
+        "group": "race",
+        "identifiers": ["race"],
+        "onnx_input": "features",
+        "onnx_outputs": ["score", "margins"],
+    }
+    model = LoadedModel("m-1", manifest, session_for(graph), lambda name: b"")
+    answer = predict_columns(model, ["x", "race"], [[1e-3, "r1"], [2e-3, "r1"]])
+    assert sum(p["win_probability"] for p in answer["predictions"]) == pytest.approx(1.0)
+    with pytest.raises(InputError, match=r"rows \[0\]: the score is not finite"):
+        predict_columns(model, ["x", "race"], [[1e10, "r1"], [1.0, "r1"]])
+
+
 def test_win_probabilities_and_ranks_within_interleaved_races() -> None:
     score = np.array([2.0, 0.0, 1.0, 5.0, -1.0, 900.0])
     race = np.array([0, 1, 0, 2, 1, 0])
@@ -203,6 +238,7 @@ def test_explanations_add_up_to_the_score(stack: LocalStack, served: dict[str, A
     for explained, predicted in zip(reply.json()["explanations"], scores, strict=True):
         total = explained["base_value"] + sum(explained["contributions"].values())
         assert total == pytest.approx(predicted["score"], abs=1e-5)
+        assert explained["score"] == pytest.approx(total, abs=1e-9)  # the native stack's
         assert len(explained["top"]) == 3
         top = explained["top"][0]
         assert abs(top["contribution"]) == max(abs(v) for v in explained["contributions"].values())
@@ -237,6 +273,21 @@ def test_explanations_add_up_to_the_score(stack: LocalStack, served: dict[str, A
             "rows [1] lack names other rows have (row 1: ['odds'])",
         ),
         (lambda rows: {"rows": rows, "top_k": 0}, 422, "top_k"),
+        (
+            lambda rows: {"columns": [*rows[0], "odds"], "data": [[*rows[0].values(), 9.0]]},
+            422,
+            "columns named more than once: ['odds']",
+        ),
+        (  # the error names a few, however many there are
+            lambda rows: {"rows": [{**rows[0], **{f"{i:03}" + "x" * 500: 1 for i in range(900)}}]},
+            422,
+            "['000xxxxxxxxx",
+        ),
+        (  # 1,000 rows explained, every feature's part: past what Lambda may return
+            lambda rows: {"rows": (rows * 1000)[:1000], "top_k": 40},
+            413,
+            "send fewer rows per request",
+        ),
     ],
     ids=[
         "empty",
@@ -251,6 +302,9 @@ def test_explanations_add_up_to_the_score(stack: LocalStack, served: dict[str, A
         "not-object",
         "short-row",
         "top_k",
+        "repeated-column",
+        "many-unknown",
+        "reply-too-large",
     ],
 )
 def test_bad_input_is_refused_with_the_reason(
@@ -262,8 +316,8 @@ def test_bad_input_is_refused_with_the_reason(
         body["model"] = served["models"][0]
     path = "/v1/explain" if isinstance(body, dict) and "top_k" in body else "/v1/predict"
     reply = call(stack, path, body)
-    assert reply.status_code == status, reply.text
-    assert message in reply.json()["detail"]
+    assert reply.status_code == status, reply.text[:2000]
+    assert message in reply.json()["detail"] and len(reply.text) < 2000
 
 
 def test_missing_values_and_a_lone_runner_are_answered(

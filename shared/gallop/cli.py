@@ -624,8 +624,8 @@ def _predict_through_api(args: argparse.Namespace, body: dict[str, Any]) -> dict
     with _api_client(args, notes=sys.stderr) as client:
         try:
             reply: dict[str, Any] = client.predict(args.model, **body)
-            if args.explain:
-                explained = client.explain(args.model, top_k=args.top_k, **body)
+            if args.explain:  # the model that answered, should the alias move meanwhile
+                explained = client.explain(reply["model_id"], top_k=args.top_k, **body)
                 reply["explanations"] = explained["explanations"]
         except ApiError as exc:
             if 400 <= exc.status_code < 500:  # unknown model or alias (404), bad rows (422)

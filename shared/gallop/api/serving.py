@@ -23,6 +23,9 @@ from gallop.serving.registry import ModelNotFound
 # function serves them (gallop.api.models has the routes that use the database).
 router = APIRouter(tags=["serving"])
 MAX_BODY_BYTES = 6 * 1024 * 1024  # API Gateway's and Lambda's payload limit
+# Lambda's reply is capped at 6 MB too, the body escaped inside its JSON envelope: past
+# that API Gateway answers 502. Explanations of 1,000 rows of many features can get there.
+MAX_REPLY_BYTES = 5 * 1024 * 1024
 Value = float | str | None
 
 
@@ -79,7 +82,14 @@ async def _answer(request: Request, explain: bool) -> Response:
         )
     except InputError as exc:
         raise HTTPException(exc.status, str(exc)) from None
-    return Response(orjson.dumps(reply), media_type="application/json")
+    payload = orjson.dumps(reply)
+    if len(payload) > MAX_REPLY_BYTES:
+        raise HTTPException(
+            413,
+            f"the reply would be {len(payload) / 2**20:.1f} MB, over the "
+            f"{MAX_REPLY_BYTES // 2**20} MB a reply may be: send fewer rows per request",
+        )
+    return Response(payload, media_type="application/json")
 
 
 def _completed(

@@ -48,12 +48,15 @@ def reason(feature: str, value: float, contribution: float) -> str:
     return f"{feature} {shown} {direction} the score by {abs(contribution):.2f}"
 
 
-def explanations(
-    model: LoadedModel, features: np.ndarray, score: np.ndarray, top_k: int
-) -> list[dict[str, Any]]:
+def explanations(model: LoadedModel, features: np.ndarray, top_k: int) -> list[dict[str, Any]]:
+    """Per row: the native stack's score (float64, the sum of its parts exactly; the graph's
+    float32 score agrees within 1e-5, relative above 1), the base value, each feature's
+    part and the top_k reasons."""
     parts = stacked_contributions(model, features)
     out = []
-    for row, values, total in zip(parts, features.astype(np.float64), score, strict=True):
+    for row, values, total in zip(
+        parts, features.astype(np.float64), parts.sum(axis=1), strict=True
+    ):
         order = np.argsort(-np.abs(row[:-1]), kind="stable")[:top_k]
         out.append(
             {

@@ -23,6 +23,13 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 PLACES = 3
 
 
+def some(names: list[str], most: int = 10) -> str:
+    """A few of the names, each cut short: an error must not grow with the request."""
+    shown = [repr(str(n)[:80]) for n in names[:most]]
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return "[" + ", ".join(shown) + "]" + more
+
+
 class InputError(ValueError):
     """A request the model cannot answer; `status` is the HTTP status to reply with."""
 
@@ -42,6 +49,9 @@ def parse(model: LoadedModel, body: Any) -> tuple[list[str], list[list[Any]]]:
         if not isinstance(data, list) or not all(isinstance(r, list) for r in data):
             raise InputError("'data' must be a list of rows, each a list of values")
         _check_count(len(data))
+        if len(set(columns)) < len(columns):  # which copy would count?
+            repeated = sorted({c for c in columns if columns.count(c) > 1})
+            raise InputError(f"columns named more than once: {some(repeated)}")
         ragged = [i for i, r in enumerate(data) if len(r) != len(columns)]
         if ragged:
             raise InputError(f"data rows {ragged[:10]} do not have {len(columns)} values")
@@ -54,7 +64,9 @@ def parse(model: LoadedModel, body: Any) -> tuple[list[str], list[list[Any]]]:
     short = [i for i, row in enumerate(rows) if len(row) != len(columns)]
     if short:  # a name left out is not a missing value: send null for that
         absent = sorted(set(columns) - set(rows[short[0]]))
-        raise InputError(f"rows {short[:10]} lack names other rows have (row {short[0]}: {absent})")
+        raise InputError(
+            f"rows {short[:10]} lack names other rows have (row {short[0]}: {some(absent)})"
+        )
     return columns, [list(map(row.get, columns)) for row in rows]
 
 
@@ -84,7 +96,10 @@ def feature_matrix(
     unknown = [c for c in columns if c not in allowed]
     missing = [f for f in model.features if f not in columns]
     if unknown or missing:
-        parts = [f"unknown: {unknown}" if unknown else "", f"missing: {missing}" if missing else ""]
+        parts = [
+            f"unknown: {some(unknown)}" if unknown else "",
+            f"missing: {some(missing)}" if missing else "",
+        ]
         raise InputError("feature names " + "; ".join(p for p in parts if p))
     group = model.group
     groups = None
@@ -99,7 +114,10 @@ def feature_matrix(
     # Numbers and nulls only (true/false would pass as 1/0): one set of types per row.
     if not set(chain.from_iterable(map(type, row) for row in picked)) <= NUMERIC_TYPES:
         raise InputError(_first_bad_value(model, picked))
-    table = np.array(picked, dtype=np.float64).reshape(len(picked), len(model.features))
+    try:
+        table = np.array(picked, dtype=np.float64).reshape(len(picked), len(model.features))
+    except OverflowError:  # an integer past float64's range (Python's JSON reads any size)
+        raise InputError("a number is beyond any finite float32 value") from None
     out_of_range = np.abs(table) > FLOAT32_MAX  # NaN compares False: a null is fine
     if out_of_range.any():
         row, column = np.argwhere(out_of_range)[0]
@@ -147,16 +165,36 @@ def place_probabilities(win: np.ndarray, race: np.ndarray, races: int) -> np.nda
 
 
 def _harville_top3(p: np.ndarray) -> np.ndarray:
-    """P(first) + P(second) + P(third) per runner, in O(n^2)."""
-    distinct = ~np.eye(len(p), dtype=bool)
-    after_first = np.where(distinct, p[None, :] / np.maximum(1.0 - p[:, None], 1e-300), 0.0)
-    second = p @ after_first  # sum over j of p_j * p_i / (1 - p_j)
-    # pair[j, k] = P(j first, k second) / (1 - p_j - p_k): what runner i's third place
-    # chance multiplies p_i by, summed over the pairs that leave i out.
-    pair = p[:, None] * after_first / np.maximum(1.0 - p[:, None] - p[None, :], 1e-300)
-    pair = np.where(distinct, pair, 0.0)
-    without_i = pair.sum() - pair.sum(axis=1) - pair.sum(axis=0)
-    return np.minimum(p + second + p * without_i, 1.0)
+    """P(first) + P(second) + P(third) per runner, in O(n^2). The chance left once one or
+    two runners are placed is summed from the others' chances, never taken as 1 - p, and
+    sums that leave a runner out are summed without it, never subtracted: a runner holding
+    nearly all the chance would otherwise leave 0 / 0, or a difference of two nearly
+    equal sums."""
+    n = len(p)
+    order = np.argsort(-p, kind="stable")
+    q = p[order]  # largest first: a sum of the first ones dwarfs what follows them
+    tail = np.zeros(n + 1)  # tail[m] = q[m] + ... + q[n - 1], summed from the smallest
+    tail[:n] = np.cumsum(q[::-1])[::-1]
+    at = np.arange(n)
+    lo, hi = np.minimum.outer(at, at), np.maximum.outer(at, at)
+    # the chance of all but runner j, and of all but runners j and k (lo < hi)
+    rest1 = (tail[0] - tail[:-1]) + tail[1:]
+    rest2 = (tail[0] - tail[lo]) + (tail[lo + 1] - tail[hi]) + tail[hi + 1]
+    others = lo != hi
+    first = np.divide(q, rest1, out=np.zeros(n), where=rest1 > 0)  # P(j first) / rest1[j]
+    second = q * (others @ first)  # P(i second) = sum over j != i of P(j first, i second)
+    # after[j, k] = P(k second | j first) / rest2[j, k]; summed over k != i as the sums
+    # before and after i, side by side.
+    after = np.divide(q, rest2, out=np.zeros((n, n)), where=others & (rest2 > 0))
+    sums = np.zeros((n, n + 1))
+    np.cumsum(after, axis=1, out=sums[:, 1:])
+    backwards = np.zeros((n, n + 1))
+    np.cumsum(after[:, ::-1], axis=1, out=backwards[:, 1:])
+    leaving_out = sums[:, :-1] + backwards[:, n - 1 :: -1]
+    third = q * (first @ np.where(others, leaving_out, 0.0))
+    place = np.empty(n)
+    place[order] = np.minimum(q + second + third, 1.0)
+    return place
 
 
 def ranks(score: np.ndarray, race: np.ndarray) -> np.ndarray:
@@ -175,6 +213,9 @@ def predictions(
     """Column-wise results: {"score": [...], ...}, each a float64 or int array."""
     out = model.run(features)
     score = out["score"][:, 0].astype(np.float64)
+    beyond = np.flatnonzero(~np.isfinite(score))
+    if len(beyond):  # inputs so far out that float32 overflows: no probability means much
+        raise InputError(f"rows {beyond[:10].tolist()}: the score is not finite; check the inputs")
     result: dict[str, np.ndarray] = {"score": score}
     if model.task == "ranking":
         assert groups is not None
@@ -224,5 +265,4 @@ def explain_columns(
     ):
         raise InputError(f"top_k must be a whole number from 1 to {len(model.features)}")
     features, _ = feature_matrix(model, columns, values)
-    score = model.run(features)["score"][:, 0].astype(np.float64)
-    return {"model_id": model.model_id, "explanations": explanations(model, features, score, top_k)}
+    return {"model_id": model.model_id, "explanations": explanations(model, features, top_k)}
