@@ -24,6 +24,10 @@ from gallop.settings import (
     env_name,
 )
 
+# Byte code that importing the context leaves (the tests do) must not change the image's
+# hash: it is the code version of every training run.
+IMAGE_EXCLUDE = ["**/__pycache__", "**/*.pyc"]
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build"
 BUILD_COMMAND = ".venv/bin/python layers/build.py"
@@ -198,6 +202,7 @@ def image_function(
             cmd=[f"{function}.handler.handler"],
             # The wheels inside are x86_64: build that, even on an ARM machine.
             platform=ecr_assets.Platform.LINUX_AMD64,
+            exclude=IMAGE_EXCLUDE,
         ),
         **_common(scope, id, function, wiring, placement, memory_mb, timeout, description),  # type: ignore[arg-type]
     )

@@ -13,7 +13,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from infra.functions import Placement, Wiring, dependencies_path, zip_function
+from infra.functions import IMAGE_EXCLUDE, Placement, Wiring, dependencies_path, zip_function
 
 # Every training job the state machine may start, describe, stop or tag, and whose role
 # it may pass, is named so: gallop.training.sagemaker names jobs g-{run_id}-a{attempt}-...
@@ -55,6 +55,7 @@ class Training(Construct):
             directory=dependencies_path(self, "images", "training"),
             # The wheels inside are x86_64, as SageMaker's ml.* CPU instances are.
             platform=ecr_assets.Platform.LINUX_AMD64,
+            exclude=IMAGE_EXCLUDE,
         )
         self.sagemaker_role = self._sagemaker_role()
         self.function = zip_function(
@@ -130,14 +131,25 @@ class Training(Construct):
     def _state_machine(self) -> sfn.StateMachine:
         """Map(base_jobs) -> stack job -> register; a failure of any -> failed -> Fail.
         Every step keeps its input (ResultPath), so run_id is there for the last one."""
-        failed = self._invoke(
+        mark_failed = self._invoke(
             "MarkFailed",
             {
                 "action": "failed",
                 "run_id": sfn.JsonPath.string_at("$.run_id"),
                 "error": sfn.JsonPath.object_at("$.error"),
             },
-        ).next(sfn.Fail(self, "Failed", error_path="$.error.Error", cause_path="$.error.Cause"))
+        )
+        # Marking a run FAILED is idempotent: tried again through a database or proxy
+        # hiccup of the function itself, so that no run is left RUNNING for good.
+        mark_failed.add_retry(
+            errors=[sfn.Errors.ALL],
+            max_attempts=6,
+            interval=Duration.seconds(5),
+            backoff_rate=2.0,
+        )
+        failed = mark_failed.next(
+            sfn.Fail(self, "Failed", error_path="$.error.Error", cause_path="$.error.Cause")
+        )
 
         base_jobs = sfn.Map(
             self,
@@ -197,6 +209,16 @@ class Training(Construct):
             "Type": "Task",
             "Resource": f"arn:{Stack.of(self).partition}:states:::sagemaker:createTrainingJob.sync",
             "Parameters": {f"{field}.$": f"{request}.{field}" for field in REQUEST_FIELDS},
+            # SageMaker refusing to start a job (the account's instance quota, throttling)
+            # creates none, so the same name may be asked for again, after a wait.
+            "Retry": [
+                {
+                    "ErrorEquals": ["SageMaker.AmazonSageMakerException"],
+                    "IntervalSeconds": 30,
+                    "MaxAttempts": 5,
+                    "BackoffRate": 2,
+                }
+            ],
         }
         if result_path:
             # Only what comes next needs, beside the run's own input.
