@@ -246,3 +246,12 @@ def test_predict_exits_1_on_text_in_a_feature_or_a_missing_model_or_file(
     assert no_model.returncode == 1 and "no such model folder" in no_model.stderr
     no_file = predict(model, tmp_path / "absent.json", state=tmp_path)
     assert no_file.returncode == 1 and "no such file" in no_file.stderr
+
+
+def test_a_csv_input_keeps_zero_padded_ids_as_text_and_reads_numbers() -> None:
+    from gallop.cli import _csv_column
+
+    # ingestion reads CSV as text: id 000050 is "000050", not 50
+    assert _csv_column(["000050", "000051"]) == ["000050", "000051"]
+    assert _csv_column(["57.5", "", "58"]) == [57.5, None, 58.0]  # empty: missing
+    assert _csv_column(["H1", "7"]) == ["H1", "7"]

@@ -107,6 +107,40 @@ def test_a_card_with_a_text_where_a_number_belongs_is_refused(races_spec: Datase
         card_features(card, state)
 
 
+def test_a_card_with_a_misspelt_or_left_out_field_is_refused(races_spec: DatasetSpec) -> None:
+    runners, _ = generate_races(60, seed=2)
+    full = canonical(runners, races_spec)
+    state = build_features(full[full["race_time"] < full["race_time"].max()], races_spec).state
+    card = card_of(full[full["race_time"] == full["race_time"].max()])
+    # a typo would otherwise be a missing value, silently
+    card[0]["odd"] = card[0].pop("odds")
+    with pytest.raises(CardError, match=r"unknown fields \['odd'\]"):
+        card_features(card, state)
+    del card[0]["odd"]
+    with pytest.raises(CardError, match=r"card row 1 lacks \['odds'\] \(send null"):
+        card_features(card, state)
+    # null is how a card says a value is unknown
+    card[0]["odds"] = None
+    card_features(card, state)
+
+
+def test_numeric_ids_on_a_card_are_the_keys_ingestion_wrote(races_spec: DatasetSpec) -> None:
+    # GIVEN jockeys with numeric ids, which ingestion stores as text ("23")
+    runners, _ = generate_races(80, seed=3)
+    runners["jockey_id"] = runners["jockey_id"].str.lstrip("J0").replace("", "0")
+    full = canonical(runners, races_spec)
+    last = full["race_time"] == full["race_time"].max()
+    state = build_features(full[~last], races_spec).state
+    offline = build_features(full, races_spec).frame[last.to_numpy()]
+    # WHEN a card sends them as numbers, as a CSV read by pandas or a JSON client may
+    card = card_of(full[last])
+    for row in card:
+        row["jockey_id"] = float(row["jockey_id"])
+    names, online = card_features(card, state)
+    # THEN the jockeys' histories are found: the rows equal the offline ones
+    np.testing.assert_array_equal(online, offline[names].to_numpy(dtype=np.float32))
+
+
 def test_a_card_spanning_start_times_is_refused(races_spec: DatasetSpec) -> None:
     # A jockey's earlier ride on the card would count as a run with no known result.
     runners, _ = generate_races(60, seed=2)

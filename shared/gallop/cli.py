@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -573,17 +574,37 @@ def _json_body(path: Path) -> dict[str, Any]:
 def _csv_body(path: Path) -> dict[str, Any]:
     import pandas as pd
 
-    try:
-        frame = pd.read_csv(path)
+    try:  # as text, as ingestion reads it: ids such as 000050 keep their zeros
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise _BadInput(f"{path}: empty file") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise _BadInput(f"{path}: not a readable CSV: {exc}") from None
     if frame.empty:
         raise _BadInput(f"{path}: no rows")
-    # Empty cells are missing values: null in JSON (NaN is not JSON).
-    values = frame.astype(object).where(frame.notna(), None)
-    return {"columns": [str(c) for c in frame.columns], "data": values.values.tolist()}
+    columns = [_csv_column(frame[c].tolist()) for c in frame.columns]
+    return {
+        "columns": [str(c) for c in frame.columns],
+        "data": [list(r) for r in zip(*columns, strict=True)],
+    }
+
+
+def _csv_column(cells: list[str]) -> list[Any]:
+    """Numbers where every filled cell is one (and none is a zero-padded id), else text;
+    an empty cell is a missing value (null)."""
+    filled = [c.strip() for c in cells if c.strip()]
+    padded = any(re.fullmatch(r"[+-]?0\d+", c) for c in filled)
+    if all(map(_is_number, filled)) and not padded:
+        return [float(c) if c.strip() else None for c in cells]
+    return [c if c.strip() else None for c in cells]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _predict_locally(

@@ -36,6 +36,7 @@ def card_features(
     )
     if not card:
         raise CardError("the card has no rows")
+    check_names(card, spec, plan, state.meta["data_numeric"])
     table = card_table(card, spec, plan.numeric_inputs, plan.text_keys)
     if spec.time and len(np.unique(table[spec.time])) > 1:
         raise CardError(
@@ -57,6 +58,27 @@ def _spec_and_plan(spec_json: str, data_numeric: tuple[str, ...]) -> tuple[Datas
     return spec, build_plan(spec, list(data_numeric))
 
 
+def check_names(
+    card: list[dict[str, Any]], spec: DatasetSpec, plan: Plan, data_numeric: list[str]
+) -> None:
+    """A misspelt or left-out field would otherwise be a missing value, silently: every
+    name must be a column of the data, and every pre-race input the features read must
+    be sent (null where unknown)."""
+    sent = set().union(*card)
+    roles = (spec.group, spec.time, spec.entity, spec.target, spec.odds)
+    known = {*filter(None, roles), *spec.post_race, *spec.categorical, *data_numeric}
+    known |= {*plan.numeric_inputs, *plan.text_keys}
+    unknown = sorted(sent - known)
+    if unknown:
+        raise CardError(f"unknown fields {unknown[:10]}: not columns of the model's data")
+    after_the_off = {spec.target, *spec.post_race}
+    needed = [n for n in plan.numeric_inputs if n not in after_the_off]
+    for i, row in enumerate(card):
+        lacking = [n for n in needed if n not in row]
+        if lacking:
+            raise CardError(f"card row {i + 1} lacks {lacking[:10]} (send null when unknown)")
+
+
 def card_table(
     card: list[dict[str, Any]], spec: DatasetSpec, numeric: list[str], text_keys: list[str]
 ) -> Table:
@@ -68,7 +90,7 @@ def card_table(
         if absent and name in required:
             raise CardError(f"card rows {absent[:10]} have no {name!r}")
         # A missing jockey or trainer is allowed, as offline: its features are missing.
-        table[name] = np.array(["" if v is None else str(v) for v in values], dtype=str)
+        table[name] = np.array([key_text(v) for v in values], dtype=str)
     if spec.time:
         table[spec.time] = np.array([_micros(row.get(spec.time), i) for i, row in enumerate(card)])
     post_race = {spec.target, *spec.post_race}
@@ -82,6 +104,16 @@ def card_table(
         ).astype(np.float64)
     table[spec.target] = np.full(len(card), np.nan)
     return table
+
+
+def key_text(value: Any) -> str:
+    """A key as ingestion writes it: text as sent, a whole number without '.0' (11.0 from
+    a CSV read as numbers is jockey '11')."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _micros(value: Any, index: int) -> int:
