@@ -38,7 +38,7 @@ from gallop.storage import ObjectMissing, Store, features_prefix
 from gallop.synth.races import generate_races
 from gallop.training import runs
 from gallop.training.artifacts import BadArchive, pack, publish, unpack
-from gallop.training.config import DEFAULT_BASES, run_config
+from gallop.training.config import BASE_DEFAULTS, DEFAULT_BASES, STACK_DEFAULTS, run_config
 from gallop.training.events import failure_reason
 from gallop.training.identity import (
     REPO,
@@ -70,10 +70,22 @@ def test_the_run_id_is_a_hash_of_config_data_version_features_and_code() -> None
     assert run_id_for(reordered, "v-1", "spec-1", "code-1") == run_id
     defaults = run_config("races", "ranking", list(config["bases"]), {"num_boost_round": 20}, 0.2)
     assert run_id_for(defaults, "v-1", "spec-1", "code-1") == run_id
+    spelt_out = {"num_boost_round": 20, "num_leaves": 31, "coverage": 0.9, "meta_l2": 0.001}
+    spelt_out = run_config("races", "ranking", None, spelt_out, 0.2)
+    assert run_id_for(spelt_out, "v-1", "spec-1", "code-1") == run_id
+    whole, fraction = (
+        run_config("races", "ranking", None, {"learning_rate": rate}, 0.2) for rate in (1, 1.0)
+    )
+    assert run_id_for(whole, "v", "s", "c") == run_id_for(fraction, "v", "s", "c")
     # ... and any change to one of them is another run.
     changed = {
         run_id_for({**config, "test_share": 0.25}, "v-1", "spec-1", "code-1"),
-        run_id_for({**config, "hyperparameters": {}}, "v-1", "spec-1", "code-1"),
+        run_id_for(
+            run_config("races", "ranking", None, {"num_boost_round": 21}, 0.2),
+            "v-1",
+            "spec-1",
+            "code-1",
+        ),
         run_id_for({**config, "bases": ["lambdarank"]}, "v-1", "spec-1", "code-1"),
         run_id_for(config, "v-2", "spec-1", "code-1"),
         run_id_for(config, "v-1", "spec-2", "code-1"),
@@ -527,10 +539,11 @@ def test_the_stepfunctions_launcher_starts_an_execution_with_complete_training_j
             assert re.search(metric["Regex"], line).group(1) == "-1.5e-03"  # type: ignore[union-attr]
     assert len({r["TrainingJobName"] for r in jobs}) == len(jobs)
     assert [_decoded(r) for r in payload["base_jobs"]] == [
-        {"job": "base", "model": model, "num_boost_round": 20, "test_share": 0.2}
+        {**BASE_DEFAULTS, "job": "base", "model": model, "num_boost_round": 20, "test_share": 0.2}
         for model in DEFAULT_BASES["ranking"]
     ]
     assert _decoded(payload["stack_job"]) == {
+        **STACK_DEFAULTS,
         "job": "stack",
         "test_share": 0.2,
         "run_id": run["run_id"],

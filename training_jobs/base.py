@@ -21,7 +21,7 @@ import pandas as pd
 
 from gallop.models.linear import LinearModel, fit_linear
 from gallop.models.onnx_export import native_margin
-from gallop.training.config import BASE_MODELS
+from gallop.training.config import BASE_DEFAULTS, BASE_MODELS
 from gallop.training.contract import Container, JobError, emit_metric, run
 from gallop.training.metrics import auc, ndcg_at_k
 from gallop.training.outcomes import race_results
@@ -29,14 +29,7 @@ from gallop.training.runner import holdout_split
 
 DEFAULTS: dict[str, Any] = {
     "model": None,  # by task: lambdarank, binary or regression
-    "folds": 5,
-    "split": "group",
-    "seed": 0,
-    "num_boost_round": 100,  # LightGBM's own defaults
-    "learning_rate": 0.1,
-    "num_leaves": 31,
-    "min_data_in_leaf": 20,
-    "l2": 1e-2,
+    **BASE_DEFAULTS,
     "job": "base",  # which entry point the training image runs (see layers/)
     "test_share": None,  # hold out the latest share of groups first (the stack job's test)
 }

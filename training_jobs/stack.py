@@ -31,6 +31,7 @@ import pandas as pd
 from gallop.models.linear import LinearModel
 from gallop.models.onnx_export import native_margin, stack_to_onnx
 from gallop.models.stack import Meta, fit_meta, group_starts
+from gallop.training.config import STACK_DEFAULTS
 from gallop.training.contract import Container, JobError, emit_metric, run
 from gallop.training.metrics import (
     betting,
@@ -45,11 +46,7 @@ from gallop.training.runner import holdout_split
 
 PARITY = 1e-5
 DEFAULTS: dict[str, Any] = {
-    "meta_l2": 1e-3,
-    "calibration": "platt",
-    "coverage": 0.9,
-    "bet_margin": 0.05,
-    "kelly_fraction": 0.25,
+    **STACK_DEFAULTS,
     "run_id": None,
     "data_version": None,
     "code_version": None,

@@ -21,10 +21,28 @@ DEFAULT_BASES: dict[str, tuple[str, ...]] = {
 ALL_BASE_MODELS = sorted({name for names in BASE_MODELS.values() for name in names})
 # Set by gallop per job, never by the caller.
 RESERVED_HYPERPARAMETERS = ("model", "job")
-# A run's hyperparameters go to every base job, except these, which the stack job takes
-# (training_jobs/stack.py checks them): the meta-learner's penalty, the calibration, the
-# intervals' coverage and the betting simulation's margin and stake.
-STACK_HYPERPARAMETERS = ("meta_l2", "calibration", "coverage", "bet_margin", "kelly_fraction")
+# What a run may set, with the defaults the jobs use (training_jobs/ checks the values).
+# A run's hyperparameters go to every base job, except the stack job's own: the
+# meta-learner's penalty, the calibration, the intervals' coverage and the betting
+# simulation's margin and stake.
+BASE_DEFAULTS: dict[str, Any] = {
+    "folds": 5,
+    "split": "group",
+    "seed": 0,
+    "num_boost_round": 100,  # LightGBM's own defaults
+    "learning_rate": 0.1,
+    "num_leaves": 31,
+    "min_data_in_leaf": 20,
+    "l2": 1e-2,  # the linear base's penalty
+}
+STACK_DEFAULTS: dict[str, Any] = {
+    "meta_l2": 1e-3,
+    "calibration": "platt",
+    "coverage": 0.9,
+    "bet_margin": 0.05,
+    "kelly_fraction": 0.25,
+}
+STACK_HYPERPARAMETERS = tuple(STACK_DEFAULTS)
 
 
 class BadRunConfig(ValueError):
@@ -52,14 +70,23 @@ def run_config(
     test_share: float,
 ) -> dict[str, Any]:
     """The config a run id is computed from: defaults filled in, so that leaving a value
-    out and giving its default are the same run."""
+    out and giving its default (100 or 100.0) are the same run."""
     return {
         "dataset": dataset,
         "task": task,
         "bases": bases_for(task, bases),
-        "hyperparameters": dict(hyperparameters),
+        "hyperparameters": with_defaults(hyperparameters),
         "test_share": test_share,
     }
+
+
+def with_defaults(hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    defaults = {**BASE_DEFAULTS, **STACK_DEFAULTS}
+    chosen = {**defaults, **hyperparameters}
+    for name, value in chosen.items():  # a whole number where a fraction is meant: 1 is 1.0
+        if isinstance(defaults.get(name), float) and type(value) is int:
+            chosen[name] = float(value)
+    return dict(sorted(chosen.items()))
 
 
 def split_hyperparameters(chosen: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
