@@ -9,6 +9,7 @@ text in a numeric field, unknown or missing names are refused, naming them.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from itertools import chain
 from operator import itemgetter
 from typing import Any
@@ -108,7 +109,8 @@ def feature_matrix(
             raise InputError(f"rows need their group column {group!r} (the race they are in)")
         at = columns.index(group)
         groups = np.array([_group_id(row[at], i) for i, row in enumerate(values)], dtype=object)
-    index = [columns.index(f) for f in model.features]
+    where = {name: i for i, name in enumerate(columns)}  # not columns.index: n x features
+    index = [where[f] for f in model.features]
     take = itemgetter(*index) if len(index) > 1 else lambda row: (row[index[0]],)
     picked = [take(row) for row in values]
     # Numbers and nulls only (true/false would pass as 1/0): one set of types per row.
@@ -175,12 +177,10 @@ def _harville_top3(p: np.ndarray) -> np.ndarray:
     q = p[order]  # largest first: a sum of the first ones dwarfs what follows them
     tail = np.zeros(n + 1)  # tail[m] = q[m] + ... + q[n - 1], summed from the smallest
     tail[:n] = np.cumsum(q[::-1])[::-1]
-    at = np.arange(n)
-    lo, hi = np.minimum.outer(at, at), np.maximum.outer(at, at)
+    lo, hi, others = _pairs(n)
     # the chance of all but runner j, and of all but runners j and k (lo < hi)
     rest1 = (tail[0] - tail[:-1]) + tail[1:]
     rest2 = (tail[0] - tail[lo]) + (tail[lo + 1] - tail[hi]) + tail[hi + 1]
-    others = lo != hi
     first = np.divide(q, rest1, out=np.zeros(n), where=rest1 > 0)  # P(j first) / rest1[j]
     second = q * (others @ first)  # P(i second) = sum over j != i of P(j first, i second)
     # after[j, k] = P(k second | j first) / rest2[j, k]; summed over k != i as the sums
@@ -197,13 +197,24 @@ def _harville_top3(p: np.ndarray) -> np.ndarray:
     return place
 
 
+@lru_cache(maxsize=64)
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For runners j, k of a field of n: the lower and higher of the two, and j != k (the
+    same for every race of that size: made once)."""
+    at = np.arange(n)
+    lo, hi = np.minimum.outer(at, at), np.maximum.outer(at, at)
+    return lo, hi, lo != hi
+
+
 def ranks(score: np.ndarray, race: np.ndarray) -> np.ndarray:
     """1 for the highest score in its race (ties: the earlier row first)."""
     order = np.lexsort((-score, race))
+    in_order = race[order]
+    position = np.arange(len(order))
+    # each row's race starts at the last position where the race changed
+    starts = np.where(np.concatenate(([True], in_order[1:] != in_order[:-1])), position, 0)
     rank = np.empty(len(score), dtype=np.int64)
-    starts = np.r_[0, np.flatnonzero(np.diff(race[order])) + 1]
-    within = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    rank[order] = within + 1
+    rank[order] = position - np.maximum.accumulate(starts) + 1
     return rank
 
 
