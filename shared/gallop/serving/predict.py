@@ -95,7 +95,8 @@ def feature_matrix(
     """(float32 [n, features] in the model's order, group ids or None)."""
     allowed = set(model.features) | set(model.manifest.get("identifiers") or [])
     unknown = [c for c in columns if c not in allowed]
-    missing = [f for f in model.features if f not in columns]
+    where = {name: i for i, name in enumerate(columns)}  # not list scans: n x features
+    missing = [f for f in model.features if f not in where]
     if unknown or missing:
         parts = [
             f"unknown: {some(unknown)}" if unknown else "",
@@ -105,11 +106,10 @@ def feature_matrix(
     group = model.group
     groups = None
     if group:
-        if group not in columns:
+        if group not in where:
             raise InputError(f"rows need their group column {group!r} (the race they are in)")
-        at = columns.index(group)
+        at = where[group]
         groups = np.array([_group_id(row[at], i) for i, row in enumerate(values)], dtype=object)
-    where = {name: i for i, name in enumerate(columns)}  # not columns.index: n x features
     index = [where[f] for f in model.features]
     take = itemgetter(*index) if len(index) > 1 else lambda row: (row[index[0]],)
     picked = [take(row) for row in values]
