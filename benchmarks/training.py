@@ -53,12 +53,18 @@ def quiet(_: str) -> None:
 Letor = tuple[np.ndarray, np.ndarray, np.ndarray]  # features, grades, query sizes
 
 
+def letor_sample() -> tuple[Letor, Letor]:
+    """The sample's own split, 201 training and 50 test queries, as wide as each other."""
+    train_x, train_y, train_q = load_letor("rank.train")
+    test = load_letor("rank.test", width=train_x.shape[1])
+    train_x = np.pad(train_x, ((0, 0), (0, test[0].shape[1] - train_x.shape[1])))
+    return (train_x, train_y, train_q), test
+
+
 def letor(work: Path) -> list[tuple[str, dict[str, Any]]]:
     """The sample's own split: 201 training queries, 50 test queries."""
-    train_x, train_y, train_q = load_letor("rank.train")
-    test_x, test_y, test_q = load_letor("rank.test", width=train_x.shape[1])
-    train_x = np.pad(train_x, ((0, 0), (0, test_x.shape[1] - train_x.shape[1])))
-    baseline, stack = letor_scores((train_x, train_y, train_q), (test_x, test_y, test_q), work)
+    train, (test_x, test_y, test_q) = letor_sample()
+    baseline, stack = letor_scores(train, (test_x, test_y, test_q), work)
     plain = {f"ndcg@{k}": ndcg_at_k(baseline, test_y, test_q, k) for k in KS}
     ours = {f"ndcg@{k}": ndcg_at_k(stack, test_y, test_q, k) for k in KS}
     # How sure is the difference, with 50 queries?
@@ -74,10 +80,8 @@ def letor(work: Path) -> list[tuple[str, dict[str, Any]]]:
 def letor_cross_validated(work: Path, folds: int = 5, repeats: int = 2) -> list[tuple[str, dict]]:
     """All 251 queries, each a test query once per repeat (folds by query): NDCG@k per query
     averaged over the repeats, so the difference rests on 251 queries rather than 50."""
-    train_x, train_y, train_q = load_letor("rank.train")
-    test_x, test_y, test_q = load_letor("rank.test", width=train_x.shape[1])
-    x = np.vstack([np.pad(train_x, ((0, 0), (0, test_x.shape[1] - train_x.shape[1]))), test_x])
-    y, sizes = np.r_[train_y, test_y], np.r_[train_q, test_q]
+    (train_x, train_y, train_q), (test_x, test_y, test_q) = letor_sample()
+    x, y, sizes = np.vstack([train_x, test_x]), np.r_[train_y, test_y], np.r_[train_q, test_q]
     query = np.repeat(np.arange(len(sizes)), sizes)
     per_query = {name: {k: np.zeros(len(sizes)) for k in KS} for name in ("baseline", "stack")}
     for repeat in range(repeats):
