@@ -20,6 +20,7 @@ from gallop.spec import DatasetSpec
 from gallop.synth.races import generate_races
 from gallop.training.contract import JobError, decode
 from gallop.training.metrics import ndcg_at_k
+from gallop.training.runner import write_channel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,8 +31,7 @@ def race_features(races_spec: DatasetSpec, tmp_path_factory: pytest.TempPathFact
     runners, _ = generate_races(400, seed=17)
     built = build_features(validate(runners.astype(str), races_spec).canonical, races_spec)
     channel = tmp_path_factory.mktemp("channel")
-    (channel / "features.parquet").write_bytes(to_parquet(built.frame))
-    (channel / "manifest.json").write_text(json.dumps(built.manifest))
+    write_channel(channel, built.frame, built.manifest)
     return channel
 
 
@@ -226,8 +226,7 @@ def split_channels(
         ("test", built.frame["race_time"] > cut),
     ):
         channel = tmp_path_factory.mktemp(name)
-        (channel / "features.parquet").write_bytes(to_parquet(built.frame[rows]))
-        (channel / "manifest.json").write_text(json.dumps(built.manifest))
+        write_channel(channel, built.frame[rows], built.manifest)
         channels.append(channel)
     return channels[0], channels[1]
 
@@ -506,9 +505,7 @@ def binary_jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             table = table[table["y"] == 0]
         built = build_features(validate(table.astype(str), spec).canonical, spec)
         made[name] = root / name
-        made[name].mkdir()
-        (made[name] / "features.parquet").write_bytes(to_parquet(built.frame))
-        (made[name] / "manifest.json").write_text(json.dumps(built.manifest))
+        write_channel(made[name], built.frame, built.manifest)
     made["bases"] = root / "bases"
     for i, model in enumerate(["binary", "linear"]):
         base = opt_ml(root / model, made["train"], {"model": model, "num_boost_round": "40"})
