@@ -21,16 +21,20 @@ from gallop.settings import FUNCTION_SETTINGS, Settings  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def synthesisable() -> Any:
+    """The gallop stack as tests build it: no asset staging, code-only bundles."""
+    from infra.app import build
+    from infra.functions import CODE_ONLY
+
+    return build({"aws:cdk:disable-asset-staging": True, CODE_ONLY: True})[1]
+
+
 @pytest.fixture(scope="module")
 def stack() -> Any:
     # Function code and the image context are copied in place; synthesis needs no wheels
     # and no Docker (the image is built by cdk deploy).
     subprocess.run([sys.executable, "layers/build.py", "--code-only"], cwd=ROOT, check=True)
-    from infra.app import build
-    from infra.functions import CODE_ONLY
-
-    _, gallop = build({"aws:cdk:disable-asset-staging": True, CODE_ONLY: True})
-    return gallop
+    return synthesisable()
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +59,9 @@ def test_cdk_nag_finds_nothing_in_a_concrete_environment_either(
 ) -> None:
     """`cdk synth` with credentials sets CDK_DEFAULT_ACCOUNT/REGION: ARNs then carry them
     literally, and every suppression must still apply."""
-    from infra.app import build
-    from infra.functions import CODE_ONLY
-
     monkeypatch.setenv("CDK_DEFAULT_ACCOUNT", "123456789012")
     monkeypatch.setenv("CDK_DEFAULT_REGION", "eu-west-1")
-    _, concrete = build({"aws:cdk:disable-asset-staging": True, CODE_ONLY: True})
+    concrete = synthesisable()
     Template.from_stack(concrete)  # synthesise: the nag aspects run
     annotations = Annotations.from_stack(concrete)
     for pack in ("AwsSolutions-.*", "Serverless-.*"):
@@ -938,14 +939,11 @@ def test_the_training_image_context_holds_its_entry_point_and_the_jobs(stack: An
 def test_byte_code_left_in_the_image_context_changes_no_code_version(stack: Any) -> None:
     """The image's hash is the code version of every run: importing the context (as the
     tests do) must not make a deploy train everything anew."""
-    from infra.app import build
-    from infra.functions import CODE_ONLY
-
     cache = ROOT / "build" / "images" / "training" / "training_jobs" / "__pycache__"
     cache.mkdir(exist_ok=True)
     (cache / "left_over.cpython-312.pyc").write_bytes(b"\x00byte code")
     try:
-        _, again = build({"aws:cdk:disable-asset-staging": True, CODE_ONLY: True})
+        again = synthesisable()
     finally:
         shutil.rmtree(cache)
     assert again.training.image.asset_hash == stack.training.image.asset_hash
