@@ -124,10 +124,10 @@ def native_margin(booster: Any, features: np.ndarray) -> np.ndarray:
 
 
 def tree_ensemble_node(
-    booster: Any, input_name: str, output_name: str, scale: float = 1.0
+    dump: dict[str, Any], input_name: str, output_name: str, scale: float = 1.0
 ) -> onnx.NodeProto:
-    """One TreeEnsembleRegressor computing the booster's raw score (times `scale`)."""
-    dump = booster.dump_model()
+    """One TreeEnsembleRegressor computing the raw score (times `scale`) of a LightGBM
+    model dump (`Booster.dump_model()`, or several fold models' trees in one dump)."""
     if dump.get("num_tree_per_iteration", 1) != 1:
         raise UnsupportedModel("multiclass models (several trees per iteration)")
     if dump.get("average_output"):  # random-forest mode: the score is the trees' mean
@@ -163,7 +163,7 @@ def booster_to_onnx(
     booster: Any, n_features: int, input_name: str = "features", output_name: str = "score"
 ) -> onnx.ModelProto:
     """A model with a float32 [n, n_features] input and the raw score [n, 1] as output."""
-    node = tree_ensemble_node(booster, input_name, output_name)
+    node = tree_ensemble_node(booster.dump_model(), input_name, output_name)
     graph = helper.make_graph(
         [node],
         "gallop_lightgbm",
@@ -178,7 +178,7 @@ def _margin_parts(
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     if isinstance(base, LinearModel):
         return base.onnx_parts(input_name, output_name)
-    return [tree_ensemble_node(base, input_name, output_name)], []
+    return [tree_ensemble_node(base.dump_model(), input_name, output_name)], []
 
 
 def _head(
