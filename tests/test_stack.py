@@ -88,6 +88,12 @@ def test_isotonic_pools_adjacent_violators_and_ties() -> None:
     assert curve(np.array([0.0, 2.5, 3.0, 9.0])).tolist() == [0.5, 0.5, 1.0, 1.0]
     tied = fit_isotonic(np.array([2.0, 1.0, 1.0]), np.array([1.0, 1.0, 0.0]))
     assert tied.thresholds.tolist() == [1.0, 2.0] and tied.values.tolist() == [0.5, 1.0]
+    # Tied scores pool with each other before any violator: the least-squares answer,
+    # whatever order the tied rows come in
+    for order in ([0, 1, 2], [0, 2, 1], [2, 1, 0]):
+        score, outcome = np.array([0.0, 1.0, 1.0])[order], np.array([0.4, 0.0, 1.0])[order]
+        curve = fit_isotonic(score, outcome)
+        assert curve(score) == pytest.approx(np.array([0.4, 0.5, 0.5])[order])
     rng = np.random.default_rng(3)
     score = rng.normal(size=500)
     values = fit_isotonic(score, (rng.random(500) < sigmoid(score)).astype(float)).values

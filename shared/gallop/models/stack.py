@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import isotonic_regression, minimize
 
 
 @dataclass(frozen=True)
@@ -125,28 +125,16 @@ class Isotonic:
 
 
 def fit_isotonic(score: np.ndarray, y: np.ndarray) -> Isotonic:
-    order = np.argsort(score, kind="stable")
-    xs, ys = np.asarray(score, dtype=np.float64)[order], np.asarray(y, dtype=np.float64)[order]
-    # Blocks of (sum, count, first score); merge while a block's mean falls below the last.
-    sums: list[float] = []
-    counts: list[int] = []
-    starts: list[float] = []
-    previous = np.nan
-    for x, value in zip(xs, ys, strict=True):
-        if x == previous:  # tied scores share one block: the last one
-            sums[-1] += value
-            counts[-1] += 1
-        else:
-            sums.append(value)
-            counts.append(1)
-            starts.append(x)
-        previous = x
-        while len(sums) > 1 and sums[-2] / counts[-2] >= sums[-1] / counts[-1]:
-            total, count = sums.pop(), counts.pop()
-            sums[-1] += total
-            counts[-1] += count
-            starts.pop()
-    return Isotonic(np.array(starts), np.array(sums) / np.array(counts))
+    """The least-squares non-decreasing step function of the score. Tied scores are one
+    point (their mean outcome, weighted by their count) before the fit, so the answer
+    depends neither on row order nor on how ties are broken."""
+    scores, inverse, counts = np.unique(
+        np.asarray(score, dtype=np.float64), return_inverse=True, return_counts=True
+    )
+    means = np.bincount(inverse, weights=np.asarray(y, dtype=np.float64)) / counts
+    fitted = isotonic_regression(means, weights=counts.astype(np.float64), increasing=True).x
+    steps = np.r_[True, np.diff(fitted) != 0]  # one threshold where the value changes
+    return Isotonic(scores[steps], fitted[steps])
 
 
 @dataclass(frozen=True)
