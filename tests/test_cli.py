@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -255,3 +256,51 @@ def test_a_csv_input_keeps_zero_padded_ids_as_text_and_reads_numbers() -> None:
     assert _csv_column(["000050", "000051"]) == ["000050", "000051"]
     assert _csv_column(["57.5", "", "58"]) == [57.5, None, 58.0]  # empty: missing
     assert _csv_column(["H1", "7"]) == ["H1", "7"]
+
+
+# -- gallop train --test ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["binary", "regression"])
+def test_train_with_a_test_file_on_a_task_without_groups(task: str, tmp_path: Path) -> None:
+    # GIVEN a table with no group column, split into two files
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(700, 3))
+    signal = x[:, 0] - 0.5 * x[:, 1]
+    y = (rng.random(700) < 1 / (1 + np.exp(-signal))).astype(int) if task == "binary" else signal
+    table = pd.DataFrame(x, columns=["a", "b", "c"]).assign(y=y)
+    table[:500].to_csv(tmp_path / "train.csv", index=False)
+    table[500:].to_csv(tmp_path / "test.csv", index=False)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: plain\ntask: {task}\ntarget: y\n")
+    # WHEN it trains with the second file as its test set
+    args = ["--spec", str(spec), "--bases", f"{task},linear", "--set", "num_boost_round=30"]
+    done = gallop(
+        "train", "--data", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
+        *args, "--out", str(tmp_path / "model"), state=tmp_path,
+    )  # fmt: skip
+    # THEN it is judged on exactly the test file's 200 rows, and serves a model fitted on all
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert manifest["evaluated_on"] == "test"
+    assert manifest["rows"] == {
+        "train": 500,
+        "evaluated": 200,
+        "served_model_fitted_on": 700,
+        "single_row_groups_left_out": 0,
+    }
+
+
+def test_train_refuses_a_test_file_sharing_group_ids_with_the_data(tmp_path: Path) -> None:
+    # GIVEN two race files numbered from R0000000 each, as LETOR-style files are
+    write_races(30, seed=1, out=tmp_path / "a.csv")
+    write_races(10, seed=2, out=tmp_path / "b.csv")
+    # WHEN they are given as --data and --test
+    done = gallop(
+        "train", "--data", str(tmp_path / "a.csv"), "--test", str(tmp_path / "b.csv"),
+        "--spec", str(SHIPPED_SPEC), "--out", str(tmp_path / "model"), state=tmp_path,
+    )  # fmt: skip
+    # THEN it refuses, naming the shared ids, before training anything
+    assert done.returncode == 1
+    assert "shares 10 race_id ids with --data" in done.stderr and "R0000000" in done.stderr
+    assert not (tmp_path / "model").exists()

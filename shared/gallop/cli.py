@@ -775,6 +775,7 @@ def _canonical_or_report(path: Path, spec: Any) -> Any:
 def _train(args: argparse.Namespace) -> int:
     import shutil
 
+    import numpy as np
     import pandas as pd
 
     from gallop.features.build import build_features
@@ -789,6 +790,13 @@ def _train(args: argparse.Namespace) -> int:
     history = _canonical_or_report(args.data, spec)
     held = _canonical_or_report(args.test, spec) if args.test else None
     # Test races get their features from the history before them, as they would live.
+    if held is not None and spec.group:
+        shared = sorted(set(history[spec.group]) & set(held[spec.group]), key=str)
+        if shared:  # LETOR-style files number their queries from 1 in each file
+            raise _BadInput(
+                f"--test shares {len(shared)} {spec.group} ids with --data (e.g. "
+                f"{', '.join(map(str, shared[:5]))}): a group must be in one file only"
+            )
     everything = pd.concat([history, held]) if held is not None else history
     try:
         built = build_features(everything.reset_index(drop=True), spec)
@@ -797,7 +805,8 @@ def _train(args: argparse.Namespace) -> int:
     print(f"{len(built.frame):,} rows x {len(built.plan.features)} features", flush=True)
     try:
         if held is not None:
-            is_test = built.frame[spec.group].isin(set(held[spec.group]))
+            # build_features keeps the row order: the test file's rows come last
+            is_test = np.arange(len(built.frame)) >= len(history)
             train, test = built.frame[~is_test], built.frame[is_test]
         else:
             train, test = holdout_split(built.frame, built.manifest)
