@@ -50,10 +50,6 @@ def _first_race(frame: pd.DataFrame) -> pd.Series:
     return frame["race_id"] == frame.loc[0, "race_id"]
 
 
-def _lonely_race(frame: pd.DataFrame) -> pd.DataFrame:
-    return pd.concat([frame, frame.iloc[[0]].assign(race_id="R-LONELY", horse_id="H-LONELY")])
-
-
 def _horse_twice(frame: pd.DataFrame) -> None:
     frame.loc[frame.index[_first_race(frame)][1], "horse_id"] = frame.loc[0, "horse_id"]
 
@@ -119,7 +115,6 @@ BAD_INPUTS = [
         "target-infinite", "csv", _set(4, "position", "inf"), "target_not_finite", "'position'"
     ),
     BadInput("feature-infinite", "csv", _set(6, "draw", "-Infinity"), "infinite_value", "'draw'"),
-    BadInput("group-of-one", "csv", _edit(_lonely_race), "group_too_small", "fewer than 2"),
     BadInput(
         "entity-twice-in-group",
         "csv",

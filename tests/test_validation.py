@@ -150,6 +150,23 @@ def test_graded_relevance_groups_without_signal_are_a_warning_not_an_error() -> 
     assert [w.code for w in result.warnings] == ["no_target_order"]
 
 
+def test_a_group_of_a_single_row_is_kept_with_a_warning() -> None:
+    # GIVEN a query of one document, as LETOR's sample has (a walkover in racing)
+    spec = DatasetSpec(
+        name="letor", task=Task.RANKING, target="rel", group="qid", target_order="descending"
+    )
+    frame = pd.DataFrame(
+        {"qid": ["1", "1", "2"], "rel": ["2", "0", "1"], "f1": ["0.1", "0.2", "0.3"]}
+    )
+    # WHEN it is validated
+    result = validate(frame, spec)
+    # THEN it is valid, the lone group named in a warning, and no row is dropped
+    assert result.ok, result.problems
+    [warning] = result.warnings
+    assert warning.code == "single_row_group" and "'qid'" in warning.message
+    assert len(result.canonical) == 3
+
+
 def test_json_booleans_are_not_numbers(races_spec: DatasetSpec) -> None:
     data = b'{"clicked": 1, "price": true}\n{"clicked": 0, "price": 2.5}\n'
     spec = DatasetSpec(name="plain", task=Task.BINARY, target="clicked", features=["price"])

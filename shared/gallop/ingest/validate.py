@@ -351,10 +351,13 @@ def _check_groups(
     sizes = group.map(group.value_counts())
     small = known & (sizes.to_numpy(dtype=float, na_value=0) < 2)
     if small.any() and spec.task is Task.RANKING:
-        problems.append(
+        # Real data has them (a walkover, a query of one document): kept and scored, but
+        # left out of ranking training, which counts them.
+        warnings.append(
             at_rows(
-                "group_too_small",
-                f"groups in {spec.group!r} with fewer than 2 rows cannot be ranked",
+                "single_row_group",
+                f"groups in {spec.group!r} of a single row hold nothing to rank: they are "
+                "kept, and left out of ranking training",
                 small,
                 column=spec.group,
                 values=group.to_numpy(),
