@@ -35,8 +35,17 @@ def race_features(races_spec: DatasetSpec, tmp_path_factory: pytest.TempPathFact
     return channel
 
 
-def opt_ml(tmp_path: Path, channel: Path | None, hyperparameters: dict[str, str]) -> Path:
+def opt_ml(
+    tmp_path: Path,
+    channel: Path | None,
+    hyperparameters: dict[str, str],
+    test: Path | None = None,
+) -> Path:
+    """A fake /opt/ml with the train channel (and a test channel: the jobs of one stack
+    all see the same held-out rows)."""
     base = tmp_path / "opt" / "ml"
+    if test is not None:
+        shutil.copytree(test, base / "input" / "data" / "test")
     (base / "input" / "config").mkdir(parents=True)
     (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
     train = base / "input" / "data" / "train"
@@ -81,11 +90,11 @@ def test_base_job_writes_out_of_fold_margins_and_a_refit_model(
     done = run_job("base", base)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "#metric oof_ndcg@1=" in done.stdout
-    # ... and writes the refit model, one out-of-fold margin per runner, and its record
+    # ... and writes the bag of fold models, one out-of-fold margin per runner, its record
     out = base / "model"
     record = json.loads((out / "base.json").read_text())
     assert record["model"] == model and record["settings"]["folds"] == 4
-    oof = pd.read_parquet(out / "oof.parquet")
+    oof = out_of_fold(out)
     features = pd.read_parquet(race_features / "features.parquet")
     assert len(oof) == len(features) and not oof["margin"].isna().any()
     # A race never straddles two folds.
@@ -98,28 +107,50 @@ def test_base_job_writes_out_of_fold_margins_and_a_refit_model(
     rng = np.random.default_rng(0)
     chance = np.mean([ndcg_at_k(rng.random(len(frame)), relevance, sizes, 1) for _ in range(20)])
     assert record["metrics"]["ndcg@1"] > chance + 0.08, (record["metrics"], chance)
-    import lightgbm as lgb
+    from gallop.models.lightgbm import LightGBMBase
 
-    booster = lgb.Booster(model_file=str(out / "booster.txt"))
-    assert booster.num_feature() == len(
-        json.loads((race_features / "manifest.json").read_text())["features"]
-    )
+    bag = LightGBMBase.load(out)
+    assert len(bag.boosters) == 4  # the served model: the four fold models' mean
+    assert {b.num_feature() for b in bag.boosters} == {
+        len(json.loads((race_features / "manifest.json").read_text())["features"])
+    }
+    # Each fold model stopped early on its own fold (a forest takes its rounds)
+    assert max(record["trace"]["evaluation"]["iterations"]) <= 60
     assert not (base / "output" / "failure").exists()
 
 
+def out_of_fold(model_dir: Path, part: str = "evaluation") -> pd.DataFrame:
+    margins = pd.read_parquet(model_dir / "margins.parquet")
+    return margins[margins["part"] == part].reset_index(drop=True)
+
+
 def test_position_regression_learns_positions_in_races_and_grades_in_queries() -> None:
-    from training_jobs.base import labels_for
+    from gallop.training.rows import Rows
 
     # Races: 1 for the winner down to 0 for the last, whatever the field size
     races = pd.DataFrame({"race": ["a", "a", "a", "b", "b"], "position": [2, 1, 3, 1, 2]})
-    positions = {"task": "ranking", "group": "race", "target": "position"}
+    positions = {"task": "ranking", "group": "race", "target": "position", "features": []}
     positions["target_order"] = "ascending"
-    assert labels_for(races, positions, "position_regression").tolist() == [0.5, 1, 0, 1, 0]
+    assert Rows.of(races, positions, False).label("position").tolist() == [0.5, 1, 0, 1, 0]
     # Relevance grades: the grade itself, so a query of irrelevant documents has no "first"
     queries = pd.DataFrame({"qid": [1, 1, 1, 2, 2], "label": [0, 2, 1, 0, 0]})
-    grades = {"task": "ranking", "group": "qid", "target": "label"}
+    grades = {"task": "ranking", "group": "qid", "target": "label", "features": []}
     grades["target_order"] = "descending"
-    assert labels_for(queries, grades, "position_regression").tolist() == [0, 2, 1, 0, 0]
+    assert Rows.of(queries, grades, False).label("position").tolist() == [0, 2, 1, 0, 0]
+
+
+def test_single_row_groups_are_left_out_of_ranking_training_and_counted() -> None:
+    from gallop.training.rows import Rows
+
+    # GIVEN a query with a single document (a walkover, in racing) among two real ones
+    queries = pd.DataFrame({"qid": [1, 1, 2, 3, 3], "label": [0, 2, 1, 1, 0]})
+    manifest = {"task": "ranking", "group": "qid", "target": "label", "features": []}
+    manifest["target_order"] = "descending"
+    # WHEN rows are made for training THEN the lone row is left out, and counted
+    training = Rows.of(queries, manifest, training=True)
+    assert training.frame["qid"].tolist() == [1, 1, 3, 3] and training.left_out_groups == 1
+    # AND rows to judge on keep it: it is scored like any other
+    assert len(Rows.of(queries, manifest, training=False)) == 5
 
 
 def test_time_ordered_folds_are_contiguous_blocks_of_races(
@@ -130,7 +161,7 @@ def test_time_ordered_folds_are_contiguous_blocks_of_races(
     )
     done = run_job("base", base)
     assert done.returncode == 0, done.stderr[-2000:]
-    oof = pd.read_parquet(base / "model" / "oof.parquet")
+    oof = out_of_fold(base / "model")
     spans = oof.groupby("fold")["race_time"].agg(["min", "max"]).sort_index()
     assert (spans["max"].iloc[:-1].to_numpy() <= spans["min"].iloc[1:].to_numpy()).all()
 
@@ -208,7 +239,7 @@ def test_the_same_inputs_give_the_same_model_bytes(race_features: Path, tmp_path
     second = opt_ml(tmp_path / "b", race_features, hyperparameters)
     for base in (first, second):
         assert run_job("base", base).returncode == 0
-    for name in ("booster.txt", "oof.parquet"):
+    for name in ("booster_0.txt", "booster_2.txt", "margins.parquet"):
         assert (first / "model" / name).read_bytes() == (second / "model" / name).read_bytes()
 
 
@@ -243,7 +274,10 @@ def test_stack_job_fits_evaluates_and_exports_one_graph_with_parity(
     bases = tmp_path / "bases"
     for i, model in enumerate(["lambdarank", "binary_win"]):
         base = opt_ml(
-            tmp_path / model, train, {"model": model, "folds": "3", "num_boost_round": "50"}
+            tmp_path / model,
+            train,
+            {"model": model, "folds": "3", "num_boost_round": "50"},
+            test=test,
         )
         assert run_job("base", base).returncode == 0
         target = bases / f"base-{i}"
@@ -255,9 +289,8 @@ def test_stack_job_fits_evaluates_and_exports_one_graph_with_parity(
         else:
             for path in (base / "model").iterdir():
                 (target / path.name).write_bytes(path.read_bytes())
-    stack = opt_ml(tmp_path / "stack", train, {"meta_l2": "0.001"})
-    for name, source in (("bases", bases), ("test", test)):
-        shutil.copytree(source, stack / "input" / "data" / name)
+    stack = opt_ml(tmp_path / "stack", train, {"meta_l2": "0.001"}, test=test)
+    shutil.copytree(bases, stack / "input" / "data" / "bases")
 
     # WHEN the stack job runs
     done = run_job("stack", stack)
@@ -279,7 +312,8 @@ def test_stack_job_fits_evaluates_and_exports_one_graph_with_parity(
         str(stack / "model" / "model.onnx"), providers=["CPUExecutionProvider"]
     )
     score, margins = session.run(["score", "margins"], {"features": features})
-    assert margins.shape == (len(features), 2)
+    assert margins.shape == (len(features), len(weights))  # bases given no weight left out
+    assert set(manifest["meta"]["weights"]) == {"lambdarank", "binary_win"}
     assert np.allclose(score[:, 0], margins @ np.array(weights), atol=1e-5)
     # AND it beats picking runners at random on the held-out races
     random_log_loss = float(
@@ -311,7 +345,9 @@ def test_gallop_train_runs_the_jobs_locally_and_leaves_the_artifact(tmp_path: Pa
     assert "base lambdarank: done" in done.stdout and "stack: done" in done.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert (out / "model.onnx").stat().st_size > 0
-    assert manifest["evaluated_on"] == "test" and len(manifest["base_models"]) == 4
+    assert manifest["evaluated_on"] == "test" and len(manifest["meta"]["weights"]) == 6
+    # The served model rests on every row, the held-out ones too
+    assert manifest["rows"]["served_model_fitted_on"] > manifest["rows"]["train"]
     assert "meta-learner weights:" in done.stdout
 
 
@@ -356,7 +392,11 @@ def test_gallop_train_on_a_plain_table(task: str, tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
     outputs = {"binary": ["probability"], "regression": ["value", "lower", "upper"]}[task]
     assert manifest["onnx_outputs"] == ["score", "margins", *outputs]
-    assert [b["model"] for b in manifest["base_models"]] == [task, "random_forest", "linear"]
+    from gallop.models.catalogue import DEFAULT_BASES
+
+    assert set(manifest["meta"]["weights"]) == set(DEFAULT_BASES[task])
+    in_graph = [b["model"] for b in manifest["base_models"]]  # the ones given weight
+    assert in_graph and set(in_graph) <= set(DEFAULT_BASES[task])
     stack = manifest["metrics"]["stack"]
     if task == "binary":
         assert stack["auc"] > 0.7 and stack["ece"] < 0.08
@@ -431,7 +471,7 @@ def test_jobs_hold_the_latest_races_out_themselves_given_a_test_share(
     share = {"test_share": "0.25", "folds": "3", "num_boost_round": "20"}
     base = opt_ml(tmp_path / "base", race_features, {**share, "model": '"lambdarank"'})
     assert run_job("base", base).returncode == 0
-    oof = pd.read_parquet(base / "model" / "oof.parquet")
+    oof = out_of_fold(base / "model")
     frame = pd.read_parquet(race_features / "features.parquet")
     latest = frame.groupby("race_id")["race_time"].min().sort_values(kind="mergesort")
     held = set(latest.index[300:])  # the last quarter of 400 races
@@ -455,9 +495,9 @@ def test_gallop_train_takes_the_bases_and_their_hyperparameters(tmp_path: Path) 
     done = gallop_train(*command, *chosen, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
-    assert [b["model"] for b in manifest["base_models"]] == ["linear", "regression"]
-    booster = (tmp_path / "model" / "base_1.txt").read_text()
-    assert booster.count("Tree=") == 15
+    assert set(manifest["meta"]["weights"]) == {"linear", "regression"}
+    boosted = [b for b in manifest["base_models"] if b["model"] == "regression"]
+    assert all(max(b["fit"]["trees"]) <= 15 for b in boosted)  # at most, each fold model
     assert manifest["meta"]["calibration"]["coverage"] == 0.8
     wrong = gallop_train(*command, "--bases", "lambdarank", cwd=tmp_path)
     assert wrong.returncode != 0 and "cannot be trained for a regression task" in wrong.stderr
@@ -506,30 +546,32 @@ def binary_jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         built = build_features(validate(table.astype(str), spec).canonical, spec)
         made[name] = root / name
         write_channel(made[name], built.frame, built.manifest)
-    made["bases"] = root / "bases"
-    for i, model in enumerate(["binary", "linear"]):
-        base = opt_ml(root / model, made["train"], {"model": model, "num_boost_round": "40"})
-        done = run_job("base", base)
-        assert done.returncode == 0, done.stderr[-2000:]
-        shutil.copytree(base / "model", made["bases"] / f"base-{i}")
+    for test in (None, "test", "one_class"):  # the bases of a stack see its held-out rows
+        bases = made[f"bases-{test}"] = root / f"bases-{test}"
+        for i, model in enumerate(["binary", "linear"]):
+            base = opt_ml(
+                root / f"{model}-{test}",
+                made["train"],
+                {"model": model, "num_boost_round": "40"},
+                test=made[test] if test else None,
+            )
+            done = run_job("base", base)
+            assert done.returncode == 0, done.stderr[-2000:]
+            shutil.copytree(base / "model", bases / f"base-{i}")
     return made
 
 
 def stack_job(
     made: dict[str, Path], tmp_path: Path, test: str | None, hyperparameters: dict[str, str]
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
-    stack = opt_ml(tmp_path, made["train"], hyperparameters)
-    shutil.copytree(made["bases"], stack / "input" / "data" / "bases")
-    if test:
-        shutil.copytree(made[test], stack / "input" / "data" / "test")
+    stack = opt_ml(tmp_path, made["train"], hyperparameters, test=made[test] if test else None)
+    shutil.copytree(made[f"bases-{test}"], stack / "input" / "data" / "bases")
     return run_job("stack", stack), stack / "model"
 
 
-def test_binary_bets_lose_on_a_0_and_the_graph_keeps_a_years_linear_term_exact(
+def test_binary_isotonic_graph_keeps_a_years_linear_term_exact_and_bets_on_held_out_rows(
     binary_jobs: dict[str, Path], tmp_path: Path
 ) -> None:
-    import onnxruntime as ort
-
     # WHEN the stack is fitted, isotonic-calibrated and tested on rows with odds
     done, model = stack_job(binary_jobs, tmp_path, "test", {"calibration": '"isotonic"'})
     # THEN the graph equals the native stack, its linear term of the year included
@@ -537,16 +579,16 @@ def test_binary_bets_lose_on_a_0_and_the_graph_keeps_a_years_linear_term_exact(
     manifest = json.loads((model / "manifest.json").read_text())
     assert set(manifest["onnx_parity"]) == {"score", "margins", "probability"}
     assert max(manifest["onnx_parity"].values()) <= 1e-5
-    # AND every bet with an edge over 5% is placed, the lost ones too
+    # AND the bets are those of the evaluation phase on the held-out rows (the served
+    # graph is refit on them, so it cannot replay them; test_metrics works a run by hand):
+    # one-unit stakes, and each bet beyond the winners there are is a lost unit
     test = pd.read_parquet(binary_jobs["test"] / "features.parquet")
-    session = ort.InferenceSession(str(model / "model.onnx"))
-    features = test[manifest["features"]].to_numpy(np.float32)
-    probability = session.run(["probability"], {"features": features})[0][:, 0]
     odds, won = test["odds"].to_numpy(float), test["y"].to_numpy(float)
-    backed = probability * odds - 1 > 0.05
     flat = manifest["betting"]["flat"]
-    assert flat["bets"] == backed.sum() and (won[backed] == 0).any()
-    assert flat["profit"] == pytest.approx(float((won * odds - 1)[backed].sum()))
+    assert 0 < flat["bets"] == flat["turnover"] <= np.isfinite(odds).sum()
+    winners = won == 1
+    lost_at_least = max(0, flat["bets"] - int(winners.sum()))
+    assert flat["profit"] <= float((odds - 1)[winners].sum()) - lost_at_least
 
 
 def test_a_stack_evaluated_out_of_fold_checks_parity_on_its_refit_bases(
@@ -574,14 +616,15 @@ def test_the_parity_check_refuses_a_graph_whose_calibration_is_off() -> None:
     from gallop.models.linear import LinearModel
     from gallop.models.onnx_export import stack_to_onnx
     from gallop.models.stack import Meta
-    from training_jobs.stack import Rows, check_parity
+    from gallop.training.rows import Rows
+    from gallop.training.stacking import check_parity
 
     # GIVEN one linear base (margin = x) and an isotonic curve with steps at 0 and 1
     base = LinearModel(np.zeros(1), np.ones(1), np.ones(1), 0.0)
     curve = {"kind": "isotonic", "thresholds": [-9.0, 0.0, 1.0], "values": [0.1, 0.5, 0.9]}
     meta = Meta(np.ones(1), 0.0, curve)
     x = np.array([[-2.0], [0.5], [3.0], [1e-9]], dtype=np.float32)  # the last is on a step
-    rows = Rows(pd.DataFrame(index=range(4)), x, np.zeros(4), None, None)
+    rows = Rows(pd.DataFrame({"x": x[:, 0]}), {"task": "binary", "target": "x", "features": ["x"]})
     outputs = ["score", "margins", "probability"]
     margins = x.astype(np.float64)
 
@@ -595,3 +638,26 @@ def test_the_parity_check_refuses_a_graph_whose_calibration_is_off() -> None:
     # WHEN its curve differs from the native one THEN the job is refused, naming the output
     with pytest.raises(JobError, match="ONNX probability differs"):
         check_parity(exported([0.1, 0.6, 0.9]), meta, margins, rows, outputs)
+
+
+def test_the_reported_importance_is_the_mean_size_of_the_served_explanations(
+    binary_jobs: dict[str, Path], tmp_path: Path
+) -> None:
+    from gallop.serving.explain import explainer_for
+
+    # WHEN a stack of a bagged boosted base and a linear one is judged on held-out rows
+    done, model = stack_job(binary_jobs, tmp_path, "test", {})
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((model / "manifest.json").read_text())
+    # THEN each feature's importance is the mean |part| the served explanations give it
+    # on those rows (TreeSHAP of the served trees, linear terms), not a split gain
+    test = pd.read_parquet(binary_jobs["test"] / "features.parquet")
+    features = test[manifest["features"]].to_numpy(np.float32)
+    total = np.zeros((len(features), len(manifest["features"]) + 1))
+    for base in manifest["base_models"]:
+        payload = json.loads((model / base["explain"]).read_text())
+        total += base["weight"] * explainer_for(base, payload).contributions(features)
+    expected = dict(zip(manifest["features"], np.abs(total[:, :-1]).mean(axis=0), strict=True))
+    reported = {row["feature"]: row["mean_abs_shap"] for row in manifest["top_features"]}
+    assert reported and reported == pytest.approx({k: expected[k] for k in reported}, rel=1e-6)
+    assert list(reported) == sorted(reported, key=lambda k: -expected[k])

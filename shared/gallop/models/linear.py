@@ -21,12 +21,18 @@ if TYPE_CHECKING:
 # so those are imported where they are used.
 
 
+FAMILY = "linear"
+FILE = "linear.json"
+
+
 @dataclass(frozen=True)
 class LinearModel:
     means: np.ndarray  # what a missing value becomes, and the centre
     scales: np.ndarray  # standard deviations (1 for a constant feature)
     coef: np.ndarray  # per standardised feature
     bias: float
+
+    family = FAMILY
 
     def standardised(self, features: np.ndarray) -> np.ndarray:
         values = np.asarray(features, dtype=np.float64)
@@ -40,14 +46,22 @@ class LinearModel:
         """Each feature's term of the margin (the rest is the bias): exact, additive."""
         return self.standardised(features) * self.coef
 
-    def save(self, path: Path) -> None:
+    def explanation(self) -> dict[str, Any]:
+        """What the serving side explains with: the model itself (its terms are exact)."""
         fields = {"means": self.means, "scales": self.scales, "coef": self.coef}
         payload = {name: [float(v) for v in values] for name, values in fields.items()}
-        path.write_text(json.dumps({**payload, "bias": self.bias}, sort_keys=True))
+        return {**payload, "bias": self.bias}
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / FILE).write_text(json.dumps(self.explanation(), sort_keys=True))
 
     @classmethod
-    def load(cls, path: Path) -> LinearModel:
-        return cls.from_dict(json.loads(path.read_text()))
+    def load(cls, folder: Path) -> LinearModel:
+        return cls.from_dict(json.loads((folder / FILE).read_text()))
+
+    def describe(self) -> dict[str, Any]:
+        return {"nonzero_coefficients": int(np.count_nonzero(self.coef))}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LinearModel:
@@ -86,13 +100,17 @@ def fit_linear(
     loss: str,
     l2: float = 1e-2,
     sizes: np.ndarray | None = None,
+    categorical: list[int] | None = None,
 ) -> LinearModel:
     """Minimises the mean loss ("squared", "logistic", or "conditional_logit" with labels
     a runner's share of its race's win and `sizes` the races' contiguous rows) + l2 *
-    |coef|^2 on standardised features; the bias is not penalised."""
+    |coef|^2 on standardised features; the bias is not penalised. Categorical columns
+    (codes, not quantities) are left out: their coefficient is 0."""
     from gallop.models.stack import fit_conditional_logit, fit_logistic_stack
 
-    values = np.asarray(features, dtype=np.float64)
+    values = np.asarray(features, dtype=np.float64).copy()
+    if categorical:
+        values[:, categorical] = 0.0  # constant: standardised to 0, so no term
     means = np.nanmean(values, axis=0)
     means = np.where(np.isnan(means), 0.0, means)  # a column with no values at all
     # The centre as float32 holds it, as the ONNX graph does: for a feature with a large

@@ -176,9 +176,9 @@ def booster_to_onnx(
 def _margin_parts(
     base: Any, input_name: str, output_name: str
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    if isinstance(base, LinearModel):
+    if hasattr(base, "onnx_parts"):  # a base model of gallop.models (or a linear one)
         return base.onnx_parts(input_name, output_name)
-    return [tree_ensemble_node(base.dump_model(), input_name, output_name)], []
+    return [tree_ensemble_node(base.dump_model(), input_name, output_name)], []  # a booster
 
 
 def _head(

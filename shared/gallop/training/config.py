@@ -6,19 +6,17 @@ lives here, free of LightGBM, so that the API can check a request before anythin
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
+from gallop.models.catalogue import CATALOGUE, DEFAULT_BASES, kinds_for
+
 BASE_MODELS: dict[str, tuple[str, ...]] = {
-    "ranking": ("lambdarank", "binary_win", "position_regression", "random_forest", "linear"),
-    "binary": ("binary", "random_forest", "linear"),
-    "regression": ("regression", "random_forest", "linear"),
+    task: kinds_for(task) for task in ("ranking", "binary", "regression")
 }
-DEFAULT_BASES: dict[str, tuple[str, ...]] = {
-    "ranking": ("lambdarank", "binary_win", "position_regression", "linear"),
-    "binary": ("binary", "random_forest", "linear"),
-    "regression": ("regression", "random_forest", "linear"),
-}
-ALL_BASE_MODELS = sorted({name for names in BASE_MODELS.values() for name in names})
+ALL_BASE_MODELS = sorted(CATALOGUE)
+__all__ = ["DEFAULT_BASES"]
 # Set by gallop per job, never by the caller.
 RESERVED_HYPERPARAMETERS = ("model", "job")
 # What a run may set, with the defaults the jobs use (training_jobs/ checks the values).
@@ -29,12 +27,60 @@ BASE_DEFAULTS: dict[str, Any] = {
     "folds": 5,
     "split": "group",
     "seed": 0,
-    "num_boost_round": 100,  # LightGBM's own defaults
-    "learning_rate": 0.1,
-    "num_leaves": 31,
-    "min_data_in_leaf": 20,
+    # The most rounds a fold model may take: each stops early on its held-out fold.
+    "num_boost_round": 2000,
+    "early_stopping_rounds": 50,
+    "learning_rate": 0.05,
+    "num_leaves": None,  # each kind's own (31 unless the kind says otherwise)
+    "min_data_in_leaf": None,
     "l2": 1e-2,  # the linear base's penalty
+    "bagging": True,  # serve the k fold models' mean; false: one refit on all rows
 }
+# Bounds on what a run may ask, checked before it starts: the cost of a run is bounded.
+MAX_BOOST_ROUNDS = 10_000
+MAX_FOLDS = 20
+
+
+def _whole(low: int, high: int | None = None) -> Callable[[Any], bool]:
+    return lambda v: type(v) is int and v >= low and (high is None or v <= high)
+
+
+def _number(low: float, high: float | None = None, open_low: bool = False) -> Callable[[Any], bool]:
+    def ok(v: Any) -> bool:
+        if type(v) not in (int, float) or not math.isfinite(v):
+            return False
+        above = v > low if open_low else v >= low
+        return above and (high is None or v <= high)
+
+    return ok
+
+
+BASE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "folds": (_whole(2, MAX_FOLDS), f"a whole number from 2 to {MAX_FOLDS}"),
+    "split": (lambda v: v in ("group", "time"), "'group' or 'time'"),
+    "seed": (_whole(0), "a whole number >= 0"),
+    "num_boost_round": (
+        _whole(1, MAX_BOOST_ROUNDS),
+        f"a whole number from 1 to {MAX_BOOST_ROUNDS}",
+    ),
+    "early_stopping_rounds": (_whole(1, MAX_BOOST_ROUNDS), "a whole number >= 1"),
+    "learning_rate": (_number(0, 1, open_low=True), "a number in (0, 1]"),
+    "num_leaves": (lambda v: v is None or _whole(2, 131_072)(v), "null or a whole number >= 2"),
+    "min_data_in_leaf": (lambda v: v is None or _whole(1)(v), "null or a whole number >= 1"),
+    "l2": (_number(0), "a number >= 0"),
+    "bagging": (lambda v: type(v) is bool, "true or false"),
+}
+
+
+def check_base_settings(chosen: dict[str, Any]) -> None:
+    """BadRunConfig naming the first setting that is not valid."""
+    for name, (ok, expected) in BASE_CHECKS.items():
+        if name in chosen and not ok(chosen[name]):
+            raise BadRunConfig(
+                f"hyperparameter {name}={chosen[name]!r} is not valid: expected {expected}"
+            )
+
+
 STACK_DEFAULTS: dict[str, Any] = {
     "meta_l2": 1e-3,
     "calibration": "platt",
@@ -71,11 +117,13 @@ def run_config(
 ) -> dict[str, Any]:
     """The config a run id is computed from: defaults filled in, so that leaving a value
     out and giving its default (100 or 100.0) are the same run."""
+    chosen = with_defaults(hyperparameters)
+    check_base_settings(chosen)
     return {
         "dataset": dataset,
         "task": task,
         "bases": bases_for(task, bases),
-        "hyperparameters": with_defaults(hyperparameters),
+        "hyperparameters": chosen,
         "test_share": test_share,
     }
 
@@ -105,4 +153,11 @@ def stack_hyperparameters(
     """The stack job's settings from the run's hyperparameters, and what it writes into
     the model's manifest to tie the model to its run."""
     chosen = split_hyperparameters(config["hyperparameters"])[1]
-    return {**chosen, "run_id": run_id, "data_version": version_id, "code_version": code}
+    seed = config["hyperparameters"].get("seed", BASE_DEFAULTS["seed"])  # the meta's folds too
+    return {
+        **chosen,
+        "seed": seed,
+        "run_id": run_id,
+        "data_version": version_id,
+        "code_version": code,
+    }

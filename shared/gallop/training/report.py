@@ -42,14 +42,23 @@ def render_report(report: dict[str, Any]) -> str:
     facts = report.get("facts") or {}
     nominal = _finite(facts.get("nominal_coverage"))
     weights = [(w["model"], w["weight"]) for w in report.get("weights") or []]
-    importance = [(f["feature"], f["gain"]) for f in report.get("importance") or []]
+    importance = [(f["feature"], f["mean_abs_shap"]) for f in report.get("importance") or []]
     sections = [
         ("facts", "Run", _definitions(facts)),
         ("metrics", "Metrics", _grid(report.get("metrics") or {}, "model", True, nominal)),
         ("calibration", "Calibration", _calibration_chart(report.get("calibration") or {})),
         ("ndcg", "NDCG@k", _ndcg_chart(report.get("ndcg") or {})),
         ("weights", "Meta-learner weights", _bar_chart(weights, "weight")),
-        ("importance", "Feature importance (gain)", _bar_chart(importance, "gain")),
+        (
+            "selection",
+            "Meta-learner candidates (cross-validated on out-of-fold margins)",
+            _grid(report.get("selection") or {}, "candidate", True),
+        ),
+        (
+            "importance",
+            "Feature importance (mean |SHAP| of the served stack, held-out rows)",
+            _bar_chart(importance, "mean |SHAP|"),
+        ),
         ("roi", "Betting strategies", _grid(report.get("roi") or {}, "strategy")),
         ("intervals", "Prediction intervals", _definitions(report.get("intervals") or {})),
     ]

@@ -107,7 +107,8 @@ def train_locally(
     def base_job(index: int, model: str) -> JobResult:
         started = time.monotonic()
         tree = work / f"base-{index}-{model}"
-        shutil.copytree(channel / "train", tree / "input" / "data" / "train")
+        for name in ("train", "test"):  # the final phase refits on both
+            shutil.copytree(channel / name, tree / "input" / "data" / name)
         run_job("base", tree, {**(base_hyperparameters or {}), "model": model})
         seconds = time.monotonic() - started
         progress(f"  base {model}: done in {seconds:.1f} s")

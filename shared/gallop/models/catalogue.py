@@ -1,0 +1,199 @@
+"""The base-model catalogue: every kind a run may train, what it learns, its family and
+its defaults. Free of LightGBM and SciPy, so the API checks a run before anything trains.
+
+A kind is a family (the class that fits, saves, exports and explains it) with settings:
+adding a LightGBM variant is one entry here; adding a family is one class in its own
+module plus its entries here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# What a kind learns from a row, for each task (gallop.models.base.labels):
+#   relevance: the graded relevance (positions: 3 for the winner, 2, 1, then 0)
+#   won: 1 for the group's winner (a share in a dead heat), else 0
+#   position: the normalised finishing position (1 winner .. 0 last), or the grade itself
+#   share: the row's share of its group's win (the conditional logit's target)
+#   target: the target as it is (binary and regression tasks)
+LABELS = ("relevance", "won", "position", "share", "target")
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    family: str  # "lightgbm" | "linear"
+    tasks: tuple[str, ...]
+    label: str
+    params: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+    # A fixed tree count per model instead of rounds stopped early: a forest does not
+    # overfit by its size, so it would grow to the run's round limit (2,000 trees).
+    trees: int | None = None
+
+
+def _lightgbm(name: str, tasks: tuple[str, ...], label: str, summary: str, **params: Any) -> Kind:
+    return Kind(name, "lightgbm", tasks, label, params, summary)
+
+
+RANKING, BINARY, REGRESSION = ("ranking",), ("binary",), ("regression",)
+EXTRA_TREES = {"extra_trees": True}
+# Few leaves, many of them: a smoother function than the default trees make.
+SHALLOW = {"num_leaves": 7, "min_data_in_leaf": 40}
+DEEP = {"num_leaves": 127, "min_data_in_leaf": 10, "feature_fraction": 0.7}
+FOREST = {
+    "boosting": "rf",
+    "bagging_fraction": 0.632,
+    "bagging_freq": 1,
+    "feature_fraction": 0.8,
+    "num_leaves": 63,
+    "min_data_in_leaf": 10,
+}
+
+CATALOGUE: dict[str, Kind] = {
+    kind.name: kind
+    for kind in (
+        _lightgbm("lambdarank", RANKING, "relevance", "LambdaRank on NDCG", objective="lambdarank"),
+        _lightgbm(
+            "lambdarank_et",
+            RANKING,
+            "relevance",
+            "LambdaRank with extremely randomised splits",
+            objective="lambdarank",
+            **EXTRA_TREES,
+        ),
+        _lightgbm(
+            "xendcg",
+            RANKING,
+            "relevance",
+            "listwise cross-entropy (XE-NDCG)",
+            objective="rank_xendcg",
+        ),
+        _lightgbm(
+            "softmax",
+            RANKING,
+            "share",
+            "boosted conditional logit: a softmax within the group, on the winner",
+            objective="conditional_logit",
+        ),
+        _lightgbm("binary_win", RANKING, "won", "binary: won the group", objective="binary"),
+        _lightgbm(
+            "position_regression",
+            RANKING,
+            "position",
+            "regression on the normalised position (or the grade)",
+            objective="regression",
+        ),
+        _lightgbm(
+            "position_regression_et",
+            RANKING,
+            "position",
+            "position regression with extremely randomised splits",
+            objective="regression",
+            **EXTRA_TREES,
+        ),
+        _lightgbm("binary", BINARY, "target", "gradient boosting", objective="binary"),
+        _lightgbm(
+            "binary_et",
+            BINARY,
+            "target",
+            "extremely randomised splits",
+            objective="binary",
+            **EXTRA_TREES,
+        ),
+        _lightgbm(
+            "binary_shallow", BINARY, "target", "many small trees", objective="binary", **SHALLOW
+        ),
+        _lightgbm("binary_deep", BINARY, "target", "fewer large trees", objective="binary", **DEEP),
+        _lightgbm(
+            "binary_goss",
+            BINARY,
+            "target",
+            "gradient-based one-side sampling",
+            objective="binary",
+            data_sample_strategy="goss",
+        ),
+        _lightgbm("regression", REGRESSION, "target", "gradient boosting", objective="regression"),
+        _lightgbm(
+            "regression_et",
+            REGRESSION,
+            "target",
+            "extremely randomised splits",
+            objective="regression",
+            **EXTRA_TREES,
+        ),
+        _lightgbm(
+            "regression_shallow",
+            REGRESSION,
+            "target",
+            "many small trees",
+            objective="regression",
+            **SHALLOW,
+        ),
+        _lightgbm(
+            "regression_deep",
+            REGRESSION,
+            "target",
+            "fewer large trees",
+            objective="regression",
+            **DEEP,
+        ),
+        _lightgbm(
+            "regression_huber",
+            REGRESSION,
+            "target",
+            "Huber loss: robust to outlying targets",
+            objective="huber",
+        ),
+        Kind(
+            "random_forest",
+            "lightgbm",
+            ("ranking", "binary", "regression"),
+            "won",  # ranking: the chance of winning; otherwise the target
+            {"objective": "by_task", **FOREST},
+            "random forest (bagged deep trees, averaged)",
+            trees=100,
+        ),
+        Kind(
+            "linear",
+            "linear",
+            ("ranking", "binary", "regression"),
+            "share",  # ranking: a conditional logit; otherwise logistic or ridge on the target
+            {},
+            "regularised linear model (conditional logit, logistic or ridge)",
+        ),
+    )
+}
+
+DEFAULT_BASES: dict[str, tuple[str, ...]] = {
+    "ranking": (
+        "lambdarank",
+        "lambdarank_et",
+        "binary_win",
+        "position_regression",
+        "position_regression_et",
+        "linear",
+    ),
+    "binary": ("binary", "binary_et", "binary_shallow", "binary_deep", "random_forest", "linear"),
+    "regression": (
+        "regression",
+        "regression_et",
+        "regression_shallow",
+        "regression_deep",
+        "random_forest",
+        "linear",
+    ),
+}
+
+
+def kinds_for(task: str) -> tuple[str, ...]:
+    return tuple(name for name, kind in CATALOGUE.items() if task in kind.tasks)
+
+
+def label_of(kind: Kind, task: str) -> str:
+    """What the kind learns on this task: the catalogue's label, or the target itself for
+    the kinds that serve every task."""
+    if task != "ranking" and kind.name in ("random_forest", "linear"):
+        return "target"
+    return kind.label

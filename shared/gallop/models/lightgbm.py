@@ -1,0 +1,217 @@
+"""The LightGBM family: every boosted or forest kind of the catalogue.
+
+A fitted LightGBM base is a bag of one or more boosters whose margins are averaged: the
+k fold models of a bagged fit (each early-stopped on its own held-out fold), or a single
+refit. The bag is exported as ONE tree ensemble whose leaf values carry the 1/k, and it
+is explained the same way: TreeSHAP is linear in the trees. Both read a LightGBM-style
+dump (`Booster.dump_model()`), the bag's trees merged into one.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightgbm as lgb
+import numpy as np
+
+from gallop.models.catalogue import Kind
+from gallop.models.stack import group_starts, softmax_within_groups
+
+if TYPE_CHECKING:
+    import onnx
+
+FAMILY = "lightgbm"
+RANKING_OBJECTIVES = ("lambdarank", "rank_xendcg")
+# The same inputs give the same model bytes: one thread, row-wise histograms, fixed seeds.
+REPRODUCIBLE = {"deterministic": True, "force_row_wise": True, "num_threads": 1, "verbose": -1}
+
+
+def conditional_logit_objective(score: np.ndarray, data: lgb.Dataset) -> tuple[Any, Any]:
+    """Gradient and Hessian of the groups' softmax cross-entropy against each row's
+    share of its group's win: what race log loss measures, boosted directly."""
+    probability = softmax_within_groups(score, data.get_group())
+    return probability - data.get_label(), np.maximum(probability * (1.0 - probability), 1e-6)
+
+
+def group_log_loss(score: np.ndarray, data: lgb.Dataset) -> tuple[str, float, bool]:
+    """The mean negative log-likelihood of the winners (groups without one left out)."""
+    sizes, share = data.get_group(), data.get_label()
+    starts = group_starts(sizes)
+    decided = np.add.reduceat(share, starts) > 0
+    logged = share * np.log(np.maximum(softmax_within_groups(score, sizes), 1e-300))
+    return "group_log_loss", float(-np.add.reduceat(logged, starts)[decided].mean()), False
+
+
+def params_for(kind: Kind, task: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """LightGBM parameters: the run's settings, then the kind's own (its identity), then
+    what a run set explicitly for leaves and leaf sizes."""
+    params: dict[str, Any] = {
+        "learning_rate": settings["learning_rate"],
+        "num_leaves": 31,
+        "min_data_in_leaf": 20,
+        "seed": settings["seed"],
+        **REPRODUCIBLE,
+    }
+    params.update(kind.params)
+    if params["objective"] == "by_task":
+        params["objective"] = "regression" if task == "regression" else "binary"
+    for name in ("num_leaves", "min_data_in_leaf"):
+        if settings.get(name) is not None:
+            params[name] = settings[name]
+    params.update(settings.get("lightgbm") or {})  # a search's trial, or a run's extras
+    if params["objective"] in RANKING_OBJECTIVES:
+        params.setdefault("eval_at", [10])
+        params.setdefault("metric", "ndcg")
+    if params["objective"] == "conditional_logit":
+        params["metric"] = "None"  # group_log_loss, given as feval
+    return params
+
+
+def fit_booster(
+    params: dict[str, Any],
+    train: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    valid: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None,
+    rounds: int,
+    patience: int,
+    categorical: list[int],
+) -> lgb.Booster:
+    """A booster trained on `train` (features, labels, group sizes), early-stopped on
+    `valid` when given, cut back to its best iteration (so that its dump, its graph and
+    its explanations hold exactly the trees it predicts with)."""
+    params = dict(params)
+    feval = None
+    if params["objective"] == "conditional_logit":
+        params["objective"], feval = conditional_logit_objective, group_log_loss
+    grouped = params["objective"] in RANKING_OBJECTIVES or feval is not None
+
+    def dataset(part: tuple[np.ndarray, np.ndarray, np.ndarray | None], **extra: Any) -> Any:
+        x, y, sizes = part
+        return lgb.Dataset(
+            x,
+            y,
+            group=sizes if grouped else None,
+            categorical_feature=categorical or "auto",
+            free_raw_data=False,
+            **extra,
+        )
+
+    data = dataset(train)
+    if valid is None or params.get("boosting") == "rf":  # a forest does not overfit by rounds
+        return lgb.train(params, data, rounds)
+    booster = lgb.train(
+        params,
+        data,
+        rounds,
+        valid_sets=[dataset(valid, reference=data)],
+        feval=feval,
+        callbacks=[lgb.early_stopping(patience, first_metric_only=True, verbose=False)],
+    )
+    best = booster.best_iteration or booster.current_iteration()
+    return lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+
+
+def raw_margin(booster: lgb.Booster, features: np.ndarray) -> np.ndarray:
+    """The booster's margin as LightGBM uses it: in random-forest mode its predictions
+    average the trees, but predict(raw_score=True) returns their sum."""
+    raw = np.asarray(booster.predict(features, raw_score=True), dtype=np.float64)
+    if booster.dump_model(num_iteration=1).get("average_output"):
+        raw = raw / booster.num_trees()
+    return raw
+
+
+def merged_dump(dumps: list[dict[str, Any]]) -> dict[str, Any]:
+    """One dump whose trees are all the bag's, each leaf value divided by the bag's size
+    (and by its booster's tree count in random-forest mode): the mean of the boosters'
+    margins as a plain sum of trees."""
+    if not dumps:
+        raise ValueError("a bag needs at least one booster")
+    trees: list[dict[str, Any]] = []
+    for dump in dumps:
+        scale = 1.0 / len(dumps)
+        if dump.get("average_output"):
+            scale /= max(len(dump["tree_info"]), 1)
+        for tree in dump["tree_info"]:
+            tree = copy.deepcopy(tree)
+            _scale_leaves(tree["tree_structure"], scale)
+            tree["tree_index"] = len(trees)
+            trees.append(tree)
+    first = dumps[0]
+    return {
+        "name": "tree",
+        "version": first.get("version"),
+        "num_class": 1,
+        "num_tree_per_iteration": 1,
+        "max_feature_idx": first["max_feature_idx"],
+        "feature_names": first.get("feature_names"),
+        "average_output": False,
+        "tree_info": trees,
+    }
+
+
+def _scale_leaves(node: dict[str, Any], scale: float) -> None:
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if "leaf_value" in node:
+            node["leaf_value"] = node["leaf_value"] * scale
+        else:
+            stack += [node["left_child"], node["right_child"]]
+
+
+@dataclass
+class LightGBMBase:
+    """A bag of boosters (one for a single refit): margin = their mean margin."""
+
+    boosters: list[lgb.Booster]
+
+    family = FAMILY
+
+    def margin(self, features: np.ndarray) -> np.ndarray:
+        return np.mean([raw_margin(b, features) for b in self.boosters], axis=0)
+
+    def contributions(self, features: np.ndarray) -> np.ndarray:
+        """Each feature's TreeSHAP term of the margin (the rest is the expected value),
+        by LightGBM itself: the bag's mean of its boosters' terms, which is what the
+        serving side's TreeSHAP over the merged trees gives, at C speed."""
+        terms = np.zeros((len(features), features.shape[1]))
+        for booster in self.boosters:
+            part = np.asarray(booster.predict(features, pred_contrib=True), dtype=np.float64)
+            if booster.dump_model(num_iteration=1).get("average_output"):
+                part = part / booster.num_trees()  # as in raw_margin
+            terms += part[:, :-1]
+        return terms / len(self.boosters)
+
+    def dump(self) -> dict[str, Any]:
+        return merged_dump([b.dump_model() for b in self.boosters])
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, booster in enumerate(self.boosters):
+            booster.save_model(str(folder / f"booster_{i}.txt"))
+
+    @classmethod
+    def load(cls, folder: Path) -> LightGBMBase:
+        files = sorted(folder.glob("booster_*.txt"), key=lambda p: int(p.stem.split("_")[1]))
+        if not files:
+            raise FileNotFoundError(f"{folder} holds no booster_<i>.txt")
+        return cls([lgb.Booster(model_file=str(path)) for path in files])
+
+    def explanation(self) -> dict[str, Any]:
+        """What the serving side explains with (TreeSHAP over the merged trees)."""
+        return self.dump()
+
+    def onnx_parts(
+        self, input_name: str, output_name: str
+    ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+        from gallop.models.onnx_export import tree_ensemble_node
+
+        return [tree_ensemble_node(self.dump(), input_name, output_name)], []
+
+    def trees(self) -> int:
+        return sum(b.num_trees() for b in self.boosters)
+
+    def describe(self) -> dict[str, Any]:
+        return {"boosters": len(self.boosters), "trees": [b.num_trees() for b in self.boosters]}

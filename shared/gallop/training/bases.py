@@ -1,0 +1,188 @@
+"""Fitting one base model the way the stack needs it, whatever its family.
+
+Two phases, each k-fold by group (a race never straddles two folds), each fold model
+early-stopped on its own held-out fold:
+- evaluation: fitted on the training rows only; its out-of-fold margins teach the
+  meta-learner, its margins on the held-out rows judge the stack (nothing of them seen);
+- final: fitted on every row (training and held-out): its out-of-fold margins fit the
+  served meta-learner, and its model is the one registered.
+The served model is the bag of the k fold models (their margins averaged), or with
+`bagging: false` one model refit on all rows for the folds' mean best iteration.
+Without held-out rows the two phases are one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gallop.models.catalogue import CATALOGUE, Kind, label_of
+from gallop.models.lightgbm import LightGBMBase, fit_booster, params_for, raw_margin
+from gallop.models.linear import LinearModel, fit_linear
+from gallop.training.rows import Rows
+
+BaseModel = LightGBMBase | LinearModel
+LINEAR_LOSS = {"ranking": "conditional_logit", "binary": "logistic", "regression": "squared"}
+# A refit on all rows sees 1/(k-1) more data than a fold model: a few more rounds.
+REFIT_ROUNDS = 1.1
+
+
+class BaseFitError(ValueError):
+    """Data a base model cannot be fitted on (too few groups for the folds ...)."""
+
+
+@dataclass
+class Phase:
+    oof: np.ndarray  # out-of-fold margins on the rows it was fitted on
+    model: BaseModel
+    folds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    iterations: list[int] = field(default_factory=list)  # per fold (boosted kinds)
+    seconds: float = 0.0
+
+
+@dataclass
+class BaseFit:
+    kind: Kind
+    model: BaseModel  # the served model, fitted on every row
+    eval_oof: np.ndarray  # out-of-fold margins on the training rows
+    eval_test: np.ndarray | None  # the training rows' model's margins on the held-out rows
+    final_oof: np.ndarray  # out-of-fold margins on every row
+    trace: dict[str, Any]
+    eval_folds: np.ndarray  # each training row's fold
+    final_folds: np.ndarray
+
+
+def fit_base(
+    kind_name: str,
+    settings: dict[str, Any],
+    train: Rows,
+    test: Rows | None,
+    everything: Rows | None,
+    progress: Callable[[str], None] = print,
+) -> BaseFit:
+    """`everything`: the training and held-out rows together (None without a held-out
+    part, when the evaluation phase is the final one)."""
+    kind = CATALOGUE[kind_name]
+    first = fit_phase(kind, settings, train, progress, "evaluation")
+    eval_test = first.model.margin(test.features) if test is not None else None
+    final = (
+        first if everything is None else fit_phase(kind, settings, everything, progress, "final")
+    )
+    trace = {
+        "evaluation": {"iterations": first.iterations, "seconds": round(first.seconds, 2)},
+        "final": {"iterations": final.iterations, "seconds": round(final.seconds, 2)},
+        "model": final.model.describe(),
+        "left_out_groups": (everything or train).left_out_groups,
+    }
+    return BaseFit(
+        kind, final.model, first.oof, eval_test, final.oof, trace, first.folds, final.folds
+    )
+
+
+def assign_folds(rows: Rows, folds: int, split: str, seed: int) -> np.ndarray:
+    """Each row's fold, whole groups together: a seeded shuffle of the groups, or with
+    split=time contiguous blocks of groups in time order."""
+    groups = int(rows.group_index.max()) + 1 if len(rows) else 0
+    if groups < folds:
+        raise BaseFitError(f"{groups} groups cannot make {folds} folds")
+    time_column = rows.manifest.get("time")
+    if split == "time" and time_column:
+        first = (
+            rows.frame.groupby(rows.group_index)[time_column]
+            .min()
+            .reindex(range(groups))
+            .to_numpy()
+        )
+        order = np.argsort(first, kind="stable")
+    else:
+        order = np.random.default_rng(seed).permutation(groups)
+    fold_of_group = np.empty(groups, dtype=np.int64)
+    fold_of_group[order] = np.arange(groups) * folds // groups
+    return fold_of_group[rows.group_index]
+
+
+def fit_phase(
+    kind: Kind, settings: dict[str, Any], rows: Rows, progress: Callable[[str], None], name: str
+) -> Phase:
+    started = time.monotonic()
+    folds = assign_folds(rows, settings["folds"], settings["split"], settings["seed"])
+    labels = rows.label(label_of(kind, rows.task))
+    if kind.family == "linear":
+        phase = _linear_phase(rows, labels, folds, settings)
+    else:
+        phase = _boosted_phase(kind, settings, rows, labels, folds, progress, name)
+    phase.seconds = time.monotonic() - started
+    phase.folds = folds
+    return phase
+
+
+def _part(rows: Rows, labels: np.ndarray, mask: np.ndarray, fold_of_group: np.ndarray | None):
+    sizes = None
+    if rows.sizes is not None and fold_of_group is not None:
+        sizes = rows.sizes[fold_of_group]
+    return rows.features[mask], labels[mask], sizes
+
+
+def _group_folds(rows: Rows, folds: np.ndarray) -> np.ndarray:
+    """The fold of each group, in group order."""
+    starts = np.flatnonzero(np.r_[True, rows.group_index[1:] != rows.group_index[:-1]])
+    return folds[starts]
+
+
+def _boosted_phase(
+    kind: Kind,
+    settings: dict[str, Any],
+    rows: Rows,
+    labels: np.ndarray,
+    folds: np.ndarray,
+    progress: Callable[[str], None],
+    name: str,
+) -> Phase:
+    params = params_for(kind, rows.task, settings)
+    rounds, patience = kind.trees or settings["num_boost_round"], settings["early_stopping_rounds"]
+    by_group = _group_folds(rows, folds)
+    oof = np.empty(len(rows))
+    boosters, iterations = [], []
+    for fold in range(settings["folds"]):
+        held = folds == fold
+        booster = fit_booster(
+            params,
+            _part(rows, labels, ~held, by_group != fold),
+            _part(rows, labels, held, by_group == fold),
+            rounds,
+            patience,
+            rows.categorical,
+        )
+        oof[held] = raw_margin(booster, rows.features[held])
+        boosters.append(booster)
+        iterations.append(booster.current_iteration())
+        progress(f"{kind.name} {name} fold {fold + 1}/{settings['folds']}: {iterations[-1]} rounds")
+    if settings["bagging"]:
+        return Phase(oof, LightGBMBase(boosters), iterations=iterations)
+    refit_rounds = kind.trees or max(1, round(float(np.mean(iterations)) * REFIT_ROUNDS))
+    everything = _part(rows, labels, np.ones(len(rows), dtype=bool), np.ones_like(by_group, bool))
+    single = fit_booster(params, everything, None, refit_rounds, patience, rows.categorical)
+    return Phase(oof, LightGBMBase([single]), iterations=iterations)
+
+
+def _linear_phase(
+    rows: Rows, labels: np.ndarray, folds: np.ndarray, settings: dict[str, Any]
+) -> Phase:
+    """A convex fit: out-of-fold margins from the folds, the model refit on all rows
+    (averaging k ridge fits would only approximate it)."""
+    loss = LINEAR_LOSS[rows.task]
+    by_group = _group_folds(rows, folds)
+
+    def fit(mask: np.ndarray, group_mask: np.ndarray) -> LinearModel:
+        x, y, sizes = _part(rows, labels, mask, group_mask)
+        return fit_linear(x, y, loss, settings["l2"], sizes, rows.categorical)
+
+    oof = np.empty(len(rows))
+    for fold in range(settings["folds"]):
+        held = folds == fold
+        oof[held] = fit(~held, by_group != fold).margin(rows.features[held])
+    return Phase(oof, fit(np.ones(len(rows), dtype=bool), np.ones_like(by_group, bool)))
