@@ -32,7 +32,10 @@ def ranking_report() -> dict[str, Any]:
         },
         "ndcg": {"stack": {"1": 0.5, "5": 0.7}, "base_0_lambdarank": {"1": 0.45, "5": 0.75}},
         "weights": [{"model": "base_0_lambdarank", "weight": 1.3}],
-        "importance": [{"feature": "draw", "gain": 12.5}, {"feature": "odds", "gain": 3.0}],
+        "importance": [
+            {"feature": "draw", "mean_abs_shap": 12.5},
+            {"feature": "odds", "mean_abs_shap": 3.0},
+        ],
         "roi": {"flat": {"bets": 120, "profit": -3.2, "roi": -0.027}},
     }
 
@@ -131,7 +134,7 @@ def test_reliability_points_sit_where_their_values_say() -> None:
 
 def test_a_hostile_feature_name_is_escaped() -> None:
     report = ranking_report()
-    report["importance"] = [{"feature": "<script>alert(1)</script>", "gain": 1.0}]
+    report["importance"] = [{"feature": "<script>alert(1)</script>", "mean_abs_shap": 1.0}]
     html = render_report(report)
     assert "<script>" not in html and "script" not in Page(html).tags
     titles = [t.text for t in section_svg(html, "importance").iter(f"{SVG}title")]
