@@ -114,7 +114,8 @@ def test_base_job_writes_out_of_fold_margins_and_a_refit_model(
     assert {b.num_feature() for b in bag.boosters} == {
         len(json.loads((race_features / "manifest.json").read_text())["features"])
     }
-    # Each fold model stopped early on its own fold (a forest takes its rounds)
+    # Each fold model stopped early on its own fold, or took its forest's trees: never
+    # more than the run allows
     assert max(record["trace"]["evaluation"]["iterations"]) <= 60
     assert not (base / "output" / "failure").exists()
 
@@ -426,7 +427,8 @@ def test_gallop_train_on_a_plain_table(task: str, tmp_path: Path) -> None:
         explain_body(served, body, top_k=2)["explanations"], predictions, strict=True
     ):
         total = explained["base_value"] + sum(explained["contributions"].values())
-        assert total == pytest.approx(predicted["score"], abs=1e-5)
+        # The graph's score is float32, summed over thousands of trees: relative where large
+        assert total == pytest.approx(predicted["score"], rel=2e-6, abs=1e-5)
 
 
 def test_the_same_inputs_give_a_byte_identical_model(tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ class Kind:
     params: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
     # A fixed tree count per model instead of rounds stopped early: a forest does not
-    # overfit by its size, so it would grow to the run's round limit (2,000 trees).
+    # overfit by its size, so it would grow to the run's round limit (2,000 trees). The
+    # run's num_boost_round still caps it.
     trees: int | None = None
 
 

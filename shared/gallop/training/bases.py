@@ -143,7 +143,9 @@ def _boosted_phase(
     name: str,
 ) -> Phase:
     params = params_for(kind, rows.task, settings)
-    rounds, patience = kind.trees or settings["num_boost_round"], settings["early_stopping_rounds"]
+    # A forest's own tree count, yet never more than the run allows.
+    rounds = min(kind.trees or settings["num_boost_round"], settings["num_boost_round"])
+    patience = settings["early_stopping_rounds"]
     by_group = _group_folds(rows, folds)
     oof = np.empty(len(rows))
     boosters, iterations = [], []
@@ -163,7 +165,7 @@ def _boosted_phase(
         progress(f"{kind.name} {name} fold {fold + 1}/{settings['folds']}: {iterations[-1]} rounds")
     if settings["bagging"]:
         return Phase(oof, LightGBMBase(boosters), iterations=iterations)
-    refit_rounds = kind.trees or max(1, round(float(np.mean(iterations)) * REFIT_ROUNDS))
+    refit_rounds = rounds if kind.trees else max(1, round(np.mean(iterations) * REFIT_ROUNDS))
     everything = _part(rows, labels, np.ones(len(rows), dtype=bool), np.ones_like(by_group, bool))
     single = fit_booster(params, everything, None, refit_rounds, patience, rows.categorical)
     return Phase(oof, LightGBMBase([single]), iterations=iterations)
