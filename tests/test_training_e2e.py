@@ -61,7 +61,7 @@ def test_a_run_trains_registers_its_model_and_its_report_opens(
     artifacts = Store(stack.settings.artifacts_bucket, aws.client("s3", stack.settings))
     keys = set(artifacts.list_keys(f"models/{run_id}/"))
     assert {model["onnx_key"], model["manifest_key"], model["report_key"]} <= keys
-    assert model["artifact_key"] in keys and f"models/{run_id}/base_0.txt" in keys
+    assert model["artifact_key"] in keys and f"models/{run_id}/base_0.explain.json" in keys
     manifest = json.loads(artifacts.get_bytes(model["manifest_key"]))
     assert manifest["run_id"] == run_id and manifest["data_version"] == version_id
     assert manifest["code_version"] == done["code_version"]
@@ -79,19 +79,24 @@ def test_a_run_trains_registers_its_model_and_its_report_opens(
 
 
 def test_a_failing_run_fails_with_the_jobs_reason_and_may_start_again(
-    stack: LocalStack, client: GallopClient, ready_dataset: tuple[str, str]
+    stack: LocalStack, client: GallopClient, races_spec: DatasetSpec
 ) -> None:
-    dataset, version_id = ready_dataset
-    bad = {"version": version_id, "bases": ["lambdarank"], "hyperparameters": {"num_leaves": 1}}
-    run = client.wait_for_training_run(client.start_training_run(dataset, **bad)["run_id"], 300)
+    # GIVEN six races: the API cannot see, without loading them, that they make no 10 folds
+    runners, _ = generate_races(6, seed=8)
+    dataset = spec_named(races_spec, unique_name("few"))
+    version_id = ingest(client, dataset, runners.to_csv(index=False).encode())
+    assert client.wait_for_features(dataset.name, version_id, timeout=120)["status"] == "READY"
+    bad = {"version": version_id, "bases": ["lambdarank"], "hyperparameters": {"folds": 10}}
+    started = client.start_training_run(dataset.name, **bad)
+    run = client.wait_for_training_run(started["run_id"], 300)
     assert run["status"] == "FAILED"
-    assert "base job failed" in run["reason"] and "num_leaves=1" in run["reason"]
+    assert "base job failed" in run["reason"] and "cannot make 10 folds" in run["reason"]
     assert run["model"] is None and run["report_url"] is None and run["metrics"] is None
     assert stack.settings is not None
     artifacts = Store(stack.settings.artifacts_bucket, aws.client("s3", stack.settings))
     assert artifacts.list_keys(f"models/{run['run_id']}/") == []
 
-    reply = client.http.post("/v1/training-runs", json={"dataset": dataset, **bad})
+    reply = client.http.post("/v1/training-runs", json={"dataset": dataset.name, **bad})
     assert reply.status_code == 202 and reply.json()["attempt"] == 2
     assert client.wait_for_training_run(run["run_id"], 300)["status"] == "FAILED"
 
