@@ -138,6 +138,45 @@ def test_random_forest_boosters_average_their_trees_in_onnx_too() -> None:
     assert np.allclose(1 / (1 + np.exp(-exported)), booster.predict(features), atol=1e-6)
 
 
+@pytest.mark.parametrize("missing_in_training", [True, False])
+def test_category_splits_are_exact_set_membership_splits(missing_in_training: bool) -> None:
+    # GIVEN a booster on a category's codes (some missing in training, or none) that
+    # splits off sets of codes
+    rng = np.random.default_rng(4)
+    codes = rng.integers(0, 30, 3000).astype(np.float32)
+    if missing_in_training:
+        codes[rng.random(3000) < 0.1] = np.nan
+    number = rng.normal(size=3000).astype(np.float32)
+    target = np.isin(codes, [2, 5, 11, 17, 23]) * (1 + number) + (codes == 0) * 2 + number
+    features = np.column_stack([number, codes])
+    params = {"objective": "regression", "min_data_per_group": 5, "cat_smooth": 1, "verbose": -1}
+    booster = lgb.train(params, lgb.Dataset(features, target, categorical_feature=[1]), 60)
+    splits = [
+        node["threshold"]
+        for tree in booster.dump_model()["tree_info"]
+        for node in _splits(tree["tree_structure"])
+        if node["decision_type"] == "=="
+    ]
+    assert any("||" in str(t) for t in splits)
+    # WHEN rows with a missing, a negative and a never-seen code are scored by the graph
+    # (the same 40 rows four times over: each of those codes, then the data's own codes)
+    rows = np.tile(features[:40], (4, 1))
+    rows[:40, 1], rows[40:80, 1], rows[80:120, 1] = np.nan, -1, 99
+    exported = onnx_scores(booster_to_onnx(booster, 2), rows)
+    # THEN they score as LightGBM scores them: all three the same way
+    assert np.abs(exported - native_margin(booster, rows)).max() <= TOLERANCE
+    assert np.allclose(exported[:40], exported[40:80]) and np.allclose(
+        exported[:40], exported[80:120]
+    )
+    assert not np.allclose(exported[:40], exported[120:])
+
+
+def _splits(node: dict) -> list[dict]:
+    if "leaf_value" in node:
+        return []
+    return [node, *_splits(node["left_child"]), *_splits(node["right_child"])]
+
+
 def test_the_whole_stack_is_one_graph_equal_to_the_native_stack(letor_ranker: tuple) -> None:
     from gallop.models.onnx_export import stack_to_onnx
 

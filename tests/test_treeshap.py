@@ -22,17 +22,22 @@ MODELS = {
     "lambdarank": {"objective": "lambdarank"},
     "rf": {"objective": "regression", **RF},
     "zero_as_missing": {"objective": "regression", "zero_as_missing": True},
+    # Feature 7's codes as categories: set-membership splits
+    "categorical": {"objective": "regression", "min_data_per_group": 5, "cat_smooth": 1},
 }
+CATEGORICAL = 7
 
 
 def features(rng: np.random.Generator, n: int) -> np.ndarray:
     """Feature 0 has no NaN in training (missing_type None), 1 and 2 have NaNs (NaN),
-    4 is often exactly zero (Zero when zero_as_missing), 5 is constant (never split on)."""
+    4 is often exactly zero (Zero when zero_as_missing), 5 is constant (never split on),
+    7 holds whole-number codes 0..14, some missing (a category, for the categorical model)."""
     x = rng.normal(size=(n, N_FEATURES))
     x[rng.random(n) < 0.2, 1] = np.nan
     x[rng.random(n) < 0.1, 2] = np.nan
     x[rng.random(n) < 0.3, 4] = 0.0
     x[:, 5] = 2.5
+    x[:, CATEGORICAL] = np.where(rng.random(n) < 0.05, np.nan, rng.integers(0, 15, n))
     return x
 
 
@@ -40,6 +45,7 @@ def train(name: str, n_trees: int = 100, **extra: Any) -> lgb.Booster:
     rng = np.random.default_rng(7)
     x = features(rng, 600)
     signal = x[:, 0] + np.nan_to_num(x[:, 1], nan=1.5) * x[:, 3] + (x[:, 4] == 0) - x[:, 6] ** 2
+    signal += np.isin(x[:, CATEGORICAL], [1, 4, 9, 10]) * (1 + x[:, 0])
     noisy = signal + rng.normal(scale=0.3, size=len(x))
     label, group = noisy, None
     if name == "binary":
@@ -47,7 +53,9 @@ def train(name: str, n_trees: int = 100, **extra: Any) -> lgb.Booster:
     if name == "lambdarank":
         label, group = np.digitize(noisy, np.quantile(noisy, [0.5, 0.75, 0.9])), [12] * 50
     params = {**MODELS[name], "num_leaves": 31, "min_data_in_leaf": 5, "verbose": -1, **extra}
-    return lgb.train(params, lgb.Dataset(x, label, group=group), num_boost_round=n_trees)
+    categorical = [CATEGORICAL] if name == "categorical" else "auto"
+    data = lgb.Dataset(x, label, group=group, categorical_feature=categorical)
+    return lgb.train(params, data, num_boost_round=n_trees)
 
 
 def splits(dump: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -76,6 +84,8 @@ def rows() -> np.ndarray:
     x = features(np.random.default_rng(11), 60)
     x[::4, 0] = np.nan  # feature 0 never saw NaN: LightGBM reads it as 0.0
     x[1::5, 1] = np.nan
+    # a code never seen, a negative one, and a missing one: all go right at a category split
+    x[2::6, CATEGORICAL], x[3::6, CATEGORICAL], x[4::6, CATEGORICAL] = 40, -1, np.nan
     return x
 
 
@@ -92,6 +102,10 @@ def test_models_exercise_every_missing_type() -> None:
     types = {split["missing_type"] for split in splits(train("regression", 20).dump_model())}
     assert {"None", "NaN"} <= types
     assert "Zero" in {s["missing_type"] for s in splits(train("zero_as_missing", 20).dump_model())}
+    category_splits = [
+        s for s in splits(train("categorical", 20).dump_model()) if s["decision_type"] == "=="
+    ]
+    assert any("||" in str(s["threshold"]) for s in category_splits)  # sets, not one code
 
 
 def test_rows_sum_to_the_raw_score(booster: lgb.Booster, rows: np.ndarray) -> None:
@@ -156,7 +170,6 @@ def test_values_within_lightgbms_zero_threshold_are_zero() -> None:
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"objective": "regression"}, "categorical"),
         ({"objective": "multiclass", "num_class": 3}, "multiclass"),
         ({"objective": "regression", "linear_tree": True}, "linear"),
     ],
@@ -167,8 +180,7 @@ def test_unsupported_models_raise(params: dict[str, Any], message: str) -> None:
     y = x[:, 0] + (x[:, 1] % 2) * 3
     if params["objective"] == "multiclass":
         y = x[:, 1] % 3
-    categorical = [1] if message == "categorical" else "auto"
-    data = lgb.Dataset(x, y, categorical_feature=categorical)
+    data = lgb.Dataset(x, y)
     booster = lgb.train({**params, "verbose": -1, "min_data_per_group": 5}, data, 3)
     with pytest.raises(NotImplementedError, match=message):
         TreeExplainer(booster.dump_model())

@@ -23,8 +23,8 @@ from onnx import TensorProto, helper
 from gallop.models.linear import LinearModel
 
 ML_DOMAIN = "ai.onnx.ml"
-ML_OPSET = 3
-ONNX_OPSET = 15
+ML_OPSET = 5  # TreeEnsemble, with set-membership splits
+ONNX_OPSET = 21
 K_ZERO_THRESHOLD = 1e-35  # LightGBM's kZeroThreshold
 
 
@@ -41,61 +41,86 @@ def float32_at_or_below(threshold: float) -> np.float32:
     return np.float32(nearest)
 
 
+# TreeEnsemble's nodes_modes (ai.onnx.ml opset 5)
+BRANCH_LEQ, BRANCH_MEMBER = 0, 6
+
+
 @dataclass
 class _Arrays:
-    tree_ids: list[int] = field(default_factory=list)
-    node_ids: list[int] = field(default_factory=list)
-    feature_ids: list[int] = field(default_factory=list)
-    modes: list[str] = field(default_factory=list)
-    values: list[float] = field(default_factory=list)
+    """TreeEnsemble's attributes: interior nodes (nodes_*) and leaves, each in one list
+    for the whole ensemble; a branch names a node's position, or a leaf's (a *_leaf flag)."""
+
+    features: list[int] = field(default_factory=list)
+    modes: list[int] = field(default_factory=list)
+    splits: list[float] = field(default_factory=list)
     true_ids: list[int] = field(default_factory=list)
+    true_leaf: list[int] = field(default_factory=list)
     false_ids: list[int] = field(default_factory=list)
+    false_leaf: list[int] = field(default_factory=list)
     missing_true: list[int] = field(default_factory=list)
-    leaf_tree: list[int] = field(default_factory=list)
-    leaf_node: list[int] = field(default_factory=list)
-    leaf_value: list[float] = field(default_factory=list)
+    members: list[float] = field(default_factory=list)  # each member set ends with a NaN
+    roots: list[int] = field(default_factory=list)
+    leaf_weights: list[float] = field(default_factory=list)
+
+    def branch(self, feature: int, mode: int, split: float, nan_goes_true: bool) -> int:
+        self.features.append(feature)
+        self.modes.append(mode)
+        self.splits.append(split)
+        self.missing_true.append(int(nan_goes_true))
+        for side in (self.true_ids, self.true_leaf, self.false_ids, self.false_leaf):
+            side.append(0)
+        return len(self.features) - 1
+
+    def leaf(self, value: float) -> tuple[int, int]:
+        self.leaf_weights.append(float(np.float32(value)))
+        return len(self.leaf_weights) - 1, 1
 
 
-def _add_tree(arrays: _Arrays, tree_id: int, root: dict[str, Any], scale: float) -> None:
-    next_id = 0
-    stack: list[tuple[dict[str, Any], int]] = [(root, 0)]
-    while stack:
-        node, node_id = stack.pop()
-        arrays.tree_ids.append(tree_id)
-        arrays.node_ids.append(node_id)
-        if "leaf_value" in node:
-            arrays.feature_ids.append(0)
-            arrays.modes.append("LEAF")
-            arrays.values.append(0.0)
-            arrays.true_ids.append(0)
-            arrays.false_ids.append(0)
-            arrays.missing_true.append(0)
-            arrays.leaf_tree.append(tree_id)
-            arrays.leaf_node.append(node_id)
-            arrays.leaf_value.append(float(np.float32(node["leaf_value"] * scale)))
-            continue
-        if node["decision_type"] != "<=":
-            raise UnsupportedModel(f"split type {node['decision_type']!r} (categorical splits)")
-        threshold = float(node["threshold"])
-        missing = node["missing_type"]
-        if missing == "NaN":
-            nan_goes_left = bool(node["default_left"])
-        elif missing == "None":
-            nan_goes_left = threshold >= 0.0
-        else:  # "Zero": zeros (and NaN, as zero) go the default way
-            nan_goes_left = bool(node["default_left"])
-            if nan_goes_left != (threshold >= 0.0) or abs(threshold) <= K_ZERO_THRESHOLD:
-                raise UnsupportedModel("zero_as_missing splits that disagree with the threshold")
-        left, right = next_id + 1, next_id + 2
-        next_id += 2
-        arrays.feature_ids.append(int(node["split_feature"]))
-        arrays.modes.append("BRANCH_LEQ")
-        arrays.values.append(float(float32_at_or_below(threshold)))
-        arrays.true_ids.append(left)
-        arrays.false_ids.append(right)
-        arrays.missing_true.append(int(nan_goes_left))
-        stack.append((node["right_child"], right))
-        stack.append((node["left_child"], left))
+def _numerical(node: dict[str, Any]) -> tuple[float, bool]:
+    """(float32 threshold, whether NaN goes left) of a `<=` split, as LightGBM decides."""
+    threshold = float(node["threshold"])
+    missing = node["missing_type"]
+    if missing == "NaN":
+        nan_goes_left = bool(node["default_left"])
+    elif missing == "None":
+        nan_goes_left = threshold >= 0.0
+    else:  # "Zero": zeros (and NaN, as zero) go the default way
+        nan_goes_left = bool(node["default_left"])
+        if nan_goes_left != (threshold >= 0.0) or abs(threshold) <= K_ZERO_THRESHOLD:
+            raise UnsupportedModel("zero_as_missing splits that disagree with the threshold")
+    return float(float32_at_or_below(threshold)), nan_goes_left
+
+
+def _place(arrays: _Arrays, node: dict[str, Any], scale: float) -> tuple[int, int]:
+    """Adds `node` and everything below it; returns (its position, 1 if it is a leaf)."""
+    if "leaf_value" in node:
+        return arrays.leaf(node["leaf_value"] * scale)
+    feature = int(node["split_feature"])
+    if node["decision_type"] == "==":
+        # A categorical split: the codes listed go left; NaN, a negative or an unlisted
+        # code goes right, whatever the missing type (LightGBM's CategoricalDecision).
+        at = arrays.branch(feature, BRANCH_MEMBER, 0.0, nan_goes_true=False)
+        arrays.members += [float(code) for code in str(node["threshold"]).split("||")]
+        arrays.members.append(float("nan"))
+    elif node["decision_type"] == "<=":
+        threshold, nan_goes_left = _numerical(node)
+        at = arrays.branch(feature, BRANCH_LEQ, threshold, nan_goes_left)
+    else:
+        raise UnsupportedModel(f"split type {node['decision_type']!r}")
+    arrays.true_ids[at], arrays.true_leaf[at] = _place(arrays, node["left_child"], scale)
+    arrays.false_ids[at], arrays.false_leaf[at] = _place(arrays, node["right_child"], scale)
+    return at, 0
+
+
+def _add_tree(arrays: _Arrays, root: dict[str, Any], scale: float) -> None:
+    if "leaf_value" in root:  # one leaf: a node whose both branches reach it
+        at = arrays.branch(0, BRANCH_LEQ, 0.0, nan_goes_true=False)
+        arrays.roots.append(at)
+        leaf = arrays.leaf(root["leaf_value"] * scale)
+        arrays.true_ids[at], arrays.true_leaf[at] = leaf
+        arrays.false_ids[at], arrays.false_leaf[at] = leaf
+        return
+    arrays.roots.append(_place(arrays, root, scale)[0])
 
 
 def _checked_model(graph: onnx.GraphProto) -> onnx.ModelProto:
@@ -126,37 +151,45 @@ def native_margin(booster: Any, features: np.ndarray) -> np.ndarray:
 def tree_ensemble_node(
     dump: dict[str, Any], input_name: str, output_name: str, scale: float = 1.0
 ) -> onnx.NodeProto:
-    """One TreeEnsembleRegressor computing the raw score (times `scale`) of a LightGBM
-    model dump (`Booster.dump_model()`, or several fold models' trees in one dump)."""
+    """One TreeEnsemble computing the raw score (times `scale`) of a LightGBM model dump
+    (`Booster.dump_model()`, or several fold models' trees in one dump)."""
     if dump.get("num_tree_per_iteration", 1) != 1:
         raise UnsupportedModel("multiclass models (several trees per iteration)")
     if dump.get("average_output"):  # random-forest mode: the score is the trees' mean
         scale /= len(dump["tree_info"])
     arrays = _Arrays()
     for tree in dump["tree_info"]:
-        _add_tree(arrays, int(tree["tree_index"]), tree["tree_structure"], scale)
+        _add_tree(arrays, tree["tree_structure"], scale)
+    extra = {}
+    if arrays.members:
+        extra["membership_values"] = _floats("membership_values", arrays.members)
     return helper.make_node(
-        "TreeEnsembleRegressor",
+        "TreeEnsemble",
         [input_name],
         [output_name],
         domain=ML_DOMAIN,
         n_targets=1,
-        aggregate_function="SUM",
-        post_transform="NONE",
-        base_values=[0.0],
-        nodes_treeids=arrays.tree_ids,
-        nodes_nodeids=arrays.node_ids,
-        nodes_featureids=arrays.feature_ids,
-        nodes_modes=arrays.modes,
-        nodes_values=arrays.values,
+        aggregate_function=1,  # SUM
+        post_transform=0,  # NONE
+        tree_roots=arrays.roots,
+        nodes_featureids=arrays.features,
+        nodes_modes=helper.make_tensor(
+            "nodes_modes", TensorProto.UINT8, [len(arrays.modes)], arrays.modes
+        ),
+        nodes_splits=_floats("nodes_splits", arrays.splits),
         nodes_truenodeids=arrays.true_ids,
+        nodes_trueleafs=arrays.true_leaf,
         nodes_falsenodeids=arrays.false_ids,
+        nodes_falseleafs=arrays.false_leaf,
         nodes_missing_value_tracks_true=arrays.missing_true,
-        target_treeids=arrays.leaf_tree,
-        target_nodeids=arrays.leaf_node,
-        target_ids=[0] * len(arrays.leaf_node),
-        target_weights=arrays.leaf_value,
+        leaf_targetids=[0] * len(arrays.leaf_weights),
+        leaf_weights=_floats("leaf_weights", arrays.leaf_weights),
+        **extra,
     )
+
+
+def _floats(name: str, values: list[float]) -> onnx.TensorProto:
+    return helper.make_tensor(name, TensorProto.FLOAT, [len(values)], values)
 
 
 def booster_to_onnx(

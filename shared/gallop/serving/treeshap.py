@@ -98,10 +98,8 @@ class TreeExplainer:
             # LightGBM's ExpectedValue: leaves weighted by their share of the training data.
             self._expected += value * math.prod(step[3] for step in path)
             return
-        if node["decision_type"] != "<=":
-            raise NotImplementedError(
-                f"categorical splits (decision_type {node['decision_type']!r}) are not supported"
-            )
+        if node["decision_type"] not in ("<=", "=="):
+            raise NotImplementedError(f"split type {node['decision_type']!r} is not supported")
         index = len(self._nodes)
         self._nodes.append(node)
         for side, went_left in (("left_child", True), ("right_child", False)):
@@ -113,7 +111,22 @@ class TreeExplainer:
     def _build_splits(self) -> None:
         nodes = self._nodes
         self._feature = np.array([n["split_feature"] for n in nodes], dtype=np.intp)
-        self._threshold = np.array([n["threshold"] for n in nodes], dtype=np.float64)
+        categorical = [n["decision_type"] == "==" for n in nodes]
+        self._categorical = np.array(categorical, dtype=bool)
+        self._threshold = np.array(
+            [0.0 if cat else n["threshold"] for n, cat in zip(nodes, categorical, strict=True)],
+            dtype=np.float64,
+        )
+        # A categorical split's codes as a table: members[split, code] (code < width) goes left.
+        sets = [
+            [int(c) for c in str(n["threshold"]).split("||")]
+            for n in nodes
+            if n["decision_type"] == "=="
+        ]
+        width = max((max(codes) + 1 for codes in sets), default=0)
+        self._members = np.zeros((len(sets), width + 1), dtype=bool)  # last column: not listed
+        for row, codes in enumerate(sets):
+            self._members[row, codes] = True
         self._default_left = np.array([n["default_left"] for n in nodes], dtype=bool)
         missing = np.array([_MISSING_CODES[n["missing_type"]] for n in nodes], dtype=np.int8)
         self._zero_missing, self._nan_missing = missing == 1, missing == 2
@@ -161,7 +174,17 @@ class TreeExplainer:
         v = np.where(nan & ~self._nan_missing, 0.0, v)  # NaN is read as 0 unless learnt as missing
         missing = (nan & self._nan_missing) | (self._zero_missing & (np.abs(v) <= _ZERO))
         left = np.where(missing, self._default_left, v <= self._threshold)
+        if len(self._members):
+            left[:, self._categorical] = self._listed(x[:, self._feature[self._categorical]])
         return np.concatenate([left, np.ones((len(x), 1), dtype=bool)], axis=1)
+
+    def _listed(self, codes: np.ndarray) -> np.ndarray:
+        """[rows, categorical splits] LightGBM's CategoricalDecision: the code, truncated
+        to a whole number, is listed; NaN, a negative or an unlisted code goes right."""
+        width = self._members.shape[1] - 1
+        whole = np.where(np.isnan(codes), -1.0, np.trunc(codes))
+        index = np.where((whole >= 0) & (whole < width), whole, width).astype(np.intp)
+        return self._members[np.arange(len(self._members)), index]
 
     @staticmethod
     def _group_shap(group: _LeafGroup, go_left: np.ndarray) -> np.ndarray:
