@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gallop.features.categories import encode, learn_vocabulary
 from gallop.features.engine import Table, compute
 from gallop.features.plan import FeatureSpecError, Plan, build_plan
 from gallop.features.roles import roles_for
@@ -33,6 +34,9 @@ def build_features(canonical: pd.DataFrame, spec: DatasetSpec) -> FeatureSet:
         raise FeatureSpecError(f"columns {missing} are not in the data")
     table = table_from_frame(canonical, spec, plan)
     outputs, state = compute(table, plan, roles_for(spec), None)
+    vocabularies = {name: learn_vocabulary(table[name]) for name in plan.categorical}
+    for name, vocabulary in vocabularies.items():
+        outputs[name] = encode(table[name], vocabulary)
 
     ident = [c for c in (spec.group, spec.time, spec.entity) if c]
     frame = canonical[ident + [spec.target]].copy()
@@ -48,12 +52,15 @@ def build_features(canonical: pd.DataFrame, spec: DatasetSpec) -> FeatureSet:
         "features": plan.features,
         "data_numeric": numeric,
         "data_end": data_end,
+        "categories": vocabularies,
     }
     manifest = {
         "dataset": spec.name,
         "spec_hash": plan.spec_hash,
         "features": plan.features,
         "dtypes": {name: "float32" for name in plan.features},
+        # Categorical features' vocabularies: a feature's value is its text's place here.
+        "categorical": vocabularies,
         "rows": len(frame),
         "identifiers": ident,
         "task": spec.task.value,

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from gallop.features.categories import encode
 from gallop.features.engine import Table, compute
 from gallop.features.plan import Plan, build_plan
 from gallop.features.roles import roles_for
@@ -46,6 +47,9 @@ def card_features(
         outputs, _ = compute(table, plan, roles_for(spec), state)
     except ValueError as exc:
         raise CardError(str(exc)) from None
+    vocabularies = state.meta.get("categories") or {}
+    for name in plan.categorical:  # unseen text, or a snapshot from before: missing
+        outputs[name] = encode(table[name], vocabularies.get(name, []))
     matrix = np.column_stack([outputs[name] for name in plan.features]).astype(np.float32)
     return plan.features, matrix
 

@@ -60,6 +60,7 @@ class Plan:
     numeric_inputs: list[str]  # data columns the plan reads as numbers
     text_keys: list[str]  # data columns the plan reads as text keys
     spec_hash: str
+    categorical: list[str] = field(default_factory=list)  # features coded from text
 
 
 def check_spec(spec: DatasetSpec) -> None:
@@ -106,7 +107,8 @@ def build_plan(spec: DatasetSpec, data_numeric: list[str] | None) -> Plan:
         if not node.history and any(i in tainted for i in node.inputs):
             tainted |= set(node.outputs)
     outputs_in_order = [o for node in nodes for o in node.outputs]
-    features = base + [o for o in outputs_in_order if o not in tainted]
+    features = base + [o for o in outputs_in_order if o not in tainted] + list(spec.categorical)
+    history_text = {k for n in nodes if n.history for k in key_list(n.entry.by)}  # type: ignore[union-attr]
 
     return Plan(
         nodes=ordered,
@@ -114,8 +116,9 @@ def build_plan(spec: DatasetSpec, data_numeric: list[str] | None) -> Plan:
         post_race=tainted,
         history_keys=_history_keys(ordered),
         numeric_inputs=sorted((numeric - set(produced)) & _all_inputs(nodes) | set(base)),
-        text_keys=sorted({k for n in nodes if n.history for k in key_list(n.entry.by)}),  # type: ignore[union-attr]
+        text_keys=sorted(history_text | set(spec.categorical)),
         spec_hash=spec.spec_hash,
+        categorical=list(spec.categorical),
     )
 
 

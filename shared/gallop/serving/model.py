@@ -40,12 +40,19 @@ class LoadedModel:
     read_file: Callable[[str], bytes]  # a file of the artifact, for the explainers
     features: list[str] = field(init=False)
     index: dict[str, int] = field(init=False)
+    # Per categorical feature's position: its vocabulary's text -> code
+    category_codes: dict[int, dict[str, int]] = field(init=False)
     _explainers: list[Any] | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.features = list(self.manifest["features"])
         self.index = {name: i for i, name in enumerate(self.features)}
+        self.category_codes = {
+            self.index[name]: {text: code for code, text in enumerate(vocabulary)}
+            for name, vocabulary in (self.manifest.get("categorical") or {}).items()
+            if name in self.index
+        }
 
     @property
     def task(self) -> str:

@@ -4,7 +4,8 @@ the per-race arithmetic (win probability, Harville place probability, rank).
 Rows come as objects (`{"rows": [{feature: value, ...}]}`) or as columns and data
 (`{"columns": [...], "data": [[...], ...]}`, the cheaper shape to send and to parse).
 A missing value is null (NaN to the model, which knows where it goes); infinities,
-text in a numeric field, unknown or missing names are refused, naming them.
+text in a numeric field, unknown or missing names are refused, naming them. A categorical
+feature is sent as its text; text the training data did not hold is missing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from gallop.features.categories import code_of
 from gallop.serving.model import LoadedModel
 
 MAX_ROWS = 1000
@@ -113,6 +115,12 @@ def feature_matrix(
     index = [where[f] for f in model.features]
     take = itemgetter(*index) if len(index) > 1 else lambda row: (row[index[0]],)
     picked = [take(row) for row in values]
+    if model.category_codes:  # a category as its text (or number); unseen is missing
+        codes = model.category_codes
+        picked = [
+            tuple(code_of(v, codes[j]) if j in codes else v for j, v in enumerate(row))
+            for row in picked
+        ]
     # Numbers and nulls only (true/false would pass as 1/0): one set of types per row.
     if not set(chain.from_iterable(map(type, row) for row in picked)) <= NUMERIC_TYPES:
         raise InputError(_first_bad_value(model, picked))
