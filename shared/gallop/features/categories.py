@@ -33,12 +33,19 @@ def encode(texts: np.ndarray, vocabulary: list[str]) -> np.ndarray:
     return np.where(found, place, np.nan).astype(np.float32)
 
 
-def code_of(value: Any, index: dict[str, int]) -> float | None:
-    """One JSON value's code (None when missing or unseen); a number is read as its text,
-    as ingestion reads it (11.0 is '11')."""
-    if value is None or isinstance(value, bool):
-        return None
+def key_text(value: Any) -> str:
+    """A key or category as ingestion writes it: text as sent, a whole number without
+    '.0' (11.0 from a CSV read as numbers is jockey '11'), "" when missing."""
+    if value is None:
+        return ""
     if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    code = index.get(str(value))
+        return str(int(value))
+    return str(value)
+
+
+def code_of(value: Any, index: dict[str, int]) -> float | None:
+    """One JSON value's code (None when missing or unseen), read as key_text reads it."""
+    if isinstance(value, bool):
+        return None
+    code = index.get(key_text(value))
     return None if code is None else float(code)

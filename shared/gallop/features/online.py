@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from gallop.features.categories import encode
+from gallop.features.categories import encode, key_text
 from gallop.features.engine import Table, compute
 from gallop.features.plan import Plan, build_plan
 from gallop.features.roles import roles_for
@@ -108,16 +108,6 @@ def card_table(
         ).astype(np.float64)
     table[spec.target] = np.full(len(card), np.nan)
     return table
-
-
-def key_text(value: Any) -> str:
-    """A key as ingestion writes it: text as sent, a whole number without '.0' (11.0 from
-    a CSV read as numbers is jockey '11')."""
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def _micros(value: Any, index: int) -> int:

@@ -120,8 +120,8 @@ class TreeExplainer:
         # A categorical split's codes as a table: members[split, code] (code < width) goes left.
         sets = [
             [int(c) for c in str(n["threshold"]).split("||")]
-            for n in nodes
-            if n["decision_type"] == "=="
+            for n, cat in zip(nodes, categorical, strict=True)
+            if cat
         ]
         width = max((max(codes) + 1 for codes in sets), default=0)
         self._members = np.zeros((len(sets), width + 1), dtype=bool)  # last column: not listed
