@@ -239,3 +239,26 @@ def test_linear_bases_and_each_calibration_head_equal_the_native_stack(calibrati
     # The linear margin splits exactly into per-feature terms and the bias.
     terms = linear.contributions(features).sum(axis=1) + linear.bias
     assert np.allclose(terms, linear.margin(features), atol=1e-12)
+
+
+def test_a_linear_base_holds_each_feature_to_its_training_range_in_the_graph_too() -> None:
+    from gallop.models.linear import fit_linear
+    from gallop.models.onnx_export import stack_to_onnx
+
+    # GIVEN a ridge line fitted on a count seen from 0 to 50 (and a column never seen)
+    rng = np.random.default_rng(8)
+    count = rng.integers(0, 51, 2000).astype(np.float32)
+    features = np.column_stack([count, np.full(2000, np.nan, dtype=np.float32)])
+    linear = fit_linear(features, 0.1 * count + rng.normal(size=2000), "squared")
+    # WHEN it meets counts past the last it saw (as a jockey's runs grow every season)
+    later = np.array([[50, np.nan], [80, 1.0], [5000, -7.0], [-3, np.nan]], dtype=np.float32)
+    at_bounds = np.array([[50, np.nan], [50, 0.0], [50, 0.0], [0, np.nan]], dtype=np.float32)
+    # THEN it answers as at the nearest bound, natively, in the graph and in its terms
+    assert np.array_equal(linear.margin(later), linear.margin(at_bounds))
+    assert linear.margin(later)[0] > linear.margin(later)[3] + 4.0  # the slope is kept within
+    graph = stack_to_onnx([linear], [1.0], 0.0, 2).SerializeToString()
+    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    exported = session.run(["margins"], {"features": later})[0][:, 0]
+    assert np.abs(exported - linear.margin(later)).max() <= TOLERANCE
+    terms = linear.contributions(later).sum(axis=1) + linear.bias
+    assert np.allclose(terms, linear.margin(later), atol=1e-12)

@@ -69,7 +69,8 @@ def test_a_score_beyond_float32_is_refused_not_answered_with_nulls() -> None:
     from gallop.serving.model import LoadedModel, session_for
     from gallop.serving.predict import InputError, predict_columns
 
-    steep = LinearModel(np.zeros(1), np.ones(1), np.array([1e30]), 0.0)
+    wide = np.full(1, 3e38)
+    steep = LinearModel(np.zeros(1), np.ones(1), np.array([1e30]), 0.0, -wide, wide)
     graph = stack_to_onnx([steep], [1.0], 0.0, 1).SerializeToString()
     manifest = {
         "task": "ranking",

@@ -622,7 +622,7 @@ def test_the_parity_check_refuses_a_graph_whose_calibration_is_off() -> None:
     from gallop.training.stacking import check_parity
 
     # GIVEN one linear base (margin = x) and an isotonic curve with steps at 0 and 1
-    base = LinearModel(np.zeros(1), np.ones(1), np.ones(1), 0.0)
+    base = LinearModel(np.zeros(1), np.ones(1), np.ones(1), 0.0, np.full(1, -9.0), np.full(1, 9.0))
     curve = {"kind": "isotonic", "thresholds": [-9.0, 0.0, 1.0], "values": [0.1, 0.5, 0.9]}
     meta = Meta(np.ones(1), 0.0, curve)
     x = np.array([[-2.0], [0.5], [3.0], [1e-9]], dtype=np.float32)  # the last is on a step

@@ -1,4 +1,5 @@
-"""The regularised linear base model: standardised features, missing values at the mean.
+"""The regularised linear base model: standardised features, missing values at the mean,
+each feature held to the range it had in training.
 
 Ridge regression for regression targets, L2-regularised logistic regression for binary
 ones, and for races an L2-regularised conditional logit (a softmax within each race: the
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 
 FAMILY = "linear"
 FILE = "linear.json"
+ARRAYS = ("means", "scales", "coef", "low", "high")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,16 @@ class LinearModel:
     scales: np.ndarray  # standard deviations (1 for a constant feature)
     coef: np.ndarray  # per standardised feature
     bias: float
+    # The training rows' range of each feature. A line goes on rising past the last value
+    # it saw; counts that grow with time (a jockey's runs) would do so on every new race.
+    low: np.ndarray
+    high: np.ndarray
 
     family = FAMILY
 
     def standardised(self, features: np.ndarray) -> np.ndarray:
         values = np.asarray(features, dtype=np.float64)
-        values = np.where(np.isnan(values), self.means, values)
+        values = np.clip(np.where(np.isnan(values), self.means, values), self.low, self.high)
         return (values - self.means) / self.scales
 
     def margin(self, features: np.ndarray) -> np.ndarray:
@@ -48,7 +55,7 @@ class LinearModel:
 
     def explanation(self) -> dict[str, Any]:
         """What the serving side explains with: the model itself (its terms are exact)."""
-        fields = {"means": self.means, "scales": self.scales, "coef": self.coef}
+        fields = {name: getattr(self, name) for name in ARRAYS}
         payload = {name: [float(v) for v in values] for name, values in fields.items()}
         return {**payload, "bias": self.bias}
 
@@ -65,8 +72,8 @@ class LinearModel:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LinearModel:
-        arrays = (np.array(data[name], dtype=np.float64) for name in ("means", "scales", "coef"))
-        return cls(*arrays, bias=float(data["bias"]))
+        arrays = {name: np.array(data[name], dtype=np.float64) for name in ARRAYS}
+        return cls(**arrays, bias=float(data["bias"]))
 
     def onnx_parts(
         self, input_name: str, output_name: str
@@ -82,12 +89,16 @@ class LinearModel:
                 f"{p}_coef", TensorProto.FLOAT, [d, 1], (self.coef / self.scales).tolist()
             ),
             helper.make_tensor(f"{p}_bias", TensorProto.FLOAT, [1], [self.bias]),
+            helper.make_tensor(f"{p}_low", TensorProto.FLOAT, [1, d], self.low.tolist()),
+            helper.make_tensor(f"{p}_high", TensorProto.FLOAT, [1, d], self.high.tolist()),
         ]
         nodes = [
             helper.make_node("IsNaN", [input_name], [f"{p}_missing"]),
             helper.make_node("Where", [f"{p}_missing", f"{p}_means", input_name], [f"{p}_filled"]),
+            helper.make_node("Max", [f"{p}_filled", f"{p}_low"], [f"{p}_above"]),
+            helper.make_node("Min", [f"{p}_above", f"{p}_high"], [f"{p}_held"]),
             # Centre before the product: the terms stay small, so float32 loses little.
-            helper.make_node("Sub", [f"{p}_filled", f"{p}_means"], [f"{p}_centred"]),
+            helper.make_node("Sub", [f"{p}_held", f"{p}_means"], [f"{p}_centred"]),
             helper.make_node("MatMul", [f"{p}_centred", f"{p}_coef"], [f"{p}_product"]),
             helper.make_node("Add", [f"{p}_product", f"{p}_bias"], [output_name]),
         ]
@@ -118,18 +129,22 @@ def fit_linear(
     means = means.astype(np.float32).astype(np.float64)
     scales = np.nanstd(values, axis=0)
     scales = np.where(np.isfinite(scales) & (scales > 0), scales, 1.0)
-    empty = LinearModel(means, scales, np.zeros(values.shape[1]), 0.0)
+    # The bounds are float32 values, so the graph holds them exactly. No values: no bounds.
+    seen = ~np.isnan(values).all(axis=0)
+    low, high = np.full(values.shape[1], -FLOAT32_MAX), np.full(values.shape[1], FLOAT32_MAX)
+    low[seen], high[seen] = np.nanmin(values[:, seen], axis=0), np.nanmax(values[:, seen], axis=0)
+    empty = LinearModel(means, scales, np.zeros(values.shape[1]), 0.0, low, high)
     z = empty.standardised(values)
     y = np.asarray(labels, dtype=np.float64)
     n, d = z.shape
     if loss == "conditional_logit":
         assert sizes is not None, "a conditional logit needs the races' sizes"
         logit = fit_conditional_logit(z, y, sizes, l2=l2, non_negative=False)
-        return LinearModel(means, scales, logit.weights, 0.0)
+        return LinearModel(means, scales, logit.weights, 0.0, low, high)
     if loss == "squared":
         bias = float(y.mean())
         coef = np.linalg.solve(z.T @ z / n + l2 * np.eye(d), z.T @ (y - bias) / n)
-        return LinearModel(means, scales, coef, bias)
+        return LinearModel(means, scales, coef, bias, low, high)
 
     logistic = fit_logistic_stack(z, y, l2=l2, non_negative=False)
-    return LinearModel(means, scales, logistic.weights, logistic.bias)
+    return LinearModel(means, scales, logistic.weights, logistic.bias, low, high)

@@ -222,7 +222,28 @@ def fit_meta(
 ) -> Meta:
     """target: each runner's share of its race's win (ranking), 0/1 (binary) or the value
     (regression), for out-of-fold margins; graded: for graded relevance (higher is
-    better), each item's share of its group's gain 2^relevance - 1."""
+    better), each item's share of its group's gain 2^relevance - 1.
+
+    The penalty is on the weights of the margins scaled to one standard deviation: a base
+    whose margins are narrow (a regression on positions) needs a large weight, and
+    penalising it as it stands would favour bases by the units of their margins."""
+    margins = np.asarray(margins, dtype=np.float64)
+    spread = margins.std(axis=0) if len(margins) else np.ones(margins.shape[1])
+    spread = np.where(spread > 0, spread, 1.0)
+    scaled = _fit_meta(task, margins / spread, target, sizes, l2, calibration, coverage, graded)
+    return Meta(scaled.weights / spread, scaled.bias, scaled.calibration)
+
+
+def _fit_meta(
+    task: str,
+    margins: np.ndarray,
+    target: np.ndarray,
+    sizes: np.ndarray | None,
+    l2: float,
+    calibration: str,
+    coverage: float,
+    graded: np.ndarray | None,
+) -> Meta:
     if task == "ranking":
         assert sizes is not None, "a ranking stack needs the races' sizes"
         if graded is None:
