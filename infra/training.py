@@ -13,6 +13,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
+from gallop.training.config import BASE_JOBS_AT_ONCE
 from infra.functions import IMAGE_EXCLUDE, Placement, Wiring, dependencies_path, zip_function
 
 # Every training job the state machine may start, describe, stop or tag, and whose role
@@ -32,7 +33,6 @@ REQUEST_FIELDS = (
     "StoppingCondition",
     "Tags",
 )
-BASE_CONCURRENCY = 4
 # Where SageMaker writes each job's log streams (one group for every training job).
 TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 
@@ -155,7 +155,7 @@ class Training(Construct):
             self,
             "TrainBaseModels",
             items_path=sfn.JsonPath.string_at("$.base_jobs"),
-            max_concurrency=BASE_CONCURRENCY,
+            max_concurrency=BASE_JOBS_AT_ONCE,
             # The stack job finds their outputs by its channels; nothing to carry on.
             result_path=sfn.JsonPath.DISCARD,
         )

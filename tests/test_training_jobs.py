@@ -431,7 +431,7 @@ def test_gallop_train_on_a_plain_table(task: str, tmp_path: Path) -> None:
         assert total == pytest.approx(predicted["score"], rel=2e-6, abs=1e-5)
 
 
-def test_the_same_inputs_give_a_byte_identical_model(tmp_path: Path) -> None:
+def test_the_same_inputs_and_time_limit_give_a_byte_identical_model(tmp_path: Path) -> None:
     from gallop.training.runner import holdout_split, train_locally
 
     spec = DatasetSpec.model_validate({"name": "plain", "task": "binary", "target": "y"})
@@ -446,7 +446,7 @@ def test_the_same_inputs_give_a_byte_identical_model(tmp_path: Path) -> None:
             built.manifest,
             tmp_path / name,
             progress=lambda _: None,
-            base_hyperparameters={"num_boost_round": 30},
+            base_hyperparameters={"num_boost_round": 300, "time_limit": 12},
             stack_hyperparameters=tags,
         )
         for name in ("first", "second")
@@ -455,6 +455,17 @@ def test_the_same_inputs_give_a_byte_identical_model(tmp_path: Path) -> None:
     assert first == second
     manifest = json.loads((models[0] / "manifest.json").read_text())
     assert {k: manifest[k] for k in tags} == tags
+    # Each boosted base searched (the linear one has nothing to search), in its share of
+    # the limit: 6 bases two at a time are 3 waves sharing half of 12 s.
+    boosted = set(manifest["meta"]["weights"]) - {"linear"}
+    assert set(manifest["search"]) == boosted
+    for search in manifest["search"].values():
+        trials = search["trials"]
+        assert search["budget_seconds"] == 2.0 and len(trials) > 2
+        assert trials[0]["params"] == {}  # the kind's defaults are the first trial
+        assert search["chosen"] == min(trials, key=lambda t: t["loss"])["params"]
+        assert search["estimated_seconds"] <= search["budget_seconds"]
+    assert "Hyperparameter search" in (models[0] / "report.html").read_text()
 
 
 def test_a_bad_stack_hyperparameter_fails_the_job_with_the_reason(
@@ -503,6 +514,8 @@ def test_gallop_train_takes_the_bases_and_their_hyperparameters(tmp_path: Path) 
     assert manifest["meta"]["calibration"]["coverage"] == 0.8
     wrong = gallop_train(*command, "--bases", "lambdarank", cwd=tmp_path)
     assert wrong.returncode != 0 and "cannot be trained for a regression task" in wrong.stderr
+    too_short = gallop_train(*command, "--time-limit", "0.5", cwd=tmp_path)
+    assert too_short.returncode == 2 and "time_limit=0.5 is not valid" in too_short.stderr
 
 
 def test_the_stack_job_refuses_margins_of_other_rows(race_features: Path, tmp_path: Path) -> None:

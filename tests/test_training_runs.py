@@ -93,11 +93,17 @@ def test_the_run_id_is_a_hash_of_config_data_version_features_and_code() -> None
             "code-1",
         ),
         run_id_for({**config, "bases": ["lambdarank"]}, "v-1", "spec-1", "code-1"),
+        run_id_for(
+            run_config("races", "ranking", None, {"num_boost_round": 20, "time_limit": 60}, 0.2),
+            "v-1",
+            "spec-1",
+            "code-1",
+        ),
         run_id_for(config, "v-2", "spec-1", "code-1"),
         run_id_for(config, "v-1", "spec-2", "code-1"),
         run_id_for(config, "v-1", "spec-1", "code-2"),
     }
-    assert len(changed) == 6 and run_id not in changed
+    assert len(changed) == 7 and run_id not in changed
 
 
 def _copy_sources(root: Path) -> None:
@@ -385,6 +391,8 @@ def test_a_run_needs_a_known_dataset_a_valid_version_and_ready_features(
         ({"bases": ["lambdarank", "lambdarank"]}, "named twice"),
         ({"test_share": 1.5}, "body.test_share"),
         ({"hyperparameters": {"model": "lambdarank"}}, "set by gallop"),
+        ({"hyperparameters": {"search_seconds": 5}}, "set by gallop"),
+        ({"time_limit": 0}, "body.time_limit"),
         ({"hyperparameters": {"num_leaves": {"deep": 1}}}, "body.hyperparameters.num_leaves"),
         ({"epochs": 3}, "body.epochs"),
         ({"dataset": "Not A Name"}, "body.dataset"),
@@ -516,7 +524,7 @@ def test_the_stepfunctions_launcher_starts_an_execution_with_complete_training_j
     api = _deployed_api(engine, tmp_path, _state_machine())
 
     # WHEN a run is posted THEN an execution of the state machine is running it
-    body = {"dataset": spec.name, "hyperparameters": {"num_boost_round": 20}}
+    body = {"dataset": spec.name, "hyperparameters": {"num_boost_round": 20}, "time_limit": 240}
     reply = api.post("/v1/training-runs", json=body)
     assert reply.status_code == 202, reply.json()
     run = reply.json()
@@ -545,7 +553,16 @@ def test_the_stepfunctions_launcher_starts_an_execution_with_complete_training_j
             assert re.search(metric["Regex"], line).group(1) == "-1.5e-03"  # type: ignore[union-attr]
     assert len({r["TrainingJobName"] for r in jobs}) == len(jobs)
     assert [_decoded(r) for r in payload["base_jobs"]] == [
-        {**BASE_DEFAULTS, "job": "base", "model": model, "num_boost_round": 20, "test_share": 0.2}
+        {
+            **BASE_DEFAULTS,
+            "job": "base",
+            "model": model,
+            "num_boost_round": 20,
+            "test_share": 0.2,
+            "time_limit": 240,
+            # six bases, four at a time: two waves share half of the limit
+            "search_seconds": 60,
+        }
         for model in DEFAULT_BASES["ranking"]
     ]
     assert _decoded(payload["stack_job"]) == {

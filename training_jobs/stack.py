@@ -147,6 +147,12 @@ def manifest_of(
             "single_row_groups_left_out": everything.left_out_groups,
         },
         "bagging": bool(bases[0].record.get("settings", {}).get("bagging", True)),
+        # Each base's hyperparameter search (a run with a time_limit), trial by trial.
+        "search": {
+            b.name: b.record["trace"]["search"]
+            for b in bases
+            if b.record.get("trace", {}).get("search")
+        },
         "data_version": settings["data_version"],
         "run_id": settings["run_id"],
         "code_version": settings["code_version"],
@@ -212,6 +218,16 @@ def report_of(artifact: dict[str, Any], judged: stacking.Judged) -> dict[str, An
     }
     if artifact["task"] == "ranking":
         report["ndcg"] = ndcg
+    if artifact["search"]:
+        report["search"] = {
+            f"{name} {i + 1}{' (chosen)' if trial['params'] == search['chosen'] else ''}": {
+                **trial["params"],
+                "loss": trial["loss"],
+                "rounds": trial["rounds"],
+            }
+            for name, search in artifact["search"].items()
+            for i, trial in enumerate(search["trials"])
+        }
     if artifact["betting"]:
         report["roi"] = artifact["betting"]
     if artifact["task"] == "regression":

@@ -113,6 +113,14 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated base models (default by task; e.g. lambdarank,linear)",
     )
     train.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="search each boosted base's hyperparameters within about this many seconds "
+        "for the whole run; the same data, seed and limit give the same model bytes",
+    )
+    train.add_argument(
         "--set",
         dest="hyperparameters",
         action="append",
@@ -781,10 +789,17 @@ def _train(args: argparse.Namespace) -> int:
     from gallop.features.build import build_features
     from gallop.features.plan import FeatureSpecError
     from gallop.spec import load_spec
-    from gallop.training.config import split_hyperparameters
+    from gallop.training.config import BadRunConfig, check_base_settings, split_hyperparameters
     from gallop.training.runner import TrainingFailed, holdout_split, train_locally
 
-    base_settings, stack_settings = split_hyperparameters(_hyperparameters(args.hyperparameters))
+    chosen = _hyperparameters(args.hyperparameters)
+    if args.time_limit is not None:
+        chosen["time_limit"] = args.time_limit
+    try:
+        check_base_settings(chosen)
+    except BadRunConfig as exc:
+        raise _UserError(str(exc)) from None
+    base_settings, stack_settings = split_hyperparameters(chosen)
     started = time.monotonic()
     spec = _load_spec(args.spec, load_spec)
     history = _canonical_or_report(args.data, spec)

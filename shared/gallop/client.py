@@ -118,7 +118,8 @@ class GallopClient:
             time.sleep(0.1)
 
     def start_training_run(self, dataset: str, **options: Any) -> dict[str, Any]:
-        """POST /v1/training-runs: options are version, bases, hyperparameters, test_share."""
+        """POST /v1/training-runs: options are version, bases, hyperparameters, test_share,
+        time_limit."""
         return self._call("POST", "/v1/training-runs", json={"dataset": dataset, **options})
 
     def training_run(self, run_id: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gallop.spec import NAME_PATTERN, DatasetSpec
-from gallop.training.config import ALL_BASE_MODELS, RESERVED_HYPERPARAMETERS
+from gallop.training.config import ALL_BASE_MODELS, MAX_TIME_LIMIT, RESERVED_HYPERPARAMETERS
 
 
 class DatasetOut(BaseModel):
@@ -116,6 +116,13 @@ class TrainingRunRequest(BaseModel):
     )
     test_share: float = Field(
         default=0.2, gt=0, lt=1, description="Share of the groups (latest races) held out."
+    )
+    time_limit: float | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TIME_LIMIT,
+        description="Seconds for the run: the boosted bases search their hyperparameters "
+        "within it first, deterministically (same data, seed and limit: the same model).",
     )
 
     @field_validator("bases")

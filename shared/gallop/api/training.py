@@ -50,7 +50,7 @@ def start_training_run(
             dataset.name,
             dataset.spec["task"],
             body.bases,
-            body.hyperparameters,
+            body.hyperparameters | ({"time_limit": body.time_limit} if body.time_limit else {}),
             body.test_share,
         )
     except BadRunConfig as exc:

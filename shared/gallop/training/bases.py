@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from gallop.models.catalogue import CATALOGUE, Kind, label_of
 from gallop.models.lightgbm import LightGBMBase, fit_booster, params_for, raw_margin
 from gallop.models.linear import LinearModel, fit_linear
 from gallop.training.rows import Rows
+from gallop.training.search import search
 
 BaseModel = LightGBMBase | LinearModel
 LINEAR_LOSS = {"ranking": "conditional_logit", "binary": "logistic", "regression": "squared"}
@@ -67,6 +68,18 @@ def fit_base(
     """`everything`: the training and held-out rows together (None without a held-out
     part, when the evaluation phase is the final one)."""
     kind = CATALOGUE[kind_name]
+    searched = None
+    if kind.family == "lightgbm" and settings.get("search_seconds"):
+        folds = assign_folds(train, settings["folds"], settings["split"], settings["seed"])
+        params, trials = search(kind, settings, train, folds, settings["search_seconds"])
+        progress(f"{kind.name} search: {len(trials)} trials, chose {params or 'the defaults'}")
+        settings = {**settings, "lightgbm": {**(settings.get("lightgbm") or {}), **params}}
+        searched = {
+            "budget_seconds": settings["search_seconds"],
+            "estimated_seconds": round(sum(t.seconds for t in trials), 3),
+            "chosen": params,
+            "trials": [asdict(t) for t in trials],
+        }
     first = fit_phase(kind, settings, train, progress, "evaluation")
     eval_test = first.model.margin(test.features) if test is not None else None
     final = (
@@ -77,6 +90,7 @@ def fit_base(
         "final": {"iterations": final.iterations, "seconds": round(final.seconds, 2)},
         "model": final.model.describe(),
         "left_out_groups": (everything or train).left_out_groups,
+        "search": searched,
     }
     return BaseFit(
         kind, final.model, first.oof, eval_test, final.oof, trace, first.folds, final.folds

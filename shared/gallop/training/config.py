@@ -18,7 +18,7 @@ BASE_MODELS: dict[str, tuple[str, ...]] = {
 ALL_BASE_MODELS = sorted(CATALOGUE)
 __all__ = ["DEFAULT_BASES"]
 # Set by gallop per job, never by the caller.
-RESERVED_HYPERPARAMETERS = ("model", "job")
+RESERVED_HYPERPARAMETERS = ("model", "job", "search_seconds")
 # What a run may set, with the defaults the jobs use (training_jobs/ checks the values).
 # A run's hyperparameters go to every base job, except the stack job's own: the
 # meta-learner's penalty, the calibration, the intervals' coverage and the betting
@@ -35,7 +35,13 @@ BASE_DEFAULTS: dict[str, Any] = {
     "min_data_in_leaf": None,
     "l2": 1e-2,  # the linear base's penalty
     "bagging": True,  # serve the k fold models' mean; false: one refit on all rows
+    # Seconds for the whole run; with a limit, each boosted base searches its
+    # hyperparameters first (gallop.training.search) in its share of SEARCH_SHARE of it.
+    "time_limit": None,
 }
+BASE_JOBS_AT_ONCE = 4  # on SageMaker: the state machine's map runs this many base jobs
+SEARCH_SHARE = 0.5  # the rest: features, the folds' fits with the chosen values, the stack
+MAX_TIME_LIMIT = 86_400
 # Bounds on what a run may ask, checked before it starts: the cost of a run is bounded.
 MAX_BOOST_ROUNDS = 10_000
 MAX_FOLDS = 20
@@ -69,7 +75,20 @@ BASE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "min_data_in_leaf": (lambda v: v is None or _whole(1)(v), "null or a whole number >= 1"),
     "l2": (_number(0), "a number >= 0"),
     "bagging": (lambda v: type(v) is bool, "true or false"),
+    "time_limit": (
+        lambda v: v is None or _number(1, MAX_TIME_LIMIT)(v),
+        f"null or seconds from 1 to {MAX_TIME_LIMIT}",
+    ),
 }
+
+
+def search_seconds(time_limit: float | None, bases: int, parallel: int) -> float | None:
+    """Each base job's search budget: its wave's share of SEARCH_SHARE of the limit, with
+    `parallel` base jobs running at once."""
+    if not time_limit:
+        return None
+    waves = -(-bases // max(1, parallel))
+    return round(SEARCH_SHARE * float(time_limit) / waves, 3)
 
 
 def check_base_settings(chosen: dict[str, Any]) -> None:

@@ -55,6 +55,11 @@ def render_report(report: dict[str, Any]) -> str:
             _grid(report.get("selection") or {}, "candidate", True),
         ),
         (
+            "search",
+            "Hyperparameter search (each base's first fold; trial 1 is the kind's defaults)",
+            _grid(report.get("search") or {}, "trial"),
+        ),
+        (
             "importance",
             "Feature importance (mean |SHAP| of the served stack, held-out rows)",
             _bar_chart(importance, "mean |SHAP|"),

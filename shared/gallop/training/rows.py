@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gallop.models.meta import Target
 from gallop.training.outcomes import race_results
 
 
@@ -132,6 +133,12 @@ class Rows:
         """Positions of the categorical features (codes) among the features."""
         names = self.manifest.get("categorical") or {}
         return [i for i, name in enumerate(self.manifest["features"]) if name in names]
+
+    def meta_target(self) -> Target:
+        """What a meta-learner is fitted to and judged on, for these rows."""
+        if self.task != "ranking":
+            return Target(self.task, self.target)
+        return Target("ranking", self.share, self.sizes, self.relevance, self.gain_share)
 
     def take(self, mask: np.ndarray) -> Rows:
         """The rows where `mask` holds, whole groups only (as folds are made)."""

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from gallop.ingest.canonical import to_parquet
-from gallop.training.config import DEFAULT_BASES
+from gallop.training.config import DEFAULT_BASES, search_seconds
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -104,17 +104,22 @@ def train_locally(
     write_channel(channel / "train", train, manifest)
     write_channel(channel / "test", test, manifest)
 
+    bases = bases or DEFAULT_BASES[manifest["task"]]
+    hyperparameters = dict(base_hyperparameters or {})
+    budget = search_seconds(hyperparameters.get("time_limit"), len(bases), parallel)
+    if budget is not None:
+        hyperparameters["search_seconds"] = budget
+
     def base_job(index: int, model: str) -> JobResult:
         started = time.monotonic()
         tree = work / f"base-{index}-{model}"
         for name in ("train", "test"):  # the final phase refits on both
             shutil.copytree(channel / name, tree / "input" / "data" / name)
-        run_job("base", tree, {**(base_hyperparameters or {}), "model": model})
+        run_job("base", tree, {**hyperparameters, "model": model})
         seconds = time.monotonic() - started
         progress(f"  base {model}: done in {seconds:.1f} s")
         return JobResult(model, seconds, tree / "model")
 
-    bases = bases or DEFAULT_BASES[manifest["task"]]
     progress(f"training {len(bases)} base models ({parallel} at a time) ...")
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         results = list(pool.map(lambda item: base_job(*item), enumerate(bases)))

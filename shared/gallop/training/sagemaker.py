@@ -19,7 +19,12 @@ from typing import Any
 from gallop.metadata.models import TrainingRun
 from gallop.settings import Settings
 from gallop.storage import features_prefix, training_prefix
-from gallop.training.config import base_hyperparameters, stack_hyperparameters
+from gallop.training.config import (
+    BASE_JOBS_AT_ONCE,
+    base_hyperparameters,
+    search_seconds,
+    stack_hyperparameters,
+)
 
 INSTANCE_TYPE = "ml.m5.large"
 VOLUME_GB = 30
@@ -56,12 +61,17 @@ def training_execution_input(run: TrainingRun, settings: Settings) -> dict[str, 
     features = features_prefix(run.config["dataset"], run.version_id, run.spec_hash)
     train = _s3_channel("train", settings.data_bucket, features)
     split = {"test_share": run.config["test_share"]}
+    hyperparameters = base_hyperparameters(run.config)
+    bases = len(run.config["bases"])
+    budget = search_seconds(hyperparameters.get("time_limit"), bases, BASE_JOBS_AT_ONCE)
+    if budget is not None:
+        hyperparameters["search_seconds"] = budget
     base_jobs = [
         _job(
             run,
             settings,
             base_job_name(run, index, model),
-            {"job": "base", **base_hyperparameters(run.config), **split, "model": model},
+            {"job": "base", **hyperparameters, **split, "model": model},
             [train],
             BASE_METRICS[task],
         )

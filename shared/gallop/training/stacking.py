@@ -22,7 +22,7 @@ import pandas as pd
 
 from gallop.models.lightgbm import LightGBMBase
 from gallop.models.linear import LinearModel
-from gallop.models.meta import Selection, Target, fit_candidate, select_meta
+from gallop.models.meta import Selection, fit_candidate, select_meta
 from gallop.models.onnx_export import stack_to_onnx
 from gallop.models.stack import Meta, group_starts
 from gallop.training.contract import JobError
@@ -47,12 +47,6 @@ class Base:
     record: dict[str, Any]  # its base.json
     model: LightGBMBase | LinearModel  # fitted on every row (the served one)
     margins: dict[str, np.ndarray]  # part -> margins, rows in the job data's order
-
-
-def target_of(rows: Rows) -> Target:
-    if rows.task != "ranking":
-        return Target(rows.task, rows.target)
-    return Target("ranking", rows.share, rows.sizes, rows.relevance, rows.gain_share)
 
 
 def load_bases(channel: Path, scratch: Path, data: JobData) -> list[Base]:
@@ -149,7 +143,7 @@ def judge(bases: list[Base], data: JobData, settings: dict[str, Any]) -> Judged:
     fair comparison) on the held-out rows, or out of fold without them."""
     names = [b.name for b in bases]
     oof = column(bases, "evaluation")
-    target = target_of(data.train)
+    target = data.train.meta_target()
     selection = select_meta(oof, target, settings, names)
     held = data.test is not None
     rows = data.test if data.test is not None else data.train
@@ -177,7 +171,7 @@ def served_meta(
     if data.everything is None:
         return judged.selection
     names = [b.name for b in bases]
-    return select_meta(column(bases, "final"), target_of(data.everything), settings, names)
+    return select_meta(column(bases, "final"), data.everything.meta_target(), settings, names)
 
 
 def betting_of(judged: Judged, manifest: dict[str, Any], settings: dict[str, Any]) -> Any:

@@ -1,0 +1,113 @@
+"""A boosted base's hyperparameters searched within a time budget, the same way every time.
+
+Trials are drawn by a seeded sampler over SPACE (the first is the kind's own defaults, so
+the search never chooses worse than them on its fold). Each is fitted on all but the
+first of the phase's folds, stopped early on that fold, and judged there by the loss the
+meta-learner is chosen by (race log loss, NDCG, log loss or squared error, after a
+calibration of the margin alone).
+
+The budget is spent by an estimate of each trial's seconds from the data's size and the
+rounds it took, not by the clock: the same inputs, seed and limit give the same trials
+and so the same model bytes, on a busy machine as on an idle one. The estimate was fitted
+to LightGBM on one thread here (benchmarks/training.py prints the wall time it comes to).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gallop.models.catalogue import Kind, label_of
+from gallop.models.lightgbm import fit_booster, params_for, raw_margin
+from gallop.models.meta import fit_candidate, loss
+from gallop.training.config import STACK_DEFAULTS
+from gallop.training.rows import Rows
+
+# name: (scale, low, high); "int" values are rounded, "log" ones drawn on a log scale.
+SPACE: dict[str, tuple[str, float, float]] = {
+    "learning_rate": ("log", 0.02, 0.2),
+    "num_leaves": ("log int", 7, 127),
+    "min_data_in_leaf": ("log int", 5, 100),
+    "feature_fraction": ("linear", 0.5, 1.0),
+    "lambda_l2": ("log", 1e-3, 10.0),
+}
+# Seconds of one boosting round: building the histograms (per row and feature) and
+# finding the splits (per leaf, feature and bin), measured on one thread here.
+HISTOGRAM_SECONDS = 3.5e-9
+SPLIT_SECONDS = 1.5e-8
+BINS = 255
+FEWEST_ROUNDS = 20  # a trial that cannot take as many is not started
+
+
+@dataclass(frozen=True)
+class Trial:
+    params: dict[str, Any]  # over the kind's own ({} is the kind as it is)
+    loss: float
+    rounds: int
+    seconds: float  # estimated
+
+
+def round_seconds(rows: int, features: int, leaves: int) -> float:
+    return HISTOGRAM_SECONDS * rows * features + SPLIT_SECONDS * leaves * features * BINS
+
+
+def draw(rng: np.random.Generator, fixed: set[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, (scale, low, high) in SPACE.items():
+        if name in fixed:
+            continue
+        u = rng.random()
+        value = (
+            np.exp(np.log(low) + u * np.log(high / low))
+            if "log" in scale
+            else low + u * (high - low)
+        )
+        params[name] = int(round(value)) if "int" in scale else round(float(value), 4)
+    return params
+
+
+def search(
+    kind: Kind,
+    settings: dict[str, Any],
+    rows: Rows,
+    folds: np.ndarray,
+    budget: float,
+) -> tuple[dict[str, Any], list[Trial]]:
+    """(the best trial's params, every trial) within `budget` estimated seconds."""
+    held = folds == 0
+    train, valid = rows.take(~held), rows.take(held)
+    labels = rows.label(label_of(kind, rows.task))
+    judged = valid.meta_target()
+    fixed = {name for name in ("num_leaves", "min_data_in_leaf") if settings.get(name) is not None}
+    rng = np.random.default_rng([settings["seed"], zlib.crc32(kind.name.encode())])
+    meta_settings = {**STACK_DEFAULTS, "seed": settings["seed"]}
+    trials: list[Trial] = []
+    spent, params = 0.0, {}
+    while True:
+        chosen = params_for(kind, rows.task, {**settings, "lightgbm": params})
+        per_round = round_seconds(len(train), rows.features.shape[1], chosen["num_leaves"])
+        cap = min(kind.trees or settings["num_boost_round"], settings["num_boost_round"])
+        rounds = min(cap, int((budget - spent) / per_round))
+        if rounds < min(FEWEST_ROUNDS, cap) and trials:
+            break
+        booster = fit_booster(
+            chosen,
+            (train.features, labels[~held], train.sizes),
+            (valid.features, labels[held], valid.sizes),
+            max(rounds, 1),
+            settings["early_stopping_rounds"],
+            rows.categorical,
+        )
+        margin = raw_margin(booster, valid.features)[:, None]
+        single = fit_candidate("base:0", margin, judged, meta_settings)
+        done = booster.current_iteration()
+        # Early stopping trains `patience` rounds past the best one.
+        cost = per_round * min(max(rounds, 1), done + settings["early_stopping_rounds"])
+        trials.append(Trial(params, loss(single, margin, judged), done, round(cost, 3)))
+        spent += cost
+        params = draw(rng, fixed)
+    best = min(range(len(trials)), key=lambda i: (trials[i].loss, i))
+    return trials[best].params, trials
