@@ -31,6 +31,8 @@ import lightgbm as lgb
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
+from sklearn.datasets import load_breast_cancer, load_diabetes
+from sklearn.metrics import ndcg_score
 
 from benchmarks.letor import LETOR, load_letor
 from gallop.features.build import build_features
@@ -61,53 +63,82 @@ def letor_sample() -> tuple[Letor, Letor]:
     return (train_x, train_y, train_q), test
 
 
-def letor(work: Path) -> list[tuple[str, dict[str, Any]]]:
+def letor(work: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
     """The sample's own split: 201 training queries, 50 test queries."""
     train, (test_x, test_y, test_q) = letor_sample()
-    baseline, stack = letor_scores(train, (test_x, test_y, test_q), work)
-    plain = {f"ndcg@{k}": ndcg_at_k(baseline, test_y, test_q, k) for k in KS}
-    ours = {f"ndcg@{k}": ndcg_at_k(stack, test_y, test_q, k) for k in KS}
+    baseline, stack, metrics = letor_scores(train, (test_x, test_y, test_q), work)
+    plain, ours = both_gains(baseline, test_y, test_q), both_gains(stack, test_y, test_q)
     # How sure is the difference, with 50 queries?
     gap = {
-        f"ndcg@{k}": interval(
-            per_query_ndcg(stack, test_y, test_q, k) - per_query_ndcg(baseline, test_y, test_q, k)
+        f"{name}@{k}": interval(
+            per_query_ndcg(stack, test_y, test_q, k, gain)
+            - per_query_ndcg(baseline, test_y, test_q, k, gain)
         )
+        for gain, name in (("exp", "ndcg"), ("linear", "lin"))
         for k in KS
     }
-    return [("LGBMRanker() defaults", plain), ("gallop stack", ours), ("stack - LGBMRanker", gap)]
+    bases = [(f"base {name}", values) for name, values in metrics.items() if name != "stack"]
+    best = {m: max(v[m] for _, v in bases) for m in ("ndcg@5", "ndcg@10")}
+    verdicts = [
+        verdict("NDCG@5 and @10 >= LGBMRanker's", all(ours[m] >= plain[m] for m in best)),
+        verdict("NDCG@5 and @10 >= the best base's", all(ours[m] >= best[m] for m in best)),
+    ]
+    rows = [("LGBMRanker() defaults", plain), *bases, ("gallop stack", ours)]
+    return rows + [("stack - LGBMRanker", gap)], verdicts
 
 
-def letor_cross_validated(work: Path, folds: int = 5, repeats: int = 2) -> list[tuple[str, dict]]:
+def letor_cross_validated(
+    work: Path, folds: int = 5, repeats: int = 2
+) -> tuple[list[tuple[str, dict]], list[str]]:
     """All 251 queries, each a test query once per repeat (folds by query): NDCG@k per query
     averaged over the repeats, so the difference rests on 251 queries rather than 50."""
     (train_x, train_y, train_q), (test_x, test_y, test_q) = letor_sample()
     x, y, sizes = np.vstack([train_x, test_x]), np.r_[train_y, test_y], np.r_[train_q, test_q]
     query = np.repeat(np.arange(len(sizes)), sizes)
-    per_query = {name: {k: np.zeros(len(sizes)) for k in KS} for name in ("baseline", "stack")}
+    cuts = [(gain, k) for gain in ("exp", "linear") for k in KS]
+    per_query = {name: {c: np.zeros(len(sizes)) for c in cuts} for name in ("baseline", "stack")}
     for repeat in range(repeats):
         fold_of = np.random.default_rng(repeat).permutation(len(sizes)) % folds
         for fold in range(folds):
             held = fold_of[query] == fold
             train = (x[~held], y[~held], sizes[fold_of != fold])
             test = (x[held], y[held], sizes[fold_of == fold])
-            scores = letor_scores(train, test, work / f"cv-{repeat}-{fold}")
+            scores = letor_scores(train, test, work / f"cv-{repeat}-{fold}")[:2]
             for name, score in zip(("baseline", "stack"), scores, strict=True):
-                for k in KS:
-                    ndcg = per_query_ndcg(score, test[1], test[2], k)
-                    per_query[name][k][fold_of == fold] += ndcg / repeats
+                for gain, k in cuts:
+                    ndcg = per_query_ndcg(score, test[1], test[2], k, gain)
+                    per_query[name][(gain, k)][fold_of == fold] += ndcg / repeats
             print(
                 f"  LETOR cross-validation: repeat {repeat + 1}, fold {fold + 1} done", flush=True
             )
-    mean = {n: {f"ndcg@{k}": float(v[k].mean()) for k in KS} for n, v in per_query.items()}
-    gap = {f"ndcg@{k}": interval(per_query["stack"][k] - per_query["baseline"][k]) for k in KS}
-    return [
+    label = {"exp": "ndcg", "linear": "lin"}
+    mean = {
+        n: {f"{label[g]}@{k}": float(v[(g, k)].mean()) for g, k in cuts}
+        for n, v in per_query.items()
+    }
+    difference = {c: per_query["stack"][c] - per_query["baseline"][c] for c in cuts}
+    gap = {f"{label[g]}@{k}": interval(difference[(g, k)]) for g, k in cuts}
+    verdicts = [
+        verdict(
+            "NDCG@5 and @10 >= LGBMRanker + 0.015 (LightGBM's gain)",
+            all(difference[("exp", k)].mean() >= 0.015 for k in (5, 10)),
+        ),
+        verdict(
+            "NDCG@5 and @10 not below LGBMRanker (linear gain)",
+            all(difference[("linear", k)].mean() >= 0 for k in (5, 10)),
+        ),
+    ]
+    rows = [
         ("LGBMRanker() defaults", mean["baseline"]),
         ("gallop stack", mean["stack"]),
         ("stack - LGBMRanker", gap),
     ]
+    return rows, verdicts
 
 
-def letor_scores(train: Letor, test: Letor, work: Path) -> tuple[np.ndarray, np.ndarray]:
+def letor_scores(
+    train: Letor, test: Letor, work: Path
+) -> tuple[np.ndarray, np.ndarray, dict[str, dict[str, float]]]:
     """Scores of the test documents by a plain LGBMRanker() with default parameters and by
     the default stack (its exported graph), both trained on the same training queries."""
     ranker = lgb.LGBMRanker(verbose=-1).fit(train[0], train[1], group=train[2])
@@ -137,19 +168,39 @@ def letor_scores(train: Letor, test: Letor, work: Path) -> tuple[np.ndarray, np.
     )
     session = ort.InferenceSession(str(model / "model.onnx"))
     test_rows = built.frame[is_test][names].to_numpy(np.float32)
-    return ranker.predict(test[0]), session.run(["score"], {"features": test_rows})[0][:, 0]
+    metrics = json.loads((model / "manifest.json").read_text())["metrics"]
+    stack = session.run(["score"], {"features": test_rows})[0][:, 0]
+    return ranker.predict(test[0]), stack, metrics
 
 
 def per_query_ndcg(
-    score: np.ndarray, relevance: np.ndarray, sizes: np.ndarray, k: int
+    score: np.ndarray, relevance: np.ndarray, sizes: np.ndarray, k: int, gain: str = "exp"
 ) -> np.ndarray:
+    """NDCG@k of each query: LightGBM's (gain 2^rel - 1, a query with nothing relevant
+    counts 1) or scikit-learn's ndcg_score (gain rel, ties averaged, nothing relevant 0)."""
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
-    return np.array(
-        [
-            ndcg_at_k(score[s : s + n], relevance[s : s + n], np.array([n]), k)
-            for s, n in zip(starts, sizes, strict=True)
-        ]
-    )
+    out = []
+    for s, n in zip(starts, sizes, strict=True):
+        rel, got = relevance[s : s + n], score[s : s + n]
+        if gain == "exp":
+            out.append(ndcg_at_k(got, rel, np.array([n]), k))
+        elif n == 1:  # scikit-learn refuses a single document; it is ranked right
+            out.append(1.0 if rel[0] > 0 else 0.0)
+        else:
+            out.append(ndcg_score(rel[None, :], got[None, :], k=k))
+    return np.array(out)
+
+
+def both_gains(score: np.ndarray, relevance: np.ndarray, sizes: np.ndarray) -> dict[str, float]:
+    return {
+        f"{name}@{k}": float(per_query_ndcg(score, relevance, sizes, k, gain).mean())
+        for gain, name in (("exp", "ndcg"), ("linear", "lin"))
+        for k in KS
+    }
+
+
+def verdict(what: str, met: bool) -> str:
+    return f"- budget: {what}: **{'met' if met else 'MISSED'}**"
 
 
 def interval(differences: np.ndarray) -> str:
@@ -159,7 +210,7 @@ def interval(differences: np.ndarray) -> str:
     return f"{differences.mean():+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
-def races(n_races: int, work: Path) -> list[tuple[str, dict[str, float]]]:
+def races(n_races: int, work: Path) -> tuple[list[tuple[str, dict[str, float]]], list[str]]:
     spec = load_spec(SPEC)
     runners, truth = generate_races(n_races, seed=7)
     built = build_features(validate(runners.astype(str), spec).canonical, spec)
@@ -182,8 +233,38 @@ def races(n_races: int, work: Path) -> list[tuple[str, dict[str, float]]]:
     rows = []
     for name, p in (("oracle (true probabilities)", oracle), ("market (odds-implied)", market)):
         rows.append((name, ranking_metrics(np.log(p), p, relevance, share, sizes)))
-    rows.append(("gallop stack", manifest["metrics"]["stack"]))
-    return rows
+    # A plain LGBMRanker on the same features and grades: it ranks, it gives no chances.
+    features = built.manifest["features"]
+    train = train.sort_values("race_id", kind="mergesort")
+    train_sizes = train.groupby("race_id", sort=False).size().to_numpy()
+    ranker = lgb.LGBMRanker(verbose=-1).fit(
+        train[features].to_numpy(np.float32),
+        race_results(train, built.manifest)[1],
+        group=train_sizes,
+    )
+    plain = ranker.predict(test[features].to_numpy(np.float32))
+    rows.append(
+        ("LGBMRanker() defaults", {f"ndcg@{k}": ndcg_at_k(plain, relevance, sizes, k) for k in KS})
+    )
+    metrics = manifest["metrics"]
+    rows += [(f"base {n}", v) for n, v in metrics.items() if n != "stack"]
+    rows.append(("gallop stack", metrics["stack"]))
+    loss = {name: values["race_log_loss"] for name, values in rows if "race_log_loss" in values}
+    closed = (loss["market (odds-implied)"] - loss["gallop stack"]) / (
+        loss["market (odds-implied)"] - loss["oracle (true probabilities)"]
+    )
+    best = min(v for n, v in loss.items() if n.startswith("base "))
+    verdicts = [
+        verdict(
+            f"race log loss closes >= 35% of the market-oracle gap ({closed:.1%})", closed >= 0.35
+        ),
+        verdict("race log loss <= the best base's", loss["gallop stack"] <= best),
+        verdict(
+            "NDCG@1 >= LGBMRanker's",
+            metrics["stack"]["ndcg@1"] >= rows[2][1]["ndcg@1"],
+        ),
+    ]
+    return rows, verdicts
 
 
 def chance(x: np.ndarray) -> np.ndarray:
@@ -208,6 +289,42 @@ def binary(work: Path, n_rows: int = 50_000) -> list[tuple[str, dict[str, float]
     truth = chance(test[[f"x{i}" for i in range(8)]].to_numpy(np.float64))
     oracle = binary_metrics(truth, test["y"].to_numpy(float))
     return [("oracle (true probabilities)", oracle)] + list(metrics.items())
+
+
+def bundled(name: str, work: Path) -> tuple[list[tuple[str, dict[str, float]]], list[str]]:
+    """A real table that ships with scikit-learn: breast cancer (binary, 569 rows) or
+    diabetes (regression, 442 rows); a seeded fifth held out, the same for every model."""
+    loader = {"breast_cancer": load_breast_cancer, "diabetes": load_diabetes}[name]
+    x, y = loader(return_X_y=True)
+    task = "binary" if name == "breast_cancer" else "regression"
+    columns = [f"x{i}" for i in range(x.shape[1])]
+    frame = pd.DataFrame(x, columns=columns).assign(y=y)
+    spec = DatasetSpec.model_validate({"name": name.replace("_", "-"), "task": task, "target": "y"})
+    built = build_features(validate(frame.astype(str), spec).canonical, spec)
+    train, test = holdout_split(built.frame, built.manifest)
+    model = train_locally(train, test, built.manifest, work, progress=quiet)
+    metrics = json.loads((model / "manifest.json").read_text())["metrics"]
+    train_x, test_x = train[columns].to_numpy(np.float32), test[columns].to_numpy(np.float32)
+    if task == "binary":
+        plain = lgb.LGBMClassifier(verbose=-1).fit(train_x, train["y"])
+        p = plain.predict_proba(test_x)[:, 1]
+        baseline = binary_metrics(p, test["y"].to_numpy(float))
+        key, better = "auc", max
+    else:
+        plain = lgb.LGBMRegressor(verbose=-1).fit(train_x, train["y"])
+        error = plain.predict(test_x) - test["y"].to_numpy(float)
+        baseline = {"rmse": float(np.sqrt(np.mean(error**2)))}
+        key, better = "rmse", min
+    rows = [("LGBM defaults", baseline)]
+    rows += [(f"base {n}", v) for n, v in metrics.items() if n != "stack"]
+    rows.append(("gallop stack", metrics["stack"]))
+    stack, best = metrics["stack"][key], better(v[key] for n, v in rows[1:-1])
+    sign = 1 if better is max else -1
+    verdicts = [
+        verdict(f"{key} no worse than the best base's", sign * (stack - best) >= 0),
+        verdict(f"{key} no worse than LGBM defaults'", sign * (stack - baseline[key]) >= 0),
+    ]
+    return rows, verdicts
 
 
 def big(n_races: int, work: Path) -> float:
@@ -236,6 +353,7 @@ def big(n_races: int, work: Path) -> float:
         raise SystemExit(done.stderr[-2000:])
     print(f"\n## gallop train on {runners:,} runners ({n_races:,} races): {seconds:.0f} s")
     print("\n".join(line for line in done.stdout.splitlines() if "done in" in line))
+    print(verdict("at most 5 minutes on 2 cores", seconds <= 300))
     return seconds
 
 
@@ -254,6 +372,14 @@ def _cell(value: float | str | None) -> str:
     return value if isinstance(value, str) else f"{value:.4f}"
 
 
+def section(title: str, run: Any, metrics: list[str]) -> None:
+    """One table with its budgets, and the wall time it took."""
+    started = time.perf_counter()
+    rows, verdicts = run()
+    table(title, rows, metrics)
+    print("\n".join(["", *verdicts, f"- wall time: {time.perf_counter() - started:.0f} s"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--races", type=int, default=5000)
@@ -261,24 +387,39 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        ndcgs = [f"{g}@{k}" for g in ("ndcg", "lin") for k in KS]
         if (LETOR / "rank.train").exists():
-            ndcgs = [f"ndcg@{k}" for k in KS]
-            table("LETOR sample (its own split: 201 / 50 queries)", letor(work / "letor"), ndcgs)
-            table(
+            section(
+                "LETOR sample (its own split: 201 / 50 queries; ndcg: LightGBM's gain, "
+                "lin: scikit-learn's)",
+                lambda: letor(work / "letor"),
+                ndcgs,
+            )
+            section(
                 "LETOR sample (all 251 queries, 5-fold by query, twice)",
-                letor_cross_validated(work / "letor-cv"),
+                lambda: letor_cross_validated(work / "letor-cv"),
                 ndcgs,
             )
         else:
             print(f"LETOR sample not found at {LETOR}: skipped")
-        table(
+        section(
             f"Generated races ({args.races:,}; last fifth by time)",
-            races(args.races, work / "races"),
+            lambda: races(args.races, work / "races"),
             ["ndcg@1", "top1_hit_rate", "race_log_loss", "race_brier", "ece"],
         )
-        table(
-            "Binary table (50,000 rows; held-out fifth)",
-            binary(work / "binary"),
+        section(
+            "scikit-learn's breast cancer (binary; seeded fifth held out)",
+            lambda: bundled("breast_cancer", work / "cancer"),
+            ["auc", "log_loss", "brier", "ece"],
+        )
+        section(
+            "scikit-learn's diabetes (regression; seeded fifth held out)",
+            lambda: bundled("diabetes", work / "diabetes"),
+            ["rmse", "mae", "coverage", "interval_width"],
+        )
+        section(
+            "Generated binary table (50,000 rows; held-out fifth)",
+            lambda: (binary(work / "binary"), []),
             ["auc", "log_loss", "brier", "ece"],
         )
         big(args.big_races, work / "big")

@@ -110,3 +110,16 @@ def test_conformal_intervals_cover_new_rows_at_the_nominal_rate() -> None:
     assert 0.88 <= covered.mean() <= 0.92
     assert conformal_half_width(np.arange(1.0, 11.0), 0.9) == 10.0  # ceil(11 * 0.9) = 10th
     assert conformal_half_width(np.arange(1.0, 101.0), 0.5) == 51.0
+
+
+@pytest.mark.parametrize("spread", [0.01, 1.0, 150.0])
+def test_a_regression_stack_keeps_a_good_margin_whole_whatever_the_units(spread: float) -> None:
+    from gallop.models.stack import fit_meta
+
+    # GIVEN a target in some units and one base margin that is it plus a little noise
+    rng = np.random.default_rng(9)
+    y = spread * rng.normal(size=4000)
+    margins = (y + 0.1 * spread * rng.normal(size=4000))[:, None]
+    # WHEN the meta-learner is fitted with its default penalty THEN the weight stays near 1
+    meta = fit_meta("regression", margins, y)
+    assert meta.weights[0] == pytest.approx(0.99, abs=0.02)

@@ -158,12 +158,13 @@ def fit_linear_stack(
     y = np.asarray(y, dtype=np.float64)
     design = np.column_stack([margins, np.ones(len(y))])
     penalised = np.r_[np.ones(margins.shape[1]), 0.0]
-    scale = float(np.var(y)) or 1.0  # the penalty relative to the target's spread
+    # Margins of unit spread (fit_meta scales them): a weight is in the target's units, so
+    # its square is in those of the squared error, and the penalty means the same for any.
 
     def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
         residual = design @ w - y
-        loss = float(residual @ residual) / len(y) + l2 * scale * float((penalised * w) @ w)
-        return loss, 2 * design.T @ residual / len(y) + 2 * l2 * scale * penalised * w
+        loss = float(residual @ residual) / len(y) + l2 * float((penalised * w) @ w)
+        return loss, 2 * design.T @ residual / len(y) + 2 * l2 * penalised * w
 
     start = np.r_[np.full(margins.shape[1], 1.0 / margins.shape[1]), float(np.mean(y))]
     bounds = [(0.0, None)] * margins.shape[1] + [(None, None)]
