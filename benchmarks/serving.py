@@ -73,6 +73,24 @@ def train_model(work: Path) -> tuple[Path, list[dict[str, Any]]]:
     return model_dir, rows
 
 
+def graph_size(model_dir: Path) -> None:
+    """What every prediction runs: the graph's bytes, its operators and its trees' nodes."""
+    import onnx
+
+    graph = onnx.load(str(model_dir / "model.onnx")).graph
+    split_nodes = 0
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.name == "nodes_featureids":  # one per split (TreeEnsemble, opset 5)
+                split_nodes += len(attribute.ints)
+    size = (model_dir / "model.onnx").stat().st_size
+    operators = sorted({n.op_type for n in graph.node})
+    print(
+        f"\n## graph: {size / 1e6:.2f} MB, {len(graph.node)} nodes ({', '.join(operators)}), "
+        f"{split_nodes:,} tree splits"
+    )
+
+
 def event_for(body: dict[str, Any], key: str) -> dict[str, Any]:
     event = json.loads((ROOT / "tests" / "events" / "apigw_get_health.json").read_text())
     event |= {
@@ -285,6 +303,7 @@ def main() -> None:
         work = Path(tmp)
         print("training the default stack on 1,500 generated races ...", flush=True)
         model_dir, rows = train_model(work)
+        graph_size(model_dir)
         with LocalStack(work / "state", quiet=True).start() as stack:
             stack.serve_api(free_port())
             assert stack.settings is not None

@@ -111,3 +111,9 @@ def test_predict_takes_a_category_as_text_and_an_unseen_one_as_missing(
         total = explanation["base_value"] + sum(explanation["contributions"].values())
         assert total == pytest.approx(score, abs=1e-5)
     assert "colour" in explained[0]["contributions"]
+    # in the caller's words: the text it sent, not the code the model reads
+    reasons = {t["feature"]: t for t in explained[0]["top"]}
+    assert reasons["colour"]["value"] == "red"
+    assert reasons["colour"]["reason"].startswith("colour = red ")
+    unseen = {t["feature"]: t for t in explained[2]["top"]}["colour"]
+    assert unseen["value"] is None and unseen["reason"].startswith("colour missing ")

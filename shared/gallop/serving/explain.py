@@ -42,10 +42,22 @@ def stacked_contributions(model: LoadedModel, features: np.ndarray) -> np.ndarra
     return total
 
 
-def reason(feature: str, value: float, contribution: float) -> str:
-    shown = "missing" if np.isnan(value) else f"= {value:.4g}"
+def reason(feature: str, value: float | str | None, contribution: float) -> str:
+    if value is None:
+        shown = "missing"
+    else:
+        shown = f"= {value}" if isinstance(value, str) else f"= {value:.4g}"
     direction = "raised" if contribution >= 0 else "lowered"
     return f"{feature} {shown} {direction} the score by {abs(contribution):.2f}"
+
+
+def shown_value(model: LoadedModel, position: int, value: float) -> float | str | None:
+    """The value as the caller knows it: a category's text, not the code the model reads."""
+    if np.isnan(value):
+        return None
+    if position in model.category_codes:
+        return str(model.manifest["categorical"][model.features[position]][int(value)])
+    return float(value)
 
 
 def explanations(model: LoadedModel, features: np.ndarray, top_k: int) -> list[dict[str, Any]]:
@@ -66,9 +78,9 @@ def explanations(model: LoadedModel, features: np.ndarray, top_k: int) -> list[d
                 "top": [
                     {
                         "feature": model.features[j],
-                        "value": None if np.isnan(values[j]) else float(values[j]),
+                        "value": (shown := shown_value(model, j, values[j])),
                         "contribution": float(row[j]),
-                        "reason": reason(model.features[j], values[j], row[j]),
+                        "reason": reason(model.features[j], shown, row[j]),
                     }
                     for j in order
                 ],
