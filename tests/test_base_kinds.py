@@ -1,6 +1,6 @@
 """Every kind in the catalogue, fitted as a run fits it (bagged fold models on data with a
-category among its features): its ONNX part scores as the model does, and the serving
-side's explanation of it adds up to its margin."""
+category among its features, and races with odds): its ONNX part scores as the model
+does, and the serving side's explanation of it adds up to its margin."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from gallop.training.rows import Rows
 
 TOLERANCE = 1e-5  # margin space, relative above 1
 GOINGS = ["firm", "good", "heavy", "soft", "yielding"]
-FEATURES = ["x0", "x1", "x2", "going"]
+FEATURES = ["x0", "x1", "x2", "going", "odds_log_implied"]
 
 
 def table(task: str, seed: int = 0) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -34,6 +34,9 @@ def table(task: str, seed: int = 0) -> tuple[pd.DataFrame, dict[str, Any]]:
     frame["going"] = codes
     signal = frame["x0"] - frame["x1"].fillna(0) ** 2 + np.isin(codes, [1, 3]) * (1 + frame["x2"])
     noisy = signal + rng.normal(scale=0.5, size=n)
+    # a market that knows x0 alone (log of a chance); now and then no price
+    frame["odds_log_implied"] = np.log(1 / (1 + np.exp(-frame["x0"]))) - 1.0
+    frame.loc[rng.random(n) < 0.05, "odds_log_implied"] = np.nan
     manifest: dict[str, Any] = {
         "task": task,
         "features": FEATURES,
@@ -47,7 +50,7 @@ def table(task: str, seed: int = 0) -> tuple[pd.DataFrame, dict[str, Any]]:
     if task == "ranking":  # races of eight: position 1 for the highest noisy signal
         frame["race"] = np.repeat(np.arange(n // 8), 8)
         frame["y"] = (-noisy).groupby(frame["race"]).rank(method="first").astype(int)
-        manifest.update(group="race", identifiers=["race"], target_order="ascending")
+        manifest.update(group="race", identifiers=["race"], target_order="ascending", odds="odds")
     elif task == "binary":
         frame["y"] = (noisy > np.median(noisy)).astype(int)
     else:
@@ -72,6 +75,7 @@ def test_each_kind_is_exact_in_onnx_and_its_explanation_adds_up(name: str, task:
     # GIVEN a kind fitted on 3 folds, and rows it has not seen, with unseen-free codes
     # plus a missing, a negative and a never-seen code
     model, rows = fitted(CATALOGUE[name], task)
+    assert (getattr(model, "offset", None) is not None) == CATALOGUE[name].from_market
     features = rows.features.copy()
     features[:30, 3], features[30:60, 3], features[60:90, 3] = np.nan, -1, len(GOINGS) + 3
     native = model.margin(features)

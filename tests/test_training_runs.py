@@ -560,7 +560,7 @@ def test_the_stepfunctions_launcher_starts_an_execution_with_complete_training_j
             "num_boost_round": 20,
             "test_share": 0.2,
             "time_limit": 240,
-            # six bases, four at a time: two waves share half of the limit
+            # seven bases, four at a time: two waves share half of the limit
             "search_seconds": 60,
         }
         for model in DEFAULT_BASES["ranking"]

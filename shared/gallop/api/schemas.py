@@ -8,7 +8,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gallop.spec import NAME_PATTERN, DatasetSpec
-from gallop.training.config import ALL_BASE_MODELS, MAX_TIME_LIMIT, RESERVED_HYPERPARAMETERS
+from gallop.training.config import (
+    ALL_BASE_MODELS,
+    DEFAULT_BASES,
+    MAX_TIME_LIMIT,
+    RESERVED_HYPERPARAMETERS,
+)
 
 
 class DatasetOut(BaseModel):
@@ -105,9 +110,9 @@ class TrainingRunRequest(BaseModel):
         default=None,
         min_length=1,
         max_length=8,
-        description="Base models to stack; default by task (ranking: lambdarank, "
-        "binary_win, position_regression; binary and regression: the task's objective "
-        "and random_forest).",
+        description="Base models to stack; default by task: "
+        + "; ".join(f"{task}: {', '.join(kinds)}" for task, kinds in DEFAULT_BASES.items())
+        + ".",
     )
     hyperparameters: dict[str, int | float | bool | str] = Field(
         default_factory=dict,

@@ -32,6 +32,10 @@ class Kind:
     # overfit by its size, so it would grow to the run's round limit (2,000 trees). The
     # run's num_boost_round still caps it.
     trees: int | None = None
+    # Boosted from the market: the odds' log implied probability is the margin the trees
+    # start from and add to (gallop.models.offset), where the data has odds (and its
+    # log_implied feature); otherwise from zero.
+    from_market: bool = False
 
 
 def _lightgbm(name: str, tasks: tuple[str, ...], label: str, summary: str, **params: Any) -> Kind:
@@ -77,6 +81,22 @@ CATALOGUE: dict[str, Kind] = {
             "share",
             "boosted conditional logit: a softmax within the group, on the winner",
             objective="conditional_logit",
+        ),
+        Kind(
+            "softmax_market",
+            "lightgbm",
+            RANKING,
+            "share",
+            # What the odds miss is a small signal: smaller, steadier trees than the default.
+            {
+                "objective": "conditional_logit",
+                "num_leaves": 15,
+                "min_data_in_leaf": 50,
+                "feature_fraction": 0.8,
+                "lambda_l2": 1.0,
+            },
+            "boosted conditional logit from the market: the trees learn what the odds miss",
+            from_market=True,
         ),
         _lightgbm("binary_win", RANKING, "won", "binary: won the group", objective="binary"),
         _lightgbm(
@@ -175,6 +195,7 @@ DEFAULT_BASES: dict[str, tuple[str, ...]] = {
         "position_regression",
         "position_regression_et",
         "linear",
+        "softmax_market",  # without odds in the data: from zero, a plain conditional logit
     ),
     "binary": ("binary", "binary_et", "binary_shallow", "binary_deep", "random_forest", "linear"),
     "regression": (

@@ -10,7 +10,8 @@ dump (`Booster.dump_model()`), the bag's trees merged into one.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,12 +19,14 @@ import lightgbm as lgb
 import numpy as np
 
 from gallop.models.catalogue import Kind
+from gallop.models.offset import Offset
 from gallop.models.stack import group_starts, softmax_within_groups
 
 if TYPE_CHECKING:
     import onnx
 
 FAMILY = "lightgbm"
+OFFSET_FILE = "offset.json"
 RANKING_OBJECTIVES = ("lambdarank", "rank_xendcg")
 # The same inputs give the same model bytes: one thread, row-wise histograms, fixed seeds.
 REPRODUCIBLE = {"deterministic": True, "force_row_wise": True, "num_threads": 1, "verbose": -1}
@@ -77,6 +80,7 @@ def fit_booster(
     rounds: int,
     patience: int,
     categorical: list[int],
+    offset: Offset | None = None,
 ) -> lgb.Booster:
     """A booster trained on `train` (features, labels, group sizes), early-stopped on
     `valid` when given, cut back to its best iteration (so that its dump, its graph and
@@ -93,6 +97,7 @@ def fit_booster(
             x,
             y,
             group=sizes if grouped else None,
+            init_score=offset.values(x) if offset else None,
             categorical_feature=categorical or "auto",
             free_raw_data=False,
             **extra,
@@ -163,14 +168,17 @@ def _scale_leaves(node: dict[str, Any], scale: float) -> None:
 
 @dataclass
 class LightGBMBase:
-    """A bag of boosters (one for a single refit): margin = their mean margin."""
+    """A bag of boosters (one for a single refit): margin = their mean margin, plus the
+    offset's feature for a kind boosted from one."""
 
     boosters: list[lgb.Booster]
+    offset: Offset | None = None
 
     family = FAMILY
 
     def margin(self, features: np.ndarray) -> np.ndarray:
-        return np.mean([raw_margin(b, features) for b in self.boosters], axis=0)
+        trees = np.mean([raw_margin(b, features) for b in self.boosters], axis=0)
+        return trees + self.offset.values(features) if self.offset else trees
 
     def contributions(self, features: np.ndarray) -> np.ndarray:
         """Each feature's TreeSHAP term of the margin (the rest is the expected value),
@@ -182,7 +190,10 @@ class LightGBMBase:
             if booster.dump_model(num_iteration=1).get("average_output"):
                 part = part / booster.num_trees()  # as in raw_margin
             terms += part[:, :-1]
-        return terms / len(self.boosters)
+        terms /= len(self.boosters)
+        if self.offset:  # its own term: the margin is the trees' plus the feature's value
+            terms[:, self.offset.feature] += self.offset.values(features)
+        return terms
 
     def dump(self) -> dict[str, Any]:
         return merged_dump([b.dump_model() for b in self.boosters])
@@ -191,27 +202,57 @@ class LightGBMBase:
         folder.mkdir(parents=True, exist_ok=True)
         for i, booster in enumerate(self.boosters):
             booster.save_model(str(folder / f"booster_{i}.txt"))
+        if self.offset:
+            (folder / OFFSET_FILE).write_text(json.dumps(asdict(self.offset)))
 
     @classmethod
     def load(cls, folder: Path) -> LightGBMBase:
         files = sorted(folder.glob("booster_*.txt"), key=lambda p: int(p.stem.split("_")[1]))
         if not files:
             raise FileNotFoundError(f"{folder} holds no booster_<i>.txt")
-        return cls([lgb.Booster(model_file=str(path)) for path in files])
+        offset = folder / OFFSET_FILE
+        return cls(
+            [lgb.Booster(model_file=str(path)) for path in files],
+            Offset(**json.loads(offset.read_text())) if offset.exists() else None,
+        )
 
     def explanation(self) -> dict[str, Any]:
-        """What the serving side explains with (TreeSHAP over the merged trees)."""
-        return self.dump()
+        """What the serving side explains with (TreeSHAP over the merged trees, and the
+        offset's feature as its own term)."""
+        return {**self.dump(), "offset": asdict(self.offset) if self.offset else None}
 
     def onnx_parts(
         self, input_name: str, output_name: str
     ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+        from onnx import TensorProto, helper
+
         from gallop.models.onnx_export import tree_ensemble_node
 
-        return [tree_ensemble_node(self.dump(), input_name, output_name)], []
+        if not self.offset:
+            return [tree_ensemble_node(self.dump(), input_name, output_name)], []
+        p = output_name
+        constants = [
+            helper.make_tensor(f"{p}_offset_at", TensorProto.INT64, [1], [self.offset.feature]),
+            helper.make_tensor(f"{p}_offset_fill", TensorProto.FLOAT, [1], [self.offset.fill]),
+        ]
+        nodes = [
+            tree_ensemble_node(self.dump(), input_name, f"{p}_trees"),
+            helper.make_node("Gather", [input_name, f"{p}_offset_at"], [f"{p}_column"], axis=1),
+            helper.make_node("IsNaN", [f"{p}_column"], [f"{p}_missing"]),
+            helper.make_node(
+                "Where", [f"{p}_missing", f"{p}_offset_fill", f"{p}_column"], [f"{p}_offset"]
+            ),
+            helper.make_node("Add", [f"{p}_trees", f"{p}_offset"], [output_name]),
+        ]
+        return nodes, constants
 
     def trees(self) -> int:
         return sum(b.num_trees() for b in self.boosters)
 
     def describe(self) -> dict[str, Any]:
-        return {"boosters": len(self.boosters), "trees": [b.num_trees() for b in self.boosters]}
+        trees = [b.num_trees() for b in self.boosters]
+        return {
+            "boosters": len(self.boosters),
+            "trees": trees,
+            "offset": asdict(self.offset) if self.offset else None,
+        }

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from gallop.models.linear import LinearModel
+from gallop.models.offset import Offset
 from gallop.serving.model import LoadedModel
 
 
@@ -23,12 +24,27 @@ class LinearExplainer:
         return np.column_stack([terms, np.full(len(terms), self.model.bias)])
 
 
+class OffsetExplainer:
+    """Trees boosted from an offset: their TreeSHAP parts, and the offset's feature as its
+    own part (the margin is the trees' plus its value)."""
+
+    def __init__(self, trees: Any, offset: Offset) -> None:
+        self.trees, self.offset = trees, offset
+
+    def contributions(self, features: np.ndarray) -> np.ndarray:
+        parts = self.trees.contributions(features)
+        parts[:, self.offset.feature] += self.offset.values(features)
+        return parts
+
+
 def explainer_for(base: dict[str, Any], payload: dict[str, Any]) -> Any:
     if base["kind"] == "linear":
         return LinearExplainer(LinearModel.from_dict(payload))
     from gallop.serving.treeshap import TreeExplainer
 
-    return TreeExplainer(payload)
+    trees = TreeExplainer(payload)
+    offset = payload.get("offset")
+    return OffsetExplainer(trees, Offset(**offset)) if offset else trees
 
 
 def stacked_contributions(model: LoadedModel, features: np.ndarray) -> np.ndarray:

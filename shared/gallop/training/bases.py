@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from gallop.models.catalogue import CATALOGUE, Kind, label_of
-from gallop.models.lightgbm import LightGBMBase, fit_booster, params_for, raw_margin
+from gallop.models.lightgbm import LightGBMBase, fit_booster, params_for
 from gallop.models.linear import LinearModel, fit_linear
+from gallop.models.offset import market_offset
 from gallop.training.rows import Rows
 from gallop.training.search import search
 
@@ -157,6 +158,7 @@ def _boosted_phase(
     name: str,
 ) -> Phase:
     params = params_for(kind, rows.task, settings)
+    offset = market_offset(rows.manifest, rows.features) if kind.from_market else None
     # A forest's own tree count, yet never more than the run allows.
     rounds = min(kind.trees or settings["num_boost_round"], settings["num_boost_round"])
     patience = settings["early_stopping_rounds"]
@@ -172,17 +174,18 @@ def _boosted_phase(
             rounds,
             patience,
             rows.categorical,
+            offset,
         )
-        oof[held] = raw_margin(booster, rows.features[held])
+        oof[held] = LightGBMBase([booster], offset).margin(rows.features[held])
         boosters.append(booster)
         iterations.append(booster.current_iteration())
         progress(f"{kind.name} {name} fold {fold + 1}/{settings['folds']}: {iterations[-1]} rounds")
     if settings["bagging"]:
-        return Phase(oof, LightGBMBase(boosters), iterations=iterations)
+        return Phase(oof, LightGBMBase(boosters, offset), iterations=iterations)
     refit_rounds = rounds if kind.trees else max(1, round(np.mean(iterations) * REFIT_ROUNDS))
     everything = _part(rows, labels, np.ones(len(rows), dtype=bool), np.ones_like(by_group, bool))
-    single = fit_booster(params, everything, None, refit_rounds, patience, rows.categorical)
-    return Phase(oof, LightGBMBase([single]), iterations=iterations)
+    single = fit_booster(params, everything, None, refit_rounds, patience, rows.categorical, offset)
+    return Phase(oof, LightGBMBase([single], offset), iterations=iterations)
 
 
 def _linear_phase(

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from gallop.models.catalogue import Kind, label_of
-from gallop.models.lightgbm import fit_booster, params_for, raw_margin
+from gallop.models.lightgbm import LightGBMBase, fit_booster, params_for
 from gallop.models.meta import fit_candidate, loss
+from gallop.models.offset import market_offset
 from gallop.training.config import STACK_DEFAULTS
 from gallop.training.rows import Rows
 
@@ -84,6 +85,7 @@ def search(
     fixed = {name for name in ("num_leaves", "min_data_in_leaf") if settings.get(name) is not None}
     rng = np.random.default_rng([settings["seed"], zlib.crc32(kind.name.encode())])
     meta_settings = {**STACK_DEFAULTS, "seed": settings["seed"]}
+    offset = market_offset(rows.manifest, rows.features) if kind.from_market else None
     trials: list[Trial] = []
     spent, params = 0.0, {}
     while True:
@@ -100,8 +102,9 @@ def search(
             max(rounds, 1),
             settings["early_stopping_rounds"],
             rows.categorical,
+            offset,
         )
-        margin = raw_margin(booster, valid.features)[:, None]
+        margin = LightGBMBase([booster], offset).margin(valid.features)[:, None]
         single = fit_candidate("base:0", margin, judged, meta_settings)
         done = booster.current_iteration()
         # Early stopping trains `patience` rounds past the best one.
