@@ -14,6 +14,7 @@ to LightGBM on one thread here (benchmarks/training.py prints the wall time it c
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -109,7 +110,9 @@ def search(
         done = booster.current_iteration()
         # Early stopping trains `patience` rounds past the best one.
         cost = per_round * min(max(rounds, 1), done + settings["early_stopping_rounds"])
-        trials.append(Trial(params, loss(single, margin, judged), done, round(cost, 3)))
+        # recorded to the millisecond below, so that the trials' sum stays within budget
+        recorded = math.floor(cost * 1000) / 1000
+        trials.append(Trial(params, loss(single, margin, judged), done, recorded))
         spent += cost
         params = draw(rng, fixed)
     best = min(range(len(trials)), key=lambda i: (trials[i].loss, i))
