@@ -116,3 +116,18 @@ def _nodes(dump: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(node)
             stack += [node["left_child"], node["right_child"]]
     return out
+
+
+def test_the_markets_part_of_an_explanation_is_against_the_average_runner() -> None:
+    from gallop.models.offset import Offset
+
+    # GIVEN log chances of -1 and -3 and one runner without a price
+    features = np.array([[0.0, -1.0], [0.0, -3.0], [0.0, np.nan]])
+    offset = Offset.learn(features.astype(np.float32), feature=1)
+    assert (offset.fill, offset.centre) == (-2.0, -2.0)  # the median, then the mean
+    # WHEN its part joins the trees' parts (features, then the base value)
+    parts = offset.explained(np.zeros((3, 3)), features)
+    # THEN the favourite is raised, the outsider lowered, the unpriced one neither, and
+    # the parts still sum to the margin (the trees' zero plus the offset's value)
+    assert parts[:, 1].tolist() == [1.0, -1.0, 0.0]
+    assert parts.sum(axis=1).tolist() == offset.values(features).tolist()

@@ -191,9 +191,7 @@ class LightGBMBase:
                 part = part / booster.num_trees()  # as in raw_margin
             terms += part[:, :-1]
         terms /= len(self.boosters)
-        if self.offset:  # its own term: the margin is the trees' plus the feature's value
-            terms[:, self.offset.feature] += self.offset.values(features)
-        return terms
+        return self.offset.explained(terms, features) if self.offset else terms
 
     def dump(self) -> dict[str, Any]:
         return merged_dump([b.dump_model() for b in self.boosters])

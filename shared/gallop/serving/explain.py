@@ -32,9 +32,7 @@ class OffsetExplainer:
         self.trees, self.offset = trees, offset
 
     def contributions(self, features: np.ndarray) -> np.ndarray:
-        parts = self.trees.contributions(features)
-        parts[:, self.offset.feature] += self.offset.values(features)
-        return parts
+        return self.offset.explained(self.trees.contributions(features), features)
 
 
 def explainer_for(base: dict[str, Any], payload: dict[str, Any]) -> Any:
