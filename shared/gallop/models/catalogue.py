@@ -37,6 +37,11 @@ class Kind:
     # log_implied feature); otherwise from zero.
     from_market: bool = False
 
+    def rounds(self, num_boost_round: int) -> int:
+        """The most trees a model of this kind takes: a forest's own count, never more
+        than the run allows."""
+        return min(self.trees or num_boost_round, num_boost_round)
+
 
 def _lightgbm(name: str, tasks: tuple[str, ...], label: str, summary: str, **params: Any) -> Kind:
     return Kind(name, "lightgbm", tasks, label, params, summary)

@@ -118,6 +118,15 @@ def fit_booster(
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
 
 
+def offset_for(kind: Kind, manifest: dict[str, Any], features: np.ndarray) -> Offset | None:
+    """A kind boosted from the market starts from the odds' log implied probability, when
+    the data has odds and that feature; any other kind, from zero."""
+    name = f"{manifest.get('odds')}_log_implied"
+    if not kind.from_market or not manifest.get("odds") or name not in manifest["features"]:
+        return None
+    return Offset.learn(features, manifest["features"].index(name))
+
+
 def raw_margin(booster: lgb.Booster, features: np.ndarray) -> np.ndarray:
     """The booster's margin as LightGBM uses it: in random-forest mode its predictions
     average the trees, but predict(raw_score=True) returns their sum."""

@@ -6,7 +6,6 @@ boosted from the market). numpy only: the serving side explains with it too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -39,14 +38,5 @@ class Offset:
         seen = column[~np.isnan(column)]
         # float32, as the graph holds it
         fill = float(np.float32(np.median(seen))) if len(seen) else 0.0
-        offset = cls(feature, fill)
-        return cls(feature, fill, float(offset.values(features).mean()) if len(column) else 0.0)
-
-
-def market_offset(manifest: dict[str, Any], features: np.ndarray) -> Offset | None:
-    """The offset of a kind boosted from the market: the odds' log implied probability
-    among the features, when the data has odds."""
-    name = f"{manifest.get('odds')}_log_implied"
-    if not manifest.get("odds") or name not in manifest["features"]:
-        return None
-    return Offset.learn(features, manifest["features"].index(name))
+        centre = float(np.where(np.isnan(column), fill, column).mean()) if len(column) else 0.0
+        return cls(feature, fill, centre)

@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 
 from gallop.models.catalogue import CATALOGUE, Kind, label_of
-from gallop.models.lightgbm import LightGBMBase, fit_booster, params_for
+from gallop.models.lightgbm import LightGBMBase, fit_booster, offset_for, params_for
 from gallop.models.linear import LinearModel, fit_linear
-from gallop.models.offset import market_offset
 from gallop.training.rows import Rows
 from gallop.training.search import search
 
@@ -158,9 +157,8 @@ def _boosted_phase(
     name: str,
 ) -> Phase:
     params = params_for(kind, rows.task, settings)
-    offset = market_offset(rows.manifest, rows.features) if kind.from_market else None
-    # A forest's own tree count, yet never more than the run allows.
-    rounds = min(kind.trees or settings["num_boost_round"], settings["num_boost_round"])
+    offset = offset_for(kind, rows.manifest, rows.features)
+    rounds = kind.rounds(settings["num_boost_round"])
     patience = settings["early_stopping_rounds"]
     by_group = _group_folds(rows, folds)
     oof = np.empty(len(rows))

@@ -82,13 +82,17 @@ BASE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def search_seconds(time_limit: float | None, bases: int, parallel: int) -> float | None:
-    """Each base job's search budget: its wave's share of SEARCH_SHARE of the limit, with
-    `parallel` base jobs running at once."""
+def with_search_budget(
+    hyperparameters: dict[str, Any], bases: int, parallel: int
+) -> dict[str, Any]:
+    """A base job's hyperparameters, with its search budget (`search_seconds`) when the run
+    has a time_limit: its wave's share of SEARCH_SHARE of the limit, `parallel` base jobs
+    running at once."""
+    time_limit = hyperparameters.get("time_limit")
     if not time_limit:
-        return None
+        return dict(hyperparameters)
     waves = -(-bases // max(1, parallel))
-    return round(SEARCH_SHARE * float(time_limit) / waves, 3)
+    return {**hyperparameters, "search_seconds": round(SEARCH_SHARE * float(time_limit) / waves, 3)}
 
 
 def check_base_settings(chosen: dict[str, Any]) -> None:

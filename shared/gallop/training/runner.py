@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from gallop.ingest.canonical import to_parquet
-from gallop.training.config import DEFAULT_BASES, search_seconds
+from gallop.training.config import DEFAULT_BASES, with_search_budget
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -105,10 +105,7 @@ def train_locally(
     write_channel(channel / "test", test, manifest)
 
     bases = bases or DEFAULT_BASES[manifest["task"]]
-    hyperparameters = dict(base_hyperparameters or {})
-    budget = search_seconds(hyperparameters.get("time_limit"), len(bases), parallel)
-    if budget is not None:
-        hyperparameters["search_seconds"] = budget
+    hyperparameters = with_search_budget(base_hyperparameters or {}, len(bases), parallel)
 
     def base_job(index: int, model: str) -> JobResult:
         started = time.monotonic()

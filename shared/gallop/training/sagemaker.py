@@ -22,8 +22,8 @@ from gallop.storage import features_prefix, training_prefix
 from gallop.training.config import (
     BASE_JOBS_AT_ONCE,
     base_hyperparameters,
-    search_seconds,
     stack_hyperparameters,
+    with_search_budget,
 )
 
 INSTANCE_TYPE = "ml.m5.large"
@@ -61,11 +61,9 @@ def training_execution_input(run: TrainingRun, settings: Settings) -> dict[str, 
     features = features_prefix(run.config["dataset"], run.version_id, run.spec_hash)
     train = _s3_channel("train", settings.data_bucket, features)
     split = {"test_share": run.config["test_share"]}
-    hyperparameters = base_hyperparameters(run.config)
-    bases = len(run.config["bases"])
-    budget = search_seconds(hyperparameters.get("time_limit"), bases, BASE_JOBS_AT_ONCE)
-    if budget is not None:
-        hyperparameters["search_seconds"] = budget
+    hyperparameters = with_search_budget(
+        base_hyperparameters(run.config), len(run.config["bases"]), BASE_JOBS_AT_ONCE
+    )
     base_jobs = [
         _job(
             run,

@@ -9,7 +9,7 @@ calibration of the margin alone).
 The budget is spent by an estimate of each trial's seconds from the data's size and the
 rounds it took, not by the clock: the same inputs, seed and limit give the same trials
 and so the same model bytes, on a busy machine as on an idle one. The estimate was fitted
-to LightGBM on one thread here (benchmarks/training.py prints the wall time it comes to).
+to LightGBM on one thread here; the base job's log shows the seconds a search took.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 
 from gallop.models.catalogue import Kind, label_of
-from gallop.models.lightgbm import LightGBMBase, fit_booster, params_for
+from gallop.models.lightgbm import LightGBMBase, fit_booster, offset_for, params_for
 from gallop.models.meta import fit_candidate, loss
-from gallop.models.offset import market_offset
 from gallop.training.config import STACK_DEFAULTS
 from gallop.training.rows import Rows
 
@@ -86,13 +85,13 @@ def search(
     fixed = {name for name in ("num_leaves", "min_data_in_leaf") if settings.get(name) is not None}
     rng = np.random.default_rng([settings["seed"], zlib.crc32(kind.name.encode())])
     meta_settings = {**STACK_DEFAULTS, "seed": settings["seed"]}
-    offset = market_offset(rows.manifest, rows.features) if kind.from_market else None
+    offset = offset_for(kind, rows.manifest, rows.features)
+    cap = kind.rounds(settings["num_boost_round"])
     trials: list[Trial] = []
     spent, params = 0.0, {}
     while True:
         chosen = params_for(kind, rows.task, {**settings, "lightgbm": params})
         per_round = round_seconds(len(train), rows.features.shape[1], chosen["num_leaves"])
-        cap = min(kind.trees or settings["num_boost_round"], settings["num_boost_round"])
         rounds = min(cap, int((budget - spent) / per_round))
         if rounds < min(FEWEST_ROUNDS, cap) and trials:
             break
