@@ -117,9 +117,13 @@ class SqsPoller(threading.Thread):
                 log.exception("poller for %s failed; retrying", self.function_name)
                 self._stop_event.wait(1.0)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 120.0) -> None:
+        """Stop polling and wait for the batch in hand; a poller still running after
+        `timeout` would go on taking messages, so that is an error."""
         self._stop_event.set()
-        self.join(timeout=10)
+        self.join(timeout=timeout)
+        if self.is_alive():
+            raise TimeoutError(f"{self.function_name}: poller still running after {timeout} s")
 
     def poll_once(self) -> int:
         reply = self.sqs.receive_message(
