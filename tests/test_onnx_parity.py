@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -139,7 +140,9 @@ def test_random_forest_boosters_average_their_trees_in_onnx_too() -> None:
 
 
 @pytest.mark.parametrize("missing_in_training", [True, False])
-def test_category_splits_are_exact_set_membership_splits(missing_in_training: bool) -> None:
+def test_category_splits_are_exact_and_every_tree_node_compares_with_leq(
+    missing_in_training: bool,
+) -> None:
     # GIVEN a booster on a category's codes (some missing in training, or none) that
     # splits off sets of codes
     rng = np.random.default_rng(4)
@@ -159,16 +162,24 @@ def test_category_splits_are_exact_set_membership_splits(missing_in_training: bo
     ]
     assert any("||" in str(t) for t in splits)
     # WHEN rows with a missing, a negative and a never-seen code are scored by the graph
-    # (the same 40 rows four times over: each of those codes, then the data's own codes)
-    rows = np.tile(features[:40], (4, 1))
+    # (the same 40 rows six times over: each of those codes, the data's own codes, then
+    # the codes with a fraction, which LightGBM truncates: -0.5 reads as code 0)
+    rows = np.tile(features[:40], (6, 1))
     rows[:40, 1], rows[40:80, 1], rows[80:120, 1] = np.nan, -1, 99
-    exported = onnx_scores(booster_to_onnx(booster, 2), rows)
-    # THEN they score as LightGBM scores them: all three the same way
+    rows[160:200, 1] = np.where(rows[160:200, 1] == 0, -0.5, rows[160:200, 1] + 0.7)
+    graph = booster_to_onnx(booster, 2)
+    exported = onnx_scores(graph, rows)
+    # THEN they score as LightGBM scores them: the first three all the same way
     assert np.abs(exported - native_margin(booster, rows)).max() <= TOLERANCE
     assert np.allclose(exported[:40], exported[40:80]) and np.allclose(
         exported[:40], exported[80:120]
     )
-    assert not np.allclose(exported[:40], exported[120:])
+    assert not np.allclose(exported[:40], exported[120:160])
+    assert np.allclose(exported[120:160], exported[160:200])
+    # AND the trees hold only `<=` nodes (ONNX Runtime's fast path): the sets are looked up
+    (trees,) = [n for n in graph.graph.node if n.op_type == "TreeEnsemble"]
+    modes = next(a.t for a in trees.attribute if a.name == "nodes_modes")
+    assert set(onnx.numpy_helper.to_array(modes).tolist()) == {0}
 
 
 def _splits(node: dict) -> list[dict]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -182,6 +182,7 @@ class LightGBMBase:
 
     boosters: list[lgb.Booster]
     offset: Offset | None = None
+    _dump: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     family = FAMILY
 
@@ -203,7 +204,11 @@ class LightGBMBase:
         return self.offset.explained(terms, features) if self.offset else terms
 
     def dump(self) -> dict[str, Any]:
-        return merged_dump([b.dump_model() for b in self.boosters])
+        """The bag's trees as one dump (made once: export, explanation and report all read
+        it; callers do not change it)."""
+        if self._dump is None:
+            self._dump = merged_dump([b.dump_model() for b in self.boosters])
+        return self._dump
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -233,17 +238,17 @@ class LightGBMBase:
     ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
         from onnx import TensorProto, helper
 
-        from gallop.models.onnx_export import tree_ensemble_node
+        from gallop.models.onnx_export import tree_ensemble_parts
 
         if not self.offset:
-            return [tree_ensemble_node(self.dump(), input_name, output_name)], []
+            return tree_ensemble_parts(self.dump(), input_name, output_name)
         p = output_name
-        constants = [
+        nodes, constants = tree_ensemble_parts(self.dump(), input_name, f"{p}_trees")
+        constants += [
             helper.make_tensor(f"{p}_offset_at", TensorProto.INT64, [1], [self.offset.feature]),
             helper.make_tensor(f"{p}_offset_fill", TensorProto.FLOAT, [1], [self.offset.fill]),
         ]
-        nodes = [
-            tree_ensemble_node(self.dump(), input_name, f"{p}_trees"),
+        nodes += [
             helper.make_node("Gather", [input_name, f"{p}_offset_at"], [f"{p}_column"], axis=1),
             helper.make_node("IsNaN", [f"{p}_column"], [f"{p}_missing"]),
             helper.make_node(
