@@ -131,3 +131,31 @@ def test_the_markets_part_of_an_explanation_is_against_the_average_runner() -> N
     # the parts still sum to the margin (the trees' zero plus the offset's value)
     assert parts[:, 1].tolist() == [1.0, -1.0, 0.0]
     assert parts.sum(axis=1).tolist() == offset.values(features).tolist()
+
+
+@pytest.mark.parametrize("favourites_win", [0.7, 1.0, 1.6])
+def test_the_market_offset_weighs_the_odds_as_the_winners_do(favourites_win: float) -> None:
+    from gallop.models.catalogue import CATALOGUE
+    from gallop.models.lightgbm import offset_for
+
+    # GIVEN 3,000 races of 8 whose winners are drawn from the market's chances raised to
+    # a power: favourites win more (power > 1) or less often than the prices say
+    rng = np.random.default_rng(5)
+    races, field = 3000, 8
+    log_implied = np.log(rng.dirichlet(np.ones(field), races)).ravel()
+    chance = np.exp(favourites_win * log_implied).reshape(races, field)
+    chance /= chance.sum(axis=1, keepdims=True)
+    winner = (chance.cumsum(axis=1) > rng.random((races, 1))).argmax(axis=1)
+    won = np.zeros((races, field))
+    won[np.arange(races), winner] = 1.0
+    features = np.column_stack([rng.normal(size=races * field), log_implied])
+    manifest = {"odds": "odds", "features": ["x", "odds_log_implied"]}
+    # WHEN the market kind's offset is learnt from them
+    offset = offset_for(
+        CATALOGUE["softmax_market"], manifest, features, won.ravel(), np.full(races, field)
+    )
+    # THEN the odds are weighed by that power (within sampling error), and a kind not
+    # boosted from the market has no offset
+    assert offset is not None and offset.feature == 1
+    assert abs(offset.scale - favourites_win) < 0.1
+    assert offset_for(CATALOGUE["lambdarank"], manifest, features, won.ravel(), None) is None

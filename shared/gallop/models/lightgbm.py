@@ -20,7 +20,7 @@ import numpy as np
 
 from gallop.models.catalogue import Kind
 from gallop.models.offset import Offset
-from gallop.models.stack import group_starts, softmax_within_groups
+from gallop.models.stack import fit_conditional_logit, group_starts, softmax_within_groups
 
 if TYPE_CHECKING:
     import onnx
@@ -118,13 +118,26 @@ def fit_booster(
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
 
 
-def offset_for(kind: Kind, manifest: dict[str, Any], features: np.ndarray) -> Offset | None:
+def offset_for(
+    kind: Kind,
+    manifest: dict[str, Any],
+    features: np.ndarray,
+    share: np.ndarray,
+    sizes: np.ndarray | None,
+) -> Offset | None:
     """A kind boosted from the market starts from the odds' log implied probability, when
-    the data has odds and that feature; any other kind, from zero."""
+    the data has odds and that feature, weighted as a conditional logit of the winners
+    (`share` of each race's win, races of `sizes` rows) on it alone; any other kind
+    starts from zero."""
     name = f"{manifest.get('odds')}_log_implied"
     if not kind.from_market or not manifest.get("odds") or name not in manifest["features"]:
         return None
-    return Offset.learn(features, manifest["features"].index(name))
+    feature = manifest["features"].index(name)
+    if sizes is None:
+        return Offset.learn(features, feature)
+    market = Offset.learn(features, feature).values(features)[:, None]
+    (scale,) = fit_conditional_logit(market, share, sizes, l2=0.0).weights
+    return Offset.learn(features, feature, scale)
 
 
 def raw_margin(booster: lgb.Booster, features: np.ndarray) -> np.ndarray:
@@ -247,13 +260,15 @@ class LightGBMBase:
         constants += [
             helper.make_tensor(f"{p}_offset_at", TensorProto.INT64, [1], [self.offset.feature]),
             helper.make_tensor(f"{p}_offset_fill", TensorProto.FLOAT, [1], [self.offset.fill]),
+            helper.make_tensor(f"{p}_offset_scale", TensorProto.FLOAT, [1], [self.offset.scale]),
         ]
         nodes += [
             helper.make_node("Gather", [input_name, f"{p}_offset_at"], [f"{p}_column"], axis=1),
             helper.make_node("IsNaN", [f"{p}_column"], [f"{p}_missing"]),
             helper.make_node(
-                "Where", [f"{p}_missing", f"{p}_offset_fill", f"{p}_column"], [f"{p}_offset"]
+                "Where", [f"{p}_missing", f"{p}_offset_fill", f"{p}_column"], [f"{p}_market"]
             ),
+            helper.make_node("Mul", [f"{p}_market", f"{p}_offset_scale"], [f"{p}_offset"]),
             helper.make_node("Add", [f"{p}_trees", f"{p}_offset"], [output_name]),
         ]
         return nodes, constants

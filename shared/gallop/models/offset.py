@@ -12,17 +12,21 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Offset:
-    """The feature at `feature`, added to the margin (a missing value as `fill`)."""
+    """The feature at `feature` times `scale`, added to the margin (a missing value as
+    `fill`)."""
 
     feature: int
     fill: float  # a missing value's stand-in: the training rows' median
     # The training rows' mean: an explanation gives the feature value - centre, and the
     # centre to the base value, so that a runner is judged against the average runner.
     centre: float = 0.0
+    # The feature's weight as the training rows judge it alone: a market's favourites
+    # may win more (or less) often than its prices say.
+    scale: float = 1.0
 
     def values(self, features: np.ndarray) -> np.ndarray:
         column = np.asarray(features[:, self.feature], dtype=np.float64)
-        return np.where(np.isnan(column), self.fill, column)
+        return self.scale * np.where(np.isnan(column), self.fill, column)
 
     def explained(self, parts: np.ndarray, features: np.ndarray) -> np.ndarray:
         """The parts [n, features (+ 1, the base value)] of the margin without the offset,
@@ -33,10 +37,12 @@ class Offset:
         return parts
 
     @classmethod
-    def learn(cls, features: np.ndarray, feature: int) -> Offset:
+    def learn(cls, features: np.ndarray, feature: int, scale: float = 1.0) -> Offset:
         column = features[:, feature].astype(np.float64)
         seen = column[~np.isnan(column)]
-        # float32, as the graph holds it
+        # float32, as the graph holds them
         fill = float(np.float32(np.median(seen))) if len(seen) else 0.0
-        centre = float(np.where(np.isnan(column), fill, column).mean()) if len(column) else 0.0
-        return cls(feature, fill, centre)
+        scale = float(np.float32(scale))
+        filled = np.where(np.isnan(column), fill, column)
+        centre = float(scale * filled.mean()) if len(column) else 0.0
+        return cls(feature, fill, centre, scale)

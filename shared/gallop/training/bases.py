@@ -157,7 +157,7 @@ def _boosted_phase(
     name: str,
 ) -> Phase:
     params = params_for(kind, rows.task, settings)
-    offset = offset_for(kind, rows.manifest, rows.features)
+    offset = offset_for(kind, rows.manifest, rows.features, rows.share, rows.sizes)
     rounds = kind.rounds(settings["num_boost_round"])
     patience = settings["early_stopping_rounds"]
     by_group = _group_folds(rows, folds)

@@ -85,7 +85,7 @@ def search(
     fixed = {name for name in ("num_leaves", "min_data_in_leaf") if settings.get(name) is not None}
     rng = np.random.default_rng([settings["seed"], zlib.crc32(kind.name.encode())])
     meta_settings = {**STACK_DEFAULTS, "seed": settings["seed"]}
-    offset = offset_for(kind, rows.manifest, rows.features)
+    offset = offset_for(kind, rows.manifest, rows.features, rows.share, rows.sizes)
     cap = kind.rounds(settings["num_boost_round"])
     trials: list[Trial] = []
     spent, params = 0.0, {}
