@@ -182,6 +182,39 @@ def test_category_splits_are_exact_and_every_tree_node_compares_with_leq(
     assert set(onnx.numpy_helper.to_array(modes).tolist()) == {0}
 
 
+def test_the_bases_of_one_graph_share_one_lookup_of_their_category_sets() -> None:
+    from gallop.models.onnx_export import stack_to_onnx
+
+    # GIVEN two boosters on two categories (their splits make different sets) and one
+    # without any category split
+    rng = np.random.default_rng(8)
+    n = 4000
+    first, second = rng.integers(0, 25, n), rng.integers(0, 9, n)
+    number = rng.normal(size=n)
+    target = np.isin(first, [1, 4, 9, 16]) + np.isin(second, [2, 3]) * number + number
+    features = np.column_stack([number, first, second]).astype(np.float32)
+    features[rng.random((n, 3)) < 0.05] = np.nan
+    params = {"objective": "regression", "min_data_per_group": 5, "cat_smooth": 1, "verbose": -1}
+    boosters = [
+        lgb.train(
+            {**params, "seed": seed, "num_leaves": leaves},
+            lgb.Dataset(features, target, categorical_feature=categorical),
+            40,
+        )
+        for seed, leaves, categorical in ((1, 15, [1, 2]), (2, 7, [1, 2]), (3, 7, []))
+    ]
+    # WHEN they are one stack's graph
+    graph = stack_to_onnx(boosters, [0.5, 0.3, 0.2], 0.0, 3)
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    margins = session.run(["margins"], {"features": features[:500]})[0]
+    # THEN each base's margin is LightGBM's, and the codes are looked up once for all
+    for i, booster in enumerate(boosters):
+        assert np.abs(margins[:, i] - native_margin(booster, features[:500])).max() <= TOLERANCE
+    ops = [node.op_type for node in graph.graph.node]
+    assert ops.count("TreeEnsemble") == 3 and ops.count("Less") == 1
+    assert len([t for t in graph.graph.initializer if t.name.endswith("_table")]) == 2
+
+
 def _splits(node: dict) -> list[dict]:
     if "leaf_value" in node:
         return []

@@ -25,6 +25,8 @@ from gallop.models.stack import fit_conditional_logit, group_starts, softmax_wit
 if TYPE_CHECKING:
     import onnx
 
+    from gallop.models.onnx_export import Indicators
+
 FAMILY = "lightgbm"
 OFFSET_FILE = "offset.json"
 RANKING_OBJECTIVES = ("lambdarank", "rank_xendcg")
@@ -247,16 +249,19 @@ class LightGBMBase:
         return {**self.dump(), "offset": asdict(self.offset) if self.offset else None}
 
     def onnx_parts(
-        self, input_name: str, output_name: str
+        self, input_name: str, output_name: str, indicators: Indicators | None = None
     ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+        """The margin's nodes and constants; categorical splits read `indicators` (the
+        graph's shared lookups) when given."""
         from onnx import TensorProto, helper
 
         from gallop.models.onnx_export import tree_ensemble_parts
 
+        dump = self.dump()
         if not self.offset:
-            return tree_ensemble_parts(self.dump(), input_name, output_name)
+            return tree_ensemble_parts(dump, input_name, output_name, 1.0, indicators)
         p = output_name
-        nodes, constants = tree_ensemble_parts(self.dump(), input_name, f"{p}_trees")
+        nodes, constants = tree_ensemble_parts(dump, input_name, f"{p}_trees", 1.0, indicators)
         constants += [
             helper.make_tensor(f"{p}_offset_at", TensorProto.INT64, [1], [self.offset.feature]),
             helper.make_tensor(f"{p}_offset_fill", TensorProto.FLOAT, [1], [self.offset.fill]),

@@ -76,9 +76,10 @@ class LinearModel:
         return cls(**arrays, bias=float(data["bias"]))
 
     def onnx_parts(
-        self, input_name: str, output_name: str
+        self, input_name: str, output_name: str, indicators: Any = None
     ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-        """Nodes computing the margin [n, 1] from the float32 input, and their constants."""
+        """Nodes computing the margin [n, 1] from the float32 input, and their constants
+        (a linear model has no categorical splits: `indicators` is for trees)."""
         from onnx import TensorProto, helper
 
         p = output_name

@@ -63,7 +63,7 @@ class _Arrays:
     false_ids: list[int] = field(default_factory=list)
     false_leaf: list[int] = field(default_factory=list)
     missing_true: list[int] = field(default_factory=list)
-    indicators: dict[int, int] = field(default_factory=dict)  # id(categorical split): column
+    indicators: Indicators | None = None  # the columns categorical splits read
     roots: list[int] = field(default_factory=list)
     leaf_weights: list[float] = field(default_factory=list)
 
@@ -100,8 +100,8 @@ def _place(arrays: _Arrays, node: dict[str, Any], scale: float) -> tuple[int, in
     """Adds `node` and everything below it; returns (its position, 1 if it is a leaf)."""
     if "leaf_value" in node:
         return arrays.leaf(node["leaf_value"] * scale)
-    if node["decision_type"] == "==":  # members go left, as in LightGBM
-        indicator = arrays.indicators[id(node)]  # 0 for a member, never NaN
+    if node["decision_type"] == "==" and arrays.indicators:  # members go left, as in LightGBM
+        indicator = arrays.indicators.column(node)  # 0 for a member, never NaN
         at = arrays.branch(indicator, BRANCH_LEQ, 0.5, nan_goes_true=True)
     elif node["decision_type"] == "<=":
         threshold, nan_goes_left = _numerical(node)
@@ -151,15 +151,12 @@ def native_margin(booster: Any, features: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _MemberSets:
-    """The distinct code sets of one feature's categorical splits, each its column's
-    place: column j of `table` (one row per code, then one for every other value) is 0
+    """The distinct code sets of one feature's categorical splits, each its place among
+    them: column j of `table` (one row per code, then one for every other value) is 0
     where the code is in set j."""
 
     feature: int
     sets: dict[tuple[int, ...], int] = field(default_factory=dict)
-
-    def column(self, codes: tuple[int, ...]) -> int:
-        return self.sets.setdefault(codes, len(self.sets))
 
     @property
     def codes(self) -> int:  # codes 0 .. codes-1 can be members; any other value is not
@@ -172,93 +169,110 @@ class _MemberSets:
         return table
 
 
-def _member_sets(dump: dict[str, Any]) -> tuple[list[_MemberSets], dict[int, int]]:
-    """Each categorical feature's sets, and the indicator column each categorical split
-    reads (id(node): column), the columns placed after the model's features, feature by
-    feature in the order of the returned sets."""
-    by_feature: dict[int, _MemberSets] = {}
-    splits: list[tuple[int, _MemberSets, int]] = []
-    stack = [tree["tree_structure"] for tree in dump["tree_info"]]
-    while stack:
-        node = stack.pop()
-        if "leaf_value" in node:
-            continue
-        if node["decision_type"] == "==":
-            feature = int(node["split_feature"])
-            sets = by_feature.setdefault(feature, _MemberSets(feature))
-            codes = tuple(sorted(int(c) for c in str(node["threshold"]).split("||")))
-            splits.append((id(node), sets, sets.column(codes)))
-        stack += [node["left_child"], node["right_child"]]
-    ordered = sorted(by_feature.values(), key=lambda m: m.feature)
-    start, first = {}, dump["max_feature_idx"] + 1
-    for sets in ordered:
-        start[sets.feature], first = first, first + len(sets.sets)
-    return ordered, {node: start[sets.feature] + j for node, sets, j in splits}
+class Indicators:
+    """The categorical splits of every tree ensemble in one graph, as indicator columns
+    of one shared input (`output`: the features, then a column per distinct set, feature
+    by feature), looked up once per request for all the ensembles."""
 
+    def __init__(self, input_name: str, n_features: int) -> None:
+        self.input_name, self.n_features = input_name, n_features
+        self.output = f"{input_name}_with_sets"
+        self.by_feature: dict[int, _MemberSets] = {}
+        self.met: dict[tuple[int, tuple[int, ...]], int] = {}
 
-def _indicator_parts(
-    sets: list[_MemberSets], n_features: int, input_name: str, output_name: str
-) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Nodes making `output_name`: the first `n_features` inputs, then each set's
-    indicator. LightGBM reads a code as int(value); NaN, a negative or an unlisted code
-    is in no set, so it reads the table's last row."""
-    p = output_name
-    constants = [helper.make_tensor(f"{p}_width", TensorProto.INT64, [1], [n_features])]
-    constants += [helper.make_tensor(f"{p}_zero", TensorProto.INT64, [1], [0])]
-    constants += [helper.make_tensor(f"{p}_one", TensorProto.INT64, [1], [1])]
-    constants += [helper.make_tensor(f"{p}_minus_one", TensorProto.FLOAT, [], [-1.0])]
-    nodes = [
-        helper.make_node(
-            "Slice", [input_name, f"{p}_zero", f"{p}_width", f"{p}_one"], [f"{p}_features"]
-        )
-    ]
-    looked_up = []
-    for m in sets:
-        q = f"{p}_f{m.feature}"
-        table = m.table()
-        constants += [
-            helper.make_tensor(f"{q}_at", TensorProto.INT64, [], [m.feature]),
-            helper.make_tensor(f"{q}_codes", TensorProto.FLOAT, [], [float(m.codes)]),
-            helper.make_tensor(f"{q}_table", TensorProto.UINT8, table.shape, table.ravel()),
+    def column(self, node: dict[str, Any]) -> int:
+        """The column a categorical split (a dump's node) reads, as a stand-in (-1 - its
+        place among the sets met) until `resolve` writes the real one: the columns come
+        feature by feature, and a later ensemble may add a set to any feature."""
+        feature = int(node["split_feature"])
+        codes = tuple(sorted(int(c) for c in str(node["threshold"]).split("||")))
+        sets = self.by_feature.setdefault(feature, _MemberSets(feature))
+        sets.sets.setdefault(codes, len(sets.sets))
+        return -1 - self.met.setdefault((feature, codes), len(self.met))
+
+    def resolve(self, nodes: list[onnx.NodeProto]) -> None:
+        """Writes the real columns into the ensembles reading `output`."""
+        start, first = {}, self.n_features
+        for feature in sorted(self.by_feature):
+            start[feature], first = first, first + len(self.by_feature[feature].sets)
+        real = [start[f] + self.by_feature[f].sets[codes] for f, codes in self.met]
+        for node in nodes:
+            if node.op_type == "TreeEnsemble" and node.input[0] == self.output:
+                ids = next(a for a in node.attribute if a.name == "nodes_featureids").ints
+                ids[:] = [real[-1 - i] if i < 0 else i for i in ids]
+
+    def parts(self) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+        """Nodes making `output`; none without a categorical split. LightGBM reads a code
+        as int(value); NaN, a negative or an unlisted code is in no set, so it reads the
+        table's last row."""
+        if not self.met:
+            return [], []
+        p, x = self.output, self.input_name
+        features = sorted(self.by_feature)
+        sets = [self.by_feature[f] for f in features]
+        constants = [
+            helper.make_tensor(f"{p}_width", TensorProto.INT64, [1], [self.n_features]),
+            helper.make_tensor(f"{p}_zero", TensorProto.INT64, [1], [0]),
+            helper.make_tensor(f"{p}_one", TensorProto.INT64, [1], [1]),
+            helper.make_tensor(f"{p}_at", TensorProto.INT64, [len(features)], features),
+            helper.make_tensor(f"{p}_floor", TensorProto.FLOAT, [], [-1.0]),
+            helper.make_tensor(
+                f"{p}_codes", TensorProto.FLOAT, [len(sets)], [float(m.codes) for m in sets]
+            ),
         ]
+        nodes = [
+            helper.make_node("Slice", [x, f"{p}_zero", f"{p}_width", f"{p}_one"], [f"{p}_x"]),
+            helper.make_node("Gather", [x, f"{p}_at"], [f"{p}_values"], axis=1),
+            helper.make_node("Greater", [f"{p}_values", f"{p}_floor"], [f"{p}_above"]),
+            helper.make_node("Less", [f"{p}_values", f"{p}_codes"], [f"{p}_below"]),
+            helper.make_node("And", [f"{p}_above", f"{p}_below"], [f"{p}_known"]),
+            helper.make_node("Where", [f"{p}_known", f"{p}_values", f"{p}_codes"], [f"{p}_v"]),
+            helper.make_node("Cast", [f"{p}_v"], [f"{p}_rows"], to=TensorProto.INT64),
+        ]
+        looked_up = []
+        for i, m in enumerate(sets):
+            q = f"{p}_f{m.feature}"
+            table = m.table()
+            constants += [
+                helper.make_tensor(f"{q}_i", TensorProto.INT64, [], [i]),
+                helper.make_tensor(f"{q}_table", TensorProto.UINT8, table.shape, table.ravel()),
+            ]
+            nodes += [
+                helper.make_node("Gather", [f"{p}_rows", f"{q}_i"], [f"{q}_row"], axis=1),
+                helper.make_node("Gather", [f"{q}_table", f"{q}_row"], [f"{q}_in"], axis=0),
+            ]
+            looked_up.append(f"{q}_in")
         nodes += [
-            helper.make_node("Gather", [input_name, f"{q}_at"], [f"{q}_value"], axis=1),
-            helper.make_node("Greater", [f"{q}_value", f"{p}_minus_one"], [f"{q}_above"]),
-            helper.make_node("Less", [f"{q}_value", f"{q}_codes"], [f"{q}_below"]),
-            helper.make_node("And", [f"{q}_above", f"{q}_below"], [f"{q}_known"]),
-            helper.make_node("Where", [f"{q}_known", f"{q}_value", f"{q}_codes"], [f"{q}_code"]),
-            helper.make_node("Cast", [f"{q}_code"], [f"{q}_row"], to=TensorProto.INT64),
-            helper.make_node("Gather", [f"{q}_table", f"{q}_row"], [f"{q}_in"], axis=0),
+            helper.make_node("Concat", looked_up, [f"{p}_looked_up"], axis=1),
+            helper.make_node("Cast", [f"{p}_looked_up"], [f"{p}_sets"], to=TensorProto.FLOAT),
+            helper.make_node("Concat", [f"{p}_x", f"{p}_sets"], [p], axis=1),
         ]
-        looked_up.append(f"{q}_in")
-    nodes += [
-        helper.make_node("Concat", looked_up, [f"{p}_sets"], axis=1),
-        helper.make_node("Cast", [f"{p}_sets"], [f"{p}_indicators"], to=TensorProto.FLOAT),
-        helper.make_node("Concat", [f"{p}_features", f"{p}_indicators"], [output_name], axis=1),
-    ]
-    return nodes, constants
+        return nodes, constants
 
 
 def tree_ensemble_parts(
-    dump: dict[str, Any], input_name: str, output_name: str, scale: float = 1.0
+    dump: dict[str, Any],
+    input_name: str,
+    output_name: str,
+    scale: float = 1.0,
+    indicators: Indicators | None = None,
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """The nodes and constants computing the raw score (times `scale`) of a LightGBM
-    model dump (`Booster.dump_model()`, or several fold models' trees in one dump)."""
+    model dump (`Booster.dump_model()`, or several fold models' trees in one dump). Its
+    categorical splits read `indicators`, which the caller adds to the graph ahead of
+    all ensembles; without them, the lookups are this ensemble's own."""
     if dump.get("num_tree_per_iteration", 1) != 1:
         raise UnsupportedModel("multiclass models (several trees per iteration)")
     if dump.get("average_output"):  # random-forest mode: the score is the trees' mean
         scale /= len(dump["tree_info"])
-    sets, indicators = _member_sets(dump)
-    nodes: list[onnx.NodeProto] = []
-    constants: list[onnx.TensorProto] = []
-    trees_input = input_name
-    if sets:
-        trees_input = f"{output_name}_with_sets"
-        n_features = dump["max_feature_idx"] + 1
-        nodes, constants = _indicator_parts(sets, n_features, input_name, trees_input)
+    own = indicators is None
+    if indicators is None:
+        indicators = Indicators(input_name, dump["max_feature_idx"] + 1)
     arrays = _Arrays(indicators=indicators)
     for tree in dump["tree_info"]:
         _add_tree(arrays, tree["tree_structure"], scale)
+    nodes, constants = indicators.parts() if own else ([], [])
+    trees_input = indicators.output if indicators.met else input_name
     nodes.append(
         helper.make_node(
             "TreeEnsemble",
@@ -283,6 +297,8 @@ def tree_ensemble_parts(
             leaf_weights=_floats("leaf_weights", arrays.leaf_weights),
         )
     )
+    if own:
+        indicators.resolve(nodes)
     return nodes, constants
 
 
@@ -306,11 +322,11 @@ def booster_to_onnx(
 
 
 def _margin_parts(
-    base: Any, input_name: str, output_name: str
+    base: Any, input_name: str, output_name: str, indicators: Indicators
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     if hasattr(base, "onnx_parts"):  # a base model of gallop.models (or a linear one)
-        return base.onnx_parts(input_name, output_name)
-    return tree_ensemble_parts(base.dump_model(), input_name, output_name)  # a booster
+        return base.onnx_parts(input_name, output_name, indicators)
+    return tree_ensemble_parts(base.dump_model(), input_name, output_name, 1.0, indicators)
 
 
 def _head(
@@ -375,10 +391,14 @@ def stack_to_onnx(
         ),
         helper.make_tensor("meta_bias", TensorProto.FLOAT, [1], [float(bias)]),
     ]
+    indicators = Indicators(input_name, n_features)
     for i, base in enumerate(bases):
-        base_nodes, base_constants = _margin_parts(base, input_name, f"margin_{i}")
+        base_nodes, base_constants = _margin_parts(base, input_name, f"margin_{i}", indicators)
         nodes += base_nodes
         constants += base_constants
+    lookups, lookup_constants = indicators.parts()  # ahead of every ensemble reading them
+    indicators.resolve(nodes)
+    nodes, constants = lookups + nodes, lookup_constants + constants
     nodes.append(
         helper.make_node("Concat", [f"margin_{i}" for i in range(len(bases))], ["margins"], axis=1)
     )

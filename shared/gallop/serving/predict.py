@@ -116,11 +116,15 @@ def feature_matrix(
     take = itemgetter(*index) if len(index) > 1 else lambda row: (row[index[0]],)
     picked = [take(row) for row in values]
     if model.category_codes:  # a category as its text (or number); unseen is missing
-        codes = model.category_codes
-        picked = [
-            tuple(code_of(v, codes[j]) if j in codes else v for j, v in enumerate(row))
-            for row in picked
-        ]
+        codes = list(model.category_codes.items())
+
+        def coded(row: tuple[Any, ...]) -> list[Any]:
+            out = list(row)
+            for j, index in codes:  # the categories' places only: most columns are numbers
+                out[j] = code_of(out[j], index)
+            return out
+
+        picked = list(map(coded, picked))
     # Numbers and nulls only (true/false would pass as 1/0): one set of types per row.
     if not set(chain.from_iterable(map(type, row) for row in picked)) <= NUMERIC_TYPES:
         raise InputError(_first_bad_value(model, picked))
