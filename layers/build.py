@@ -155,6 +155,7 @@ def install(requirements: Path, target: Path, keep: frozenset[str] = frozenset()
         "install",
         "--quiet",
         "--no-deps",
+        "--no-compile",  # Lambda bundles carry no bytecode: stripping drops __pycache__
         "--only-binary=:all:",
         "--implementation",
         "cp",
