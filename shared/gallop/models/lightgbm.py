@@ -135,9 +135,10 @@ def offset_for(
     if not kind.from_market or not manifest.get("odds") or name not in manifest["features"]:
         return None
     feature = manifest["features"].index(name)
+    unscaled = Offset.learn(features, feature)
     if sizes is None:
-        return Offset.learn(features, feature)
-    market = Offset.learn(features, feature).values(features)[:, None]
+        return unscaled
+    market = unscaled.values(features)[:, None]
     (scale,) = fit_conditional_logit(market, share, sizes, l2=0.0).weights
     return Offset.learn(features, feature, scale)
 

@@ -11,10 +11,11 @@ treats them as 0.0, so they go wherever 0.0 goes. Leaf values are summed in floa
 difference from LightGBM's double sum is ~1e-7 per 100 trees).
 
 A categorical split (`code in {1, 3, 5}`) is not written as a set-membership node: one
-such node takes ONNX Runtime off its all-`<=` fast path, and the demo stack's session
-went from 0.04 to 0.7 ms. Each distinct set instead becomes an indicator column (0 for a
-member, 1 otherwise), looked up from a constant table by the code ahead of the trees,
-and the split becomes `indicator <= 0.5`: the same decisions, every node `<=`.
+such node takes ONNX Runtime off its all-`<=` fast path (300 trees on one category of
+300 codes, 12 rows: 0.30 ms as set membership, 0.13 ms as below, 0.09 ms without the
+category). Each distinct set instead becomes an indicator column (0 for a member, 1
+otherwise), looked up from a constant table by the code ahead of the trees, and the
+split becomes `indicator <= 0.5`: the same decisions, every node `<=`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class _Arrays:
     """TreeEnsemble's attributes: interior nodes (nodes_*) and leaves, each in one list
     for the whole ensemble; a branch names a node's position, or a leaf's (a *_leaf flag)."""
 
+    indicators: Indicators  # the columns categorical splits read
+
     features: list[int] = field(default_factory=list)
     modes: list[int] = field(default_factory=list)
     splits: list[float] = field(default_factory=list)
@@ -63,7 +66,6 @@ class _Arrays:
     false_ids: list[int] = field(default_factory=list)
     false_leaf: list[int] = field(default_factory=list)
     missing_true: list[int] = field(default_factory=list)
-    indicators: Indicators | None = None  # the columns categorical splits read
     roots: list[int] = field(default_factory=list)
     leaf_weights: list[float] = field(default_factory=list)
 
@@ -100,7 +102,7 @@ def _place(arrays: _Arrays, node: dict[str, Any], scale: float) -> tuple[int, in
     """Adds `node` and everything below it; returns (its position, 1 if it is a leaf)."""
     if "leaf_value" in node:
         return arrays.leaf(node["leaf_value"] * scale)
-    if node["decision_type"] == "==" and arrays.indicators:  # members go left, as in LightGBM
+    if node["decision_type"] == "==":  # members go left, as in LightGBM
         indicator = arrays.indicators.column(node)  # 0 for a member, never NaN
         at = arrays.branch(indicator, BRANCH_LEQ, 0.5, nan_goes_true=True)
     elif node["decision_type"] == "<=":
