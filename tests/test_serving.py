@@ -3,6 +3,7 @@ predict Lambda handler in a fresh process, and the arithmetic behind them."""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -247,49 +248,52 @@ def test_explanations_add_up_to_the_score(stack: LocalStack, served: dict[str, A
         assert top["reason"].startswith(top["feature"]) and verb in top["reason"]
 
 
+BAD_INPUTS = [
+    (lambda rows: {"rows": []}, 422, "no rows"),
+    (lambda rows: {"rows": [rows[0]] * 1001}, 413, "more than 1000"),
+    (lambda rows: {"rows": [{**rows[0], "colour": 3}]}, 422, "unknown: ['colour']"),
+    (
+        lambda rows: {"rows": [{k: v for k, v in rows[0].items() if k != "odds"}]},
+        422,
+        "missing: ['odds']",
+    ),
+    (lambda rows: {"rows": [{**rows[0], "odds": "evens"}]}, 422, "odds must be a number"),
+    (lambda rows: {"rows": [{**rows[0], "odds": 1e39}]}, 422, "not a finite float32"),
+    (lambda rows: {"rows": [{**rows[0], "odds": True}]}, 422, "not True"),
+    (
+        lambda rows: {"rows": [{k: v for k, v in rows[0].items() if k != "race_id"}]},
+        422,
+        "group column",
+    ),
+    (lambda rows: {"columns": list(rows[0]), "data": [[1.0]]}, 422, "do not have"),
+    (lambda rows: [1, 2], 422, "JSON object"),
+    (
+        lambda rows: {"rows": [rows[0], {k: v for k, v in rows[1].items() if k != "odds"}]},
+        422,
+        "rows [1] lack names other rows have (row 1: ['odds'])",
+    ),
+    (lambda rows: {"rows": rows, "top_k": 0}, 422, "top_k"),
+    (
+        lambda rows: {"columns": [*rows[0], "odds"], "data": [[*rows[0].values(), 9.0]]},
+        422,
+        "columns named more than once: ['odds']",
+    ),
+    (  # the error names a few, however many there are
+        lambda rows: {"rows": [{**rows[0], **{f"{i:03}" + "x" * 500: 1 for i in range(900)}}]},
+        422,
+        "['000xxxxxxxxx",
+    ),
+    (  # 1,000 rows explained, every feature's part: past what Lambda may return
+        lambda rows: {"rows": (rows * 1000)[:1000], "top_k": 40},
+        413,
+        "send fewer rows per request",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     ("change", "status", "message"),
-    [
-        (lambda rows: {"rows": []}, 422, "no rows"),
-        (lambda rows: {"rows": [rows[0]] * 1001}, 413, "more than 1000"),
-        (lambda rows: {"rows": [{**rows[0], "colour": 3}]}, 422, "unknown: ['colour']"),
-        (
-            lambda rows: {"rows": [{k: v for k, v in rows[0].items() if k != "odds"}]},
-            422,
-            "missing: ['odds']",
-        ),
-        (lambda rows: {"rows": [{**rows[0], "odds": "evens"}]}, 422, "odds must be a number"),
-        (lambda rows: {"rows": [{**rows[0], "odds": 1e39}]}, 422, "not a finite float32"),
-        (lambda rows: {"rows": [{**rows[0], "odds": True}]}, 422, "not True"),
-        (
-            lambda rows: {"rows": [{k: v for k, v in rows[0].items() if k != "race_id"}]},
-            422,
-            "group column",
-        ),
-        (lambda rows: {"columns": list(rows[0]), "data": [[1.0]]}, 422, "do not have"),
-        (lambda rows: [1, 2], 422, "JSON object"),
-        (
-            lambda rows: {"rows": [rows[0], {k: v for k, v in rows[1].items() if k != "odds"}]},
-            422,
-            "rows [1] lack names other rows have (row 1: ['odds'])",
-        ),
-        (lambda rows: {"rows": rows, "top_k": 0}, 422, "top_k"),
-        (
-            lambda rows: {"columns": [*rows[0], "odds"], "data": [[*rows[0].values(), 9.0]]},
-            422,
-            "columns named more than once: ['odds']",
-        ),
-        (  # the error names a few, however many there are
-            lambda rows: {"rows": [{**rows[0], **{f"{i:03}" + "x" * 500: 1 for i in range(900)}}]},
-            422,
-            "['000xxxxxxxxx",
-        ),
-        (  # 1,000 rows explained, every feature's part: past what Lambda may return
-            lambda rows: {"rows": (rows * 1000)[:1000], "top_k": 40},
-            413,
-            "send fewer rows per request",
-        ),
-    ],
+    BAD_INPUTS,
     ids=[
         "empty",
         "too-many",
@@ -369,22 +373,31 @@ def test_promotion_switches_every_request_at_once(
     assert listed[second] == ["champion"] and listed[first] == []
 
 
+def gateway_event(path: str, body: Any, key: str | None, raw: bytes | None = None) -> dict:
+    """An API Gateway REST event for POST `path`, as the predict function receives it."""
+    event = json.loads((ROOT / "tests" / "events" / "apigw_get_health.json").read_text())
+    headers = {"content-type": "application/json"} | ({"X-Api-Key": key} if key else {})
+    event |= {
+        "resource": path,
+        "path": path,
+        "httpMethod": "POST",
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "body": (raw if raw is not None else json.dumps(body).encode()).decode(),
+        "isBase64Encoded": False,
+    }
+    event["requestContext"] |= {"resourcePath": path, "httpMethod": "POST"}
+    return event
+
+
 def test_the_predict_lambda_imports_nothing_heavy(
     stack: LocalStack, served: dict[str, Any]
 ) -> None:
     """A fresh process: import the handler, answer an API Gateway event, list the modules."""
     rows = feature_rows(stack, served)
-    event = json.loads((ROOT / "tests" / "events" / "apigw_get_health.json").read_text())
-    event |= {
-        "resource": "/v1/predict",
-        "path": "/v1/predict",
-        "httpMethod": "POST",
-        "headers": {"content-type": "application/json", "x-api-key": stack.api_key},
-        "multiValueHeaders": {},
-        "body": json.dumps({"model": served["models"][0], "rows": rows}),
-        "isBase64Encoded": False,
-    }
-    event["requestContext"] |= {"resourcePath": "/v1/predict", "httpMethod": "POST"}
+    event = gateway_event(
+        "/v1/predict", {"model": served["models"][0], "rows": rows}, stack.api_key
+    )
     handler = str(ROOT / "functions" / "predict" / "handler.py")
     script = f"""
 import importlib.util, json, sys
@@ -417,6 +430,57 @@ print(json.dumps({{"status": reply["statusCode"], "body": reply["body"], "heavy"
     assert result["status"] == 200, result["body"]
     assert len(json.loads(result["body"])["predictions"]) == len(rows)
     assert result["heavy"] == []
+
+
+def test_the_predict_function_answers_from_the_event_as_the_app_does(
+    stack: LocalStack, served: dict[str, Any]
+) -> None:
+    """POST /v1/predict and /v1/explain are answered straight from the event, without
+    the ASGI round trip: every reply, good or bad, is the app's (through Mangum)."""
+    from mangum import Mangum
+
+    from gallop.api.serving import answer_event, create_predict_app
+
+    assert stack.settings is not None
+    app = create_predict_app(stack.settings.model_copy(update={"api_key_source": "settings"}))
+    through_app = Mangum(app, lifespan="off")
+    model = served["models"][0]
+    rows = feature_rows(stack, served)
+    key = stack.api_key
+    events = [
+        gateway_event("/v1/predict", {"model": model, "rows": rows}, key),
+        gateway_event("/v1/predict", {"model": model, "rows": card_rows(served["card"])}, key),
+        gateway_event("/v1/explain", {"model": model, "rows": rows, "top_k": 2}, key),
+        gateway_event("/v1/predict", {"model": model, "rows": rows}, None),
+        gateway_event("/v1/predict", {"model": model, "rows": rows}, "not-the-key"),
+        gateway_event("/v1/predict", {"model": "m-nothing", "rows": rows}, key),
+        gateway_event("/v1/predict", None, key, raw=b'{"rows": [{"odds": NaN}]}'),
+        gateway_event("/v1/predict", None, key, raw=b"[" * 7_000_000),
+    ] + [
+        gateway_event(
+            "/v1/explain" if isinstance(b, dict) and "top_k" in b else "/v1/predict",
+            {**b, "model": model} if isinstance(b, dict) else b,
+            key,
+        )
+        for b in (change(rows) for change, _, _ in BAD_INPUTS)
+    ]
+    encoded = dict(events[0], isBase64Encoded=True)
+    encoded["body"] = base64.b64encode(events[0]["body"].encode()).decode()
+    events.append(encoded)
+    statuses = []
+    for event in events:
+        direct, framed = answer_event(app.state, event), through_app(event, None)
+        assert direct is not None
+        statuses.append(direct["statusCode"])
+        assert direct["statusCode"] == framed["statusCode"], framed["body"][:300]
+        assert json.loads(direct["body"]) == json.loads(framed["body"])
+        assert direct["headers"]["content-type"] == framed["headers"]["content-type"]
+    assert statuses[:9] == [200, 200, 200, 401, 401, 404, 422, 413, 422]
+    assert statuses[-1] == 200
+    # any other route or method is the app's
+    docs = dict(events[0], httpMethod="GET", path="/openapi.json")
+    assert answer_event(app.state, docs) is None
+    assert answer_event(app.state, dict(events[0], httpMethod="GET")) is None
 
 
 # -- no input makes it answer 5xx ------------------------------------------------------

@@ -1,5 +1,6 @@
-"""predict Lambda: POST /v1/predict and /v1/explain, through Mangum, on onnxruntime and
-numpy only (no database, no pandas): API Gateway routes those two paths here."""
+"""predict Lambda: POST /v1/predict and /v1/explain on onnxruntime and numpy only (no
+database, no pandas): API Gateway routes those two paths here. They are answered straight
+from the event; anything else (the docs, a wrong method) goes through the app and Mangum."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ from typing import Any
 
 from mangum import Mangum
 
-from gallop.api.serving import create_predict_app
+from gallop.api.serving import answer_event, create_predict_app
 from gallop.settings import get_settings
 
 # A function deployed without its configuration fails at cold start, naming what is missing.
 settings = get_settings().require_for("predict")
 
+app = create_predict_app(settings)
 # lifespan="off": start-up work would otherwise run on every invocation.
-asgi = Mangum(create_predict_app(settings), lifespan="off")
+asgi = Mangum(app, lifespan="off")
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return asgi(event, context)
+    return answer_event(app.state, event) or asgi(event, context)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
@@ -17,18 +18,22 @@ async def require_api_key(request: Request, key: str | None = Security(API_KEY_H
 
 def check_api_key(request: Request, key: str | None) -> None:
     """401 unless the request carries an accepted key (or the gateway validated one)."""
-    settings = request.app.state.settings
+    refusal = key_refusal(request.app.state.settings, key, request.scope.get("aws.event"))
+    if refusal:
+        raise HTTPException(status_code=401, detail=refusal)
+
+
+def key_refusal(settings: Any, key: str | None, event: dict[str, Any] | None) -> str | None:
+    """Why a request with this key (and, on Lambda, this API Gateway event) is refused, or
+    None when it may pass."""
     if settings.api_key_source == "gateway":
         # A REST API with apiKeyRequired only invokes us after validating the key; it names
         # the key it validated. No key id means the request did not come that way.
-        event = request.scope.get("aws.event") or {}
-        identity = (event.get("requestContext") or {}).get("identity") or {}
-        if not identity.get("apiKeyId"):
-            raise HTTPException(status_code=401, detail="no API key validated by the gateway")
-        return
-    accepted = settings.api_key_set
+        identity = ((event or {}).get("requestContext") or {}).get("identity") or {}
+        return None if identity.get("apiKeyId") else "no API key validated by the gateway"
     if not key:
-        raise HTTPException(status_code=401, detail="missing x-api-key header")
+        return "missing x-api-key header"
     # Compare against every key in constant time, so timing tells nothing.
-    if not any(hmac.compare_digest(key.encode(), k.encode()) for k in accepted):
-        raise HTTPException(status_code=401, detail="invalid API key")
+    if not any(hmac.compare_digest(key.encode(), k.encode()) for k in settings.api_key_set):
+        return "invalid API key"
+    return None
