@@ -139,7 +139,9 @@ def decided(rows: Rows) -> np.ndarray:
 class Judged:
     metrics: dict[str, dict[str, float]]  # stack and each base, on the judged rows
     curves: dict[str, Any]
-    probabilities: dict[str, np.ndarray]
+    # stack and each base: its main output per judged row (a win probability, a
+    # probability or a value), for the betting run and for paired comparisons
+    predictions: dict[str, np.ndarray]
     selection: Selection
     rows: Rows  # the rows judged on
     held_out: bool
@@ -155,7 +157,7 @@ def judge(bases: list[Base], data: JobData, settings: dict[str, Any]) -> Judged:
     held = data.test is not None
     rows = data.test if data.test is not None else data.train
     margins = column(bases, "held_out") if held else oof
-    metrics, curves, probabilities = {}, {}, {}
+    metrics, curves, predictions = {}, {}, {}
     singles = [fit_candidate("base:0", oof[:, [i]], target, settings) for i in range(len(names))]
     for i, (name, meta) in enumerate(
         zip(["stack", *names], [selection.meta, *singles], strict=True)
@@ -164,11 +166,11 @@ def judge(bases: list[Base], data: JobData, settings: dict[str, Any]) -> Judged:
         key = name if i == 0 else f"base_{i - 1}_{name}"
         metrics[key], outputs = evaluate(meta, part, rows)
         probability = outputs.get("win_probability", outputs.get("probability"))
+        predictions[key] = outputs["value"] if probability is None else probability
         if probability is not None:
-            probabilities[key] = probability
             counted = decided(rows)
             curves[key] = reliability(probability[counted], rows.share[counted])
-    return Judged(metrics, curves, probabilities, selection, rows, held)
+    return Judged(metrics, curves, predictions, selection, rows, held)
 
 
 def served_meta(
@@ -189,7 +191,7 @@ def betting_of(judged: Judged, manifest: dict[str, Any], settings: dict[str, Any
     order, sizes = in_time_order(rows, manifest)
     odds = rows.frame[odds_column].to_numpy(dtype=np.float64)[order]
     return betting(
-        judged.probabilities["stack"][order],
+        judged.predictions["stack"][order],
         odds,
         rows.share[order],
         sizes,
