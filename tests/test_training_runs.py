@@ -392,6 +392,7 @@ def test_a_run_needs_a_known_dataset_a_valid_version_and_ready_features(
         ({"test_share": 1.5}, "body.test_share"),
         ({"hyperparameters": {"model": "lambdarank"}}, "set by gallop"),
         ({"hyperparameters": {"search_seconds": 5}}, "set by gallop"),
+        ({"hyperparameters": {"fit_seconds": 5}}, "set by gallop"),
         ({"time_limit": 0}, "body.time_limit"),
         ({"hyperparameters": {"num_leaves": {"deep": 1}}}, "body.hyperparameters.num_leaves"),
         ({"epochs": 3}, "body.epochs"),
@@ -560,8 +561,10 @@ def test_the_stepfunctions_launcher_starts_an_execution_with_complete_training_j
             "num_boost_round": 20,
             "test_share": 0.2,
             "time_limit": 240,
-            # seven bases, four at a time: two waves share half of the limit
-            "search_seconds": 60,
+            # seven bases, four at a time: two waves share 40 % of the limit for their
+            # search and 30 % for their folds' fits
+            "search_seconds": 48,
+            "fit_seconds": 36,
         }
         for model in DEFAULT_BASES["ranking"]
     ]

@@ -7,7 +7,8 @@ job splits it. Hyperparameters (strings, decoded): model (a kind of
 gallop.models.catalogue for the task), folds, split (group | time), seed,
 num_boost_round (the most rounds; each fold model stops early), early_stopping_rounds,
 learning_rate, num_leaves, min_data_in_leaf, l2 (the linear model's penalty), bagging,
-time_limit (the run's, for the record) and search_seconds (this job's search budget).
+time_limit (the run's, for the record), search_seconds and fit_seconds (this job's
+budgets for its search and for its folds' fits).
 Writes model/: the fitted model's files, margins.parquet (out-of-fold and held-out
 margins, row by row) and base.json.
 """
@@ -38,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "job": "base",  # which entry point the training image runs (see layers/)
     "test_share": None,  # hold out the latest share of groups first (the stack job's test)
     "search_seconds": None,  # this job's share of the run's time_limit (set by gallop)
+    "fit_seconds": None,  # for its search, and for fitting its folds
 }
 
 
@@ -59,9 +61,10 @@ def settings_from(raw: dict[str, Any], task: str) -> dict[str, Any]:
     share = chosen["test_share"]
     if share is not None and not (isinstance(share, float) and 0 < share < 1):
         raise JobError(f"hyperparameter test_share={share!r} is not valid")
-    budget = chosen["search_seconds"]
-    if budget is not None and not (type(budget) in (int, float) and budget > 0):
-        raise JobError(f"hyperparameter search_seconds={budget!r} is not valid")
+    for name in ("search_seconds", "fit_seconds"):
+        budget = chosen[name]
+        if budget is not None and not (type(budget) in (int, float) and budget > 0):
+            raise JobError(f"hyperparameter {name}={budget!r} is not valid")
     if chosen["job"] != "base":
         raise JobError(f"hyperparameter job={chosen['job']!r} is not valid")
     return chosen

@@ -24,7 +24,7 @@ from gallop.models.catalogue import CATALOGUE, Kind, label_of
 from gallop.models.lightgbm import LightGBMBase, fit_booster, offset_for, params_for
 from gallop.models.linear import LinearModel, fit_linear
 from gallop.training.rows import Rows
-from gallop.training.search import search
+from gallop.training.search import fit_rounds, search
 
 BaseModel = LightGBMBase | LinearModel
 LINEAR_LOSS = {"ranking": "conditional_logit", "binary": "logistic", "regression": "squared"}
@@ -80,6 +80,8 @@ def fit_base(
             "chosen": params,
             "trials": [asdict(t) for t in trials],
         }
+    if kind.family == "lightgbm" and settings.get("fit_seconds"):
+        settings = within_fit_budget(kind, settings, train, everything, progress)
     first = fit_phase(kind, settings, train, progress, "evaluation")
     eval_test = first.model.margin(test.features) if test is not None else None
     final = (
@@ -95,6 +97,26 @@ def fit_base(
     return BaseFit(
         kind, final.model, first.oof, eval_test, final.oof, trace, first.folds, final.folds
     )
+
+
+def within_fit_budget(
+    kind: Kind,
+    settings: dict[str, Any],
+    train: Rows,
+    everything: Rows | None,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """The settings with num_boost_round cut so that every fold model of both phases fits
+    in the job's fit_seconds (a run with a time_limit), by the same estimate the search
+    spends its budget by: the same inputs give the same rounds, on any machine's load."""
+    k = settings["folds"]
+    phases = [train] if everything is None else [train, everything]
+    fitted = [len(rows) * (k - 1) // k for rows in phases for _ in range(k)]
+    rounds = fit_rounds(kind, settings, fitted, train)
+    if rounds >= settings["num_boost_round"]:
+        return settings
+    progress(f"{kind.name}: at most {rounds} rounds a fold model, to keep to the time limit")
+    return {**settings, "num_boost_round": rounds}
 
 
 def assign_folds(rows: Rows, folds: int, split: str, seed: int) -> np.ndarray:

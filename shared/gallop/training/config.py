@@ -18,7 +18,7 @@ BASE_MODELS: dict[str, tuple[str, ...]] = {
 ALL_BASE_MODELS = sorted(CATALOGUE)
 __all__ = ["DEFAULT_BASES"]
 # Set by gallop per job, never by the caller.
-RESERVED_HYPERPARAMETERS = ("model", "job", "search_seconds")
+RESERVED_HYPERPARAMETERS = ("model", "job", "search_seconds", "fit_seconds")
 # What a run may set, with the defaults the jobs use (training_jobs/ checks the values).
 # A run's hyperparameters go to every base job, except the stack job's own: the
 # meta-learner's penalty, the calibration, the intervals' coverage and the betting
@@ -40,7 +40,8 @@ BASE_DEFAULTS: dict[str, Any] = {
     "time_limit": None,
 }
 BASE_JOBS_AT_ONCE = 4  # on SageMaker: the state machine's map runs this many base jobs
-SEARCH_SHARE = 0.5  # the rest: features, the folds' fits with the chosen values, the stack
+SEARCH_SHARE = 0.4  # of a run's time_limit: each boosted base's search
+FIT_SHARE = 0.3  # and its folds' fits; the rest: features, the stack job, start-up
 MAX_TIME_LIMIT = 86_400
 # Bounds on what a run may ask, checked before it starts: the cost of a run is bounded.
 MAX_BOOST_ROUNDS = 10_000
@@ -85,14 +86,19 @@ BASE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 def with_search_budget(
     hyperparameters: dict[str, Any], bases: int, parallel: int
 ) -> dict[str, Any]:
-    """A base job's hyperparameters, with its search budget (`search_seconds`) when the run
-    has a time_limit: its wave's share of SEARCH_SHARE of the limit, `parallel` base jobs
-    running at once."""
+    """A base job's hyperparameters, with its time budgets when the run has a time_limit:
+    its wave's share of SEARCH_SHARE of the limit for the search (`search_seconds`) and of
+    FIT_SHARE for fitting its folds (`fit_seconds`), `parallel` base jobs running at once.
+    The rest of the limit is the features', the stack job's and the jobs' start-up."""
     time_limit = hyperparameters.get("time_limit")
     if not time_limit:
         return dict(hyperparameters)
-    waves = -(-bases // max(1, parallel))
-    return {**hyperparameters, "search_seconds": round(SEARCH_SHARE * float(time_limit) / waves, 3)}
+    wave = float(time_limit) / -(-bases // max(1, parallel))
+    return {
+        **hyperparameters,
+        "search_seconds": round(SEARCH_SHARE * wave, 3),
+        "fit_seconds": round(FIT_SHARE * wave, 3),
+    }
 
 
 def check_base_settings(chosen: dict[str, Any]) -> None:

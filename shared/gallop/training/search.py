@@ -55,6 +55,16 @@ def round_seconds(rows: int, features: int, leaves: int) -> float:
     return HISTOGRAM_SECONDS * rows * features + SPLIT_SECONDS * leaves * features * BINS
 
 
+def fit_rounds(kind: Kind, settings: dict[str, Any], fitted_rows: list[int], rows: Rows) -> int:
+    """The most rounds each fold model may take for the job's fits (`fitted_rows`: the rows
+    of each) to keep to its `fit_seconds`, by the estimate of a round's seconds; never fewer
+    than FEWEST_ROUNDS. `rows`: the job's training rows (their task and features)."""
+    leaves = params_for(kind, rows.task, settings)["num_leaves"]
+    features = rows.features.shape[1]
+    per_round = sum(round_seconds(n, features, leaves) for n in fitted_rows)
+    return max(FEWEST_ROUNDS, int(settings["fit_seconds"] / per_round))
+
+
 def draw(rng: np.random.Generator, fixed: set[str]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for name, (scale, low, high) in SPACE.items():
