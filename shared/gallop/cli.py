@@ -117,8 +117,9 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="search each boosted base's hyperparameters within about this many seconds "
-        "for the whole run; the same data, seed and limit give the same model bytes",
+        help="seconds for the whole run: each boosted base searches its hyperparameters and "
+        "fits its folds within its share; the same data, seed and limit give the same model "
+        "bytes",
     )
     train.add_argument(
         "--set",
