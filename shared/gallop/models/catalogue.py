@@ -8,6 +8,8 @@ module plus its entries here.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +23,48 @@ LABELS = ("relevance", "won", "position", "share", "target")
 
 
 @dataclass(frozen=True)
+class Family:
+    """Where a family's class lives ("module:Class"), and the library it needs when that
+    is an optional extra (`pip install 'gallop[<library>]'`, in the training image)."""
+
+    path: str
+    library: str | None = None
+
+
+FAMILIES: dict[str, Family] = {
+    "lightgbm": Family("gallop.models.lightgbm:LightGBMBase"),
+    "linear": Family("gallop.models.linear:LinearModel"),
+    "xgboost": Family("gallop.models.xgboost:XGBoostBase", "xgboost"),
+    "catboost": Family("gallop.models.catboost:CatBoostBase", "catboost"),
+}
+
+
+class MissingExtra(ImportError):
+    """A kind whose family's library is not installed."""
+
+
+def missing_library(family: str) -> str | None:
+    """Why a family cannot be fitted or loaded here, or None when it can."""
+    library = FAMILIES[family].library
+    if library is None or importlib.util.find_spec(library) is not None:
+        return None
+    return f"the {family} family needs {library}: pip install 'gallop[{library}]'"
+
+
+def family_class(family: str) -> Any:
+    """The class that fits, saves, loads, exports and explains the family's models,
+    imported now (its library with it)."""
+    reason = missing_library(family)
+    if reason:
+        raise MissingExtra(reason)
+    module, name = FAMILIES[family].path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
 class Kind:
     name: str
-    family: str  # "lightgbm" | "linear"
+    family: str  # a key of FAMILIES
     tasks: tuple[str, ...]
     label: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -181,6 +222,23 @@ CATALOGUE: dict[str, Kind] = {
             "random forest (bagged deep trees, averaged)",
             trees=100,
         ),
+        # Optional extras: exact as the LightGBM kinds (gallop.models.xgboost, .catboost).
+        Kind(
+            "xgboost",
+            "xgboost",
+            ("ranking", "binary", "regression"),
+            "relevance",  # ranking: rank:ndcg; otherwise logistic or squared loss
+            {},
+            "XGBoost: depth-wise boosted trees (optional extra gallop[xgboost])",
+        ),
+        Kind(
+            "catboost",
+            "catboost",
+            ("binary", "regression"),
+            "target",
+            {},
+            "CatBoost: oblivious (symmetric) trees (optional extra gallop[catboost])",
+        ),
         Kind(
             "linear",
             "linear",
@@ -219,8 +277,6 @@ def kinds_for(task: str) -> tuple[str, ...]:
 
 
 def label_of(kind: Kind, task: str) -> str:
-    """What the kind learns on this task: the catalogue's label, or the target itself for
-    the kinds that serve every task."""
-    if task != "ranking" and kind.name in ("random_forest", "linear"):
-        return "target"
-    return kind.label
+    """What the kind learns on this task: the catalogue's label on ranking, otherwise the
+    target itself."""
+    return kind.label if task == "ranking" else "target"

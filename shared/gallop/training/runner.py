@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from gallop.ingest.canonical import to_parquet
+from gallop.models.catalogue import CATALOGUE, missing_library
 from gallop.training.config import DEFAULT_BASES, with_search_budget
 
 REPO = Path(__file__).resolve().parents[3]
@@ -105,6 +106,9 @@ def train_locally(
     write_channel(channel / "test", test, manifest)
 
     bases = bases or DEFAULT_BASES[manifest["task"]]
+    missing = {missing_library(CATALOGUE[b].family) for b in bases if b in CATALOGUE} - {None}
+    if missing:  # before any job starts, not after the others have run
+        raise TrainingFailed("; ".join(sorted(str(reason) for reason in missing)))
     hyperparameters = with_search_budget(base_hyperparameters or {}, len(bases), parallel)
 
     def base_job(index: int, model: str) -> JobResult:
