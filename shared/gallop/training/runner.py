@@ -99,6 +99,10 @@ def train_locally(
 ) -> Path:
     """Run the base jobs (in parallel) and the stack job; returns the stack's model dir
     (model.onnx, manifest.json, report.html and the base models)."""
+    bases = bases or DEFAULT_BASES[manifest["task"]]
+    missing = {missing_library(CATALOGUE[b].family) for b in bases if b in CATALOGUE} - {None}
+    if missing:  # before any job starts, not after the others have run
+        raise TrainingFailed("; ".join(sorted(str(reason) for reason in missing)))
     work = work.resolve()  # the jobs run in the repository, not in the caller's folder
     shutil.rmtree(work, ignore_errors=True)
     channel = work / "channels"
@@ -106,9 +110,6 @@ def train_locally(
     write_channel(channel / "test", test, manifest)
 
     bases = bases or DEFAULT_BASES[manifest["task"]]
-    missing = {missing_library(CATALOGUE[b].family) for b in bases if b in CATALOGUE} - {None}
-    if missing:  # before any job starts, not after the others have run
-        raise TrainingFailed("; ".join(sorted(str(reason) for reason in missing)))
     hyperparameters = with_search_budget(base_hyperparameters or {}, len(bases), parallel)
 
     def base_job(index: int, model: str) -> JobResult:
