@@ -3,7 +3,9 @@ its defaults. Free of LightGBM and SciPy, so the API checks a run before anythin
 
 A kind is a family (the class that fits, saves, exports and explains it) with settings:
 adding a LightGBM variant is one entry here; adding a family is one class in its own
-module plus its entries here.
+module (a tree family: a gallop.models.treebag.TreeBag that converts its models into the
+LightGBM-style dump) plus its entries here, in FAMILIES and in CATALOGUE. A family whose
+library is an optional extra is imported only when one of its kinds is fitted or loaded.
 """
 
 from __future__ import annotations
@@ -236,7 +238,10 @@ CATALOGUE: dict[str, Kind] = {
             "catboost",
             ("binary", "regression"),
             "target",
-            {},
+            # Half the trees of the run's 0.05 (each costs prediction time), no loss: on the
+            # generated binary table's 10,000 rows, 484 trees in the bag, held-out AUC
+            # 0.8173, against 1,027 trees and 0.8166.
+            {"learning_rate": 0.1},
             "CatBoost: oblivious (symmetric) trees (optional extra gallop[catboost])",
         ),
         Kind(
@@ -260,7 +265,18 @@ DEFAULT_BASES: dict[str, tuple[str, ...]] = {
         "linear",
         "softmax_market",  # without odds in the data: from zero, a plain conditional logit
     ),
-    "binary": ("binary", "binary_et", "binary_shallow", "binary_deep", "random_forest", "linear"),
+    # catboost: the stack's held-out AUC 0.8130 -> 0.8162, log loss 0.5038 -> 0.4997 on the
+    # generated binary table (10,000 rows), level on breast cancer; it needs the extra
+    # gallop[catboost] (the training image has it). XGBoost gained nothing: on request.
+    "binary": (
+        "binary",
+        "binary_et",
+        "binary_shallow",
+        "binary_deep",
+        "random_forest",
+        "linear",
+        "catboost",
+    ),
     "regression": (
         "regression",
         "regression_et",
