@@ -171,7 +171,7 @@ def test_time_ordered_folds_are_contiguous_blocks_of_races(
 @pytest.mark.parametrize(
     ("hyperparameters", "says"),
     [
-        ({"model": "xgboost"}, "model='xgboost'"),
+        ({"model": "catboost"}, "model='catboost'"),  # no ranking kind
         ({"folds": "1"}, "folds=1 is not valid"),
         ({"learning_rate": "fast"}, "learning_rate='fast' is not valid"),
         ({"depth": "3"}, "unknown hyperparameters ['depth']"),

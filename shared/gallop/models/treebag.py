@@ -118,6 +118,20 @@ class TreeBag:
 
     # -- what a family provides ------------------------------------------------------
     @staticmethod
+    def fit_model(
+        kind: Any,
+        task: str,
+        settings: dict[str, Any],
+        train: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+        valid: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None,
+        rounds: int,
+        patience: int,
+    ) -> Any:
+        """One model on `train` (features, labels, group sizes), early-stopped on `valid`
+        when given and cut back to its best iteration."""
+        raise NotImplementedError
+
+    @staticmethod
     def native_margin(model: Any, features: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 

@@ -138,11 +138,6 @@ class XGBoostBase(TreeBag):
         return dump(model)
 
     @staticmethod
-    def native_contributions(model: xgb.Booster, features: np.ndarray) -> np.ndarray:
-        data = xgb.DMatrix(np.asarray(features, dtype=np.float32), missing=np.nan)
-        return model.predict(data, pred_contribs=True)[:, :-1].astype(np.float64)
-
-    @staticmethod
     def save_model(model: xgb.Booster, path: Path) -> None:
         model.save_model(str(path))
 
