@@ -171,7 +171,7 @@ def test_time_ordered_folds_are_contiguous_blocks_of_races(
 @pytest.mark.parametrize(
     ("hyperparameters", "says"),
     [
-        ({"model": "xgboost"}, "model='xgboost'"),
+        ({"model": "catboost"}, "model='catboost'"),  # no ranking kind
         ({"folds": "1"}, "folds=1 is not valid"),
         ({"learning_rate": "fast"}, "learning_rate='fast' is not valid"),
         ({"depth": "3"}, "unknown hyperparameters ['depth']"),
@@ -458,13 +458,14 @@ def test_the_same_inputs_and_time_limit_give_a_byte_identical_model(tmp_path: Pa
     assert first == second
     manifest = json.loads((models[0] / "manifest.json").read_text())
     assert {k: manifest[k] for k in tags} == tags
-    # Each boosted base searched (the linear one has nothing to search), in its share of
-    # the limit: 6 bases two at a time are 3 waves sharing 40 % of 6 s.
-    boosted = set(manifest["meta"]["weights"]) - {"linear"}
+    # Each LightGBM base searched (the linear one has nothing to search, CatBoost is not
+    # searched), in its share of the limit: 7 bases two at a time are 4 waves sharing
+    # 40 % of 6 s.
+    boosted = set(manifest["meta"]["weights"]) - {"linear", "catboost"}
     assert set(manifest["search"]) == boosted
     for search in manifest["search"].values():
         trials = search["trials"]
-        assert search["budget_seconds"] == 0.8 and len(trials) > 2
+        assert search["budget_seconds"] == 0.6 and len(trials) > 2
         assert trials[0]["params"] == {}  # the kind's defaults are the first trial
         assert search["chosen"] == min(trials, key=lambda t: t["loss"])["params"]
         assert search["estimated_seconds"] <= search["budget_seconds"]
@@ -506,13 +507,14 @@ def test_gallop_train_takes_the_bases_and_their_hyperparameters(tmp_path: Path) 
     plain_table("regression", rows=800).to_csv(tmp_path / "data.csv", index=False)
     (tmp_path / "spec.yaml").write_text("name: plain\ntask: regression\ntarget: y\n")
     command = ["--data", "data.csv", "--spec", "spec.yaml", "--out", "model"]
-    chosen = ["--bases", "linear,regression", "--set", "num_boost_round=15", "--set", "folds=3"]
+    bases = "linear,regression,xgboost,catboost"  # the optional families, loaded and exported
+    chosen = ["--bases", bases, "--set", "num_boost_round=15", "--set", "folds=3"]
     chosen += ["--set", "coverage=0.8"]  # the stack job's: its intervals
     done = gallop_train(*command, *chosen, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
-    assert set(manifest["meta"]["weights"]) == {"linear", "regression"}
-    boosted = [b for b in manifest["base_models"] if b["model"] == "regression"]
+    assert set(manifest["meta"]["weights"]) == {"linear", "regression", "xgboost", "catboost"}
+    boosted = [b for b in manifest["base_models"] if b["model"] != "linear"]
     assert all(max(b["fit"]["trees"]) <= 15 for b in boosted)  # at most, each fold model
     assert manifest["meta"]["calibration"]["coverage"] == 0.8
     wrong = gallop_train(*command, "--bases", "lambdarank", cwd=tmp_path)

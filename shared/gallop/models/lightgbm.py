@@ -9,7 +9,6 @@ dump (`Booster.dump_model()`), the bag's trees merged into one.
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from gallop.models.catalogue import Kind
 from gallop.models.offset import Offset
 from gallop.models.stack import fit_conditional_logit, group_starts, softmax_within_groups
+from gallop.models.treebag import merged_dump
 
 if TYPE_CHECKING:
     import onnx
@@ -150,45 +150,6 @@ def raw_margin(booster: lgb.Booster, features: np.ndarray) -> np.ndarray:
     if booster.dump_model(num_iteration=1).get("average_output"):
         raw = raw / booster.num_trees()
     return raw
-
-
-def merged_dump(dumps: list[dict[str, Any]]) -> dict[str, Any]:
-    """One dump whose trees are all the bag's, each leaf value divided by the bag's size
-    (and by its booster's tree count in random-forest mode): the mean of the boosters'
-    margins as a plain sum of trees."""
-    if not dumps:
-        raise ValueError("a bag needs at least one booster")
-    trees: list[dict[str, Any]] = []
-    for dump in dumps:
-        scale = 1.0 / len(dumps)
-        if dump.get("average_output"):
-            scale /= max(len(dump["tree_info"]), 1)
-        for tree in dump["tree_info"]:
-            tree = copy.deepcopy(tree)
-            _scale_leaves(tree["tree_structure"], scale)
-            tree["tree_index"] = len(trees)
-            trees.append(tree)
-    first = dumps[0]
-    return {
-        "name": "tree",
-        "version": first.get("version"),
-        "num_class": 1,
-        "num_tree_per_iteration": 1,
-        "max_feature_idx": first["max_feature_idx"],
-        "feature_names": first.get("feature_names"),
-        "average_output": False,
-        "tree_info": trees,
-    }
-
-
-def _scale_leaves(node: dict[str, Any], scale: float) -> None:
-    stack = [node]
-    while stack:
-        node = stack.pop()
-        if "leaf_value" in node:
-            node["leaf_value"] = node["leaf_value"] * scale
-        else:
-            stack += [node["left_child"], node["right_child"]]
 
 
 @dataclass

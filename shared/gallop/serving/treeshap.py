@@ -105,7 +105,10 @@ class TreeExplainer:
         for side, went_left in (("left_child", True), ("right_child", False)):
             child = node[side]
             count = child["leaf_count"] if "leaf_value" in child else child["internal_count"]
-            step = (index, went_left, int(node["split_feature"]), count / node["internal_count"])
+            # A node no training row reached (an oblivious tree's empty branch) weighs its
+            # paths as nothing: the ratio is 0, where the rows' weights give none.
+            parent = node["internal_count"]
+            step = (index, went_left, int(node["split_feature"]), count / parent if parent else 0.0)
             self._walk(child, [*path, step], scale)
 
     def _build_splits(self) -> None:

@@ -20,20 +20,22 @@ from typing import Any
 
 import numpy as np
 
-from gallop.models.catalogue import CATALOGUE, Kind, label_of
+from gallop.models.catalogue import CATALOGUE, Kind, MissingExtra, family_class, label_of
 from gallop.models.lightgbm import LightGBMBase, fit_booster, offset_for, params_for
 from gallop.models.linear import LinearModel, fit_linear
+from gallop.models.treebag import TreeBag
 from gallop.training.rows import Rows
 from gallop.training.search import fit_rounds, search
 
-BaseModel = LightGBMBase | LinearModel
+BaseModel = LightGBMBase | LinearModel | TreeBag
 LINEAR_LOSS = {"ranking": "conditional_logit", "binary": "logistic", "regression": "squared"}
 # A refit on all rows sees 1/(k-1) more data than a fold model: a few more rounds.
 REFIT_ROUNDS = 1.1
 
 
 class BaseFitError(ValueError):
-    """Data a base model cannot be fitted on (too few groups for the folds ...)."""
+    """Data a base model cannot be fitted on (too few groups for the folds ...), or a
+    kind whose library is not installed."""
 
 
 @dataclass
@@ -178,34 +180,56 @@ def _boosted_phase(
     progress: Callable[[str], None],
     name: str,
 ) -> Phase:
-    params = params_for(kind, rows.task, settings)
-    offset = offset_for(kind, rows.manifest, rows.features, rows.share, rows.sizes)
     rounds = kind.rounds(settings["num_boost_round"])
     patience = settings["early_stopping_rounds"]
+    fit, bag, count = _trainer(kind, settings, rows, patience)
     by_group = _group_folds(rows, folds)
     oof = np.empty(len(rows))
-    boosters, iterations = [], []
+    models, iterations = [], []
     for fold in range(settings["folds"]):
         held = folds == fold
-        booster = fit_booster(
-            params,
+        model = fit(
             _part(rows, labels, ~held, by_group != fold),
             _part(rows, labels, held, by_group == fold),
             rounds,
-            patience,
-            rows.categorical,
-            offset,
         )
-        oof[held] = LightGBMBase([booster], offset).margin(rows.features[held])
-        boosters.append(booster)
-        iterations.append(booster.current_iteration())
+        oof[held] = bag([model]).margin(rows.features[held])
+        models.append(model)
+        iterations.append(count(model))
         progress(f"{kind.name} {name} fold {fold + 1}/{settings['folds']}: {iterations[-1]} rounds")
     if settings["bagging"]:
-        return Phase(oof, LightGBMBase(boosters, offset), iterations=iterations)
+        return Phase(oof, bag(models), iterations=iterations)
     refit_rounds = rounds if kind.trees else max(1, round(np.mean(iterations) * REFIT_ROUNDS))
     everything = _part(rows, labels, np.ones(len(rows), dtype=bool), np.ones_like(by_group, bool))
-    single = fit_booster(params, everything, None, refit_rounds, patience, rows.categorical, offset)
-    return Phase(oof, LightGBMBase([single], offset), iterations=iterations)
+    return Phase(oof, bag([fit(everything, None, refit_rounds)]), iterations=iterations)
+
+
+def _trainer(
+    kind: Kind, settings: dict[str, Any], rows: Rows, patience: int
+) -> tuple[Callable[..., Any], Callable[[list[Any]], BaseModel], Callable[[Any], int]]:
+    """(fit one model on (train, valid or None, rounds), the bag of fitted models, a
+    model's rounds) for a boosted kind's family."""
+    if kind.family == "lightgbm":
+        params = params_for(kind, rows.task, settings)
+        offset = offset_for(kind, rows.manifest, rows.features, rows.share, rows.sizes)
+
+        def fit_lightgbm(train: Any, valid: Any, rounds: int) -> Any:
+            return fit_booster(params, train, valid, rounds, patience, rows.categorical, offset)
+
+        return (
+            fit_lightgbm,
+            lambda boosters: LightGBMBase(boosters, offset),
+            lambda booster: booster.current_iteration(),
+        )
+    try:
+        family = family_class(kind.family)
+    except MissingExtra as exc:
+        raise BaseFitError(f"{kind.name}: {exc}") from None
+
+    def fit_family(train: Any, valid: Any, rounds: int) -> Any:
+        return family.fit_model(kind, rows.task, settings, train, valid, rounds, patience)
+
+    return fit_family, family, family.tree_count
 
 
 def _linear_phase(

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from gallop.ingest.canonical import to_parquet
+from gallop.models.catalogue import CATALOGUE, missing_library
 from gallop.training.config import DEFAULT_BASES, with_search_budget
 
 REPO = Path(__file__).resolve().parents[3]
@@ -98,6 +99,10 @@ def train_locally(
 ) -> Path:
     """Run the base jobs (in parallel) and the stack job; returns the stack's model dir
     (model.onnx, manifest.json, report.html and the base models)."""
+    bases = bases or DEFAULT_BASES[manifest["task"]]
+    missing = {missing_library(CATALOGUE[b].family) for b in bases if b in CATALOGUE} - {None}
+    if missing:  # before any job starts, not after the others have run
+        raise TrainingFailed("; ".join(sorted(str(reason) for reason in missing)))
     work = work.resolve()  # the jobs run in the repository, not in the caller's folder
     shutil.rmtree(work, ignore_errors=True)
     channel = work / "channels"

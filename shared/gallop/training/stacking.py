@@ -20,11 +20,13 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
+from gallop.models.catalogue import MissingExtra, family_class
 from gallop.models.lightgbm import LightGBMBase
 from gallop.models.linear import LinearModel
 from gallop.models.meta import Selection, fit_candidate, select_meta
 from gallop.models.onnx_export import stack_to_onnx
 from gallop.models.stack import Meta, group_starts
+from gallop.models.treebag import TreeBag
 from gallop.training.contract import JobError
 from gallop.training.jobdata import JobData
 from gallop.training.metrics import (
@@ -38,14 +40,13 @@ from gallop.training.rows import Rows
 
 PARITY = 1e-5
 IMPORTANCE_ROWS = 2000  # held-out rows explained for the importance chart
-FAMILIES = {"lightgbm": LightGBMBase, "linear": LinearModel}
 
 
 @dataclass
 class Base:
     name: str  # the kind, e.g. lambdarank
     record: dict[str, Any]  # its base.json
-    model: LightGBMBase | LinearModel  # fitted on every row (the served one)
+    model: LightGBMBase | LinearModel | TreeBag  # fitted on every row (the served one)
     margins: dict[str, np.ndarray]  # part -> margins, rows in the job data's order
 
 
@@ -81,7 +82,10 @@ def load_base(folder: Path, data: JobData) -> Base:
                 "the base and stack jobs the same test channel or test_share"
             )
         margins[part] = _aligned(table[table["part"] == part], rows, f"{folder.name} ({part})")
-    family = FAMILIES[record.get("family", "lightgbm")]
+    try:
+        family = family_class(record.get("family", "lightgbm"))
+    except MissingExtra as exc:
+        raise JobError(f"{folder.name}: {exc}") from None
     return Base(record["model"], record, family.load(folder), margins)
 
 
