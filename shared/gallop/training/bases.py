@@ -82,7 +82,7 @@ def fit_base(
             "chosen": params,
             "trials": [asdict(t) for t in trials],
         }
-    if kind.family == "lightgbm" and settings.get("fit_seconds"):
+    if kind.family != "linear" and settings.get("fit_seconds"):
         settings = within_fit_budget(kind, settings, train, everything, progress)
     first = fit_phase(kind, settings, train, progress, "evaluation")
     eval_test = first.model.margin(test.features) if test is not None else None

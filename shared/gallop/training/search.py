@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from gallop.models.catalogue import Kind, label_of
+from gallop.models.catalogue import FAMILIES, Kind, label_of
 from gallop.models.lightgbm import LightGBMBase, fit_booster, offset_for, params_for
 from gallop.models.meta import fit_candidate, loss
 from gallop.training.config import STACK_DEFAULTS
@@ -61,7 +61,8 @@ def fit_rounds(kind: Kind, settings: dict[str, Any], fitted_rows: list[int], row
     than FEWEST_ROUNDS. `rows`: the job's training rows (their task and features)."""
     leaves = params_for(kind, rows.task, settings)["num_leaves"]
     features = rows.features.shape[1]
-    per_round = sum(round_seconds(n, features, leaves) for n in fitted_rows)
+    cost = FAMILIES[kind.family].round_cost
+    per_round = cost * sum(round_seconds(n, features, leaves) for n in fitted_rows)
     return max(FEWEST_ROUNDS, int(settings["fit_seconds"] / per_round))
 
 
