@@ -165,7 +165,7 @@ def test_offline_and_card_features_from_the_command_line(
         state=tmp_path,
     )
     assert made.returncode == 0, made.stderr
-    assert "x 49 features" in made.stdout  # 45 numbers and the 4 categories as codes
+    assert "x 59 features" in made.stdout  # 55 numbers and the 4 categories as codes
     features = pd.read_parquet(out)
     last = runners[runners["race_id"] == runners["race_id"].iloc[-1]]
     (tmp_path / "card.json").write_text(json.dumps(card_of(last)))
