@@ -227,13 +227,20 @@ def histories(draw: st.DrawFn) -> pd.DataFrame:
 
 
 def features_of(frame: pd.DataFrame) -> pd.DataFrame:
+    """The features by (race, horse), a category as its text: its code is its place in a
+    vocabulary learnt from every row, a label that a jockey first seen later may shift
+    (as it may between two models), not what the row knew."""
     built = build_features(canonical(frame, SMALL_SPEC), SMALL_SPEC)
-    return keyed(built.frame)[built.plan.features]
+    features = keyed(built.frame)[built.plan.features].copy()
+    for name, vocabulary in built.manifest["categorical"].items():
+        codes = features[name].to_numpy()
+        features[name] = [vocabulary[int(c)] if c == c else None for c in codes]
+    return features
 
 
 def assert_same(a: pd.DataFrame, b: pd.DataFrame) -> None:
     assert list(a.index) == list(b.index)
-    np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
