@@ -161,20 +161,24 @@ def test_the_market_offset_weighs_the_odds_as_the_winners_do(favourites_win: flo
     assert offset_for(CATALOGUE["lambdarank"], manifest, features, won.ravel(), None) is None
 
 
-def test_a_time_limited_base_fits_its_folds_within_its_share_by_the_estimate() -> None:
+@pytest.mark.parametrize("name", ["regression", "catboost"])
+def test_a_time_limited_base_fits_its_folds_within_its_share_by_the_estimate(name: str) -> None:
+    from gallop.models.catalogue import FAMILIES
     from gallop.training.bases import fit_base
     from gallop.training.search import round_seconds
 
     # GIVEN a boosted kind whose folds would take many rounds, and a job budget for fitting
-    # them that allows only a few by the search's estimate of a round's seconds
+    # them that allows only a few by the estimate of a round's seconds (a LightGBM round
+    # of 31 leaves, scaled by the family's cost)
     frame, manifest = table("regression")
     rows = Rows.of(frame, manifest, training=True)
     settings = {**BASE_DEFAULTS, "folds": 3, "num_boost_round": 2000, "learning_rate": 0.01}
     per_fit = round_seconds(len(rows) * 2 // 3, rows.features.shape[1], 31)
-    budget = {**settings, "fit_seconds": 3 * per_fit * 40.5}  # 3 folds, 40 rounds each
+    cost = FAMILIES[CATALOGUE[name].family].round_cost
+    budget = {**settings, "fit_seconds": 3 * per_fit * cost * 40.5}  # 3 folds, 40 rounds
     # WHEN it is fitted with and without that budget
-    limited = fit_base("regression", budget, rows, None, None, progress=lambda _: None)
-    free = fit_base("regression", settings, rows, None, None, progress=lambda _: None)
+    limited = fit_base(name, budget, rows, None, None, progress=lambda _: None)
+    free = fit_base(name, settings, rows, None, None, progress=lambda _: None)
     # THEN each fold model keeps to the rounds the budget pays for; without it, it goes on
     assert max(limited.trace["final"]["iterations"]) == 40
     assert min(free.trace["final"]["iterations"]) > 40

@@ -45,7 +45,10 @@ def key_text(value: Any) -> str:
 
 def code_of(value: Any, index: dict[str, int]) -> float | None:
     """One JSON value's code (None when missing or unseen), read as key_text reads it."""
-    if isinstance(value, bool):
+    if type(value) is str:  # the usual case, looked up as it is (key_text's own answer)
+        code = index.get(value)
+    elif isinstance(value, bool):
         return None
-    code = index.get(key_text(value))
+    else:
+        code = index.get(key_text(value))
     return None if code is None else float(code)

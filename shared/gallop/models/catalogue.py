@@ -292,6 +292,19 @@ DEFAULT_BASES: dict[str, tuple[str, ...]] = {
 }
 
 
+# A run's learning rate unless it sets one. Ranking at 0.1: on 5,000 generated races the
+# stack's race log loss was 2.0581 at 0.1 and 2.0578 at 0.05, from 351 served trees
+# instead of about 1,000 (five bagged fold models each), and every race card's
+# prediction walks them all.
+LEARNING_RATES = {"ranking": 0.1, "binary": 0.05, "regression": 0.05}
+
+
+def learning_rate(settings: dict[str, Any], task: str) -> float:
+    """The run's learning_rate, or the task's default when it leaves it to gallop."""
+    chosen = settings.get("learning_rate")
+    return float(chosen) if chosen is not None else LEARNING_RATES[task]
+
+
 def kinds_for(task: str) -> tuple[str, ...]:
     return tuple(name for name, kind in CATALOGUE.items() if task in kind.tasks)
 

@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from gallop.models.catalogue import CATALOGUE, DEFAULT_BASES, kinds_for
+from gallop.models.catalogue import CATALOGUE, DEFAULT_BASES, kinds_for, learning_rate
 
 BASE_MODELS: dict[str, tuple[str, ...]] = {
     task: kinds_for(task) for task in ("ranking", "binary", "regression")
@@ -30,7 +30,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     # The most rounds a fold model may take: each stops early on its held-out fold.
     "num_boost_round": 2000,
     "early_stopping_rounds": 50,
-    "learning_rate": 0.05,
+    "learning_rate": None,  # by task (gallop.models.catalogue.LEARNING_RATES)
     "num_leaves": None,  # each kind's own (31 unless the kind says otherwise)
     "min_data_in_leaf": None,
     "l2": 1e-2,  # the linear base's penalty
@@ -71,7 +71,10 @@ BASE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         f"a whole number from 1 to {MAX_BOOST_ROUNDS}",
     ),
     "early_stopping_rounds": (_whole(1, MAX_BOOST_ROUNDS), "a whole number >= 1"),
-    "learning_rate": (_number(0, 1, open_low=True), "a number in (0, 1]"),
+    "learning_rate": (
+        lambda v: v is None or _number(0, 1, open_low=True)(v),
+        "null or a number in (0, 1]",
+    ),
     "num_leaves": (lambda v: v is None or _whole(2, 131_072)(v), "null or a whole number >= 2"),
     "min_data_in_leaf": (lambda v: v is None or _whole(1)(v), "null or a whole number >= 1"),
     "l2": (_number(0), "a number >= 0"),
@@ -118,6 +121,7 @@ STACK_DEFAULTS: dict[str, Any] = {
     "kelly_fraction": 0.25,
 }
 STACK_HYPERPARAMETERS = tuple(STACK_DEFAULTS)
+FRACTIONS = ("learning_rate",)  # fractions whose default (None: by task) is not one
 
 
 class BadRunConfig(ValueError):
@@ -148,6 +152,7 @@ def run_config(
     out and giving its default (100 or 100.0) are the same run."""
     chosen = with_defaults(hyperparameters)
     check_base_settings(chosen)
+    chosen["learning_rate"] = learning_rate(chosen, task)  # the task's, spelt out or not
     return {
         "dataset": dataset,
         "task": task,
@@ -161,7 +166,7 @@ def with_defaults(hyperparameters: dict[str, Any]) -> dict[str, Any]:
     defaults = {**BASE_DEFAULTS, **STACK_DEFAULTS}
     chosen = {**defaults, **hyperparameters}
     for name, value in chosen.items():  # a whole number where a fraction is meant: 1 is 1.0
-        if isinstance(defaults.get(name), float) and type(value) is int:
+        if (isinstance(defaults.get(name), float) or name in FRACTIONS) and type(value) is int:
             chosen[name] = float(value)
     return dict(sorted(chosen.items()))
 

@@ -59,7 +59,9 @@ def fit_rounds(kind: Kind, settings: dict[str, Any], fitted_rows: list[int], row
     """The most rounds each fold model may take for the job's fits (`fitted_rows`: the rows
     of each) to keep to its `fit_seconds`, by the estimate of a round's seconds; never fewer
     than FEWEST_ROUNDS. `rows`: the job's training rows (their task and features)."""
-    leaves = params_for(kind, rows.task, settings)["num_leaves"]
+    # another family's round is costed as a default LightGBM round's (31 leaves), scaled
+    lightgbm = kind.family == "lightgbm"
+    leaves = params_for(kind, rows.task, settings)["num_leaves"] if lightgbm else 31
     features = rows.features.shape[1]
     cost = FAMILIES[kind.family].round_cost
     per_round = cost * sum(round_seconds(n, features, leaves) for n in fitted_rows)
