@@ -68,6 +68,12 @@ class Selection:
     chosen: str
     losses: dict[str, float]  # cross-validated loss of every candidate (lower is better)
     loss_name: str
+    option: str  # the chosen candidate as fit_candidate names it (base:<column>)
+
+    def refitted(self, margins: np.ndarray, target: Target, settings: dict[str, Any]) -> Selection:
+        """The same candidate fitted on other rows' margins (the same bases)."""
+        meta = fit_candidate(self.option, margins, target, settings)
+        return Selection(meta, self.chosen, self.losses, self.loss_name, self.option)
 
 
 def loss_name(target: Target) -> str:
@@ -220,7 +226,7 @@ def select_meta(
     chosen = min(options, key=lambda o: (losses[o], options.index(o)))
     meta = fit_candidate(chosen, margins, target, settings)
     readable = {_readable(o, names): v for o, v in losses.items()}
-    return Selection(meta, _readable(chosen, names), readable, loss_name(target))
+    return Selection(meta, _readable(chosen, names), readable, loss_name(target), chosen)
 
 
 def _readable(option: str, names: list[str]) -> str:

@@ -4,8 +4,8 @@ exported as one ONNX graph checked against the native stack.
 
 Judged (held out): the meta-learner chosen on the training rows' out-of-fold margins,
 applied to the margins that models fitted without the held-out rows give them.
-Served: the meta-learner chosen again on the out-of-fold margins of every row, over the
-bases fitted on every row. The report says which rows each figure rests on.
+Served: the same candidate fitted again on the out-of-fold margins of every row, over
+the bases fitted on every row. The report says which rows each figure rests on.
 """
 
 from __future__ import annotations
@@ -180,11 +180,13 @@ def judge(bases: list[Base], data: JobData, settings: dict[str, Any]) -> Judged:
 def served_meta(
     bases: list[Base], data: JobData, judged: Judged, settings: dict[str, Any]
 ) -> Selection:
-    """The served stack's meta-learner: chosen again on every row's out-of-fold margins."""
+    """The served stack's meta-learner: the candidate chosen and judged on the held-out
+    rows, fitted again on every row's out-of-fold margins (choosing again on them could
+    serve a candidate no held-out figure speaks for, and took half the stack job)."""
     if data.everything is None:
         return judged.selection
-    names = [b.name for b in bases]
-    return select_meta(column(bases, "final"), data.everything.meta_target(), settings, names)
+    final = column(bases, "final")
+    return judged.selection.refitted(final, data.everything.meta_target(), settings)
 
 
 def betting_of(judged: Judged, manifest: dict[str, Any], settings: dict[str, Any]) -> Any:
