@@ -159,8 +159,8 @@ def letor_scores(
     train: Letor, test: Letor, work: Path
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Scores of the test documents by a plain LGBMRanker() with default parameters, by
-    the default stack (its exported graph) and by each base in it (its margin), all
-    trained on the same training queries."""
+    the default stack (its exported graph) and by each of its bases (its margin, whether
+    the stack weighs it or not), all trained on the same training queries."""
     ranker = lgb.LGBMRanker(verbose=-1).fit(train[0], train[1], group=train[2])
     names = [f"f{i}" for i in range(train[0].shape[1])]
     spec = DatasetSpec.model_validate(
@@ -189,10 +189,13 @@ def letor_scores(
     model = train_locally(inner_train, inner_held, built.manifest, work, progress=quiet)
     session = ort.InferenceSession(str(model / "model.onnx"))
     test_rows = built.frame[is_test][names].to_numpy(np.float32)
-    stack, margins = session.run(["score", "margins"], {"features": test_rows})
-    in_graph = json.loads((model / "manifest.json").read_text())["base_models"]
-    bases = {b["model"]: margins[:, i] for i, b in enumerate(in_graph)}  # order is all NDCG needs
-    return ranker.predict(test[0]), stack[:, 0], bases
+    (stack,) = session.run(["score"], {"features": test_rows})
+    # every base, in the graph or not: its margin (order is all NDCG needs)
+    container = Container(model.parent)
+    bases = stacking.load_bases(
+        container.channel("bases"), model.parent / "rejudged", read_job_data(container, None)
+    )
+    return ranker.predict(test[0]), stack[:, 0], {b.name: b.model.margin(test_rows) for b in bases}
 
 
 def per_query_ndcg(
