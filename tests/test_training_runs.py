@@ -76,8 +76,7 @@ def test_the_run_id_is_a_hash_of_config_data_version_features_and_code() -> None
     assert run_id_for(reordered, "v-1", "spec-1", "code-1") == run_id
     defaults = run_config("races", "ranking", list(config["bases"]), {"num_boost_round": 20}, 0.2)
     assert run_id_for(defaults, "v-1", "spec-1", "code-1") == run_id
-    # (a ranking run's learning rate is 0.1 unless it says otherwise)
-    spelt_out = {"num_boost_round": 20, "learning_rate": 0.1, "coverage": 0.9, "meta_l2": 0.001}
+    spelt_out = {"num_boost_round": 20, "coverage": 0.9, "meta_l2": 0.001, "folds": 5}
     spelt_out = run_config("races", "ranking", None, spelt_out, 0.2)
     assert run_id_for(spelt_out, "v-1", "spec-1", "code-1") == run_id
     whole, fraction = (
@@ -560,7 +559,6 @@ def test_the_stepfunctions_launcher_starts_an_execution_with_complete_training_j
             "job": "base",
             "model": model,
             "num_boost_round": 20,
-            "learning_rate": 0.1,  # a ranking run's, written into its config
             "test_share": 0.2,
             "time_limit": 240,
             # seven bases, four at a time: two waves share 40 % of the limit for their

@@ -25,7 +25,7 @@ from typing import Any
 import catboost as cb
 import numpy as np
 
-from gallop.models.catalogue import Kind, learning_rate
+from gallop.models.catalogue import Kind
 from gallop.models.onnx_export import float32_at_or_below
 from gallop.models.treebag import TreeBag, dump_of, leaf, split
 
@@ -42,7 +42,7 @@ def params_for(kind: Kind, task: str, settings: dict[str, Any]) -> dict[str, Any
     the same bytes), then the kind's own parameters."""
     params: dict[str, Any] = {
         "loss_function": LOSSES[task],
-        "learning_rate": learning_rate(settings, task),
+        "learning_rate": settings["learning_rate"],
         "depth": 6,
         "random_seed": settings["seed"],
         "thread_count": 1,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import lightgbm as lgb
 import numpy as np
 
-from gallop.models.catalogue import Kind, learning_rate
+from gallop.models.catalogue import Kind
 from gallop.models.offset import Offset
 from gallop.models.stack import fit_conditional_logit, group_starts, softmax_within_groups
 from gallop.models.treebag import merged_dump
@@ -54,7 +54,7 @@ def params_for(kind: Kind, task: str, settings: dict[str, Any]) -> dict[str, Any
     """LightGBM parameters: the run's settings, then the kind's own (its identity), then
     what a run set explicitly for leaves and leaf sizes."""
     params: dict[str, Any] = {
-        "learning_rate": learning_rate(settings, task),
+        "learning_rate": settings["learning_rate"],
         "num_leaves": 31,
         "min_data_in_leaf": 20,
         "seed": settings["seed"],

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from gallop.models.catalogue import Kind, learning_rate
+from gallop.models.catalogue import Kind
 from gallop.models.treebag import TreeBag, dump_of, leaf, split
 
 FAMILY = "xgboost"
@@ -33,7 +33,7 @@ def params_for(kind: Kind, task: str, settings: dict[str, Any]) -> dict[str, Any
     bytes), then the kind's own parameters."""
     params: dict[str, Any] = {
         "objective": OBJECTIVES[task],
-        "eta": learning_rate(settings, task),
+        "eta": settings["learning_rate"],
         "max_depth": 6,
         "tree_method": "hist",
         "nthread": 1,

@@ -20,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from gallop.models.catalogue import CATALOGUE, Kind, MissingExtra, family_class, label_of
+from gallop.models.catalogue import (
+    CATALOGUE,
+    Kind,
+    MissingExtra,
+    family_class,
+    label_of,
+    learning_rate,
+)
 from gallop.models.lightgbm import LightGBMBase, fit_booster, offset_for, params_for
 from gallop.models.linear import LinearModel, fit_linear
 from gallop.models.treebag import TreeBag
@@ -70,6 +77,8 @@ def fit_base(
     """`everything`: the training and held-out rows together (None without a held-out
     part, when the evaluation phase is the final one)."""
     kind = CATALOGUE[kind_name]
+    # one rate for both phases: the training rows'
+    settings = {**settings, "learning_rate": learning_rate(settings, len(train))}
     searched = None
     if kind.family == "lightgbm" and settings.get("search_seconds"):
         folds = assign_folds(train, settings["folds"], settings["split"], settings["seed"])
@@ -147,6 +156,7 @@ def fit_phase(
     kind: Kind, settings: dict[str, Any], rows: Rows, progress: Callable[[str], None], name: str
 ) -> Phase:
     started = time.monotonic()
+    settings = {**settings, "learning_rate": learning_rate(settings, len(rows))}
     folds = assign_folds(rows, settings["folds"], settings["split"], settings["seed"])
     labels = rows.label(label_of(kind, rows.task))
     if kind.family == "linear":

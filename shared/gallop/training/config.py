@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from gallop.models.catalogue import CATALOGUE, DEFAULT_BASES, kinds_for, learning_rate
+from gallop.models.catalogue import CATALOGUE, DEFAULT_BASES, kinds_for
 
 BASE_MODELS: dict[str, tuple[str, ...]] = {
     task: kinds_for(task) for task in ("ranking", "binary", "regression")
@@ -30,7 +30,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     # The most rounds a fold model may take: each stops early on its held-out fold.
     "num_boost_round": 2000,
     "early_stopping_rounds": 50,
-    "learning_rate": None,  # by task (gallop.models.catalogue.LEARNING_RATES)
+    "learning_rate": None,  # by the data's size (gallop.models.catalogue.learning_rate)
     "num_leaves": None,  # each kind's own (31 unless the kind says otherwise)
     "min_data_in_leaf": None,
     "l2": 1e-2,  # the linear base's penalty
@@ -121,7 +121,7 @@ STACK_DEFAULTS: dict[str, Any] = {
     "kelly_fraction": 0.25,
 }
 STACK_HYPERPARAMETERS = tuple(STACK_DEFAULTS)
-FRACTIONS = ("learning_rate",)  # fractions whose default (None: by task) is not one
+FRACTIONS = ("learning_rate",)  # fractions whose default (None: by data size) is not one
 
 
 class BadRunConfig(ValueError):
@@ -152,7 +152,6 @@ def run_config(
     out and giving its default (100 or 100.0) are the same run."""
     chosen = with_defaults(hyperparameters)
     check_base_settings(chosen)
-    chosen["learning_rate"] = learning_rate(chosen, task)  # the task's, spelt out or not
     return {
         "dataset": dataset,
         "task": task,
