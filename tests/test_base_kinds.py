@@ -165,7 +165,7 @@ def test_the_market_offset_weighs_the_odds_as_the_winners_do(favourites_win: flo
 def test_a_time_limited_base_fits_its_folds_within_its_share_by_the_estimate(name: str) -> None:
     from gallop.models.catalogue import FAMILIES
     from gallop.training.bases import fit_base
-    from gallop.training.search import round_seconds
+    from gallop.training.search import dataset_seconds, round_seconds
 
     # GIVEN a boosted kind whose folds would take many rounds, and a job budget for fitting
     # them that allows only a few by the estimate of a round's seconds (a LightGBM round
@@ -173,9 +173,11 @@ def test_a_time_limited_base_fits_its_folds_within_its_share_by_the_estimate(nam
     frame, manifest = table("regression")
     rows = Rows.of(frame, manifest, training=True)
     settings = {**BASE_DEFAULTS, "folds": 3, "num_boost_round": 2000, "learning_rate": 0.01}
-    per_fit = round_seconds(len(rows) * 2 // 3, rows.features.shape[1], 31)
+    features = rows.features.shape[1]
+    per_fit = round_seconds(len(rows) * 2 // 3, features, 31)
     cost = FAMILIES[CATALOGUE[name].family].round_cost
-    budget = {**settings, "fit_seconds": 3 * per_fit * cost * 40.5}  # 3 folds, 40 rounds
+    binning = 3 * dataset_seconds(len(rows), features)  # each fold's datasets: every row
+    budget = {**settings, "fit_seconds": binning + 3 * per_fit * cost * 40.5}  # 40 rounds
     # WHEN it is fitted with and without that budget
     limited = fit_base(name, budget, rows, None, None, progress=lambda _: None)
     free = fit_base(name, settings, rows, None, None, progress=lambda _: None)

@@ -122,8 +122,8 @@ def within_fit_budget(
     spends its budget by: the same inputs give the same rounds, on any machine's load."""
     k = settings["folds"]
     phases = [train] if everything is None else [train, everything]
-    fitted = [len(rows) * (k - 1) // k for rows in phases for _ in range(k)]
-    rounds = fit_rounds(kind, settings, fitted, train)
+    fits = [(len(rows) * (k - 1) // k, len(rows)) for rows in phases for _ in range(k)]
+    rounds = fit_rounds(kind, settings, fits, train)
     if rounds >= settings["num_boost_round"]:
         return settings
     progress(f"{kind.name}: at most {rounds} rounds a fold model, to keep to the time limit")

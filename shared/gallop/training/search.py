@@ -40,6 +40,9 @@ SPACE: dict[str, tuple[str, float, float]] = {
 HISTOGRAM_SECONDS = 3.5e-9
 SPLIT_SECONDS = 1.5e-8
 BINS = 255
+# Seconds of binning one value into a LightGBM Dataset (a fit's training and validation
+# rows): 0.29 s for 40,000 rows x 59 features here, as long as 17 rounds of 31 leaves.
+DATASET_SECONDS = 1.2e-7
 FEWEST_ROUNDS = 20  # a trial that cannot take as many is not started
 
 
@@ -55,17 +58,25 @@ def round_seconds(rows: int, features: int, leaves: int) -> float:
     return HISTOGRAM_SECONDS * rows * features + SPLIT_SECONDS * leaves * features * BINS
 
 
-def fit_rounds(kind: Kind, settings: dict[str, Any], fitted_rows: list[int], rows: Rows) -> int:
-    """The most rounds each fold model may take for the job's fits (`fitted_rows`: the rows
-    of each) to keep to its `fit_seconds`, by the estimate of a round's seconds; never fewer
+def dataset_seconds(rows: int, features: int) -> float:
+    return DATASET_SECONDS * rows * features
+
+
+def fit_rounds(
+    kind: Kind, settings: dict[str, Any], fits: list[tuple[int, int]], rows: Rows
+) -> int:
+    """The most rounds each fold model may take for the job's fits (`fits`: the rows each
+    learns from, and those it is given with its validation fold) to keep to its
+    `fit_seconds`, by the estimate of their datasets' and rounds' seconds; never fewer
     than FEWEST_ROUNDS. `rows`: the job's training rows (their task and features)."""
     # another family's round is costed as a default LightGBM round's (31 leaves), scaled
     lightgbm = kind.family == "lightgbm"
     leaves = params_for(kind, rows.task, settings)["num_leaves"] if lightgbm else 31
     features = rows.features.shape[1]
     cost = FAMILIES[kind.family].round_cost
-    per_round = cost * sum(round_seconds(n, features, leaves) for n in fitted_rows)
-    return max(FEWEST_ROUNDS, int(settings["fit_seconds"] / per_round))
+    per_round = cost * sum(round_seconds(learnt, features, leaves) for learnt, _ in fits)
+    binning = sum(dataset_seconds(given, features) for _, given in fits)
+    return max(FEWEST_ROUNDS, int((settings["fit_seconds"] - binning) / per_round))
 
 
 def draw(rng: np.random.Generator, fixed: set[str]) -> dict[str, Any]:
@@ -105,7 +116,8 @@ def search(
     while True:
         chosen = params_for(kind, rows.task, {**settings, "lightgbm": params})
         per_round = round_seconds(len(train), rows.features.shape[1], chosen["num_leaves"])
-        rounds = min(cap, int((budget - spent) / per_round))
+        binning = dataset_seconds(len(rows), rows.features.shape[1])
+        rounds = min(cap, int((budget - spent - binning) / per_round))
         if rounds < min(FEWEST_ROUNDS, cap) and trials:
             break
         booster = fit_booster(
@@ -121,7 +133,7 @@ def search(
         single = fit_candidate("base:0", margin, judged, meta_settings)
         done = booster.current_iteration()
         # Early stopping trains `patience` rounds past the best one.
-        cost = per_round * min(max(rounds, 1), done + settings["early_stopping_rounds"])
+        cost = binning + per_round * min(max(rounds, 1), done + settings["early_stopping_rounds"])
         # recorded to the millisecond below, so that the trials' sum stays within budget
         recorded = math.floor(cost * 1000) / 1000
         trials.append(Trial(params, loss(single, margin, judged), done, recorded))
