@@ -28,7 +28,7 @@ from gallop.models.catalogue import (
     label_of,
     learning_rate,
 )
-from gallop.models.lightgbm import LightGBMBase, fit_booster, offset_for, params_for
+from gallop.models.lightgbm import Binned, LightGBMBase, fit_booster, offset_for, params_for
 from gallop.models.linear import LinearModel, fit_linear
 from gallop.models.treebag import TreeBag
 from gallop.training.rows import Rows
@@ -122,8 +122,10 @@ def within_fit_budget(
     spends its budget by: the same inputs give the same rounds, on any machine's load."""
     k = settings["folds"]
     phases = [train] if everything is None else [train, everything]
-    fits = [(len(rows) * (k - 1) // k, len(rows)) for rows in phases for _ in range(k)]
-    rounds = fit_rounds(kind, settings, fits, train)
+    learnt = [len(rows) * (k - 1) // k for rows in phases for _ in range(k)]
+    # LightGBM bins each phase's rows once; the other families each fit's
+    binned = sum(len(rows) * (1 if kind.family == "lightgbm" else k) for rows in phases)
+    rounds = fit_rounds(kind, settings, learnt, binned, train)
     if rounds >= settings["num_boost_round"]:
         return settings
     progress(f"{kind.name}: at most {rounds} rounds a fold model, to keep to the time limit")
@@ -192,17 +194,13 @@ def _boosted_phase(
 ) -> Phase:
     rounds = kind.rounds(settings["num_boost_round"])
     patience = settings["early_stopping_rounds"]
-    fit, bag, count = _trainer(kind, settings, rows, patience)
+    fit, bag, count = _trainer(kind, settings, rows, labels, patience)
     by_group = _group_folds(rows, folds)
     oof = np.empty(len(rows))
     models, iterations = [], []
     for fold in range(settings["folds"]):
         held = folds == fold
-        model = fit(
-            _part(rows, labels, ~held, by_group != fold),
-            _part(rows, labels, held, by_group == fold),
-            rounds,
-        )
+        model = fit((~held, by_group != fold), (held, by_group == fold), rounds)
         oof[held] = bag([model]).margin(rows.features[held])
         models.append(model)
         iterations.append(count(model))
@@ -210,21 +208,28 @@ def _boosted_phase(
     if settings["bagging"]:
         return Phase(oof, bag(models), iterations=iterations)
     refit_rounds = rounds if kind.trees else max(1, round(np.mean(iterations) * REFIT_ROUNDS))
-    everything = _part(rows, labels, np.ones(len(rows), dtype=bool), np.ones_like(by_group, bool))
+    everything = (np.ones(len(rows), dtype=bool), np.ones_like(by_group, bool))
     return Phase(oof, bag([fit(everything, None, refit_rounds)]), iterations=iterations)
 
 
+Masks = tuple[np.ndarray, np.ndarray]  # rows, and their groups (in group order)
+
+
 def _trainer(
-    kind: Kind, settings: dict[str, Any], rows: Rows, patience: int
+    kind: Kind, settings: dict[str, Any], rows: Rows, labels: np.ndarray, patience: int
 ) -> tuple[Callable[..., Any], Callable[[list[Any]], BaseModel], Callable[[Any], int]]:
-    """(fit one model on (train, valid or None, rounds), the bag of fitted models, a
-    model's rounds) for a boosted kind's family."""
+    """(fit one model on (train, valid or None, rounds), each given as Masks; the bag of
+    fitted models; a model's rounds) for a boosted kind's family."""
     if kind.family == "lightgbm":
         params = params_for(kind, rows.task, settings)
         offset = offset_for(kind, rows.manifest, rows.features, rows.share, rows.sizes)
+        binned = Binned(params, (rows.features, labels, rows.sizes), rows.categorical, offset)
 
-        def fit_lightgbm(train: Any, valid: Any, rounds: int) -> Any:
-            return fit_booster(params, train, valid, rounds, patience, rows.categorical, offset)
+        def fit_lightgbm(train: Masks, valid: Masks | None, rounds: int) -> Any:
+            subset = binned.rows(valid[0]) if valid is not None else None
+            return fit_booster(
+                params, binned.rows(train[0]), subset, rounds, patience, rows.categorical, offset
+            )
 
         return (
             fit_lightgbm,
@@ -236,8 +241,9 @@ def _trainer(
     except MissingExtra as exc:
         raise BaseFitError(f"{kind.name}: {exc}") from None
 
-    def fit_family(train: Any, valid: Any, rounds: int) -> Any:
-        return family.fit_model(kind, rows.task, settings, train, valid, rounds, patience)
+    def fit_family(train: Masks, valid: Masks | None, rounds: int) -> Any:
+        parts = [_part(rows, labels, *m) if m is not None else None for m in (train, valid)]
+        return family.fit_model(kind, rows.task, settings, *parts, rounds, patience)
 
     return fit_family, family, family.tree_count
 

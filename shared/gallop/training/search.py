@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from gallop.models.catalogue import FAMILIES, Kind, label_of
-from gallop.models.lightgbm import LightGBMBase, fit_booster, offset_for, params_for
+from gallop.models.lightgbm import Binned, LightGBMBase, fit_booster, offset_for, params_for
 from gallop.models.meta import fit_candidate, loss
 from gallop.training.config import STACK_DEFAULTS
 from gallop.training.rows import Rows
@@ -63,20 +63,20 @@ def dataset_seconds(rows: int, features: int) -> float:
 
 
 def fit_rounds(
-    kind: Kind, settings: dict[str, Any], fits: list[tuple[int, int]], rows: Rows
+    kind: Kind, settings: dict[str, Any], learnt: list[int], binned: int, rows: Rows
 ) -> int:
-    """The most rounds each fold model may take for the job's fits (`fits`: the rows each
-    learns from, and those it is given with its validation fold) to keep to its
-    `fit_seconds`, by the estimate of their datasets' and rounds' seconds; never fewer
-    than FEWEST_ROUNDS. `rows`: the job's training rows (their task and features)."""
+    """The most rounds each fold model may take for the job's fits (`learnt`: the rows
+    each learns from; `binned`: the rows binned for them) to keep to its `fit_seconds`, by
+    the estimate of the binning's and the rounds' seconds; never fewer than FEWEST_ROUNDS.
+    `rows`: the job's training rows (their task and features)."""
     # another family's round is costed as a default LightGBM round's (31 leaves), scaled
     lightgbm = kind.family == "lightgbm"
     leaves = params_for(kind, rows.task, settings)["num_leaves"] if lightgbm else 31
     features = rows.features.shape[1]
     cost = FAMILIES[kind.family].round_cost
-    per_round = cost * sum(round_seconds(learnt, features, leaves) for learnt, _ in fits)
-    binning = sum(dataset_seconds(given, features) for _, given in fits)
-    return max(FEWEST_ROUNDS, int((settings["fit_seconds"] - binning) / per_round))
+    per_round = cost * sum(round_seconds(n, features, leaves) for n in learnt)
+    left = settings["fit_seconds"] - dataset_seconds(binned, features)
+    return max(FEWEST_ROUNDS, int(left / per_round))
 
 
 def draw(rng: np.random.Generator, fixed: set[str]) -> dict[str, Any]:
@@ -111,19 +111,22 @@ def search(
     meta_settings = {**STACK_DEFAULTS, "seed": settings["seed"]}
     offset = offset_for(kind, rows.manifest, rows.features, rows.share, rows.sizes)
     cap = kind.rounds(settings["num_boost_round"])
+    # binned once for every trial; no feature left out for the leaf size a trial sets
+    unfiltered = {**params_for(kind, rows.task, settings), "feature_pre_filter": False}
+    binned = Binned(unfiltered, (rows.features, labels, rows.sizes), rows.categorical, offset)
+    spent = dataset_seconds(len(rows), rows.features.shape[1])
     trials: list[Trial] = []
-    spent, params = 0.0, {}
+    params: dict[str, Any] = {}
     while True:
         chosen = params_for(kind, rows.task, {**settings, "lightgbm": params})
         per_round = round_seconds(len(train), rows.features.shape[1], chosen["num_leaves"])
-        binning = dataset_seconds(len(rows), rows.features.shape[1])
-        rounds = min(cap, int((budget - spent - binning) / per_round))
+        rounds = min(cap, int((budget - spent) / per_round))
         if rounds < min(FEWEST_ROUNDS, cap) and trials:
             break
         booster = fit_booster(
-            chosen,
-            (train.features, labels[~held], train.sizes),
-            (valid.features, labels[held], valid.sizes),
+            {**chosen, "feature_pre_filter": False},
+            binned.rows(~held),
+            binned.rows(held),
             max(rounds, 1),
             settings["early_stopping_rounds"],
             rows.categorical,
@@ -133,7 +136,7 @@ def search(
         single = fit_candidate("base:0", margin, judged, meta_settings)
         done = booster.current_iteration()
         # Early stopping trains `patience` rounds past the best one.
-        cost = binning + per_round * min(max(rounds, 1), done + settings["early_stopping_rounds"])
+        cost = per_round * min(max(rounds, 1), done + settings["early_stopping_rounds"])
         # recorded to the millisecond below, so that the trials' sum stays within budget
         recorded = math.floor(cost * 1000) / 1000
         trials.append(Trial(params, loss(single, margin, judged), done, recorded))
