@@ -1,6 +1,6 @@
 """The default stack against its yardsticks, side by side, in one run:
 
-    .venv/bin/python -m benchmarks.training [--races 5000] [--big-races 9500] [--time-limit 60]
+    .venv/bin/python -m benchmarks.training [--races 5000] [--big-races 9500] [--time-limit 90]
 
 - LETOR sample (../shared/data/letor): the stack vs a plain LGBMRanker() with default
   parameters, on the sample's own train/test split, NDCG@1/3/5/10 with both gains, and
@@ -496,7 +496,7 @@ def main() -> None:
     parser.add_argument("--races", type=int, default=5000)
     parser.add_argument("--big-races", type=int, default=9500, help="about 10.5 runners a race")
     parser.add_argument(
-        "--time-limit", type=float, default=60.0, help="seconds for the limited big run"
+        "--time-limit", type=float, default=90.0, help="seconds for the limited big run"
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
