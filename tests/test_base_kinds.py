@@ -103,11 +103,12 @@ def test_tree_kinds_split_on_the_category_as_a_set() -> None:
     for name in ("binary", "regression", "lambdarank"):
         kind = CATALOGUE[name]
         model, _ = fitted(kind, kind.tasks[0])
-        splits = [n for n in _nodes(model.dump()) if n.get("decision_type") == "=="]
+        splits = [n for n in split_nodes(model.dump()) if n.get("decision_type") == "=="]
         assert splits and all(n["split_feature"] == FEATURES.index("going") for n in splits)
 
 
-def _nodes(dump: dict[str, Any]) -> list[dict[str, Any]]:
+def split_nodes(dump: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every split of a LightGBM-style dump's trees."""
     stack = [tree["tree_structure"] for tree in dump["tree_info"]]
     out = []
     while stack:

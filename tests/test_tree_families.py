@@ -17,6 +17,7 @@ from gallop.models.onnx_export import stack_to_onnx
 from gallop.serving.treeshap import TreeExplainer
 from gallop.training.config import BASE_DEFAULTS
 from gallop.training.rows import Rows
+from tests.test_base_kinds import split_nodes
 
 pytest.importorskip("xgboost")
 pytest.importorskip("catboost")
@@ -39,7 +40,7 @@ def at_the_edges(dump: dict[str, Any], width: int, base: np.ndarray) -> np.ndarr
     """For every split of the dump: a row of `base` with the split's feature exactly at the
     library's threshold, at the float32 just below and just above it, and missing."""
     out = []
-    for node in _splits(dump):
+    for node in split_nodes(dump):
         # the dump's threshold is at or below the library's; both neighbours of each
         threshold = np.float32(node["threshold"])
         with np.errstate(over="ignore"):  # CatBoost's NaN border (nan_mode Min) is -FLT_MAX
@@ -56,17 +57,6 @@ def at_the_edges(dump: dict[str, Any], width: int, base: np.ndarray) -> np.ndarr
             out.append(row)
     assert out and all(len(row) == width for row in out)
     return np.array(out, dtype=np.float32)
-
-
-def _splits(dump: dict[str, Any]) -> list[dict[str, Any]]:
-    stack = [tree["tree_structure"] for tree in dump["tree_info"]]
-    out = []
-    while stack:
-        node = stack.pop()
-        if "split_feature" in node:
-            out.append(node)
-            stack += [node["left_child"], node["right_child"]]
-    return out
 
 
 def graph_score(bag: Any, features: np.ndarray) -> np.ndarray:
@@ -139,7 +129,7 @@ def test_catboost_oblivious_trees_are_exact_at_every_border_and_its_neighbours()
     bag = type(bag)([bag.models[0], fitted("catboost", seed=1).models[0]])
     x, _ = data(seed=2)
     edges = at_the_edges(bag.dump(), 5, x)
-    assert {n["split_feature"] for n in _splits(bag.dump())} <= {0, 1, 2, 4}
+    assert {n["split_feature"] for n in split_nodes(bag.dump())} <= {0, 1, 2, 4}
     # WHEN the graph scores them THEN it scores as CatBoost, and TreeSHAP adds up
     assert_exact(bag, np.concatenate([edges, x]))
 
