@@ -123,3 +123,41 @@ def test_a_regression_stack_keeps_a_good_margin_whole_whatever_the_units(spread:
     # WHEN the meta-learner is fitted with its default penalty THEN the weight stays near 1
     meta = fit_meta("regression", margins, y)
     assert meta.weights[0] == pytest.approx(0.99, abs=0.02)
+
+
+def test_an_interval_bound_near_zero_is_held_to_parity_as_its_score_is() -> None:
+    """lower = score - half width in float32: near 0 it cancels two large numbers, so its
+    error is float32's on them, which parity relative to the bound itself refused (the
+    benchmark's diabetes stack: 1.5e-5)."""
+    import pandas as pd
+
+    from gallop.models.linear import LinearModel
+    from gallop.models.onnx_export import stack_to_onnx
+    from gallop.models.stack import Meta
+    from gallop.training.rows import Rows
+    from gallop.training.stacking import check_parity
+
+    # GIVEN a regression stack of seven bases whose scores sit near its half width
+    x = np.linspace(85.0, 95.0, 4001)
+    wide = np.full(1, 1e3)
+    bases = [
+        LinearModel(
+            np.full(1, 0.3 * i), np.full(1, 1.1 + i / 7), np.full(1, 0.9), 7.0 + i, -wide, wide
+        )
+        for i in range(7)
+    ]
+    weights = np.full(7, 1 / 7 * 1.13)
+    manifest = {"task": "regression", "features": ["x"], "identifiers": [], "group": None}
+    manifest |= {"time": None, "target": "y", "target_order": None, "categorical": {}}
+    rows = Rows.of(pd.DataFrame({"x": x, "y": x}), manifest, training=False)
+    margins = np.column_stack([b.margin(rows.features) for b in bases])
+    half_width = float(np.median(margins @ weights - 0.37))
+    meta = Meta(weights, -0.37, {"kind": "conformal", "half_width": half_width, "coverage": 0.9})
+    graph = stack_to_onnx(bases, weights.tolist(), -0.37, 1, meta.calibration)
+    # WHEN the graph is checked against the native stack
+    outputs = ["score", "margins", "value", "lower", "upper"]
+    gaps = check_parity(graph.SerializeToString(), meta, margins, rows, outputs)
+    # THEN it passes, the bound's gap measured against what it is made of
+    assert gaps["lower"] <= 1e-5
+    lower = meta.outputs(meta.score(margins), None)["lower"]
+    assert np.abs(lower).min() < 0.01  # some bounds did sit near 0
