@@ -86,9 +86,9 @@ RUNTIME_PROVIDED = {
     "urllib3",
 }
 # Left out of the training image on purpose, though a package there names them: CatBoost's
-# plotting widgets (graphviz, matplotlib, plotly) and XGBoost's multi-GPU collectives
-# (NCCL); the jobs fit on CPU and draw nothing, and both libraries import and fit without.
-TRAINING_IMAGE_LEFT_OUT = frozenset({"graphviz", "matplotlib", "plotly", "nvidia-nccl-cu12"})
+# plotting widgets (graphviz, matplotlib, plotly); the jobs draw nothing, and it imports
+# and fits without them.
+TRAINING_IMAGE_LEFT_OUT = frozenset({"graphviz", "matplotlib", "plotly"})
 LAMBDA_MARKERS = {
     "python_version": PYTHON,
     "python_full_version": PYTHON + ".0",

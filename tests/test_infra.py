@@ -1140,7 +1140,12 @@ def lambda_runtime_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "training image",
             ["images/training", "images/training/site-packages"],
             "import train_entry, training_jobs.base, training_jobs.stack, lightgbm, onnx, "
-            "onnxruntime, scipy.optimize",
+            "onnxruntime, scipy.optimize, numpy, xgboost, catboost; "
+            # the optional families fit without what the image leaves out of them
+            "x, y = numpy.arange(8.0).reshape(4, 2), [0.0, 1.0, 0.0, 1.0]; "
+            "xgboost.train({'nthread': 1}, xgboost.DMatrix(x, label=y), 2); "
+            "catboost.CatBoost({'iterations': 2, 'verbose': False, 'thread_count': 1, "
+            "'allow_writing_files': False}).fit(x, y)",
         ),
     ],
 )
