@@ -82,21 +82,6 @@ def is_grouped(params: dict[str, Any]) -> bool:
     return params["objective"] in (*RANKING_OBJECTIVES, "conditional_logit")
 
 
-def dataset(
-    part: Part, grouped: bool, categorical: list[int], offset: Offset | None, **extra: Any
-) -> lgb.Dataset:
-    x, y, sizes = part
-    return lgb.Dataset(
-        x,
-        y,
-        group=sizes if grouped else None,
-        init_score=offset.values(x) if offset else None,
-        categorical_feature=categorical or "auto",
-        free_raw_data=False,
-        **extra,
-    )
-
-
 class Binned:
     """A phase's rows binned into one LightGBM Dataset, once: each fold's training and
     validation rows are subsets of it, with their labels, groups and offsets (binning
@@ -107,7 +92,16 @@ class Binned:
     ) -> None:
         # binned as the fits will train (leaf sizes decide which features can split)
         binning = {k: v for k, v in params.items() if k not in ("objective", "metric", "eval_at")}
-        self.full = dataset(part, is_grouped(params), categorical, offset, params=binning)
+        x, y, sizes = part
+        self.full = lgb.Dataset(
+            x,
+            y,
+            group=sizes if is_grouped(params) else None,
+            init_score=offset.values(x) if offset else None,
+            categorical_feature=categorical or "auto",
+            free_raw_data=False,
+            params=binning,
+        )
 
     def rows(self, mask: np.ndarray) -> lgb.Dataset:
         return self.full.subset(np.flatnonzero(mask))  # in order: groups stay whole
@@ -115,34 +109,25 @@ class Binned:
 
 def fit_booster(
     params: dict[str, Any],
-    train: Part | lgb.Dataset,
-    valid: Part | lgb.Dataset | None,
+    data: lgb.Dataset,
+    valid: lgb.Dataset | None,
     rounds: int,
     patience: int,
-    categorical: list[int],
-    offset: Offset | None = None,
 ) -> lgb.Booster:
-    """A booster trained on `train` (features, labels, group sizes; or a Binned subset),
-    early-stopped on `valid` when given, cut back to its best iteration (so that its
-    dump, its graph and its explanations hold exactly the trees it predicts with)."""
-    params, grouped = dict(params), is_grouped(params)
+    """A booster trained on `data` (rows of a Binned phase), early-stopped on `valid` when
+    given, cut back to its best iteration (so that its dump, its graph and its
+    explanations hold exactly the trees it predicts with)."""
+    params = dict(params)
     feval = None
     if params["objective"] == "conditional_logit":
         params["objective"], feval = conditional_logit_objective, group_log_loss
-
-    def binned(part: Part | lgb.Dataset, **extra: Any) -> lgb.Dataset:
-        if isinstance(part, lgb.Dataset):
-            return part
-        return dataset(part, grouped, categorical, offset, **extra)
-
-    data = binned(train)
     if valid is None or params.get("boosting") == "rf":  # a forest does not overfit by rounds
         return lgb.train(params, data, rounds)
     booster = lgb.train(
         params,
         data,
         rounds,
-        valid_sets=[binned(valid, reference=data)],
+        valid_sets=[valid],
         feval=feval,
         callbacks=[lgb.early_stopping(patience, first_metric_only=True, verbose=False)],
     )

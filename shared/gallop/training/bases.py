@@ -227,9 +227,7 @@ def _trainer(
 
         def fit_lightgbm(train: Masks, valid: Masks | None, rounds: int) -> Any:
             subset = binned.rows(valid[0]) if valid is not None else None
-            return fit_booster(
-                params, binned.rows(train[0]), subset, rounds, patience, rows.categorical, offset
-            )
+            return fit_booster(params, binned.rows(train[0]), subset, rounds, patience)
 
         return (
             fit_lightgbm,

@@ -129,8 +129,6 @@ def search(
             binned.rows(held),
             max(rounds, 1),
             settings["early_stopping_rounds"],
-            rows.categorical,
-            offset,
         )
         margin = LightGBMBase([booster], offset).margin(valid.features)[:, None]
         single = fit_candidate("base:0", margin, judged, meta_settings)
