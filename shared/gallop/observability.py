@@ -47,6 +47,13 @@ def unretryable(log: Logger, meter: Metrics, exc: Exception, **context: object) 
     meter.add_metric(name=problem, unit=MetricUnit.Count, value=1)
 
 
+def gave_up(log: Logger, meter: Metrics, exc: Exception, **context: object) -> None:
+    """A message that failed at every delivery, for a reason not understood: the traceback
+    for whoever mends it, and a count (InternalErrors) to alarm on."""
+    log.error(f"failed at every attempt: {type(exc).__name__}: {exc}", exc_info=exc, extra=context)
+    meter.add_metric(name="InternalErrors", unit=MetricUnit.Count, value=1)
+
+
 def completed(
     log: Logger,
     meter: Metrics,
@@ -66,7 +73,8 @@ def completed(
 def sqs_batch_handler(service: str, make_worker: Callable[[Logger, Metrics], Any]) -> Callable:
     """The Lambda handler of a queue-driven function: Powertools batch processing with
     partial failures (a record that raises is retried, the others are not), JSON logs
-    keyed by the first message id, and metrics published per invocation."""
+    keyed by the first message id, and metrics published per invocation. Workers are told
+    how many times SQS has delivered the message (dead-lettered after MAX_RECEIVE_COUNT)."""
     log, meter = logger(service), metrics(service)
     processor = BatchProcessor(event_type=EventType.SQS)
     worker = make_worker(log, meter)
@@ -74,14 +82,17 @@ def sqs_batch_handler(service: str, make_worker: Callable[[Logger, Metrics], Any
     warnings.filterwarnings("ignore", message="No application metrics to publish")
 
     def record_handler(record: SQSRecord) -> None:
-        worker.handle_message(record.message_id, record.body)
+        receive_count = int(record.attributes.approximate_receive_count or 1)
+        worker.handle_message(record.message_id, record.body, receive_count)
 
     @log.inject_lambda_context(correlation_id_path="Records[0].messageId", clear_state=True)
     @meter.log_metrics
     def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         try:
-            return process_partial_response(
-                event=event, record_handler=record_handler, processor=processor, context=context
+            return dict(
+                process_partial_response(
+                    event=event, record_handler=record_handler, processor=processor, context=context
+                )
             )
         finally:
             discard_unpublished(meter)

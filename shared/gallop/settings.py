@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "GALLOP_"
@@ -51,15 +51,16 @@ STEPFUNCTIONS_SETTINGS = (
     "code_version",
 )
 
+# The most characters of a caller's text (an id, a name, a value) said back in a reply or
+# a log line: an error must not grow with the request.
+MAX_ECHO_CHARS = 80
+
 # Marks a database URL whose connections authenticate with IAM tokens (value: region).
 IAM_AUTH_QUERY = "gallop_iam_region"
 
-RAW_PREFIX = "raw/"
-CURATED_PREFIX = "curated/"
-QUARANTINE_PREFIX = "quarantine/"
-FEATURES_PREFIX = "features/"
-TRAINING_PREFIX = "training/"
-MODELS_PREFIX = "models/"
+# Deliveries of a queue message before it is dead-lettered (the CDK stack and the local
+# stack); ingest settles an upload that failed for an unknown reason on the last one.
+MAX_RECEIVE_COUNT = 3
 
 
 class Settings(BaseSettings):
@@ -139,15 +140,72 @@ class Settings(BaseSettings):
         "asking the database again: a promotion reaches every container within it.",
     )
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    max_body_bytes: int = Field(
+        default=256 * 1024,
+        gt=0,
+        description="The largest request body a route takes (a dataset spec, a run): 413 "
+        "past it, before more is read. Files go to S3 by presigned POST, not through here.",
+    )
+    max_rows_body_bytes: int = Field(
+        default=6 * 1024 * 1024,
+        gt=0,
+        description="The same for the routes that take rows (predict, explain, race-card "
+        "features; up to 1,000 rows): Lambda's payload limit.",
+    )
     upload_url_expiry_seconds: int = Field(default=900, gt=0, le=7 * 24 * 3600)
+    run_max_boost_rounds: int = Field(
+        default=10_000,
+        gt=0,
+        description="The most boosting rounds a training run may ask for (422 past it).",
+    )
+    run_time_limit_default: float = Field(
+        default=4 * 3600,
+        ge=1,
+        description="Seconds a training run that sets no time_limit may take: past them "
+        "its jobs are stopped and it FAILS.",
+    )
+    run_time_limit_max: float = Field(
+        default=86_400, ge=1, description="The longest time_limit a run may ask for (422)."
+    )
     report_max_rows: int = Field(
         default=20, gt=0, description="Row numbers quoted per problem in a validation report."
+    )
+    # Bounds on the work one upload may cause, checked while reading, before a table is built.
+    max_columns: int = Field(default=10_000, gt=0, description="Columns an upload may have.")
+    max_cell_chars: int = Field(
+        default=131_072,
+        gt=0,
+        description="Characters in one cell (the csv module's own limit, so nothing that "
+        "was read before is refused now).",
+    )
+    max_json_depth: int = Field(
+        default=32,
+        gt=0,
+        description="A JSON Lines record is parsed only when it cannot nest deeper than this "
+        "(gallop reads flat objects; deeper ones are refused unparsed).",
+    )
+    max_decompressed_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="What a .gz upload may inflate to; by default 4 x max_upload_bytes.",
+    )
+    max_validation_memory_mb: int = Field(
+        default=1536,
+        gt=0,
+        description="Memory the table of one upload may need while it is validated, estimated "
+        "from its rows x columns before it is built (the ingest function has 3008 MB).",
     )
 
     @field_validator("state_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @model_validator(mode="after")
+    def _default_decompressed_limit(self) -> Settings:
+        if self.max_decompressed_bytes is None:
+            self.max_decompressed_bytes = 4 * self.max_upload_bytes
+        return self
 
     @property
     def sqlalchemy_url(self) -> str:

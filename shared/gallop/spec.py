@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gallop.features.plan import FeatureSpecError, check_spec
 from gallop.features.spec import Derived
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -83,8 +84,6 @@ class DatasetSpec(BaseModel):
         )
         if leaking:
             raise ValueError(f"post_race columns {leaking} cannot also be features or keys")
-        from gallop.features.plan import FeatureSpecError, check_spec
-
         try:
             check_spec(self)
         except FeatureSpecError as exc:

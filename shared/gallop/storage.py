@@ -1,86 +1,26 @@
-"""Object storage on S3: the only module that knows bucket layout and boto3's S3 calls."""
+"""Object storage on S3: the only module that makes boto3's S3 calls (where things are
+in the buckets is gallop.layout's)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from gallop import aws
-from gallop.settings import (
-    CURATED_PREFIX,
-    FEATURES_PREFIX,
-    MODELS_PREFIX,
-    QUARANTINE_PREFIX,
-    RAW_PREFIX,
-    TRAINING_PREFIX,
-    Settings,
-    get_settings,
-)
+from gallop.settings import Settings, get_settings
 
 
 class ObjectMissing(LookupError):
     pass
 
 
-class NotAnUploadKey(ValueError):
-    pass
-
-
-UPLOAD_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
-
-@dataclass(frozen=True)
-class RawKey:
-    """An object under raw/: `raw/{dataset}/{upload_id}/{file}` when it came through the API.
-
-    Objects copied in by hand may sit deeper or shallower (raw/races/2024/05/x.csv); they
-    get an upload id derived from their key, so each key is one upload.
-    """
-
-    dataset: str
-    upload_id: str
-    filename: str
-    key: str
-
-    @classmethod
-    def for_upload(cls, dataset: str, upload_id: str, filename: str) -> RawKey:
-        return cls(dataset, upload_id, filename, f"{RAW_PREFIX}{dataset}/{upload_id}/{filename}")
-
-    @classmethod
-    def parse(cls, key: str) -> RawKey:
-        parts = key.removeprefix(RAW_PREFIX).split("/") if key.startswith(RAW_PREFIX) else []
-        if len(parts) < 2 or not parts[0] or not parts[-1]:
-            raise NotAnUploadKey(f"{key!r} is not raw/{{dataset}}/[{{folder}}/]{{file}}")
-        middle = "/".join(parts[1:-1])
-        if not UPLOAD_ID.match(middle):
-            middle = "k-" + hashlib.sha256(key.encode()).hexdigest()[:24]
-        return cls(parts[0], middle, parts[-1], key)
-
-
-def curated_prefix(dataset: str, version_id: str) -> str:
-    return f"{CURATED_PREFIX}{dataset}/{version_id}/"
-
-
-def features_prefix(dataset: str, version_id: str, spec_hash: str) -> str:
-    return f"{FEATURES_PREFIX}{dataset}/{version_id}/{spec_hash}/"
-
-
-def training_prefix(run_id: str) -> str:
-    """A run's working objects: its data channels, and its SageMaker jobs' output."""
-    return f"{TRAINING_PREFIX}{run_id}/"
-
-
-def model_prefix(run_id: str) -> str:
-    return f"{MODELS_PREFIX}{run_id}/"
-
-
-def quarantine_prefix(dataset: str, upload_id: str) -> str:
-    return f"{QUARANTINE_PREFIX}{dataset}/{upload_id}/"
+def object_id(*identity: str) -> str:
+    """A short id for what `identity` names (an object's key, and its ETag for one set of
+    its bytes): ids of different keys or bytes differ, and no API upload id looks alike."""
+    return "k-" + hashlib.sha256("\n".join(identity).encode()).hexdigest()[:32]
 
 
 class Store:
@@ -132,9 +72,16 @@ class Store:
         self.put_bytes(key, body, "application/json")
 
     def copy(self, source_key: str, dest_key: str) -> None:
-        self.s3.copy_object(
-            Bucket=self.bucket, Key=dest_key, CopySource={"Bucket": self.bucket, "Key": source_key}
-        )
+        try:
+            self.s3.copy_object(
+                Bucket=self.bucket,
+                Key=dest_key,
+                CopySource={"Bucket": self.bucket, "Key": source_key},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey"):
+                raise ObjectMissing(source_key) from exc
+            raise
 
     def delete(self, key: str) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=key)

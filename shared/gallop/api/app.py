@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 
 from gallop import __version__
-from gallop.api import datasets, models, training
+from gallop.api import datasets, models, openapi, problems, training, uploads
 from gallop.api.auth import require_api_key
+from gallop.api.gateway import GatewayRootPath
+from gallop.api.limits import BodyLimit
 from gallop.api.schemas import Health
+from gallop.echo import clip
 from gallop.features.state import cached_snapshots
 from gallop.metadata.db import engine_for
 from gallop.observability import logger as make_logger
@@ -46,6 +48,10 @@ def create_app(
         version=__version__,
         description="Upload tabular (race) data, validate it, train and serve models.",
         dependencies=[Depends(require_api_key)],
+        lifespan=_stop_training_at_shutdown,
+        # Operation ids are the route functions' names: list_datasets, cancel_training_run
+        # (what a generated client names its functions), not FastAPI's name_path_method.
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.settings = settings
     app.state.engine = cache(lambda: engine or engine_for(settings.sqlalchemy_url))
@@ -56,6 +62,7 @@ def create_app(
     )
     app.state.snapshots = cached_snapshots(lambda key: app.state.store().get_bytes(key))
     app.include_router(datasets.router)
+    app.include_router(uploads.router)
     app.include_router(training.router)
     app.include_router(models.router)
     if serve_predictions:  # the deployed api leaves them to the predict function
@@ -69,24 +76,27 @@ def create_app(
             connection.execute(text("SELECT 1"))
         return Health(status="ok", database="ok", version=__version__)
 
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.middleware("http")(_correlate)
+    problems.install(app)
+    openapi.install(app)
+    app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(GatewayRootPath)
+    app.middleware("http")(_correlate)  # added last: outermost, so a 413 is logged too
     return app
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    """422 whose message names each offending field, e.g. 'body.task: Input should be ...'."""
-    assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors]
-    detail = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in errors]
-    return JSONResponse(status_code=422, content={"message": "; ".join(parts), "detail": detail})
+@asynccontextmanager
+async def _stop_training_at_shutdown(app: FastAPI) -> AsyncIterator[None]:
+    """gallop serve stopping (SIGTERM, Ctrl-C) stops the runs it trains. On Lambda the
+    lifespan is off, and runs train on SageMaker."""
+    yield
+    if app.state.launcher.cache_info().currsize:  # made: runs may train in this process
+        app.state.launcher().close()
 
 
 async def _correlate(request: Request, call_next: Callable) -> Any:
     """Log one structured line per request, keyed by a correlation id the caller sees."""
     aws_event = request.scope.get("aws.event") or {}
-    correlation_id = (
+    correlation_id = clip(  # the caller's, said back in the reply and in every log line
         request.headers.get("x-correlation-id")
         or (aws_event.get("requestContext") or {}).get("requestId")
         or uuid.uuid4().hex
@@ -108,7 +118,7 @@ async def _correlate(request: Request, call_next: Callable) -> Any:
         "request",
         extra={
             "method": request.method,
-            "path": request.url.path,
+            "path": clip(request.url.path),
             "status": response.status_code,
             "duration_ms": round(elapsed_ms, 2),
         },

@@ -8,6 +8,8 @@ from typing import Any
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
+# RFC 9110: a 401 names the scheme the client should use.
+CHALLENGE = {"www-authenticate": 'ApiKey header="x-api-key"'}
 API_KEY_HEADER = APIKeyHeader(name="x-api-key", auto_error=False, description="gallop API key")
 
 
@@ -20,7 +22,7 @@ def check_api_key(request: Request, key: str | None) -> None:
     """401 unless the request carries an accepted key (or the gateway validated one)."""
     refusal = key_refusal(request.app.state.settings, key, request.scope.get("aws.event"))
     if refusal:
-        raise HTTPException(status_code=401, detail=refusal)
+        raise HTTPException(status_code=401, detail=refusal, headers=CHALLENGE)
 
 
 def key_refusal(settings: Any, key: str | None, event: dict[str, Any] | None) -> str | None:

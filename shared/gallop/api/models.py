@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel, Field
 
-from gallop.serving.registry import ModelNotFound
+from gallop.api.datasets import dataset_or_404
+from gallop.api.pages import Cursor, Limit, Page, fetched
+from gallop.api.schemas import ModelId
+from gallop.serving.registry import ModelNotFound, ModelUnreadable
 from gallop.serving.registry import aliases as current_aliases
 from gallop.serving.registry import get_model as registered_model
-from gallop.serving.registry import list_models as registered_models
+from gallop.serving.registry import page_models as registered_models
 from gallop.serving.registry import promote as promote_alias
+from gallop.spec import NAME_PATTERN
 
 router = APIRouter(tags=["models"])
 
@@ -20,26 +25,47 @@ class PromoteBody(BaseModel):
     alias: Literal["champion", "challenger"]
 
 
-def _model_out(
-    request: Request, model: Any, names: dict[str, list[str]], full: bool
-) -> dict[str, Any]:
-    out = {
+class ModelSummary(BaseModel):
+    model_id: str
+    run_id: str
+    dataset: str | None
+    task: str
+    created_at: datetime
+    aliases: list[str] = Field(description="champion, challenger: the aliases naming it.")
+    metrics: dict[str, Any] | None = Field(description="The stack's held-out metrics.")
+
+
+class ModelDetail(ModelSummary):
+    features: list[str]
+    base_models: list[dict[str, Any]] = Field(description="The stacked base models.")
+    report_url: str = Field(description="A presigned link to the run's HTML report.")
+    artifact_url: str = Field(
+        description="A presigned link to the model folder (model.tar.gz), for gallop.load_model."
+    )
+    leaderboard: dict[str, Any] | None = Field(
+        description="The held-out metrics of the stack and of each base, by name."
+    )
+    evaluated_on: str | None = Field(
+        default=None, description="test (held-out rows) or out-of-fold: what the figures rest on."
+    )
+
+
+class Promoted(BaseModel):
+    alias: Literal["champion", "challenger"]
+    model_id: str
+    previous: str | None = Field(description="The model the alias named before, if any.")
+
+
+def _model_out(request: Request, model: Any, names: dict[str, list[str]]) -> dict[str, Any]:
+    return {
         "model_id": model.model_id,
         "run_id": model.run_id,
         "dataset": model.manifest.get("dataset"),
         "task": model.task,
-        "created_at": model.created_at.isoformat(),
+        "created_at": model.created_at,
         "aliases": names.get(model.model_id, []),
         "metrics": (model.manifest.get("metrics") or {}).get("stack"),
     }
-    if full:
-        state = request.app.state
-        out["features"] = model.manifest["features"]
-        out["base_models"] = model.manifest["base_models"]
-        out["report_url"] = state.artifacts().presigned_get(
-            model.report_key, state.settings.report_url_expiry_seconds
-        )
-    return out
 
 
 def _alias_names(request: Request) -> dict[str, list[str]]:
@@ -49,24 +75,48 @@ def _alias_names(request: Request) -> dict[str, list[str]]:
     return names
 
 
-@router.get("/v1/models")
-def list_models(request: Request) -> dict[str, Any]:
+@router.get("/v1/models", response_model=Page[ModelSummary], responses={404: {}})
+def list_models(
+    request: Request,
+    dataset: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> Page[ModelSummary]:
+    """The registered models (of one dataset: 404 if there is none of that name), newest
+    first."""
+    engine = request.app.state.engine()
+    dataset_id = dataset_or_404(engine, dataset).id if dataset else None
     names = _alias_names(request)
-    models = registered_models(request.app.state.engine())
-    return {"models": [_model_out(request, m, names, full=False) for m in models]}
+    found, after = fetched(lambda: registered_models(engine, limit, cursor, dataset_id))
+    items = [ModelSummary(**_model_out(request, m, names)) for m in found]
+    return Page(items=items, next_cursor=after)
 
 
-@router.get("/v1/models/{model_id}")
-def get_model(model_id: str, request: Request) -> dict[str, Any]:
+@router.get("/v1/models/{model_id}", response_model=ModelDetail, responses={404: {}})
+def get_model(model_id: ModelId, request: Request) -> ModelDetail:
+    state = request.app.state
     try:
-        model = registered_model(request.app.state.engine(), model_id)
+        model = registered_model(state.engine(), model_id)
     except ModelNotFound as exc:
         raise HTTPException(404, str(exc)) from None
-    return _model_out(request, model, _alias_names(request), full=True)
+    expiry = state.settings.report_url_expiry_seconds
+    return ModelDetail(
+        **_model_out(request, model, _alias_names(request)),
+        features=model.manifest["features"],
+        base_models=model.manifest["base_models"],
+        report_url=state.artifacts().presigned_get(model.report_key, expiry),
+        artifact_url=state.artifacts().presigned_get(model.artifact_key, expiry),
+        leaderboard=model.manifest.get("metrics"),
+        evaluated_on=model.manifest.get("evaluated_on"),
+    )
 
 
-@router.post("/v1/models/{model_id}/promote")
-def promote(model_id: str, body: PromoteBody, request: Request) -> dict[str, Any]:
+@router.post(
+    "/v1/models/{model_id}/promote",
+    response_model=Promoted,
+    responses={404: {}, 409: {"description": "The model's files are gone: train it again"}},
+)
+def promote(model_id: ModelId, body: PromoteBody, request: Request) -> Promoted:
     """Point champion or challenger at this model, in one step: requests see the old
     model or the new one (every container within the alias TTL)."""
     try:
@@ -76,4 +126,6 @@ def promote(model_id: str, body: PromoteBody, request: Request) -> dict[str, Any
             state.models.forget(body.alias)  # other containers: within the alias TTL
     except ModelNotFound as exc:
         raise HTTPException(404, str(exc)) from None
-    return {"alias": body.alias, "model_id": model_id, "previous": previous}
+    except ModelUnreadable as exc:
+        raise HTTPException(409, str(exc)) from None
+    return Promoted(alias=body.alias, model_id=model_id, previous=previous)

@@ -8,41 +8,136 @@ framework, not the model, is the cost. Their schema is still in the OpenAPI docu
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from gallop.api.auth import key_refusal
-from gallop.features.state import SNAPSHOT, cached_snapshots
-from gallop.serving.cache import ModelCache
-from gallop.serving.predict import InputError, explain_columns, is_card, parse, predict_columns
-from gallop.serving.registry import ModelNotFound
+from gallop.api import problems
+from gallop.api.auth import CHALLENGE, key_refusal
+from gallop.api.limits import BodyLimit, too_large
+from gallop.features.state import cached_snapshots
+from gallop.layout import SNAPSHOT_FILE
+from gallop.serving.cache import ModelCache, PointerCache
+from gallop.serving.predict import (
+    InputError,
+    check_top_k,
+    explain_columns,
+    explain_features,
+    group_ids,
+    is_card,
+    parse,
+    predict_columns,
+    predict_features,
+)
+from gallop.serving.registry import ModelNotFound, ModelUnreadable
 
 # predict/explain need only the artifacts (and data) bucket and onnxruntime: the predict
 # function serves them (gallop.api.models has the routes that use the database).
 router = APIRouter(tags=["serving"])
-MAX_BODY_BYTES = 6 * 1024 * 1024  # API Gateway's and Lambda's payload limit
 # Lambda's reply is capped at 6 MB too, the body escaped inside its JSON envelope: past
 # that API Gateway answers 502. Explanations of 1,000 rows of many features can get there.
 MAX_REPLY_BYTES = 5 * 1024 * 1024
 Value = float | str | None
 DIRECT_PATHS = ("/v1/predict", "/v1/explain")
+# Which entity snapshot completes a race card: the newest READY one, or the training one.
+ONLINE, TRAINING = "online", "training"
+SNAPSHOTS = (ONLINE, TRAINING)
 
 
 class PredictBody(BaseModel):
     """Rows as objects, or as columns and data; race-card rows (entity ids and pre-race
-    fields) are completed from the entity snapshot of the model's data version."""
+    fields) are completed from an entity snapshot of the model's dataset: the newest READY
+    one built with the model's feature spec, or the one it was trained on."""
 
     model: str = Field("champion", description="champion, challenger or a model id")
     rows: list[dict[str, Value]] | None = Field(None, min_length=1, max_length=1000)
     columns: list[str] | None = None
     data: list[list[Value]] | None = Field(None, min_length=1, max_length=1000)
+    snapshot: Literal["online", "training"] = Field(
+        "online",
+        description="Race cards only: complete the card from the newest READY entity "
+        "snapshot of the model's dataset (online; the training one until a newer is READY) "
+        "or from the snapshot the model was trained on (training), to reproduce an old "
+        "answer. Feature rows are not completed: for them it is only checked.",
+    )
 
 
 class ExplainBody(PredictBody):
     top_k: int = Field(5, ge=1, description="reasons per row")
+
+
+class Prediction(BaseModel):
+    """One row's prediction; which members it has depends on the task."""
+
+    model_config = ConfigDict(extra="allow")  # a regression model's interval, by name
+
+    score: float = Field(description="The stack's score.")
+    win_probability: float | None = Field(None, description="ranking")
+    place_probability: float | None = Field(None, description="ranking")
+    rank: int | None = Field(None, description="ranking: 1 is the likeliest winner")
+    probability: float | None = Field(None, description="binary")
+
+
+class FeaturesAsOf(BaseModel):
+    """Which entity snapshot completed a race card."""
+
+    version_id: str = Field(description="The dataset version the snapshot was built from.")
+    data_end: str | None = Field(
+        description="ISO 8601 (UTC): the start of the newest race in it. A card for a race "
+        "that starts at or before it is refused (409): its features would see the future."
+    )
+    snapshot: Literal["online", "training"] = Field(
+        description="online: the newest READY snapshot; training: the model's own."
+    )
+
+
+AS_OF = "Race cards only (absent for feature rows): the snapshot that completed the card."
+
+
+class PredictReply(BaseModel):
+    """The reply the route writes itself (orjson): this model documents it."""
+
+    model_id: str = Field(description="The model that answered (an alias resolved).")
+    predictions: list[Prediction] = Field(description="One per row, in order.")
+    features_as_of: FeaturesAsOf | None = Field(None, description=AS_OF)
+
+
+class Reason(BaseModel):
+    feature: str
+    value: Any = Field(description="The feature's value, as shown.")
+    contribution: float
+    reason: str = Field(description="In plain words.")
+
+
+class Explanation(BaseModel):
+    score: float = Field(description="base_value plus every contribution.")
+    base_value: float
+    contributions: dict[str, float] = Field(description="Each feature's part of the score.")
+    top: list[Reason] = Field(description="The top_k largest parts, largest first.")
+
+
+class ExplainReply(BaseModel):
+    model_id: str
+    explanations: list[Explanation] = Field(description="One per row, in order.")
+    features_as_of: FeaturesAsOf | None = Field(None, description=AS_OF)
+
+
+SERVING_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No model by that id, or the alias names none"},
+    409: {
+        "description": "The model's files (or entity snapshot) are gone: train it again; or "
+        "a race card's race starts at or before the newest race of its entity snapshot"
+    },
+    413: {"description": "The body, or the reply it would get, is too large"},
+    422: {"description": "The rows are not what the model takes; a race card's `problems`"},
+}
+
+
+def _responses(reply: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    return {200: {"model": reply}, **SERVING_ERRORS}
 
 
 def _schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -59,11 +154,12 @@ def model_cache(state: Any) -> ModelCache:
 
 
 class Refused(Exception):
-    """A request answered with an error: the HTTP status and what to tell the caller."""
+    """A request answered with an error: the HTTP status, what to tell the caller and, for
+    a race card, the problems of its rows."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, problems: list[dict[str, Any]] | None = None):
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.problems = status, detail, problems or []
 
 
 def answer(
@@ -71,22 +167,32 @@ def answer(
 ) -> tuple[int, bytes]:
     """(status, JSON body) for a predict or explain request: `state` is the app's (settings,
     stores, caches), `event` the API Gateway event on Lambda. The route and the predict
-    function's direct path (answer_event) both answer through here; an error's body is
-    `{"detail": ...}`, as FastAPI writes an HTTPException's."""
+    function's direct path (answer_event) both answer through here; an error's body is a
+    problem (gallop.api.problems), with `problems` when a race card breaks ingestion's
+    rules (each as an ingestion report lists it)."""
     try:
         return 200, _answer(state, key, event, raw, explain)
     except Refused as exc:
-        return exc.status, orjson.dumps({"detail": exc.detail})
+        listed = {"problems": exc.problems} if exc.problems else {}
+        return exc.status, problems.problem_bytes(exc.status, exc.detail, **listed)
+
+
+def reply_headers(status: int) -> dict[str, str]:
+    """The content type (and, for a 401, the challenge) of answer()'s reply."""
+    if status < 400:
+        return {"content-type": "application/json"}
+    return {"content-type": problems.MEDIA_TYPE} | (CHALLENGE if status == 401 else {})
 
 
 def _answer(
     state: Any, key: str | None, event: dict[str, Any] | None, raw: bytes, explain: bool
 ) -> bytes:
+    limit = state.settings.max_rows_body_bytes  # as BodyLimit does in the app: size first
+    if len(raw) > limit:
+        raise Refused(413, too_large(limit))
     refusal = key_refusal(state.settings, key, event)
     if refusal:
         raise Refused(401, refusal)
-    if len(raw) > MAX_BODY_BYTES:
-        raise Refused(413, f"the body is over {MAX_BODY_BYTES // (1024 * 1024)} MB")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -97,15 +203,36 @@ def _answer(
         model = model_cache(state).resolve(body.get("model", "champion"))
     except ModelNotFound as exc:
         raise Refused(404, str(exc)) from None
-    try:
-        columns, values = _completed(state, model, *parse(model, body))
-        reply = (
-            explain_columns(model, columns, values, body.get("top_k", 5))
-            if explain
-            else predict_columns(model, columns, values)
+    except ModelUnreadable as exc:
+        raise Refused(409, str(exc)) from None
+    snapshot = body.get("snapshot", ONLINE)
+    if snapshot not in SNAPSHOTS:
+        raise Refused(
+            422,
+            f"'snapshot' must be {ONLINE!r} (a race card completed from the newest entity "
+            f"snapshot, the default) or {TRAINING!r} (from the one the model was trained on)",
         )
+    top_k = body.get("top_k", 5)
+    try:
+        columns, values = parse(model, body)
+        if is_card(model, columns):
+            if explain:
+                check_top_k(model, top_k)
+            features, groups, as_of = _completed(state, model, columns, values, snapshot)
+            reply = (
+                explain_features(model, features, top_k)
+                if explain
+                else predict_features(model, features, groups)
+            )
+            reply["features_as_of"] = as_of
+        else:
+            reply = (
+                explain_columns(model, columns, values, top_k)
+                if explain
+                else predict_columns(model, columns, values)
+            )
     except InputError as exc:
-        raise Refused(exc.status, str(exc)) from None
+        raise Refused(exc.status, str(exc), exc.problems) from None
     payload = orjson.dumps(reply)
     if len(payload) > MAX_REPLY_BYTES:
         raise Refused(
@@ -130,62 +257,99 @@ def answer_event(state: Any, event: dict[str, Any]) -> dict[str, Any] | None:
     status, payload = answer(state, key, event, body, event["path"] == "/v1/explain")
     return {
         "statusCode": status,
-        "headers": {"content-type": "application/json", "content-length": str(len(payload))},
+        "headers": reply_headers(status) | {"content-length": str(len(payload))},
         "multiValueHeaders": {},
         "body": payload.decode(),
         "isBase64Encoded": False,
     }
 
 
+def pointer_cache(state: Any) -> PointerCache:
+    """The app's online pointers (its `state`), made on first use."""
+    if not hasattr(state, "pointers"):
+        state.pointers = PointerCache(state.store, state.settings.alias_ttl_seconds)
+    pointers: PointerCache = state.pointers
+    return pointers
+
+
 def _completed(
-    state: Any, model: Any, columns: list[str], values: list[list[Any]]
-) -> tuple[list[str], list[list[Any]]]:
-    """Race-card rows become feature rows, computed from the entity snapshot of the data
-    the model was trained on; other rows pass as they are."""
-    if not is_card(model, columns):
-        return columns, values
-    from gallop.features.online import CardError, card_features
-    from gallop.storage import ObjectMissing, features_prefix
+    state: Any, model: Any, columns: list[str], values: list[list[Any]], snapshot: str
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """A race card's feature matrix (the model's order), its group ids and which entity
+    snapshot it was completed from: the newest READY one of the model's dataset under the
+    model's feature spec (the online pointer), or the one the model was trained on when
+    asked (`snapshot: "training"`) or when none is published yet. Categories are coded
+    with the model's vocabularies: a newer snapshot may know other texts, in another
+    order, than the model was trained on."""
+    from gallop.features.online import CardBeforeSnapshot, CardError, card_features
+    from gallop.features.pointer import PointerUnreadable, iso_time
+    from gallop.layout import features_prefix
+    from gallop.storage import ObjectMissing
 
     manifest = model.manifest
-    prefix = features_prefix(
-        manifest["dataset"], manifest["data_version"], manifest["feature_spec_hash"]
-    )
+    dataset, spec_hash = manifest["dataset"], manifest["feature_spec_hash"]
+    pointer = None
+    if snapshot == ONLINE and dataset and spec_hash:
+        try:
+            pointer = pointer_cache(state).get(dataset, spec_hash)
+        except PointerUnreadable as exc:
+            raise InputError(f'{exc}; or send "snapshot": "training"', 409) from None
+    if pointer is not None:
+        key, version_id, used = pointer.state_key, pointer.version_id, ONLINE
+    else:
+        version_id, used = manifest["data_version"], TRAINING
+        key = features_prefix(dataset, version_id, spec_hash) + SNAPSHOT_FILE
     try:
-        snapshot = state.snapshots(prefix + SNAPSHOT)
+        entities = state.snapshots(key)
     except ObjectMissing:
         raise InputError(
-            "the model's entity snapshot is gone: send full feature rows", 409
+            f"the {used} entity snapshot (version {version_id}) is gone: "
+            + ("build the features again" if used == ONLINE else "send full feature rows"),
+            409,
         ) from None
     card = [dict(zip(columns, row, strict=True)) for row in values]
     try:
-        names, matrix = card_features(card, snapshot, manifest["feature_spec_hash"])
+        names, matrix = card_features(card, entities, spec_hash, manifest.get("categorical"))
+    except CardBeforeSnapshot as exc:
+        raise InputError(f"race card: {exc} ({used} snapshot, version {version_id})", 409) from None
     except CardError as exc:
-        raise InputError(f"race card: {exc}") from None
+        problems = [p.to_dict() for p in exc.problems]
+        raise InputError(f"race card: {exc}", problems=problems) from None
     at = [names.index(f) for f in model.features]
-    group = [model.group] if model.group else []
-    data = [
-        [None if v != v else v for v in features] + [row.get(g) for g in group]
-        for features, row in zip(matrix[:, at].tolist(), card, strict=True)
-    ]
-    return model.features + group, data
+    features = np.ascontiguousarray(matrix[:, at])
+    beyond = np.argwhere(np.isinf(features))
+    if len(beyond):  # as feature rows are checked: the model never sees an infinity
+        row, column = beyond[0]
+        raise InputError(f"card row {row + 1}: {model.features[column]} is not finite")
+    groups = group_ids([row.get(model.group) for row in card]) if model.group else None
+    data_end = entities.meta.get("data_end")
+    as_of = {"version_id": version_id, "data_end": iso_time(data_end), "snapshot": used}
+    return features, groups, as_of
 
 
 async def _route(request: Request, explain: bool) -> Response:
     key = request.headers.get("x-api-key")
     event = request.scope.get("aws.event")
     status, payload = answer(request.app.state, key, event, await request.body(), explain)
-    return Response(payload, status_code=status, media_type="application/json")
+    return Response(payload, status_code=status, headers=reply_headers(status))
 
 
-@router.post("/v1/predict", openapi_extra=_schema(PredictBody))
+@router.post(
+    "/v1/predict",
+    openapi_extra=_schema(PredictBody),
+    responses=_responses(PredictReply),
+)
 async def predict(request: Request) -> Response:
     """Score, and per task: win and place probability and rank (ranking), probability
     (binary), value with its interval (regression); one prediction per row, in order."""
     return await _route(request, explain=False)
 
 
-@router.post("/v1/explain", openapi_extra=_schema(ExplainBody))
+@router.post(
+    "/v1/explain",
+    openapi_extra=_schema(ExplainBody),
+    responses=_responses(ExplainReply),
+)
 async def explain(request: Request) -> Response:
     """Per row: each feature's part of the stacked score (they add up, with the base
     value, to the score) and the top reasons in plain words."""
@@ -203,11 +367,17 @@ def create_predict_app(settings: Any = None) -> Any:
     from gallop.storage import Store
 
     settings = settings or get_settings()
-    app = FastAPI(title="gallop predict")  # the routes check the API key themselves
+    from gallop.api import openapi
+
+    # The routes check the API key themselves.
+    app = FastAPI(title="gallop predict", generate_unique_id_function=lambda r: r.name)
     app.state.settings = settings
     app.state.store = cache(lambda: Store.from_settings(settings))
     app.state.artifacts = cache(lambda: Store.artifacts_from_settings(settings))
 
     app.state.snapshots = cached_snapshots(lambda key: app.state.store().get_bytes(key))
     app.include_router(router)
+    problems.install(app)
+    openapi.install(app)
+    app.add_middleware(BodyLimit, settings=settings)
     return app

@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gallop.features.categories import encode, learn_vocabulary
+from gallop.features.categories import Counts, count_categories, encode, vocabulary_of_counts
 from gallop.features.engine import Table, compute
 from gallop.features.plan import FeatureSpecError, Plan, build_plan
 from gallop.features.roles import roles_for
 from gallop.features.state import State
+from gallop.manifests import FeatureManifest
 from gallop.spec import DatasetSpec
 
 REFERENCE_BINS = 10
@@ -23,7 +24,7 @@ class FeatureSet:
     frame: pd.DataFrame  # identifying columns, target, then the features (float32)
     plan: Plan
     state: State
-    manifest: dict[str, Any]
+    manifest: FeatureManifest
 
 
 def build_features(canonical: pd.DataFrame, spec: DatasetSpec) -> FeatureSet:
@@ -34,35 +35,78 @@ def build_features(canonical: pd.DataFrame, spec: DatasetSpec) -> FeatureSet:
         raise FeatureSpecError(f"columns {missing} are not in the data")
     table = table_from_frame(canonical, spec, plan)
     outputs, state = compute(table, plan, roles_for(spec), None)
-    vocabularies = {name: learn_vocabulary(table[name]) for name in plan.categorical}
+    times = table[spec.time] if spec.time else None
+    counts = {name: count_categories(table[name], times) for name in plan.categorical}
+    vocabularies = {name: vocabulary_of_counts(*counts[name]) for name in plan.categorical}
     for name, vocabulary in vocabularies.items():
         outputs[name] = encode(table[name], vocabulary)
 
-    ident = [c for c in (spec.group, spec.time, spec.entity) if c]
-    frame = canonical[ident + [spec.target]].copy()
+    frame = feature_frame(canonical, outputs, spec, plan)
+    data_end = int(table[spec.time].max()) if spec.time and len(canonical) else None
+    state.meta = snapshot_meta(spec, plan, numeric, data_end, vocabularies, counts)
+    manifest = feature_manifest(
+        spec, plan, state, rows=len(frame), reference=reference_statistics(frame[plan.features])
+    )
+    return FeatureSet(frame, plan, state, manifest)
+
+
+def feature_frame(
+    canonical: pd.DataFrame, outputs: Table, spec: DatasetSpec, plan: Plan
+) -> pd.DataFrame:
+    """Identifying columns, the target (and the odds), then the features as float32."""
+    frame = canonical[identifiers(spec) + [spec.target]].copy()
     if spec.odds and spec.odds not in plan.features:
         frame[spec.odds] = canonical[spec.odds]
     features = pd.DataFrame({name: outputs[name].astype(np.float32) for name in plan.features})
-    frame = pd.concat([frame.reset_index(drop=True), features], axis=1)
+    return pd.concat([frame.reset_index(drop=True), features], axis=1)
 
-    data_end = int(table[spec.time].max()) if spec.time and len(canonical) else None
-    state.meta = {
+
+def identifiers(spec: DatasetSpec) -> list[str]:
+    return [c for c in (spec.group, spec.time, spec.entity) if c]
+
+
+def snapshot_meta(
+    spec: DatasetSpec,
+    plan: Plan,
+    numeric: list[str],
+    data_end: int | None,
+    vocabularies: dict[str, list[str]],
+    counts: dict[str, Counts],
+) -> dict[str, Any]:
+    """What a snapshot says of the data it is the end of. `category_counts` (each
+    categorical column's distinct texts, their row counts and first times) lets an append
+    learn the vocabulary of the whole exactly (gallop.features.incremental)."""
+    return {
         "spec": spec.model_dump(mode="json"),
         "spec_hash": plan.spec_hash,
         "features": plan.features,
         "data_numeric": numeric,
         "data_end": data_end,
         "categories": vocabularies,
+        "category_counts": {
+            name: {
+                "values": [str(v) for v in values],
+                "counts": [int(c) for c in tally],
+                "first": [int(t) for t in first],
+            }
+            for name, (values, tally, first) in counts.items()
+        },
     }
-    manifest = {
+
+
+def feature_manifest(
+    spec: DatasetSpec, plan: Plan, state: State, *, rows: int, reference: dict[str, Any]
+) -> FeatureManifest:
+    data_end = state.meta["data_end"]
+    return {
         "dataset": spec.name,
         "spec_hash": plan.spec_hash,
         "features": plan.features,
         "dtypes": {name: "float32" for name in plan.features},
         # Categorical features' vocabularies: a feature's value is its text's place here.
-        "categorical": vocabularies,
-        "rows": len(frame),
-        "identifiers": ident,
+        "categorical": state.meta["categories"],
+        "rows": rows,
+        "identifiers": identifiers(spec),
         "task": spec.task.value,
         "target_order": spec.target_order.value if spec.target_order else None,
         "group": spec.group,
@@ -70,11 +114,12 @@ def build_features(canonical: pd.DataFrame, spec: DatasetSpec) -> FeatureSet:
         "target": spec.target,
         "odds": spec.odds,
         "post_race": sorted(plan.post_race),
-        "data_end": pd.Timestamp(data_end, unit="us", tz="UTC").isoformat() if data_end else None,
+        "data_end": pd.Timestamp(data_end, unit="us", tz="UTC").isoformat()
+        if data_end is not None
+        else None,
         "entities": {name: key.entities for name, key in state.keys.items()},
-        "reference": reference_statistics(frame[plan.features]),
+        "reference": reference,
     }
-    return FeatureSet(frame, plan, state, manifest)
 
 
 def table_from_frame(frame: pd.DataFrame, spec: DatasetSpec, plan: Plan) -> Table:

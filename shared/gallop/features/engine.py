@@ -343,8 +343,8 @@ def _history(
             "win_rate": (wins + prior) / (runs + entry.prior_runs),
             "place_rate": (places + prior) / (runs + entry.prior_runs),
         }
-        for stat, name in zip(entry.stats, entry.outputs(), strict=True):
-            out[name] = stats[stat]
+        for career, name in zip(entry.stats, entry.outputs(), strict=True):
+            out[name] = stats[career]
     else:
         anchors = layout.block_start[layout.new_pos]
         starts = layout.key_start[layout.new_pos]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from gallop.features.spec import (
     Career,
@@ -15,10 +15,36 @@ from gallop.features.spec import (
     key_list,
 )
 
-if TYPE_CHECKING:
-    from gallop.spec import DatasetSpec
-
 FIELD_SIZE = "field_size"
+
+
+class SpecColumns(Protocol):
+    """What a plan reads of a dataset spec (gallop.spec.DatasetSpec is one). A protocol,
+    not the class: the spec checks its derived section with a plan when it is built, so
+    this module cannot import it back."""
+
+    @property
+    def task(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def group(self) -> str | None: ...
+    @property
+    def time(self) -> str | None: ...
+    @property
+    def entity(self) -> str | None: ...
+    @property
+    def features(self) -> list[str] | None: ...
+    @property
+    def categorical(self) -> list[str]: ...
+    @property
+    def odds(self) -> str | None: ...
+    @property
+    def post_race(self) -> list[str]: ...
+    @property
+    def derived(self) -> Derived | None: ...
+    @property
+    def spec_hash(self) -> str: ...
 
 
 class FeatureSpecError(ValueError):
@@ -63,13 +89,13 @@ class Plan:
     categorical: list[str] = field(default_factory=list)  # features coded from text
 
 
-def check_spec(spec: DatasetSpec) -> None:
+def check_spec(spec: SpecColumns) -> None:
     """Checks that need only the spec (registration time); raises FeatureSpecError."""
     if spec.derived is not None:
         build_plan(spec, data_numeric=None)
 
 
-def build_plan(spec: DatasetSpec, data_numeric: list[str] | None) -> Plan:
+def build_plan(spec: SpecColumns, data_numeric: list[str] | None) -> Plan:
     """data_numeric: the numeric columns of the data (None when checking the spec alone,
     which then knows only the columns the spec names)."""
     derived = spec.derived or Derived()
@@ -136,7 +162,7 @@ def _node(name: str, entry: Rolling | Career | SinceLast | Relative | Interactio
 
 def _check_node(
     node: Node,
-    spec: DatasetSpec,
+    spec: SpecColumns,
     text: set[str],
     numeric: set[str],
     produced: set[str],
@@ -153,11 +179,7 @@ def _check_node(
                 raise FeatureSpecError(
                     f"{node.name}: 'by' column {key!r} must be the entity or a categorical column"
                 )
-    if (
-        isinstance(entry, Career)
-        and spec.task.value == "regression"
-        and set(entry.stats) - {"runs"}
-    ):
+    if isinstance(entry, Career) and spec.task == "regression" and set(entry.stats) - {"runs"}:
         raise FeatureSpecError(f"{node.name}: wins and rates need a ranking or binary task")
     if isinstance(entry, Relative) and not spec.group:
         raise FeatureSpecError(f"{node.name}: relative features need the spec's 'group'")

@@ -51,7 +51,7 @@ class Rolling(_Entry):
     by: Keys
     column: str
     windows: list[int] = Field(min_length=1)
-    stats: list[RollingStat] = Field(default_factory=lambda: ["mean"], min_length=1)
+    stats: list[RollingStat] = Field(default=["mean"], min_length=1)  # pydantic copies it
 
     _by = field_validator("by")(_distinct)
 
@@ -73,9 +73,7 @@ class Career(_Entry):
     neither 0% nor 100%: (wins + prior_runs * prior_rate) / (runs + prior_runs)."""
 
     by: Keys
-    stats: list[CareerStat] = Field(
-        default_factory=lambda: ["runs", "wins", "win_rate", "place_rate"]
-    )
+    stats: list[CareerStat] = Field(default=["runs", "wins", "win_rate", "place_rate"])
     prior_runs: float = Field(default=5.0, gt=0)
     _by = field_validator("by")(_distinct)
     prior_rate: float = Field(default=0.1, gt=0, lt=1)
@@ -116,6 +114,9 @@ class Interaction(_Entry):
         return [self.name or f"{self.left}_{self.kind}_{self.right}"]
 
 
+AnyEntry = Rolling | Career | SinceLast | Relative | Interaction
+
+
 class Derived(_Entry):
     rolling: list[Rolling] = Field(default_factory=list)
     career: list[Career] = Field(default_factory=list)
@@ -125,9 +126,9 @@ class Derived(_Entry):
     field_size: bool = False
     places: PositiveInt = Field(default=3, description="Finishing this high or better is a place.")
 
-    def entries(self) -> list[tuple[str, _Entry]]:
+    def entries(self) -> list[tuple[str, AnyEntry]]:
         """Each entry with the name errors use for it, e.g. 'rolling[1]'."""
-        named: list[tuple[str, _Entry]] = []
+        named: list[tuple[str, AnyEntry]] = []
         for section in ("rolling", "career", "since_last", "relative", "interactions"):
             for i, entry in enumerate(getattr(self, section)):
                 named.append((f"{section}[{i}]", entry))

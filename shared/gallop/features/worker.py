@@ -19,7 +19,8 @@ class FeaturesWorker:
         self.meter = meter
         self._store: Store | None = None
 
-    def handle_message(self, message_id: str, body: str) -> None:
+    def handle_message(self, message_id: str, body: str, receive_count: int) -> None:
+        del receive_count  # a build that fails settles as FAILED itself, at any attempt
         settings = get_settings()
         self._store = self._store or Store.from_settings(settings)
         request = FeaturesRequest.from_json(body)

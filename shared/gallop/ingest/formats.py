@@ -11,8 +11,13 @@ EXTENSIONS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".json": "jsonl",
+    # Text compresses well (often 5-10x): gzip is read as a stream, within a limit.
+    ".csv.gz": "csv.gz",
+    ".jsonl.gz": "jsonl.gz",
+    ".ndjson.gz": "jsonl.gz",
+    ".json.gz": "jsonl.gz",
 }
-FILENAMES = {"csv": "data.csv", "parquet": "data.parquet", "jsonl": "data.jsonl"}
+FILENAMES = {fmt: "data." + fmt for fmt in ("csv", "parquet", "jsonl", "csv.gz", "jsonl.gz")}
 
 
 def format_of(filename: str) -> str:
@@ -22,6 +27,7 @@ def format_of(filename: str) -> str:
     raise UnreadableFile(
         Problem(
             "unknown_format",
-            f"cannot tell the format of {filename!r}: use .csv, .parquet or .jsonl",
+            f"cannot tell the format of {filename!r}: use .csv, .parquet or .jsonl "
+            "(or .csv.gz, .jsonl.gz)",
         )
     )

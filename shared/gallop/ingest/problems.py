@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from gallop.echo import clip
 
 
 @dataclass
@@ -18,7 +21,31 @@ class Problem:
     examples: list[Any] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v not in (None, [], 0)}
+        # Messages and column names come from the upload: a report must stay small whatever
+        # they hold (row numbers and examples are capped where they are chosen).
+        fields = asdict(self)
+        for name in ("message", "column"):
+            if fields[name] is not None:
+                fields[name] = clip(fields[name], MAX_TEXT_CHARS)
+        return {k: v for k, v in fields.items() if v not in (None, [], 0)}
+
+
+MAX_TEXT_CHARS = 1_000
+MAX_NAMES = 10
+MAX_PROBLEMS = 50  # per list in a report: one per column of a wide table would be too many
+
+
+def some_names(names: Sequence[Any], limit: int = MAX_NAMES) -> str:
+    """The first few of a list of names, and how many more there are: a header of a
+    million columns must not put a million names into a report."""
+    shown = ", ".join(clip(repr(n)) for n in names[:limit])
+    more = len(names) - limit
+    return f"[{shown}{f', ... and {more:,} more' if more > 0 else ''}]"
+
+
+def capped(problems: list[Problem], limit: int = MAX_PROBLEMS) -> tuple[list[Problem], int]:
+    """The first `limit` problems, and how many were left out."""
+    return problems[:limit], max(0, len(problems) - limit)
 
 
 class UnreadableFile(Exception):

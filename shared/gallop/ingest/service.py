@@ -9,26 +9,53 @@ retried message finishes the job.
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
 
-from gallop.ingest.canonical import content_hash, rejected_hash, to_parquet, version_id_for
+from gallop.crashpoint import READING_UPLOAD, VERSION_RECORDED, crash_point
+from gallop.ingest.append import Parent, column_problems, extend, type_problems
+from gallop.ingest.canonical import (
+    group_index,
+    hash_of_rows,
+    index_from_bytes,
+    index_to_bytes,
+    read_canonical,
+    rejected_hash,
+    row_hashes,
+    to_parquet,
+    version_id_for,
+)
 from gallop.ingest.formats import format_of
-from gallop.ingest.problems import Problem, UnreadableFile
-from gallop.ingest.readers import read_table
+from gallop.ingest.problems import Problem, UnreadableFile, capped
+from gallop.ingest.readers import Limits, read_table
 from gallop.ingest.validate import Validation, validate
+from gallop.layout import (
+    APPEND,
+    APPENDED_FILE,
+    DATA_FILE,
+    MANIFEST_FILE,
+    REPORT_FILE,
+    ROW_INDEX_FILE,
+    RawKey,
+    curated_prefix,
+    quarantine_prefix,
+    quarantined_upload_key,
+)
 from gallop.metadata import repo
 from gallop.metadata.models import Dataset, VersionStatus
 from gallop.settings import Settings
 from gallop.spec import DatasetSpec
-from gallop.storage import ObjectMissing, RawKey, Store, curated_prefix, quarantine_prefix
+from gallop.storage import ObjectMissing, Store, object_id
 
 log = logging.getLogger(__name__)
+MAX_NAMED = 100  # replaced races named in a report
 
 
 @dataclass(frozen=True)
@@ -40,8 +67,23 @@ class Outcome:
     created: bool  # False when the event or the content had been seen before
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """One object under raw/ and the upload it is."""
+
+    raw: RawKey
+    upload_id: str
+    size: int
+    etag: str
+
+
 class UnknownDataset(LookupError):
-    pass
+    def __init__(self, key: str, dataset: str) -> None:
+        super().__init__(
+            f"{key}: no dataset named {dataset!r}; register it with POST /v1/datasets "
+            "and this upload is ingested"
+        )
+        self.dataset = dataset
 
 
 def ingest_object(key: str, store: Store, engine: Engine, settings: Settings) -> Outcome:
@@ -49,36 +91,40 @@ def ingest_object(key: str, store: Store, engine: Engine, settings: Settings) ->
     try:
         dataset = repo.get_dataset(engine, raw.dataset)
     except repo.DatasetNotFound as exc:
-        raise UnknownDataset(
-            f"{key}: no dataset named {raw.dataset!r}; register it with POST /v1/datasets"
-        ) from exc
+        raise UnknownDataset(key, raw.dataset) from exc
     spec = repo.spec_of(dataset)
 
-    upload = _upload_for(engine, dataset, raw)
     try:
         size, etag = store.head(key)
     except ObjectMissing:
-        if upload.status != VersionStatus.PENDING.value:  # a repeat of a settled event
-            return Outcome(dataset.name, raw.upload_id, upload.status, upload.version_id, False)
+        # A repeat of a settled event: a rejected upload has moved to quarantine.
+        last = repo.latest_upload_of_key(engine, key)
+        if last is not None and last.status != VersionStatus.PENDING.value:
+            return Outcome(dataset.name, last.upload_id, last.status, last.version_id, False)
         raise
-    if upload.status != VersionStatus.PENDING.value and upload.etag == etag:
+    upload = _upload_of(engine, dataset, raw, etag)
+    if upload.status != VersionStatus.PENDING.value:
         # The same S3 event again (SQS delivers at least once): already settled. New bytes
         # under the same key (a presigned POST used twice, an overwrite) are a new upload.
-        return Outcome(dataset.name, raw.upload_id, upload.status, upload.version_id, False)
+        return Outcome(dataset.name, upload.upload_id, upload.status, upload.version_id, False)
+    arrival = Arrival(raw, upload.upload_id, size, etag)
 
     if size > settings.max_upload_bytes:
         problem = Problem(
             "file_too_large",
             f"the file is {size:,} bytes; the limit is {settings.max_upload_bytes:,} bytes",
         )
-        return _reject(store, engine, dataset, spec, raw, size, etag, [problem], data=None)
+        return _reject(store, engine, dataset, spec, arrival, [problem], data=None)
 
     data = store.get_bytes(key)
+    crash_point(READING_UPLOAD)
     try:
-        frame = read_table(data, format_of(raw.filename))
+        frame = read_table(data, format_of(raw.filename), Limits.of(settings))
     except UnreadableFile as exc:
-        return _reject(store, engine, dataset, spec, raw, size, etag, [exc.problem], data=data)
+        return _reject(store, engine, dataset, spec, arrival, [exc.problem], data=data)
 
+    if raw.mode == APPEND:
+        return _append(store, engine, dataset, spec, arrival, frame, data, settings)
     result = validate(frame, spec, limit=settings.report_max_rows)
     if not result.ok:
         return _reject(
@@ -86,26 +132,61 @@ def ingest_object(key: str, store: Store, engine: Engine, settings: Settings) ->
             engine,
             dataset,
             spec,
-            raw,
-            size,
-            etag,
+            arrival,
             result.problems,
             data=data,
             warnings=result.warnings,
         )
-    return _accept(store, engine, dataset, spec, raw, etag, result)
+    return _accept(store, engine, dataset, spec, arrival, result)
 
 
-def _upload_for(engine: Engine, dataset: Dataset, raw: RawKey) -> Any:
+def reject_unprocessable(
+    key: str, store: Store, engine: Engine, settings: Settings, reason: str
+) -> Outcome:
+    """Settle an upload that could not be processed for a reason not understood (a bug):
+    REJECTED with an `internal_error`, so that it is answered rather than retried for
+    ever. The upload is kept in quarantine like any rejected one."""
+    raw = RawKey.parse(key)
+    dataset = repo.get_dataset(engine, raw.dataset)
+    size, etag = store.head(key)
+    upload = _upload_of(engine, dataset, raw, etag)
+    if upload.status != VersionStatus.PENDING.value:
+        return Outcome(dataset.name, upload.upload_id, upload.status, upload.version_id, False)
+    problem = Problem(
+        "internal_error",
+        f"gallop could not process this upload ({reason}); it is kept, and the details are "
+        "in the ingest function's log",
+    )
+    arrival = Arrival(raw, upload.upload_id, size, etag)
+    return _reject(store, engine, dataset, repo.spec_of(dataset), arrival, [problem], data=None)
+
+
+def _upload_of(engine: Engine, dataset: Dataset, raw: RawKey, etag: str) -> Any:
+    """The upload these bytes at this key are (recorded on first sight)."""
     try:
-        return repo.get_upload(engine, dataset, raw.upload_id)
-    except repo.UploadNotFound:
-        # Copied straight into raw/ (aws s3 cp) rather than through the API.
-        fmt = raw.filename.rsplit(".", 1)[-1]
-        try:
-            return repo.create_upload(engine, dataset, raw.upload_id, raw.key, fmt[:16])
-        except IntegrityError:  # the same event, handled concurrently
-            return repo.get_upload(engine, dataset, raw.upload_id)
+        declared = format_of(raw.filename)
+    except UnreadableFile:
+        declared = raw.filename.rsplit(".", 1)[-1]  # refused when read, with its reason
+    return repo.upload_of_object(
+        engine, dataset, raw.key, etag, declared[:16], object_id(raw.key, etag)
+    )
+
+
+@dataclass
+class _Rows:
+    """What a VALID version is made of, however it came (a whole upload, an append)."""
+
+    dtypes: list[tuple[str, str]]  # canonical columns and their types
+    features: list[str]
+    text_columns: list[str]
+    warnings: list[Problem]
+    hashes: np.ndarray  # sorted row hashes of the whole
+    groups: np.ndarray | None  # sorted group ids of the whole
+    whole: pd.DataFrame | None  # written as data.parquet (a whole upload, a compaction)
+    added: pd.DataFrame | None = None  # an append's own rows: append.parquet
+    parent: Parent | None = None
+    replaced_groups: list[str] = field(default_factory=list)
+    rows_replaced: int = 0
 
 
 def _accept(
@@ -113,53 +194,200 @@ def _accept(
     engine: Engine,
     dataset: Dataset,
     spec: DatasetSpec,
-    raw: RawKey,
-    etag: str,
+    arrival: Arrival,
     result: Validation,
 ) -> Outcome:
     frame = result.canonical
     assert frame is not None
-    digest = content_hash(frame, spec)
+    rows = _Rows(
+        dtypes=[(str(name), str(dtype)) for name, dtype in frame.dtypes.items()],
+        features=result.features,
+        text_columns=result.text_columns,
+        warnings=result.warnings,
+        hashes=row_hashes(frame),
+        groups=group_index(frame, spec),
+        whole=frame,
+    )
+    return _store_version(store, engine, dataset, spec, arrival, rows)
+
+
+def _append(
+    store: Store,
+    engine: Engine,
+    dataset: Dataset,
+    spec: DatasetSpec,
+    arrival: Arrival,
+    frame: pd.DataFrame,
+    data: bytes,
+    settings: Settings,
+) -> Outcome:
+    """An append: the newest VALID version plus these rows, checked as a whole."""
+    parent = _parent(store, engine, dataset, spec)
+
+    def reject(problems: list[Problem], warnings: list[Problem] | None = None) -> Outcome:
+        return _reject(
+            store, engine, dataset, spec, arrival, problems, data=data, warnings=warnings
+        )
+
+    if parent is None:
+        return reject(
+            [
+                Problem(
+                    "no_valid_version",
+                    f"an append extends the newest VALID version of {dataset.name!r}, and "
+                    "there is none: upload the history first (mode replace)",
+                )
+            ]
+        )
+    problems = column_problems([str(c) for c in frame.columns], parent)
+    if problems:
+        return reject(problems)
+    # The stored version's features, not those this file alone would suggest.
+    result = validate(
+        frame, spec.model_copy(update={"features": parent.features}), settings.report_max_rows
+    )
+    if not result.ok:
+        return reject(result.problems, result.warnings)
+    assert result.canonical is not None
+    problems = type_problems(result.canonical, parent)
+    if problems:
+        return reject(problems, result.warnings)
+    extended = extend(
+        parent, result, spec, arrival.raw.corrections, store.get_bytes, settings.report_max_rows
+    )
+    if isinstance(extended, list):
+        return reject(extended, result.warnings)
+    warnings = result.warnings
+    if extended.unchanged:
+        warnings = [
+            Problem(
+                "already_stored",
+                f"every row of this append is in version {parent.version_id} already: "
+                "nothing changed, and the upload is that version",
+            ),
+            *warnings,
+        ]
+    rows = _Rows(
+        dtypes=list(parent.columns.items()),
+        features=parent.features,
+        text_columns=result.text_columns,
+        warnings=warnings,
+        hashes=extended.hashes,
+        groups=extended.groups,
+        whole=extended.whole,
+        added=extended.added,
+        parent=parent,
+        replaced_groups=extended.replaced_groups,
+        rows_replaced=extended.rows_replaced,
+    )
+    return _store_version(store, engine, dataset, spec, arrival, rows)
+
+
+def _parent(store: Store, engine: Engine, dataset: Dataset, spec: DatasetSpec) -> Parent | None:
+    version = repo.newest_valid_version(engine, dataset)
+    if version is None:
+        return None
+    prefix = curated_prefix(dataset.name, version.version_id)
+    manifest = json.loads(store.get_bytes(prefix + MANIFEST_FILE))
+    parts = version.parts or [str(version.data_key)]
+    try:
+        hashes, groups = index_from_bytes(store.get_bytes(prefix + ROW_INDEX_FILE))
+        columns = {name: manifest["columns"][name] for name in manifest["column_order"]}
+    except (ObjectMissing, KeyError):  # a version stored before appends: indexed once
+        whole = read_canonical(store.get_bytes, parts, spec)
+        hashes, groups = row_hashes(whole), group_index(whole, spec)
+        columns = {str(name): str(dtype) for name, dtype in whole.dtypes.items()}
+    return Parent(version.version_id, parts, columns, manifest["features"], hashes, groups)
+
+
+def _store_version(
+    store: Store,
+    engine: Engine,
+    dataset: Dataset,
+    spec: DatasetSpec,
+    arrival: Arrival,
+    rows: _Rows,
+) -> Outcome:
+    digest = hash_of_rows(spec, rows.dtypes, rows.hashes)
     version_id = version_id_for(digest, valid=True)
+    n_rows = len(rows.hashes)
+    n_groups = len(rows.groups) if rows.groups is not None else None
+    report = _report(spec, arrival, "VALID", n_rows, n_groups, [], rows.warnings)
+    report.update(features=rows.features, text_columns=rows.text_columns)
+    lineage: dict[str, Any] = {}
+    if rows.parent is not None:
+        assert rows.added is not None
+        lineage = {
+            "parent_version_id": rows.parent.version_id,
+            "rows_added": len(rows.added),
+            "rows_replaced": rows.rows_replaced,
+        }
+        report["append"] = lineage | {"replaced_groups": rows.replaced_groups[:MAX_NAMED]}
     existing = repo.find_version(engine, dataset, version_id)
-    if existing is not None:
-        repo.record_version(engine, dataset, raw.upload_id, etag, version_id=version_id)
-        return Outcome(dataset.name, raw.upload_id, existing.status, version_id, False)
+    if existing is not None:  # the same rows again (an append sent twice): the same version
+        repo.record_version(
+            engine,
+            dataset,
+            arrival.upload_id,
+            arrival.etag,
+            version_id=version_id,
+            report_key=existing.report_key,
+            report=report,
+        )
+        return Outcome(dataset.name, arrival.upload_id, existing.status, version_id, False)
 
     prefix = curated_prefix(dataset.name, version_id)
-    groups = int(frame[spec.group].nunique()) if spec.group else None
-    report = _report(spec, raw, "VALID", len(frame), groups, [], result.warnings)
-    report.update(features=result.features, text_columns=result.text_columns)
+    parquet = "application/vnd.apache.parquet"
+    parts: list[str] = []
+    if rows.whole is not None:
+        store.put_bytes(prefix + DATA_FILE, to_parquet(rows.whole), parquet)
+        parts = [prefix + DATA_FILE]
+    if rows.added is not None:
+        store.put_bytes(prefix + APPENDED_FILE, to_parquet(rows.added), parquet)
+        if rows.whole is None:
+            assert rows.parent is not None
+            parts = rows.parent.parts + [prefix + APPENDED_FILE]
+    store.put_bytes(
+        prefix + ROW_INDEX_FILE,
+        index_to_bytes(rows.hashes, rows.groups),
+        "application/octet-stream",
+    )
     manifest = {
         "dataset": dataset.name,
         "version_id": version_id,
         "content_hash": digest,
         "spec": spec.model_dump(mode="json"),
-        "columns": {name: str(dtype) for name, dtype in frame.dtypes.items()},
-        "features": result.features,
-        "rows": len(frame),
-        "groups": groups,
-        "source_key": raw.key,
+        "columns": dict(rows.dtypes),
+        "column_order": [name for name, _ in rows.dtypes],  # the JSON's keys are sorted
+        "features": rows.features,
+        "rows": n_rows,
+        "groups": n_groups,
+        "source_key": arrival.raw.key,
+        "parts": parts,
+        **lineage,
     }
-    store.put_bytes(prefix + "data.parquet", to_parquet(frame), "application/vnd.apache.parquet")
-    store.put_json(prefix + "report.json", report)
-    store.put_json(prefix + "manifest.json", manifest)
+    store.put_json(prefix + REPORT_FILE, report)
+    store.put_json(prefix + MANIFEST_FILE, manifest)
     version, created = repo.record_version(
         engine,
         dataset,
-        raw.upload_id,
-        etag,
+        arrival.upload_id,
+        arrival.etag,
         version_id=version_id,
         status=VersionStatus.VALID.value,
         content_hash=digest,
-        row_count=len(frame),
-        group_count=groups,
-        source_key=raw.key,
-        data_key=prefix + "data.parquet",
-        report_key=prefix + "report.json",
+        row_count=n_rows,
+        group_count=n_groups,
+        source_key=arrival.raw.key,
+        data_key=parts[-1],
+        report_key=prefix + REPORT_FILE,
         report=report,
+        parts=parts,
+        **lineage,
+        expected_parent=rows.parent.version_id if rows.parent else None,
     )
-    return Outcome(dataset.name, raw.upload_id, version.status, version_id, created)
+    crash_point(VERSION_RECORDED)
+    return Outcome(dataset.name, arrival.upload_id, version.status, version_id, created)
 
 
 def _reject(
@@ -167,29 +395,30 @@ def _reject(
     engine: Engine,
     dataset: Dataset,
     spec: DatasetSpec,
-    raw: RawKey,
-    size: int,
-    etag: str,
+    arrival: Arrival,
     problems: list[Problem],
     *,
     data: bytes | None,
     warnings: list[Problem] | None = None,
 ) -> Outcome:
-    digest = rejected_hash(data if data is not None else f"{raw.key}:{size}".encode(), spec)
+    raw = arrival.raw
+    # A rejected version is one upload's: its report names that upload and its problems.
+    size_and_tag = f"{arrival.size}:{arrival.etag}".encode()
+    digest = rejected_hash(data if data is not None else size_and_tag, spec, raw.key)
     version_id = version_id_for(digest, valid=False)
-    quarantine = quarantine_prefix(dataset.name, raw.upload_id)
-    report = _report(spec, raw, "REJECTED", None, None, problems, warnings or [])
-    report["size_bytes"] = size
+    quarantine = quarantine_prefix(dataset.name, arrival.upload_id)
+    report = _report(spec, arrival, "REJECTED", None, None, problems, warnings or [])
+    report["size_bytes"] = arrival.size
     # Keep the upload (never lose what a user sent) and its report side by side; the upload
     # sits in a folder of its own so that no file name can collide with the report.
-    kept = quarantine + "upload/" + raw.filename
+    kept = quarantined_upload_key(dataset.name, arrival.upload_id, raw.filename)
     store.copy(raw.key, kept)
-    store.put_json(quarantine + "report.json", report)
+    store.put_json(quarantine + REPORT_FILE, report)
     version, created = repo.record_version(
         engine,
         dataset,
-        raw.upload_id,
-        etag,
+        arrival.upload_id,
+        arrival.etag,
         version_id=version_id,
         status=VersionStatus.REJECTED.value,
         content_hash=digest,
@@ -197,30 +426,36 @@ def _reject(
         group_count=None,
         source_key=kept,
         data_key=None,
-        report_key=quarantine + "report.json",
+        report_key=quarantine + REPORT_FILE,
         report=report,
     )
     store.delete(raw.key)
-    return Outcome(dataset.name, raw.upload_id, version.status, version_id, created)
+    return Outcome(dataset.name, arrival.upload_id, version.status, version_id, created)
 
 
 def _report(
     spec: DatasetSpec,
-    raw: RawKey,
+    arrival: Arrival,
     status: str,
     rows: int | None,
     groups: int | None,
     problems: list[Problem],
     warnings: list[Problem],
 ) -> dict[str, Any]:
-    return {
+    errors, errors_left_out = capped(problems)
+    shown_warnings, warnings_left_out = capped(warnings)
+    report = {
         "status": status,
         "dataset": spec.name,
-        "upload_id": raw.upload_id,
-        "file": raw.filename,
+        "upload_id": arrival.upload_id,
+        "key": arrival.raw.key,
+        "file": arrival.raw.filename,
         "checked_at": datetime.now(UTC).isoformat(),
         "rows": rows,
         "groups": groups,
-        "errors": [p.to_dict() for p in problems],
-        "warnings": [p.to_dict() for p in warnings],
+        "errors": [p.to_dict() for p in errors],
+        "warnings": [p.to_dict() for p in shown_warnings],
     }
+    if errors_left_out or warnings_left_out:
+        report.update(errors_left_out=errors_left_out, warnings_left_out=warnings_left_out)
+    return report

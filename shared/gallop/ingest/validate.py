@@ -20,7 +20,9 @@ from pandas.api.types import (
     is_numeric_dtype,
 )
 
-from gallop.ingest.problems import Problem, at_rows
+from gallop.ingest import rules
+from gallop.ingest.canonical import sort_canonical
+from gallop.ingest.problems import Problem, at_rows, some_names
 from gallop.spec import DatasetSpec, TargetOrder, Task
 
 MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none"})
@@ -33,6 +35,15 @@ class Validation:
     canonical: pd.DataFrame | None = None
     features: list[str] = field(default_factory=list)
     text_columns: list[str] = field(default_factory=list)
+    # Where each canonical row was in the upload (0-based): problems found on canonical
+    # rows name the rows of the file.
+    source_rows: np.ndarray | None = None
+
+    def upload_mask(self, canonical_mask: np.ndarray) -> np.ndarray:
+        assert self.source_rows is not None
+        mask = np.zeros(len(canonical_mask), dtype=bool)
+        mask[self.source_rows[canonical_mask]] = True
+        return mask
 
     @property
     def ok(self) -> bool:
@@ -46,7 +57,8 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, limit: int = 20) -> Validat
         result.problems.append(
             Problem(
                 "missing_column",
-                f"required column(s) {missing} are missing; the file has {list(frame.columns)}",
+                f"required column(s) {missing} are missing; the file has "
+                f"{len(frame.columns):,} columns: {some_names(list(frame.columns))}",
                 column=missing[0],
             )
         )
@@ -61,57 +73,12 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, limit: int = 20) -> Validat
 
     for name in features:
         values, bad, raw = parsed[name] if name in parsed else _numeric(frame[name])
-        if bad.any():
-            result.problems.append(
-                at_rows(
-                    "not_numeric",
-                    f"column {name!r} has values that are not numbers",
-                    bad,
-                    column=name,
-                    values=raw,
-                    limit=limit,
-                )
-            )
-        infinite = np.isinf(values)
-        if infinite.any():
-            result.problems.append(
-                at_rows(
-                    "infinite_value",
-                    f"feature {name!r} is ±infinity (NaN or empty means missing and is allowed)",
-                    infinite,
-                    column=name,
-                    limit=limit,
-                )
-            )
-        with np.errstate(over="ignore"):
-            as_float32 = values.astype(np.float32)
-        overflow = np.isinf(as_float32) & ~infinite
-        if overflow.any():
-            result.problems.append(
-                at_rows(
-                    "out_of_range",
-                    f"feature {name!r} is beyond float32's range (±3.4e38), in which features "
-                    "are stored",
-                    overflow,
-                    column=name,
-                    values=values,
-                    limit=limit,
-                )
-            )
-        out[name] = as_float32
+        result.problems += rules.not_numeric(name, bad, raw, limit=limit)
+        out[name], found = rules.as_feature(name, values, limit)
+        result.problems += found
 
     target, bad, raw = _numeric(frame[spec.target])
-    if bad.any():
-        result.problems.append(
-            at_rows(
-                "not_numeric",
-                f"target {spec.target!r} has values that are not numbers",
-                bad,
-                column=spec.target,
-                values=raw,
-                limit=limit,
-            )
-        )
+    result.problems += rules.not_numeric(spec.target, bad, raw, "target", limit)
     not_finite = ~np.isfinite(target) & ~bad
     if not_finite.any():
         result.problems.append(
@@ -130,72 +97,24 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, limit: int = 20) -> Validat
         if name in out or name == spec.odds:
             continue  # odds declared post-race is checked as odds below
         values, bad, raw = _numeric(frame[name])
-        if bad.any():
-            result.problems.append(
-                at_rows(
-                    "not_numeric",
-                    f"post-race column {name!r} has values that are not numbers",
-                    bad,
-                    column=name,
-                    values=raw,
-                    limit=limit,
-                )
-            )
+        result.problems += rules.not_numeric(name, bad, raw, "post-race column", limit)
         out[name] = values
 
     if spec.odds:
         odds, bad, raw = _numeric(frame[spec.odds])
-        if bad.any():
-            result.problems.append(
-                at_rows(
-                    "not_numeric",
-                    f"odds {spec.odds!r} has values that are not numbers",
-                    bad,
-                    column=spec.odds,
-                    values=raw,
-                    limit=limit,
-                )
-            )
-        invalid = ~np.isnan(odds) & ~(np.isfinite(odds) & (odds > 1.0))
-        if invalid.any():
-            result.problems.append(
-                at_rows(
-                    "invalid_odds",
-                    f"decimal odds {spec.odds!r} must be finite and greater than 1",
-                    invalid,
-                    column=spec.odds,
-                    values=odds,
-                    limit=limit,
-                )
-            )
+        result.problems += rules.not_numeric(spec.odds, bad, raw, "odds", limit)
+        result.problems += rules.invalid_odds(spec.odds, odds, limit)
         out[spec.odds] = odds if spec.odds not in features else out[spec.odds]
 
     for key in (spec.group, spec.entity):
         if key:
             text = _text(frame[key])
-            absent = text.isna().to_numpy()
-            if absent.any():
-                result.problems.append(
-                    at_rows(
-                        "missing_key", f"column {key!r} is empty", absent, column=key, limit=limit
-                    )
-                )
+            result.problems += rules.missing_key(key, text.isna().to_numpy(), limit)
             out[key] = text
 
     if spec.time:
         times, bad = _timestamps(frame[spec.time])
-        if bad.any():
-            result.problems.append(
-                at_rows(
-                    "not_a_time",
-                    f"column {spec.time!r} has values that are not dates or "
-                    "times (use ISO 8601, e.g. 2024-05-01T14:30:00Z)",
-                    bad,
-                    column=spec.time,
-                    values=frame[spec.time].to_numpy(),
-                    limit=limit,
-                )
-            )
+        result.problems += rules.not_a_time(spec.time, bad, frame[spec.time].to_numpy(), limit)
         out[spec.time] = times
 
     taken = set(out)
@@ -214,7 +133,9 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, limit: int = 20) -> Validat
         )
 
     if result.ok:
-        result.canonical = _canonical(out, spec, features, n)
+        ordered = _canonical(out, spec, features, n)
+        result.source_rows = ordered.index.to_numpy()
+        result.canonical = ordered.reset_index(drop=True)
     return result
 
 
@@ -366,19 +287,9 @@ def _check_groups(
         )
 
     if spec.entity and spec.entity in out:
-        pair = pd.DataFrame({"g": group, "e": out[spec.entity]})
-        twice = known & pair["e"].notna().to_numpy() & pair.duplicated(keep=False).to_numpy()
-        if twice.any():
-            problems.append(
-                at_rows(
-                    "duplicate_entity_in_group",
-                    f"the same {spec.entity!r} appears twice in one {spec.group!r}",
-                    twice,
-                    column=spec.entity,
-                    values=(pair["g"] + " / " + pair["e"]).to_numpy(),
-                    limit=limit,
-                )
-            )
+        entity = out[spec.entity]
+        codes = pd.factorize(group)[0], pd.factorize(entity)[0]  # -1 where missing
+        problems += rules.duplicate_entity(spec.group, spec.entity, *codes, (group, entity), limit)
 
     if spec.time and spec.time in out:
         times = pd.Series(out[spec.time])
@@ -424,8 +335,7 @@ def _canonical(out: dict[str, Any], spec: DatasetSpec, features: list[str], n: i
     order = keys + [spec.target] + features + [c for c in rest if c in spec.categorical]
     order += [c for c in rest if c not in order]
     frame = pd.DataFrame({name: _as_series(out[name], n) for name in order})
-    by = keys + [c for c in order if c not in keys]
-    return frame.sort_values(by=by, kind="mergesort", na_position="last").reset_index(drop=True)
+    return sort_canonical(frame, spec)  # the index: each row's place in the upload
 
 
 def _as_series(values: Any, n: int) -> pd.Series:

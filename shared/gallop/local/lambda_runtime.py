@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sysconfig
 import threading
 import time
 import uuid
@@ -13,7 +14,17 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-FUNCTIONS_DIR = Path(__file__).resolve().parents[3] / "functions"
+
+def _functions_dir() -> Path:
+    """functions/ of the checkout this runs from, else the copy a wheel installs under the
+    environment's share/ (pyproject's data-files)."""
+    checkout = Path(__file__).resolve().parents[3] / "functions"
+    if checkout.is_dir():
+        return checkout
+    return Path(sysconfig.get_path("data")) / "share" / "gallop" / "functions"
+
+
+FUNCTIONS_DIR = _functions_dir()
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
@@ -42,7 +53,8 @@ def load_handler(function: str, functions_dir: Path = FUNCTIONS_DIR) -> Handler:
     path = functions_dir / function / "handler.py"
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} not found: the local stack runs from a checkout of the gallop repository"
+            f"{path} not found: the local stack needs the Lambda handlers, from a checkout "
+            "of the gallop repository or installed with gallop's wheel"
         )
     spec = importlib.util.spec_from_file_location(f"gallop_function_{function}", path)
     assert spec is not None and spec.loader is not None
@@ -159,6 +171,7 @@ class SqsPoller(threading.Thread):
     def drain(self, timeout: float = 30.0) -> None:
         """Wait until the queue holds no visible or in-flight message and no batch runs."""
         deadline = time.monotonic() + timeout
+        empty_in_a_row = 0
         while time.monotonic() < deadline:
             counts = self.sqs.get_queue_attributes(
                 QueueUrl=self.queue_url,
@@ -167,7 +180,13 @@ class SqsPoller(threading.Thread):
                     "ApproximateNumberOfMessagesNotVisible",
                 ],
             )["Attributes"]
+            # The two counts are read a moment apart, so a message turning visible again
+            # in between is in neither: only an answer seen twice running means empty.
             if not any(int(v) for v in counts.values()) and not self._busy.locked():
-                return
+                empty_in_a_row += 1
+                if empty_in_a_row == 2:
+                    return
+            else:
+                empty_in_a_row = 0
             time.sleep(0.05)
         raise TimeoutError(f"{self.function_name}: queue not drained within {timeout} s")

@@ -1,107 +1,106 @@
-"""Keep the local S3 buckets on disk, so local state survives a restart.
+"""Keep the local S3 buckets on disk, so local state survives a restart, or a crash.
 
-moto holds objects in memory; this mirror writes each bucket's objects under
-<state_dir>/s3/<bucket>/<key> (atomically, as objects change) and puts them back
-when the local stack starts again.
+moto holds objects in memory. The local S3's front (gallop.local.s3_front) hands each
+object a request wrote or deleted to `keep`, which makes it durable under
+<state_dir>/s3/<bucket>/<key> (fsync, then an atomic rename) before the request is
+answered; `restore` puts every object back into moto when the local stack starts again.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
+from moto.s3.models import s3_backends
+
 log = logging.getLogger(__name__)
+
+STAGING = ".staging"  # a file is written here, then renamed into place (same filesystem)
 
 
 class S3Mirror:
-    def __init__(self, s3: Any, buckets: list[str], root: Path, interval: float = 1.0) -> None:
-        self.s3 = s3
+    def __init__(self, buckets: list[str], root: Path) -> None:
         self.buckets = buckets
         self.root = root
-        self.interval = interval
-        self._etags: dict[tuple[str, str], str] = {}
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name="s3-mirror", daemon=True)
 
     def restore(self) -> int:
-        """Upload every mirrored object back into its (empty, new) bucket."""
+        """Put every kept object back into its (empty, new) bucket, straight into moto's
+        backend: nothing is written back to disk, and no upload notification is sent."""
+        shutil.rmtree(self.root / STAGING, ignore_errors=True)  # a crash's half-written files
         count = 0
         for bucket in self.buckets:
             base = self.root / bucket
             if not base.is_dir():
                 continue
+            backend = _backend_of(bucket)
             for path in sorted(p for p in base.rglob("*") if p.is_file()):
-                if path.name.endswith(".part"):
-                    continue
-                key = path.relative_to(base).as_posix()
-                reply = self.s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
-                self._etags[(bucket, key)] = reply["ETag"]
+                backend.put_object(bucket, path.relative_to(base).as_posix(), path.read_bytes())
                 count += 1
         return count
 
-    def sync(self) -> None:
-        with self._lock:
-            for bucket in self.buckets:
-                self._sync_bucket(bucket)
+    def keeps(self, bucket: str) -> bool:
+        return bucket in self.buckets
 
-    def _sync_bucket(self, bucket: str) -> None:
-        current: dict[str, str] = {}
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for obj in page.get("Contents", []):
-                current[obj["Key"]] = obj["ETag"]
-        for key, etag in current.items():
-            if self._etags.get((bucket, key)) != etag:
-                try:
-                    body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-                except self.s3.exceptions.NoSuchKey:
-                    current[key] = ""  # deleted since the listing; gone on disk below
-                    continue
-                self._etags[(bucket, key)] = etag
-                path = self._path(bucket, key)
-                if path is not None:
-                    _write_atomically(path, body)
-        gone = [k for k in self._etags if k[0] == bucket and not current.get(k[1])]
-        for gone_bucket, key in gone:
-            path = self._path(gone_bucket, key)
-            if path is not None:
-                path.unlink(missing_ok=True)
-            del self._etags[(gone_bucket, key)]
+    def keep(self, bucket: str, key: str) -> None:
+        """Make the disk hold what moto holds now under bucket/key: the object, or nothing."""
+        path = self._path(bucket, key)
+        if path is None:
+            return
+        found = _backend_of(bucket).get_object(bucket, key)
+        if found is None:
+            if path.is_file():
+                path.unlink()
+                _fsync_dir(path.parent)
+        else:
+            self._write(path, found.value)
+
+    def _write(self, path: Path, body: bytes) -> None:
+        staging = self.root / STAGING
+        staging.mkdir(parents=True, exist_ok=True)
+        part = staging / uuid.uuid4().hex
+        with open(part, "wb") as out:
+            out.write(body)
+            out.flush()
+            os.fsync(out.fileno())
+        _make_dirs(path.parent)
+        os.replace(part, path)
+        _fsync_dir(path.parent)
 
     def _path(self, bucket: str, key: str) -> Path | None:
         """Where a key lives on disk; None for a key that would land outside the mirror
-        (a leading '/', '..') or on a folder, which is left in S3 and logged."""
-        base = (self.root / bucket).resolve()
-        path = (base / key).resolve()
-        if not path.is_relative_to(base) or path == base or key.endswith("/"):
-            log.warning(
-                "not mirroring S3 key %r of %s: it would leave the state directory", key, bucket
-            )
+        (a leading '/', '..'), on a folder or on the staging area: such a key stays in
+        moto's memory only, and is logged."""
+        parts = key.split("/")
+        if any(part in ("", ".", "..") for part in parts) or "\0" in key:
+            log.warning("not mirroring S3 key %r of %s: it is no path on disk", key, bucket)
             return None
-        return path
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-        self.sync()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.sync()
-            except Exception:  # a failed sync is retried on the next tick
-                log.exception("mirroring S3 to %s failed", self.root)
+        return self.root / bucket / key
 
 
-def _write_atomically(path: Path, body: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    part.write_bytes(body)
-    os.replace(part, path)
+def _backend_of(bucket: str) -> Any:
+    """moto's S3 backend that holds the bucket (whichever account created it)."""
+    partition, account = s3_backends.bucket_accounts[bucket]
+    return s3_backends[account][partition]
+
+
+def _make_dirs(folder: Path) -> None:
+    """Create missing folders, each made durable in its parent."""
+    missing: list[Path] = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir(exist_ok=True)
+        _fsync_dir(made.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

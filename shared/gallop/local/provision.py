@@ -14,9 +14,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from gallop.settings import RAW_PREFIX
-
-MAX_RECEIVE_COUNT = 3
+from gallop.layout import RAW_PREFIX
+from gallop.settings import MAX_RECEIVE_COUNT
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,18 @@ from typing import Any
 
 import httpx
 import uvicorn
-from moto.server import ThreadedMotoServer
 from sqlalchemy import select
 
 from gallop import aws
 from gallop.ingest.events import object_created_body
+from gallop.ingest.service import reject_unprocessable
 from gallop.local import provision
 from gallop.local.lambda_runtime import SqsPoller, load_handler
 from gallop.local.mirror import S3Mirror
+from gallop.local.repair import repair
+from gallop.local.s3_auth import S3Auth
+from gallop.local.s3_front import LocalAwsServer
+from gallop.metadata import repo
 from gallop.metadata.db import dispose_engine, engine_for, migrate, session_scope
 from gallop.metadata.models import Upload, VersionStatus
 from gallop.settings import (
@@ -37,9 +41,11 @@ from gallop.settings import (
     ENV_DATABASE_URL,
     ENV_FEATURES_QUEUE_URL,
     ENV_INGEST_QUEUE_URL,
+    MAX_RECEIVE_COUNT,
     Settings,
     get_settings,
 )
+from gallop.storage import Store
 from gallop.training.runs import fail_interrupted_runs
 
 log = logging.getLogger(__name__)
@@ -66,9 +72,17 @@ def api_key_for(state_dir: Path) -> str:
     path = state_dir / "api_key"
     if not path.exists():
         state_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
+        write_private(path, secrets.token_urlsafe(24))
     return path.read_text().strip()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file that holds the API key: its owner's alone (0600) from the moment it
+    exists, whatever the umask, and an older file's mode put right."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        os.fchmod(descriptor, 0o600)
+        file.write(text)
 
 
 def running_endpoints(state_dir: Path) -> dict[str, str] | None:
@@ -103,7 +117,7 @@ class LocalStack:
         self.api_key = ""
         self.api_url: str | None = None
         self._lock_file: Any = None
-        self._moto: ThreadedMotoServer | None = None
+        self._aws: LocalAwsServer | None = None
         self._saved_env: dict[str, str | None] = {}
         self._mirror: S3Mirror | None = None
         self.poller: SqsPoller | None = None
@@ -132,11 +146,10 @@ class LocalStack:
                 (self.state_dir / name).unlink(missing_ok=True)
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
-        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self._moto.start()
-        host, port = self._moto.get_host_and_port()
-        # moto's backends are process-wide: start from nothing, then restore from disk.
-        httpx.post(f"http://{host}:{port}/moto-api/reset", timeout=10).raise_for_status()
+        self._aws = LocalAwsServer()
+        endpoint = self._aws.endpoint
+        # The local S3 takes requests signed by the stack's keys or by its caller's.
+        signers = {os.environ.get("AWS_ACCESS_KEY_ID"): os.environ.get("AWS_SECRET_ACCESS_KEY")}
         self.api_key = api_key_for(self.state_dir)
         self._set_env(
             {
@@ -144,7 +157,7 @@ class LocalStack:
                 "AWS_SECRET_ACCESS_KEY": "local",
                 "AWS_DEFAULT_REGION": "us-east-1",
                 "GALLOP_STATE_DIR": str(self.state_dir),
-                ENV_AWS_ENDPOINT_URL: f"http://{host}:{port}",
+                ENV_AWS_ENDPOINT_URL: endpoint,
                 ENV_API_KEYS: self.api_key,
                 **(
                     {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "WARNING"}
@@ -161,13 +174,18 @@ class LocalStack:
                 or f"sqlite:///{self.state_dir / 'gallop.db'}"
             }
         )
+        signers[os.environ["AWS_ACCESS_KEY_ID"]] = os.environ["AWS_SECRET_ACCESS_KEY"]
         settings = get_settings()
-        s3, sqs = aws.client("s3", settings), aws.client("sqs", settings)
-
         buckets = [settings.data_bucket, settings.artifacts_bucket]
+        self._mirror = S3Mirror(buckets, self.state_dir / "s3")
+        self._aws.start(
+            S3Auth({k: v for k, v in signers.items() if k and v is not None}), self._mirror
+        )
+        # moto's backends are process-wide: start from nothing, then restore from disk.
+        httpx.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
+        s3, sqs = aws.client("s3", settings), aws.client("sqs", settings)
         for bucket in buckets:
             provision.create_bucket(s3, bucket)
-        self._mirror = S3Mirror(s3, buckets, self.state_dir / "s3")
         restored = self._mirror.restore()  # before notifications: old objects are not new uploads
         queue, dlq = provision.create_queue_with_dlq(
             sqs, settings.ingest_queue_name, self.visibility_timeout
@@ -185,19 +203,25 @@ class LocalStack:
         engine = engine_for(settings.sqlalchemy_url)
         migrate(engine)
         interrupted = fail_interrupted_runs(engine)  # their thread died with the last process
+        repairs = repair(
+            engine,
+            Store(settings.data_bucket, s3),
+            Store(settings.artifacts_bucket, s3),
+            lambda request: sqs.send_message(QueueUrl=features.url, MessageBody=request.to_json()),
+        )
         self.poller = SqsPoller(sqs, queue.url, queue.arn, load_handler("ingest"), "ingest")
         self.features_poller = SqsPoller(
             sqs, features.url, features.arn, load_handler("features"), "features"
         )
         self.poller.start()
         self.features_poller.start()
-        self._mirror.start()
         redriven = self._redrive_pending_uploads(s3, sqs)
         log.info(
-            "local stack up: %d objects restored, %d uploads re-driven, %d runs interrupted",
+            "local stack up: %d objects restored, %d uploads re-driven, %d runs interrupted, %s",
             restored,
             redriven,
             interrupted,
+            repairs,
         )
         return self
 
@@ -212,8 +236,9 @@ class LocalStack:
         )
         self._uvicorn = uvicorn.Server(config)
         self.api_url = f"http://127.0.0.1:{port}"
-        (self.state_dir / ENDPOINTS_FILE).write_text(
-            json.dumps({"api_url": self.api_url, "api_key": self.api_key})
+        write_private(
+            self.state_dir / ENDPOINTS_FILE,
+            json.dumps({"api_url": self.api_url, "api_key": self.api_key}),
         )
         if block:
             self._uvicorn.run()
@@ -234,10 +259,8 @@ class LocalStack:
         for poller in (self.poller, self.features_poller):
             if poller is not None:
                 poller.stop()
-        if self._mirror is not None:
-            self._mirror.stop()
-        if self._moto is not None:
-            self._moto.stop()
+        if self._aws is not None:
+            self._aws.stop()
         (self.state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
         if self.settings is not None:
             dispose_engine(self.settings.sqlalchemy_url)
@@ -273,19 +296,28 @@ class LocalStack:
 
     def _redrive_pending_uploads(self, s3: Any, sqs: Any) -> int:
         """Uploads that arrived but were never settled (the stack stopped first) are queued
-        again, so nothing a user sent is silently dropped."""
+        again, so nothing a user sent is silently dropped; one that was re-sent
+        MAX_RECEIVE_COUNT times is answered REJECTED instead (internal_error)."""
         assert self.settings is not None and self.resources is not None
         engine = engine_for(self.settings.sqlalchemy_url)
         with session_scope(engine) as session:
             pending = list(
                 session.scalars(select(Upload).where(Upload.status == VersionStatus.PENDING.value))
             )
+        store = Store(self.settings.data_bucket, s3)
         count = 0
         for upload in pending:
             try:
                 size = s3.head_object(Bucket=self.settings.data_bucket, Key=upload.key)
             except s3.exceptions.ClientError:
                 continue  # never uploaded (the presigned POST was not used)
+            if upload.redriven >= MAX_RECEIVE_COUNT:
+                # Each start that re-sent it ended before it settled: it ends the process
+                # (as SQS would send it to the dead-letter queue, it is not sent again).
+                reason = f"the local stack stopped {upload.redriven} times while ingesting it"
+                reject_unprocessable(upload.key, store, engine, self.settings, reason)
+                continue
+            repo.count_redrive(engine, upload.upload_id)
             body = object_created_body(
                 self.settings.data_bucket, upload.key, int(size["ContentLength"])
             )

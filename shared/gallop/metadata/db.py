@@ -6,10 +6,11 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from gallop.settings import IAM_AUTH_QUERY, get_settings
@@ -70,7 +71,7 @@ def _iam_token(url: URL, region: str) -> Callable[..., None]:
     return add_token
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the API read while the ingest poller writes; foreign keys are off by default.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -82,13 +83,48 @@ def default_engine() -> Engine:
     return engine_for(get_settings().sqlalchemy_url)
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration (idempotent)."""
+def migrate(engine: Engine, revision: str = "head", *, down: bool = False) -> None:
+    """Bring the schema to a revision, the newest by default (idempotent): all of it or,
+    if any step fails, none of it."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        try:
+            if sqlite:
+                _sqlite_migration_begins(connection)
+            config.attributes["connection"] = connection
+            (command.downgrade if down else command.upgrade)(config, revision)
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"migrating left rows pointing nowhere: {broken[:5]}")
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+        finally:
+            if sqlite:
+                _sqlite_migration_ends(connection)
+
+
+def _sqlite_migration_begins(connection: Connection) -> None:
+    """SQLite alters a table by copying it and dropping the old one, which it refuses while
+    other rows point at it (a run's model): foreign keys are off while migrations run, and
+    checked whole after. And the driver opens no transaction before DDL by itself, so a
+    failed step would leave the steps before it: BEGIN is sent here, around them all."""
+    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")  # outside a transaction, or ignored
+    connection.commit()
+    driver = connection.connection.driver_connection
+    driver.isolation_level = None  # type: ignore[union-attr]  # no BEGIN or COMMIT of its own
+    connection.exec_driver_sql("BEGIN")
+
+
+def _sqlite_migration_ends(connection: Connection) -> None:
+    driver = connection.connection.driver_connection
+    driver.isolation_level = ""  # type: ignore[union-attr]  # the driver's default again
+    connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+    connection.commit()
 
 
 @contextmanager

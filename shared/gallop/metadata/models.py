@@ -74,6 +74,14 @@ class DatasetVersion(Base):
     data_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     report_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # An append's lineage: the version it extends, its own rows, and the stored rows its
+    # corrections replaced (None for a whole upload).
+    parent_version_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    rows_added: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    rows_replaced: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The Parquet objects the whole data is, in order (gallop.ingest.canonical.read_canonical);
+    # None on versions stored before appends: their data_key alone.
+    parts: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -81,9 +89,15 @@ class DatasetVersion(Base):
 
 
 class Upload(Base):
-    """One presigned upload, and the version it became once ingested."""
+    """One object that landed under raw/ (its key and its bytes' ETag), and what it became.
+
+    An upload through the API starts as a row naming its key with no ETag yet (the
+    presigned form); the first bytes posted to that key claim it. Anything else (a copy
+    by hand, new bytes under a key already seen) is a new row with an id of its own.
+    """
 
     __tablename__ = "uploads"
+    __table_args__ = (UniqueConstraint("key", "etag"),)
 
     upload_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
@@ -92,8 +106,31 @@ class Upload(Base):
     status: Mapped[str] = mapped_column(String(16), default=VersionStatus.PENDING.value)
     version_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     etag: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # This upload's own report (a version made by several uploads keeps the first's).
+    report_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Local stack: times it was re-sent at a start, unsettled. An upload that ends the
+    # process while it is ingested (as a file past every limit could) would otherwise
+    # end it again at every start.
+    redriven: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class UnclaimedUpload(Base):
+    """An object under raw/ that no dataset claims, kept under unclaimed/ until one does."""
+
+    __tablename__ = "unclaimed_uploads"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(1024))  # where it landed, under raw/
+    unclaimed_key: Mapped[str] = mapped_column(String(1024))
+    # The dataset its key names, not registered yet; None when the key names none.
+    dataset: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    etag: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class FeatureStatus(StrEnum):
@@ -118,6 +155,9 @@ class FeatureSet(Base):
     state_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     row_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     features: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # {"kind": "incremental" | "full", "parent_version_id", "reason"}: extended from the
+    # parent's snapshot, or built whole and why (None on sets built before appends).
+    build: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -126,6 +166,7 @@ class RunStatus(StrEnum):
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
 
 
 class TrainingRun(Base):

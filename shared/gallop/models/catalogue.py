@@ -15,6 +15,8 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
+from gallop.extras import MissingExtra
+
 # What a kind learns from a row, for each task (gallop.models.base.labels):
 #   relevance: the graded relevance (positions: 3 for the winner, 2, 1, then 0)
 #   won: 1 for the group's winner (a share in a dead heat), else 0
@@ -43,10 +45,6 @@ FAMILIES: dict[str, Family] = {
     "xgboost": Family("gallop.models.xgboost:XGBoostBase", "xgboost", round_cost=2.0),
     "catboost": Family("gallop.models.catboost:CatBoostBase", "catboost", round_cost=7.0),
 }
-
-
-class MissingExtra(ImportError):
-    """A kind whose family's library is not installed."""
 
 
 def missing_library(family: str) -> str | None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import lightgbm as lgb
 import numpy as np
 
+from gallop.manifests import FeatureManifest
 from gallop.models.catalogue import Kind
 from gallop.models.offset import Offset
 from gallop.models.stack import fit_conditional_logit, group_starts, softmax_within_groups
@@ -37,13 +38,15 @@ REPRODUCIBLE = {"deterministic": True, "force_row_wise": True, "num_threads": 1,
 def conditional_logit_objective(score: np.ndarray, data: lgb.Dataset) -> tuple[Any, Any]:
     """Gradient and Hessian of the groups' softmax cross-entropy against each row's
     share of its group's win: what race log loss measures, boosted directly."""
-    probability = softmax_within_groups(score, data.get_group())
-    return probability - data.get_label(), np.maximum(probability * (1.0 - probability), 1e-6)
+    probability = softmax_within_groups(score, np.asarray(data.get_group()))
+    return probability - np.asarray(data.get_label()), np.maximum(
+        probability * (1.0 - probability), 1e-6
+    )
 
 
 def group_log_loss(score: np.ndarray, data: lgb.Dataset) -> tuple[str, float, bool]:
     """The mean negative log-likelihood of the winners (groups without one left out)."""
-    sizes, share = data.get_group(), data.get_label()
+    sizes, share = np.asarray(data.get_group()), np.asarray(data.get_label())
     starts = group_starts(sizes)
     decided = np.add.reduceat(share, starts) > 0
     logged = share * np.log(np.maximum(softmax_within_groups(score, sizes), 1e-300))
@@ -104,7 +107,7 @@ class Binned:
         )
 
     def rows(self, mask: np.ndarray) -> lgb.Dataset:
-        return self.full.subset(np.flatnonzero(mask))  # in order: groups stay whole
+        return self.full.subset(np.flatnonzero(mask).tolist())  # in order: groups stay whole
 
 
 def fit_booster(
@@ -137,7 +140,7 @@ def fit_booster(
 
 def offset_for(
     kind: Kind,
-    manifest: dict[str, Any],
+    manifest: FeatureManifest,
     features: np.ndarray,
     share: np.ndarray,
     sizes: np.ndarray | None,

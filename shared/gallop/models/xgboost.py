@@ -103,7 +103,7 @@ def _tree(tree: dict[str, Any], shift: float) -> dict[str, Any]:
 
     def node(i: int) -> dict[str, Any]:
         if left[i] == -1:
-            return leaf(np.float32(value[i]) + shift, cover[i])
+            return leaf(float(np.float32(value[i]) + shift), cover[i])
         # XGBoost's own cover, as its TreeSHAP weighs it
         children = node(left[i]), node(right[i])
         return split(feature[i], below(value[i]), bool(default_left[i]), *children, cover[i])

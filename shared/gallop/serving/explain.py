@@ -5,10 +5,12 @@ the parts are weight x base part, summed over the bases."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 
+from gallop.manifests import BaseModelEntry
 from gallop.models.linear import LinearModel
 from gallop.models.offset import Offset
 from gallop.serving.model import LoadedModel
@@ -35,7 +37,7 @@ class OffsetExplainer:
         return self.offset.explained(self.trees.contributions(features), features)
 
 
-def explainer_for(base: dict[str, Any], payload: dict[str, Any]) -> Any:
+def explainer_for(base: BaseModelEntry, payload: dict[str, Any]) -> Any:
     if base["kind"] == "linear":
         return LinearExplainer(LinearModel.from_dict(payload))
     from gallop.serving.treeshap import TreeExplainer
@@ -45,11 +47,24 @@ def explainer_for(base: dict[str, Any], payload: dict[str, Any]) -> Any:
     return OffsetExplainer(trees, Offset(**offset)) if offset else trees
 
 
+def explainers(model: LoadedModel) -> list[Any]:
+    """Per base model: TreeSHAP over its trees, or its linear terms (built once per model,
+    from the JSON the stack job wrote beside it)."""
+
+    def build() -> list[Any]:
+        return [
+            explainer_for(base, json.loads(model.read_file(base["explain"])))
+            for base in model.manifest["base_models"]
+        ]
+
+    return model.once("explainers", build)
+
+
 def stacked_contributions(model: LoadedModel, features: np.ndarray) -> np.ndarray:
     """[n, features + 1]: the stacked score's part per feature, then the base value."""
     weights = [float(base["weight"]) for base in model.manifest["base_models"]]
     total = np.zeros((len(features), len(model.features) + 1))
-    for weight, explainer in zip(weights, model.explainers(), strict=True):
+    for weight, explainer in zip(weights, explainers(model), strict=True):
         if weight:
             total += weight * explainer.contributions(features)
     total[:, -1] += float(model.manifest["meta"]["bias"])

@@ -13,13 +13,20 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidProtobuf
+
+from gallop.layout import MANIFEST_FILE, ONNX_FILE
+from gallop.manifests import ModelManifest, read_model_manifest
+from gallop.serving.registry import ModelUnreadable
 
 # One request at a time per Lambda container (about 0.6 vCPU at 1024 MB): one thread
 # each way; more only add hand-offs for a 12-runner race.
+T = TypeVar("T")
+
 INTRA_OP_THREADS = 1
 INTER_OP_THREADS = 1
 
@@ -35,14 +42,14 @@ def session_for(model_bytes: bytes) -> ort.InferenceSession:
 @dataclass
 class LoadedModel:
     model_id: str
-    manifest: dict[str, Any]
+    manifest: ModelManifest
     session: ort.InferenceSession
     read_file: Callable[[str], bytes]  # a file of the artifact, for the explainers
     features: list[str] = field(init=False)
     index: dict[str, int] = field(init=False)
     # Per categorical feature's position: its vocabulary's text -> code
     category_codes: dict[int, dict[str, int]] = field(init=False)
-    _explainers: list[Any] | None = field(default=None, init=False, repr=False)
+    _built: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -64,15 +71,23 @@ class LoadedModel:
 
     @classmethod
     def from_files(cls, model_id: str, read_file: Callable[[str], bytes]) -> LoadedModel:
-        manifest = json.loads(read_file("manifest.json"))
-        return cls(model_id, manifest, session_for(read_file("model.onnx")), read_file)
+        """ModelUnreadable when the files are not a model training wrote (ObjectMissing,
+        from read_file, when one is gone)."""
+        try:
+            manifest = read_model_manifest(json.loads(read_file(MANIFEST_FILE)))
+            return cls(model_id, manifest, session_for(read_file(ONNX_FILE)), read_file)
+        except (ValueError, KeyError, TypeError, InvalidProtobuf, Fail) as exc:
+            raise ModelUnreadable(
+                f"model {model_id!r} cannot be loaded ({type(exc).__name__}: {exc}); "
+                "train its run again"
+            ) from None
 
     @classmethod
     def from_dir(cls, path: Path) -> LoadedModel:
         """A model artifact folder, as `gallop train --out` leaves it."""
-        if not (path / "manifest.json").exists() or not (path / "model.onnx").exists():
+        if not (path / MANIFEST_FILE).exists() or not (path / ONNX_FILE).exists():
             raise FileNotFoundError(f"{path} holds no model (model.onnx and manifest.json)")
-        manifest = json.loads((path / "manifest.json").read_text())
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
         model_id = str(manifest.get("run_id") or path.name)
         return cls.from_files(model_id, lambda name: (path / name).read_bytes())
 
@@ -81,14 +96,11 @@ class LoadedModel:
         values = self.session.run(outputs, {self.manifest["onnx_input"]: features})
         return dict(zip(outputs, values, strict=True))
 
-    def explainers(self) -> list[Any]:
-        """Per base model: TreeSHAP over its trees, or its linear terms (built once)."""
+    def once(self, name: str, build: Callable[[], T]) -> T:
+        """What `build` makes of this model, made once per loaded model (under its lock):
+        the explainers, on the first explain request (gallop.serving.explain builds on
+        this module, never the other way round)."""
         with self._lock:
-            if self._explainers is None:
-                from gallop.serving.explain import explainer_for
-
-                self._explainers = [
-                    explainer_for(base, json.loads(self.read_file(base["explain"])))
-                    for base in self.manifest["base_models"]
-                ]
-            return self._explainers
+            if name not in self._built:
+                self._built[name] = build()
+            return cast(T, self._built[name])

@@ -5,7 +5,8 @@ Rows come as objects (`{"rows": [{feature: value, ...}]}`) or as columns and dat
 (`{"columns": [...], "data": [[...], ...]}`, the cheaper shape to send and to parse).
 A missing value is null (NaN to the model, which knows where it goes); infinities,
 text in a numeric field, unknown or missing names are refused, naming them. A categorical
-feature is sent as its text; text the training data did not hold is missing.
+feature is sent as its text; text the training data did not hold is missing. Errors number
+rows from 1, as ingestion's reports and a spreadsheet do.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from gallop.echo import some
 from gallop.features.categories import code_of
 from gallop.serving.model import LoadedModel
 
@@ -26,19 +28,16 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 PLACES = 3
 
 
-def some(names: list[str], most: int = 10) -> str:
-    """A few of the names, each cut short: an error must not grow with the request."""
-    shown = [repr(str(n)[:80]) for n in names[:most]]
-    more = f" and {len(names) - most} more" if len(names) > most else ""
-    return "[" + ", ".join(shown) + "]" + more
-
-
 class InputError(ValueError):
-    """A request the model cannot answer; `status` is the HTTP status to reply with."""
+    """A request the model cannot answer; `status` is the HTTP status to reply with, and
+    `problems` (a race card's) each rule its rows break, as an ingestion report lists them."""
 
-    def __init__(self, message: str, status: int = 422) -> None:
+    def __init__(
+        self, message: str, status: int = 422, problems: list[dict[str, Any]] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.problems = problems or []
 
 
 def parse(model: LoadedModel, body: Any) -> tuple[list[str], list[list[Any]]]:
@@ -55,7 +54,7 @@ def parse(model: LoadedModel, body: Any) -> tuple[list[str], list[list[Any]]]:
         if len(set(columns)) < len(columns):  # which copy would count?
             repeated = sorted({c for c in columns if columns.count(c) > 1})
             raise InputError(f"columns named more than once: {some(repeated)}")
-        ragged = [i for i, r in enumerate(data) if len(r) != len(columns)]
+        ragged = [i for i, r in enumerate(data, 1) if len(r) != len(columns)]
         if ragged:
             raise InputError(f"data rows {ragged[:10]} do not have {len(columns)} values")
         return columns, data
@@ -64,9 +63,9 @@ def parse(model: LoadedModel, body: Any) -> tuple[list[str], list[list[Any]]]:
         raise InputError("'rows' must be a list of objects, one per row")
     _check_count(len(rows))
     columns = list(dict.fromkeys(chain.from_iterable(rows)))  # loops in C: it's per request
-    short = [i for i, row in enumerate(rows) if len(row) != len(columns)]
+    short = [i for i, row in enumerate(rows, 1) if len(row) != len(columns)]
     if short:  # a name left out is not a missing value: send null for that
-        absent = sorted(set(columns) - set(rows[short[0]]))
+        absent = sorted(set(columns) - set(rows[short[0] - 1]))
         raise InputError(
             f"rows {short[:10]} lack names other rows have (row {short[0]}: {some(absent)})"
         )
@@ -111,7 +110,7 @@ def feature_matrix(
         if group not in where:
             raise InputError(f"rows need their group column {group!r} (the race they are in)")
         at = where[group]
-        groups = np.array([_group_id(row[at], i) for i, row in enumerate(values)], dtype=object)
+        groups = np.array([_group_id(row[at], i) for i, row in enumerate(values, 1)], dtype=object)
     index = [where[f] for f in model.features]
     take = itemgetter(*index) if len(index) > 1 else lambda row: (row[index[0]],)
     picked = [take(row) for row in values]
@@ -135,7 +134,7 @@ def feature_matrix(
     out_of_range = np.abs(table) > FLOAT32_MAX  # NaN compares False: a null is fine
     if out_of_range.any():
         row, column = np.argwhere(out_of_range)[0]
-        raise InputError(f"row {row}: {model.features[column]} is not a finite float32 number")
+        raise InputError(f"row {row + 1}: {model.features[column]} is not a finite float32 number")
     return table.astype(np.float32), groups
 
 
@@ -146,7 +145,7 @@ def _group_id(value: Any, row: int) -> str:
 
 
 def _first_bad_value(model: LoadedModel, picked: list[tuple[Any, ...]]) -> str:
-    for i, row in enumerate(picked):
+    for i, row in enumerate(picked, 1):
         for name, value in zip(model.features, row, strict=True):
             if type(value) not in NUMERIC_TYPES:
                 return f"row {i}: {name} must be a number or null, not {value!r}"[:300]
@@ -238,7 +237,8 @@ def predictions(
     score = out["score"][:, 0].astype(np.float64)
     beyond = np.flatnonzero(~np.isfinite(score))
     if len(beyond):  # inputs so far out that float32 overflows: no probability means much
-        raise InputError(f"rows {beyond[:10].tolist()}: the score is not finite; check the inputs")
+        rows = (beyond[:10] + 1).tolist()
+        raise InputError(f"rows {rows}: the score is not finite; check the inputs")
     result: dict[str, np.ndarray] = {"score": score}
     if model.task == "ranking":
         assert groups is not None
@@ -262,7 +262,13 @@ def predict_body(model: LoadedModel, body: Any) -> dict[str, Any]:
 def predict_columns(
     model: LoadedModel, columns: list[str], values: list[list[Any]]
 ) -> dict[str, Any]:
-    features, groups = feature_matrix(model, columns, values)
+    return predict_features(model, *feature_matrix(model, columns, values))
+
+
+def predict_features(
+    model: LoadedModel, features: np.ndarray, groups: np.ndarray | None
+) -> dict[str, Any]:
+    """The reply for a float32 feature matrix in the model's order (a completed card's)."""
     columns_out = predictions(model, features, groups)
     names = list(columns_out)
     lists = [columns_out[n].tolist() for n in names]
@@ -272,6 +278,11 @@ def predict_columns(
     }
 
 
+def group_ids(values: list[Any]) -> np.ndarray:
+    """Each row's group id as feature rows give it (InputError naming a bad one)."""
+    return np.array([_group_id(value, i) for i, value in enumerate(values, 1)], dtype=object)
+
+
 def explain_body(model: LoadedModel, body: Any, top_k: int = 5) -> dict[str, Any]:
     return explain_columns(model, *parse(model, body), top_k=top_k)
 
@@ -279,13 +290,22 @@ def explain_body(model: LoadedModel, body: Any, top_k: int = 5) -> dict[str, Any
 def explain_columns(
     model: LoadedModel, columns: list[str], values: list[list[Any]], top_k: Any = 5
 ) -> dict[str, Any]:
-    from gallop.serving.explain import explanations
+    check_top_k(model, top_k)
+    features, _ = feature_matrix(model, columns, values)
+    return explain_features(model, features, top_k)
 
+
+def check_top_k(model: LoadedModel, top_k: Any) -> None:
     if (
         isinstance(top_k, bool)
         or not isinstance(top_k, int)
         or not 1 <= top_k <= len(model.features)
     ):
         raise InputError(f"top_k must be a whole number from 1 to {len(model.features)}")
-    features, _ = feature_matrix(model, columns, values)
+
+
+def explain_features(model: LoadedModel, features: np.ndarray, top_k: int) -> dict[str, Any]:
+    """The reply for a float32 feature matrix in the model's order (a completed card's)."""
+    from gallop.serving.explain import explanations
+
     return {"model_id": model.model_id, "explanations": explanations(model, features, top_k)}

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from gallop import storage
+from gallop import layout, storage
+from gallop.layout import alias_key
 from gallop.storage import Store
 
 if TYPE_CHECKING:  # the predict path imports no SQLAlchemy
@@ -26,8 +27,9 @@ class ModelNotFound(LookupError):
     pass
 
 
-def alias_key(alias: str) -> str:
-    return f"aliases/{alias}.json"
+class ModelUnreadable(LookupError):
+    """A registered model (or an alias object) whose files are gone or are not what
+    training writes: it cannot answer, and training it again is the cure."""
 
 
 MODEL_ID = re.compile(r"^m-[0-9a-f]{16,64}$")  # m-{run id}: gallop.training.runs.model_id_for
@@ -38,7 +40,7 @@ def model_prefix(model_id: str) -> str:
     (so no request turns arbitrary text into S3 keys or cache entries)."""
     if not MODEL_ID.match(model_id):
         raise ModelNotFound(f"no model {model_id[:80]!r}")
-    return storage.model_prefix(model_id.removeprefix("m-"))
+    return layout.model_prefix(model_id.removeprefix("m-"))
 
 
 def get_model(engine: Engine, model_id: str) -> RegisteredModel:
@@ -53,14 +55,25 @@ def get_model(engine: Engine, model_id: str) -> RegisteredModel:
 
 
 def list_models(engine: Engine) -> list[RegisteredModel]:
+    return page_models(engine, None)[0]
+
+
+def page_models(
+    engine: Engine, limit: int | None, cursor: str | None = None, dataset_id: int | None = None
+) -> tuple[list[RegisteredModel], str | None]:
+    """A page of the registered models (of one dataset), newest first."""
     from sqlalchemy import select
 
     from gallop.metadata.db import session_scope
     from gallop.metadata.models import RegisteredModel
+    from gallop.metadata.repo import keyset_page
 
+    query = select(RegisteredModel)
+    if dataset_id is not None:
+        query = query.where(RegisteredModel.dataset_id == dataset_id)
+    order = [(RegisteredModel.created_at, True), (RegisteredModel.model_id, True)]
     with session_scope(engine) as session:
-        query = select(RegisteredModel).order_by(RegisteredModel.created_at.desc())
-        return list(session.scalars(query))
+        return keyset_page(session, query, order, limit, cursor)
 
 
 def aliases(engine: Engine) -> dict[str, str]:
@@ -81,7 +94,14 @@ def promote(engine: Engine, artifacts: Store, model_id: str, alias: str) -> str 
         raise ValueError(f"alias must be one of {', '.join(ALIASES)}")
     from sqlalchemy.exc import IntegrityError
 
-    get_model(engine, model_id)
+    model = get_model(engine, model_id)
+    for key in (model.onnx_key, model.manifest_key):
+        try:
+            artifacts.head(key)
+        except storage.ObjectMissing:
+            raise ModelUnreadable(
+                f"model {model_id!r} cannot be promoted: {key} is gone; train its run again"
+            ) from None
     try:
         return _point(engine, artifacts, model_id, alias)
     except IntegrityError:  # a first promotion raced another's insert: the row is there now

@@ -160,9 +160,9 @@ class TreeExplainer:
             weights = [
                 factorial[k] * factorial[width - 1 - k] / factorial[width] for k in range(width)
             ]
-            value = np.array([value for value, _ in leaves])
+            values = np.array([value for value, _ in leaves])
             self._groups.append(
-                _LeafGroup(value, step_node, step_left, step_slot, zero_frac, np.array(weights))
+                _LeafGroup(values, step_node, step_left, step_slot, zero_frac, np.array(weights))
             )
             features.append(feature.ravel())
         # Summing Shapley values into feature columns: sort once, one reduceat per batch of rows.

@@ -9,12 +9,9 @@ import io
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from gallop.storage import Store, model_prefix
+from gallop.layout import TARBALL_FILE, model_prefix
+from gallop.storage import Store
 
-ONNX = "model.onnx"
-MANIFEST = "manifest.json"
-REPORT = "report.html"
-TARBALL = "model.tar.gz"
 CONTENT_TYPES = {
     ".onnx": "application/octet-stream",
     ".json": "application/json",
@@ -73,7 +70,7 @@ def publish(store: Store, run_id: str, files: dict[str, bytes], tarball: bytes) 
     prefix = model_prefix(run_id)
     for name, body in sorted(files.items()):
         store.put_bytes(prefix + name, body, content_type(name))
-    store.put_bytes(prefix + TARBALL, tarball, content_type(TARBALL))
+    store.put_bytes(prefix + TARBALL_FILE, tarball, content_type(TARBALL_FILE))
     return prefix
 
 

@@ -7,14 +7,14 @@ rows): the same run always gets the same split.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
 from sqlalchemy import Engine
 
+from gallop.features.parts import read_rows
+from gallop.manifests import FeatureManifest, read_feature_manifest
 from gallop.metadata import repo
 from gallop.metadata.models import FeatureStatus, TrainingRun
 from gallop.storage import Store
@@ -29,7 +29,7 @@ class FeaturesNotReady(LookupError):
 class RunData:
     train: pd.DataFrame
     test: pd.DataFrame
-    manifest: dict[str, Any]
+    manifest: FeatureManifest
 
 
 def load_run_data(engine: Engine, data: Store, run: TrainingRun) -> RunData:
@@ -38,8 +38,10 @@ def load_run_data(engine: Engine, data: Store, run: TrainingRun) -> RunData:
     if feature_set is None or feature_set.status != FeatureStatus.READY.value:
         raise FeaturesNotReady(f"no READY features for version {run.version_id}")
     assert feature_set.data_key and feature_set.manifest_key  # READY rows always have both
-    frame = pd.read_parquet(io.BytesIO(data.get_bytes(feature_set.data_key)))
-    manifest = json.loads(data.get_bytes(feature_set.manifest_key))
+    manifest = read_feature_manifest(json.loads(data.get_bytes(feature_set.manifest_key)))
+    # An appended version's rows are in parts (its parent's, then its own): all of them,
+    # in the one order a full build of the same data gives.
+    frame = read_rows(data.get_bytes, manifest, feature_set.data_key)
     # The split the SageMaker jobs make themselves (holdout_split, same seed): one run,
     # the same test rows on either launcher.
     train, test = holdout_split(frame, manifest, run.config["test_share"])

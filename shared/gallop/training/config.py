@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from gallop.echo import clip
 from gallop.models.catalogue import CATALOGUE, DEFAULT_BASES, kinds_for
 
 BASE_MODELS: dict[str, tuple[str, ...]] = {
@@ -42,48 +44,138 @@ BASE_DEFAULTS: dict[str, Any] = {
 BASE_JOBS_AT_ONCE = 4  # on SageMaker: the state machine's map runs this many base jobs
 SEARCH_SHARE = 0.4  # of a run's time_limit: each boosted base's search
 FIT_SHARE = 0.3  # and its folds' fits; the rest: features, the stack job, start-up
-MAX_TIME_LIMIT = 86_400
-# Bounds on what a run may ask, checked before it starts: the cost of a run is bounded.
-MAX_BOOST_ROUNDS = 10_000
 MAX_FOLDS = 20
+# A run is stopped at its time_limit and this much more: the budgets above are estimates
+# (benchmarks/training.py accepts 1.1 x the limit). A run without one, at the default.
+TIME_LIMIT_SLACK = 1.25
+
+
+@dataclass(frozen=True)
+class CostBounds:
+    """What a run may cost, checked before it is queued: the most boosting rounds and the
+    longest time_limit (settings run_max_boost_rounds, run_time_limit_max). The jobs check
+    what a value means, not what it costs: None, no bound."""
+
+    max_boost_rounds: int | None = None
+    max_time_limit: float | None = None
+
+    @classmethod
+    def of(cls, settings: Any) -> CostBounds:
+        return cls(settings.run_max_boost_rounds, settings.run_time_limit_max)
+
+
+@dataclass(frozen=True)
+class SettingProblem:
+    """One hyperparameter that is not valid: its name, the value given, and why."""
+
+    name: str
+    value: Any
+    reason: str
+
+    def __str__(self) -> str:
+        return f"hyperparameter {self.name}={clip(repr(self.value))} is not valid: {self.reason}"
+
+
+class BadRunConfig(ValueError):
+    """A run that cannot be trained as asked: every problem found, not the first."""
+
+    def __init__(self, message: str, problems: list[SettingProblem] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+Check = tuple[Callable[[Any], bool], str]
 
 
 def _whole(low: int, high: int | None = None) -> Callable[[Any], bool]:
     return lambda v: type(v) is int and v >= low and (high is None or v <= high)
 
 
-def _number(low: float, high: float | None = None, open_low: bool = False) -> Callable[[Any], bool]:
+def _number(
+    low: float, high: float | None = None, open_low: bool = False, open_high: bool = False
+) -> Callable[[Any], bool]:
+    """A JSON number (true and false are not, nor NaN or infinity) within the bounds."""
+
     def ok(v: Any) -> bool:
         if type(v) not in (int, float) or not math.isfinite(v):
             return False
         above = v > low if open_low else v >= low
-        return above and (high is None or v <= high)
+        below = high is None or (v < high if open_high else v <= high)
+        return above and below
 
     return ok
 
 
-BASE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "folds": (_whole(2, MAX_FOLDS), f"a whole number from 2 to {MAX_FOLDS}"),
-    "split": (lambda v: v in ("group", "time"), "'group' or 'time'"),
-    "seed": (_whole(0), "a whole number >= 0"),
-    "num_boost_round": (
-        _whole(1, MAX_BOOST_ROUNDS),
-        f"a whole number from 1 to {MAX_BOOST_ROUNDS}",
-    ),
-    "early_stopping_rounds": (_whole(1, MAX_BOOST_ROUNDS), "a whole number >= 1"),
-    "learning_rate": (
-        lambda v: v is None or _number(0, 1, open_low=True)(v),
-        "null or a number in (0, 1]",
-    ),
-    "num_leaves": (lambda v: v is None or _whole(2, 131_072)(v), "null or a whole number >= 2"),
-    "min_data_in_leaf": (lambda v: v is None or _whole(1)(v), "null or a whole number >= 1"),
-    "l2": (_number(0), "a number >= 0"),
-    "bagging": (lambda v: type(v) is bool, "true or false"),
-    "time_limit": (
-        lambda v: v is None or _number(1, MAX_TIME_LIMIT)(v),
-        f"null or seconds from 1 to {MAX_TIME_LIMIT}",
-    ),
-}
+def _at_most(high: float | None) -> str:
+    return f" to {high:g}" if high is not None else " or more"
+
+
+def base_checks(bounds: CostBounds = CostBounds()) -> dict[str, Check]:
+    """What each base job setting must be: (check, what is expected, in words)."""
+    rounds, seconds = bounds.max_boost_rounds, bounds.max_time_limit
+    return {
+        "folds": (_whole(2, MAX_FOLDS), f"a whole number from 2 to {MAX_FOLDS}"),
+        "split": (lambda v: v in ("group", "time"), "'group' or 'time'"),
+        "seed": (_whole(0), "a whole number >= 0"),
+        "num_boost_round": (_whole(1, rounds), f"a whole number from 1{_at_most(rounds)}"),
+        "early_stopping_rounds": (_whole(1, rounds), f"a whole number from 1{_at_most(rounds)}"),
+        "learning_rate": (
+            lambda v: v is None or _number(0, 1, open_low=True)(v),
+            "null or a number in (0, 1]",
+        ),
+        "num_leaves": (lambda v: v is None or _whole(2, 131_072)(v), "null or a whole number >= 2"),
+        "min_data_in_leaf": (lambda v: v is None or _whole(1)(v), "null or a whole number >= 1"),
+        "l2": (_number(0), "a number >= 0"),
+        "bagging": (lambda v: type(v) is bool, "true or false"),
+        "time_limit": (
+            lambda v: v is None or _number(1, seconds)(v),
+            f"null or seconds from 1{_at_most(seconds)}",
+        ),
+    }
+
+
+def invalid_settings(chosen: dict[str, Any], checks: dict[str, Check]) -> list[SettingProblem]:
+    """The settings in `chosen` that fail their check."""
+    return [
+        SettingProblem(name, chosen[name], f"expected {expected}")
+        for name, (ok, expected) in checks.items()
+        if name in chosen and not ok(chosen[name])
+    ]
+
+
+def run_deadline(hyperparameters: dict[str, Any], default_seconds: float) -> float:
+    """Seconds after which a run's jobs are stopped and the run fails."""
+    limit = hyperparameters.get("time_limit")
+    return float(limit) * TIME_LIMIT_SLACK if limit else float(default_seconds)
+
+
+def check_settings(chosen: dict[str, Any], checks: dict[str, Check]) -> None:
+    """BadRunConfig listing every setting of `chosen` that is not valid."""
+    problems = invalid_settings(chosen, checks)
+    if problems:
+        raise BadRunConfig("; ".join(map(str, problems)), problems)
+
+
+def check_base_settings(chosen: dict[str, Any], bounds: CostBounds = CostBounds()) -> None:
+    check_settings(chosen, base_checks(bounds))
+
+
+def hyperparameter_problems(
+    requested: dict[str, Any], bounds: CostBounds = CostBounds()
+) -> list[SettingProblem]:
+    """Everything wrong with the hyperparameters a run asks for: names it may not set,
+    values of the wrong type or out of range, and beyond what a run may cost."""
+    known = {**BASE_DEFAULTS, **STACK_DEFAULTS}
+    problems = []
+    for name, value in requested.items():
+        if name in RESERVED_HYPERPARAMETERS:
+            problems.append(SettingProblem(name, value, "set by gallop (choose models with bases)"))
+        elif name not in known:
+            problems.append(
+                SettingProblem(clip(name), value, f"unknown; a run may set {', '.join(known)}")
+            )
+    checks = {**base_checks(bounds), **STACK_CHECKS}
+    return problems + invalid_settings(requested, checks)
 
 
 def with_search_budget(
@@ -104,15 +196,6 @@ def with_search_budget(
     }
 
 
-def check_base_settings(chosen: dict[str, Any]) -> None:
-    """BadRunConfig naming the first setting that is not valid."""
-    for name, (ok, expected) in BASE_CHECKS.items():
-        if name in chosen and not ok(chosen[name]):
-            raise BadRunConfig(
-                f"hyperparameter {name}={chosen[name]!r} is not valid: expected {expected}"
-            )
-
-
 STACK_DEFAULTS: dict[str, Any] = {
     "meta_l2": 1e-3,
     "calibration": "platt",
@@ -121,11 +204,14 @@ STACK_DEFAULTS: dict[str, Any] = {
     "kelly_fraction": 0.25,
 }
 STACK_HYPERPARAMETERS = tuple(STACK_DEFAULTS)
+STACK_CHECKS: dict[str, Check] = {
+    "meta_l2": (_number(0), "a number >= 0"),
+    "calibration": (lambda v: v in ("platt", "isotonic"), "'platt' or 'isotonic'"),
+    "coverage": (_number(0, 1, open_low=True, open_high=True), "a number in (0, 1)"),
+    "bet_margin": (_number(0), "a number >= 0"),
+    "kelly_fraction": (_number(0, 1, open_low=True), "a number in (0, 1]"),
+}
 FRACTIONS = ("learning_rate",)  # fractions whose default (None: by data size) is not one
-
-
-class BadRunConfig(ValueError):
-    pass
 
 
 def bases_for(task: str, requested: list[str] | None) -> list[str]:
@@ -147,11 +233,15 @@ def run_config(
     bases: list[str] | None,
     hyperparameters: dict[str, Any],
     test_share: float,
+    bounds: CostBounds = CostBounds(),
 ) -> dict[str, Any]:
     """The config a run id is computed from: defaults filled in, so that leaving a value
-    out and giving its default (100 or 100.0) are the same run."""
+    out and giving its default (100 or 100.0) are the same run. BadRunConfig lists every
+    problem of the hyperparameters."""
+    problems = hyperparameter_problems(hyperparameters, bounds)
+    if problems:
+        raise BadRunConfig("; ".join(map(str, problems)), problems)
     chosen = with_defaults(hyperparameters)
-    check_base_settings(chosen)
     return {
         "dataset": dataset,
         "task": task,

@@ -10,9 +10,13 @@ for the training job's metric definitions (regex `#metric name=([-0-9.eE]+)`).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +25,9 @@ from typing import Any, NoReturn
 
 BASE_ENV = "GALLOP_OPT_ML"
 DEFAULT_BASE = Path("/opt/ml")
+# Set by the local runner: the pid of the process the job must not outlive.
+PARENT_ENV = "GALLOP_JOB_PARENT_PID"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class JobError(Exception):
@@ -70,8 +77,34 @@ def emit_metric(name: str, value: float) -> None:
     print(f"#metric {name}={value:.6f}", flush=True)
 
 
+def die_with_parent() -> None:
+    """A job the local runner started ends when the runner's process does, even when that
+    is killed outright (SIGKILL: nothing of it runs to stop its jobs). On Linux the kernel
+    sends the job SIGKILL then (prctl PR_SET_PDEATHSIG, asked from the job itself: a
+    preexec_fn is not safe in the runner's threaded process); elsewhere a thread watches
+    for the parent to go. On SageMaker (no PARENT_ENV) there is no parent to outlive."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    else:
+        threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True).start()
+    if os.getppid() != int(parent):  # it died before the job could ask
+        os._exit(1)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
+
+
 def run(main: Callable[[Container], None]) -> NoReturn:
     """Run a job's main; on any error write the reason to output/failure and exit 1."""
+    die_with_parent()
     container = Container.from_environment()
     try:
         main(container)

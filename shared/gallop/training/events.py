@@ -9,7 +9,7 @@ hands over; the run becomes FAILED with a reason a person can read.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, cast
 
 from sqlalchemy import Engine
 
@@ -51,7 +51,8 @@ def handle(event: dict[str, Any], engine: Engine, artifacts: Store) -> dict[str,
         model = register(event, engine, artifacts)  # type: ignore[arg-type]
         return {"run_id": run_id, "status": "SUCCEEDED", "model_id": model.model_id}
     if action == "failed":
-        run = runs.mark_run_failed(engine, run_id, failure_reason(event.get("error") or {}))
+        error = cast(StepFunctionsError, event.get("error") or {})
+        run = runs.mark_run_failed(engine, run_id, failure_reason(error))
         return {"run_id": run_id, "status": run.status, "reason": run.reason}
     raise BadEvent(f"unknown action {action!r}: expected 'register' or 'failed'")
 

@@ -23,16 +23,19 @@ TRAINING_SOURCES = (
     "shared/gallop/models/*.py",
     "shared/gallop/features/*.py",
 )
+# The same sources where a wheel installs them (site-packages), outside a checkout.
+INSTALLED = Path(__file__).resolve().parents[2]
+INSTALLED_SOURCES = tuple(p.removeprefix("shared/") for p in TRAINING_SOURCES)
 
 
 class CodeVersionUnknown(RuntimeError):
     pass
 
 
-def source_hash(root: Path) -> str:
+def source_hash(root: Path, sources: tuple[str, ...] = TRAINING_SOURCES) -> str:
     """sha256 of the training sources under a checkout: their paths and bytes, in path order,
     with line endings normalised so a Windows checkout hashes as a Linux one does."""
-    files = sorted({p for pattern in TRAINING_SOURCES for p in root.glob(pattern) if p.is_file()})
+    files = sorted({p for pattern in sources for p in root.glob(pattern) if p.is_file()})
     if not any(p.parent.name == "training_jobs" for p in files):
         raise CodeVersionUnknown(
             f"no training sources under {root}: set {ENV_CODE_VERSION} to the code version"
@@ -46,7 +49,9 @@ def source_hash(root: Path) -> str:
 
 @lru_cache(maxsize=1)
 def _checkout_version() -> str:
-    return source_hash(REPO)[:16]
+    if (REPO / "training_jobs").is_dir():
+        return source_hash(REPO)[:16]
+    return source_hash(INSTALLED, INSTALLED_SOURCES)[:16]
 
 
 def code_version(settings: Settings | None = None) -> str:

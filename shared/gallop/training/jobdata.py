@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from gallop.layout import FEATURES_FILE, MANIFEST_FILE
+from gallop.manifests import FeatureManifest, read_feature_manifest
 from gallop.training.contract import Container, JobError
 from gallop.training.rows import Rows, combined
 from gallop.training.runner import holdout_split
@@ -23,15 +25,15 @@ from gallop.training.runner import holdout_split
 
 @dataclass(frozen=True)
 class JobData:
-    manifest: dict[str, Any]
+    manifest: FeatureManifest
     train: Rows  # what the evaluation phase learns from
     test: Rows | None  # held out: judged on, never learnt from before the final phase
     everything: Rows | None  # train and test together, for the final phase (None: no test)
 
 
-def read_channel(channel: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    manifest = json.loads((channel / "manifest.json").read_text())
-    return pd.read_parquet(channel / "features.parquet"), manifest
+def read_channel(channel: Path) -> tuple[pd.DataFrame, FeatureManifest]:
+    manifest = read_feature_manifest(json.loads((channel / MANIFEST_FILE).read_text()))
+    return pd.read_parquet(channel / FEATURES_FILE), manifest
 
 
 def read_job_data(container: Container, test_share: Any) -> JobData:

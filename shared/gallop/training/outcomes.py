@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pandas as pd
 
+from gallop.manifests import FeatureManifest
 
-def race_results(frame: pd.DataFrame, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+
+def race_results(frame: pd.DataFrame, manifest: FeatureManifest) -> tuple[np.ndarray, np.ndarray]:
     """(share, relevance) per row of a ranking task. share: the row's part of its group's
     win: 1 for the best result, split in a dead heat, 0 for the rest and for every row of
     a group with no winner (with relevance grades, higher is better, a grade of 0 never

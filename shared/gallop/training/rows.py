@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from gallop.manifests import FeatureManifest
 from gallop.models.meta import Target
 from gallop.training.outcomes import race_results
 
@@ -22,7 +22,7 @@ from gallop.training.outcomes import race_results
 @dataclass(frozen=True)
 class Rows:
     frame: pd.DataFrame
-    manifest: dict[str, Any]
+    manifest: FeatureManifest
     left_out_groups: int = 0  # single-row groups left out of training
     features: np.ndarray = field(init=False, repr=False)
 
@@ -31,7 +31,7 @@ class Rows:
         object.__setattr__(self, "features", matrix)
 
     @classmethod
-    def of(cls, frame: pd.DataFrame, manifest: dict[str, Any], training: bool) -> Rows:
+    def of(cls, frame: pd.DataFrame, manifest: FeatureManifest, training: bool) -> Rows:
         group = manifest.get("group")
         frame = frame.reset_index(drop=True)
         if not group:
@@ -98,6 +98,7 @@ class Rows:
         target (None for finishing positions)."""
         if self.task != "ranking" or not self.graded:
             return None
+        assert self.sizes is not None  # ranking rows come in groups
         gain = 2.0**self.relevance - 1.0
         total = np.repeat(np.add.reduceat(gain, _starts(self.sizes)), self.sizes)
         return gain / np.maximum(total, 1e-12)

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,14 +21,68 @@ import numpy as np
 import pandas as pd
 
 from gallop.ingest.canonical import to_parquet
+from gallop.layout import FEATURES_FILE, MANIFEST_FILE
+from gallop.manifests import FeatureManifest
 from gallop.models.catalogue import CATALOGUE, missing_library
 from gallop.training.config import DEFAULT_BASES, with_search_budget
+from gallop.training.contract import PARENT_ENV
 
 REPO = Path(__file__).resolve().parents[3]
 
 
+JOB_STOP_GRACE_SECONDS = 5.0  # between asking a job to stop (SIGTERM) and killing it
+
+
 class TrainingFailed(RuntimeError):
     pass
+
+
+class Jobs:
+    """The job subprocesses of one run, stopped together: on request (a cancelled run) or
+    at its time limit. A run that is stopped starts no more jobs."""
+
+    def __init__(self) -> None:
+        self._running: set[subprocess.Popen[str]] = set()
+        self._lock = threading.Lock()
+        self.stopped: str | None = None  # why, once stopped
+
+    def run(self, command: list[str], **options: Any) -> tuple[int, str]:
+        """Run a job to its end: (exit status, its output). TrainingFailed, saying why,
+        when the run was stopped before or while it ran."""
+        with self._lock:
+            if self.stopped:
+                raise TrainingFailed(self.stopped)
+            process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                # The job ends with this process, however it ends (contract.die_with_parent).
+                env={**options.pop("env"), PARENT_ENV: str(os.getpid())},
+                **options,
+            )
+            self._running.add(process)
+        try:
+            output, _ = process.communicate()
+        finally:
+            with self._lock:
+                self._running.discard(process)
+        if self.stopped:
+            raise TrainingFailed(self.stopped)
+        return process.returncode, output
+
+    def stop(self, reason: str) -> None:
+        """Stop every running job: SIGTERM, then SIGKILL after a grace period."""
+        with self._lock:
+            self.stopped = self.stopped or reason
+            running = list(self._running)
+        for process in running:
+            process.terminate()
+        for process in running:
+            try:
+                process.wait(JOB_STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 @dataclass(frozen=True)
@@ -37,14 +92,14 @@ class JobResult:
     model_dir: Path
 
 
-def write_channel(path: Path, frame: pd.DataFrame, manifest: dict[str, Any]) -> None:
+def write_channel(path: Path, frame: pd.DataFrame, manifest: FeatureManifest) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    (path / "features.parquet").write_bytes(to_parquet(frame))
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    (path / FEATURES_FILE).write_bytes(to_parquet(frame))
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
 def holdout_split(
-    frame: pd.DataFrame, manifest: dict[str, Any], share: float = 0.2, seed: int = 0
+    frame: pd.DataFrame, manifest: FeatureManifest, share: float = 0.2, seed: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, test). With a time column, the last `share` of groups (or rows) by time is
     held out, so nothing looks ahead; otherwise a seeded random `share` of the groups (or
@@ -65,40 +120,37 @@ def holdout_split(
     return frame[~test], frame[test]
 
 
-def run_job(job: str, base: Path, hyperparameters: dict[str, Any]) -> None:
+def run_job(job: str, base: Path, hyperparameters: dict[str, Any], jobs: Jobs) -> None:
     (base / "input" / "config").mkdir(parents=True, exist_ok=True)
     # SageMaker hands every value over as a string; so does this runner.
     as_strings = {key: json.dumps(value) for key, value in hyperparameters.items()}
     (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(as_strings))
     env = {**os.environ, "GALLOP_OPT_ML": str(base)}
-    done = subprocess.run(
-        [sys.executable, "-m", f"training_jobs.{job}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    status, output = jobs.run([sys.executable, "-m", f"training_jobs.{job}"], cwd=REPO, env=env)
     (base / "output").mkdir(parents=True, exist_ok=True)
-    (base / "output" / "log.txt").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
+    (base / "output" / "log.txt").write_text(output)
+    if status != 0:
         failure = base / "output" / "failure"
-        reason = failure.read_text().split("\n\n")[0] if failure.exists() else done.stderr[-500:]
+        reason = failure.read_text().split("\n\n")[0] if failure.exists() else output[-500:]
         raise TrainingFailed(f"{job} job failed: {reason}")
 
 
 def train_locally(
     train: pd.DataFrame,
     test: pd.DataFrame,
-    manifest: dict[str, Any],
+    manifest: FeatureManifest,
     work: Path,
     bases: tuple[str, ...] | None = None,
     progress: Callable[[str], None] = print,
     parallel: int = 2,
     base_hyperparameters: dict[str, Any] | None = None,
     stack_hyperparameters: dict[str, Any] | None = None,
+    jobs: Jobs | None = None,
 ) -> Path:
     """Run the base jobs (in parallel) and the stack job; returns the stack's model dir
-    (model.onnx, manifest.json, report.html and the base models)."""
+    (model.onnx, manifest.json, report.html and the base models). `jobs`: to stop them
+    from another thread."""
+    jobs = jobs or Jobs()
     bases = bases or DEFAULT_BASES[manifest["task"]]
     missing = {missing_library(CATALOGUE[b].family) for b in bases if b in CATALOGUE} - {None}
     if missing:  # before any job starts, not after the others have run
@@ -117,7 +169,7 @@ def train_locally(
         tree = work / f"base-{index}-{model}"
         for name in ("train", "test"):  # the final phase refits on both
             shutil.copytree(channel / name, tree / "input" / "data" / name)
-        run_job("base", tree, {**hyperparameters, "model": model})
+        run_job("base", tree, {**hyperparameters, "model": model}, jobs)
         seconds = time.monotonic() - started
         progress(f"  base {model}: done in {seconds:.1f} s")
         return JobResult(model, seconds, tree / "model")
@@ -132,6 +184,6 @@ def train_locally(
         shutil.copytree(channel / name, stack / "input" / "data" / name)
     progress("stacking, evaluating and exporting one ONNX graph ...")
     started = time.monotonic()
-    run_job("stack", stack, stack_hyperparameters or {})
+    run_job("stack", stack, stack_hyperparameters or {}, jobs)
     progress(f"  stack: done in {time.monotonic() - started:.1f} s")
     return stack / "model"

@@ -1,8 +1,9 @@
 """Training runs and the model registry: rows in training_runs and models.
 
-A run moves PENDING → RUNNING → SUCCEEDED | FAILED. It becomes SUCCEEDED in the same
-transaction that registers its model, so a model exists exactly for the runs that
-succeeded; a FAILED run has a reason and no model, and may be started again.
+A run moves PENDING → RUNNING → SUCCEEDED | FAILED, or to CANCELLED on request. It
+becomes SUCCEEDED in the same transaction that registers its model, so a model exists
+exactly for the runs that succeeded; a FAILED or CANCELLED run has a reason and no model,
+and may be started again.
 Only boto3 (through Store), SQLAlchemy and the standard library: the register Lambda
 imports this.
 """
@@ -10,26 +11,48 @@ imports this.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import CursorResult, Engine, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
+from gallop.crashpoint import MODEL_REGISTERED, crash_point
+from gallop.layout import MANIFEST_FILE, ONNX_FILE, REPORT_HTML_FILE, TARBALL_FILE
+from gallop.manifests import ModelManifest, NotAManifest, read_model_manifest
 from gallop.metadata.db import session_scope
-from gallop.metadata.models import RegisteredModel, RunStatus, TrainingRun
+from gallop.metadata.models import ModelAlias, RegisteredModel, RunStatus, TrainingRun
 from gallop.storage import Store
-from gallop.training.artifacts import MANIFEST, ONNX, REPORT, TARBALL
 
 LOCAL_EXECUTION = "local"
 INTERRUPTED = "interrupted: the local stack stopped before the run finished; POST it again"
+
+
+ENDED = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+RESTARTABLE = (RunStatus.FAILED.value, RunStatus.CANCELLED.value)
+CANCELLED = "cancelled on request"
 
 
 class RunNotFound(LookupError):
     pass
 
 
+class RunEnded(ValueError):
+    """The run already ended (SUCCEEDED, FAILED or CANCELLED): nothing to stop."""
+
+
+class RunCancelled(RuntimeError):
+    """The run was cancelled before its model could be registered."""
+
+
 class ArtifactMismatch(ValueError):
     """The model under a run's prefix was not made by that run."""
+
+
+def executed(session: Session, statement: Any) -> CursorResult[Any]:
+    """An UPDATE or DELETE run in the session: its result, whose rowcount says how many
+    rows it changed (Session.execute is typed as returning any Result)."""
+    return cast(CursorResult[Any], session.execute(statement))
 
 
 def get_run(engine: Engine, run_id: str) -> TrainingRun:
@@ -40,14 +63,34 @@ def get_run(engine: Engine, run_id: str) -> TrainingRun:
         return run
 
 
+def page_runs(
+    engine: Engine,
+    limit: int,
+    cursor: str | None = None,
+    dataset_id: int | None = None,
+    status: str | None = None,
+) -> tuple[list[TrainingRun], str | None]:
+    """A page of the runs (of one dataset, in one status), newest first."""
+    from gallop.metadata.repo import keyset_page  # not at import: the register Lambda
+
+    query = select(TrainingRun)
+    if dataset_id is not None:
+        query = query.where(TrainingRun.dataset_id == dataset_id)
+    if status is not None:
+        query = query.where(TrainingRun.status == status)
+    order = [(TrainingRun.created_at, True), (TrainingRun.run_id, True)]
+    with session_scope(engine) as session:
+        return keyset_page(session, query, order, limit, cursor)
+
+
 def find_model(engine: Engine, run_id: str) -> RegisteredModel | None:
     with session_scope(engine) as session:
         return session.scalar(select(RegisteredModel).where(RegisteredModel.run_id == run_id))
 
 
 def start_run(engine: Engine, **fields: Any) -> tuple[TrainingRun, bool]:
-    """A new PENDING run; or the existing one with that id, as it is, unless it FAILED:
-    then it starts again as the next attempt. Returns (run, started)."""
+    """A new PENDING run; or the existing one with that id, as it is, unless it FAILED or
+    was CANCELLED: then it starts again as the next attempt. Returns (run, started)."""
     run_id = fields["run_id"]
     try:
         with session_scope(engine) as session:
@@ -60,20 +103,22 @@ def start_run(engine: Engine, **fields: Any) -> tuple[TrainingRun, bool]:
         return get_run(engine, run_id), False
     if existing is None:
         return get_run(engine, run_id), True
-    if existing.status != RunStatus.FAILED.value:
+    if existing.status not in RESTARTABLE:
         return existing, False
     restarted = _restart(engine, existing)
     return get_run(engine, run_id), restarted
 
 
 def _restart(engine: Engine, failed: TrainingRun) -> bool:
-    """FAILED → PENDING as the next attempt; False if another request restarted it first."""
+    """FAILED or CANCELLED → PENDING as the next attempt; False if another request
+    restarted it first."""
     with session_scope(engine) as session:
-        done = session.execute(
+        done = executed(
+            session,
             update(TrainingRun)
             .where(
                 TrainingRun.run_id == failed.run_id,
-                TrainingRun.status == RunStatus.FAILED.value,
+                TrainingRun.status.in_(RESTARTABLE),
                 TrainingRun.attempt == failed.attempt,
             )
             .values(
@@ -83,7 +128,7 @@ def _restart(engine: Engine, failed: TrainingRun) -> bool:
                 reason=None,
                 metrics=None,
                 execution=None,
-            )
+            ),
         )
     return bool(done.rowcount)
 
@@ -120,26 +165,48 @@ def mark_run_failed(engine: Engine, run_id: str, reason: str) -> TrainingRun:
     return get_run(engine, run_id)
 
 
-def _update(engine: Engine, run_id: str, when: tuple[RunStatus, ...], **values: Any) -> None:
+def mark_cancelled(engine: Engine, run_id: str) -> TrainingRun:
+    """PENDING or RUNNING → CANCELLED. RunEnded if it had already ended; the launcher
+    stops what still runs (a run cancelled first is never marked anything else)."""
+    get_run(engine, run_id)  # RunNotFound
+    changed = _update(
+        engine,
+        run_id,
+        (RunStatus.PENDING, RunStatus.RUNNING),
+        status=RunStatus.CANCELLED.value,
+        stage="cancelled",
+        reason=CANCELLED,
+    )
+    run = get_run(engine, run_id)
+    if not changed:
+        raise RunEnded(f"training run {run_id!r} has already ended: {run.status}")
+    return run
+
+
+def _update(engine: Engine, run_id: str, when: tuple[RunStatus, ...], **values: Any) -> bool:
+    """Set `values` if the run is in one of the `when` statuses; whether it was."""
     with session_scope(engine) as session:
-        session.execute(
+        done = executed(
+            session,
             update(TrainingRun)
             .where(TrainingRun.run_id == run_id, TrainingRun.status.in_([s.value for s in when]))
-            .values(**values)
+            .values(**values),
         )
+    return bool(done.rowcount)
 
 
 def fail_interrupted_runs(engine: Engine) -> int:
     """Local runs that were queued or training when their process died never finish:
     say so, so that they can be started again."""
     with session_scope(engine) as session:
-        done = session.execute(
+        done = executed(
+            session,
             update(TrainingRun)
             .where(
                 TrainingRun.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value]),
                 or_(TrainingRun.execution.is_(None), TrainingRun.execution == LOCAL_EXECUTION),
             )
-            .values(status=RunStatus.FAILED.value, reason=INTERRUPTED)
+            .values(status=RunStatus.FAILED.value, reason=INTERRUPTED),
         )
     return int(done.rowcount)
 
@@ -152,44 +219,89 @@ def register_model(engine: Engine, store: Store, run_id: str, model_prefix: str)
     if existing is not None:
         return existing
     run = get_run(engine, run_id)
-    keys = {name: model_prefix + name for name in (MANIFEST, ONNX, REPORT, TARBALL)}
-    manifest = json.loads(store.get_bytes(keys[MANIFEST]))
-    if manifest.get("run_id") != run_id:
-        raise ArtifactMismatch(
-            f"{keys[MANIFEST]} names run {manifest.get('run_id')!r}, not {run_id!r}"
-        )
-    for key in (keys[ONNX], keys[REPORT], keys[TARBALL]):
-        store.head(key)  # ObjectMissing: nothing is registered that cannot be served
+    keys = {
+        name: model_prefix + name
+        for name in (MANIFEST_FILE, ONNX_FILE, REPORT_HTML_FILE, TARBALL_FILE)
+    }
+    manifest = servable_manifest(
+        store,
+        run_id,
+        keys[MANIFEST_FILE],
+        [keys[ONNX_FILE], keys[REPORT_HTML_FILE], keys[TARBALL_FILE]],
+    )
     model = RegisteredModel(
         model_id=model_id_for(run_id),
         run_id=run_id,
         dataset_id=run.dataset_id,
         task=manifest["task"],
-        artifact_key=keys[TARBALL],
-        onnx_key=keys[ONNX],
-        manifest_key=keys[MANIFEST],
-        report_key=keys[REPORT],
+        artifact_key=keys[TARBALL_FILE],
+        onnx_key=keys[ONNX_FILE],
+        manifest_key=keys[MANIFEST_FILE],
+        report_key=keys[REPORT_HTML_FILE],
         manifest=manifest,
     )
     try:
         with session_scope(engine) as session:
             session.add(model)
-            session.execute(
+            done = executed(
+                session,
                 update(TrainingRun)
-                .where(TrainingRun.run_id == run_id)
+                .where(
+                    TrainingRun.run_id == run_id,
+                    TrainingRun.status != RunStatus.CANCELLED.value,
+                )
                 .values(
                     status=RunStatus.SUCCEEDED.value,
                     stage="model registered",
                     reason=None,
                     metrics=(manifest.get("metrics") or {}).get("stack"),
-                )
+                ),
             )
+            if not done.rowcount:  # rolled back with the model: a cancelled run has none
+                raise RunCancelled(f"training run {run_id!r} was cancelled")
     except IntegrityError:  # registered concurrently (a retried Lambda invocation)
         found = find_model(engine, run_id)
         if found is None:
             raise
         return found
+    crash_point(MODEL_REGISTERED)
     return model
+
+
+def servable_manifest(
+    store: Store, run_id: str, manifest_key: str, other_keys: list[str]
+) -> ModelManifest:
+    """The run's model manifest, once its files are all there: ObjectMissing for a file
+    that is not, ArtifactMismatch for a manifest that is not this run's."""
+    try:
+        manifest = json.loads(store.get_bytes(manifest_key))
+    except ValueError as exc:
+        raise ArtifactMismatch(f"{manifest_key} is not JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("run_id") != run_id:
+        named = manifest.get("run_id") if isinstance(manifest, dict) else None
+        raise ArtifactMismatch(f"{manifest_key} names run {named!r}, not {run_id!r}")
+    try:
+        typed = read_model_manifest(manifest)
+    except NotAManifest as exc:
+        raise ArtifactMismatch(f"{manifest_key}: {exc}") from None
+    for key in other_keys:
+        store.head(key)  # nothing is registered that cannot be served
+    return typed
+
+
+def unregister_model(engine: Engine, run_id: str, reason: str) -> None:
+    """Take back a registration whose files are lost: the model and the aliases naming it
+    go, and the run is FAILED with the reason, so that posting it again trains it again.
+    (The alias objects are the caller's: gallop.serving.registry owns them.)"""
+    model_id = model_id_for(run_id)
+    with session_scope(engine) as session:
+        session.execute(delete(ModelAlias).where(ModelAlias.model_id == model_id))
+        session.execute(delete(RegisteredModel).where(RegisteredModel.model_id == model_id))
+        session.execute(
+            update(TrainingRun)
+            .where(TrainingRun.run_id == run_id)
+            .values(status=RunStatus.FAILED.value, stage="model lost", reason=reason)
+        )
 
 
 def model_id_for(run_id: str) -> str:

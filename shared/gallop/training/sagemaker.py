@@ -13,22 +13,23 @@ itself: nothing here reads the data, so the API needs neither pandas nor pyarrow
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
+from gallop.layout import features_prefix, training_prefix
 from gallop.metadata.models import TrainingRun
 from gallop.settings import Settings
-from gallop.storage import features_prefix, training_prefix
 from gallop.training.config import (
     BASE_JOBS_AT_ONCE,
     base_hyperparameters,
+    run_deadline,
     stack_hyperparameters,
     with_search_budget,
 )
 
 INSTANCE_TYPE = "ml.m5.large"
 VOLUME_GB = 30
-MAX_RUNTIME_SECONDS = 3600
 METRIC_PATTERN = "#metric {name}=([-0-9.eE]+)"
 # What the jobs print as `#metric name=value` (gallop.training.contract.emit_metric), by
 # task; the stack job writes its held-out metrics with '@' as '_at_'.
@@ -153,7 +154,12 @@ def _job(
             "InstanceCount": 1,
             "VolumeSizeInGB": VOLUME_GB,
         },
-        "StoppingCondition": {"MaxRuntimeInSeconds": MAX_RUNTIME_SECONDS},
+        # No job outlives the run's time limit (SageMaker stops it, and the run fails).
+        "StoppingCondition": {
+            "MaxRuntimeInSeconds": math.ceil(
+                run_deadline(run.config["hyperparameters"], settings.run_time_limit_default)
+            )
+        },
         "Tags": [
             {"Key": "gallop:run-id", "Value": run.run_id},
             {"Key": "gallop:dataset", "Value": run.config["dataset"]},

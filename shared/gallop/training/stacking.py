@@ -20,6 +20,8 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
+from gallop.layout import BASE_RECORD_FILE, MARGINS_FILE
+from gallop.manifests import FeatureManifest, base_metrics_key
 from gallop.models.catalogue import MissingExtra, family_class
 from gallop.models.lightgbm import LightGBMBase
 from gallop.models.linear import LinearModel
@@ -59,7 +61,7 @@ def load_bases(channel: Path, scratch: Path, data: JobData) -> list[Base]:
         p.parent.relative_to(root): p.parent
         for root in (channel, scratch)
         if root.exists()
-        for p in root.rglob("base.json")
+        for p in root.rglob(BASE_RECORD_FILE)
     }
     if not found:
         raise JobError("the bases channel holds no base job output (base.json)")
@@ -67,10 +69,10 @@ def load_bases(channel: Path, scratch: Path, data: JobData) -> list[Base]:
 
 
 def load_base(folder: Path, data: JobData) -> Base:
-    record = json.loads((folder / "base.json").read_text())
+    record = json.loads((folder / BASE_RECORD_FILE).read_text())
     if record["features"] != data.manifest["features"]:
         raise JobError(f"{folder.name}: trained on other features than the train channel")
-    table = pd.read_parquet(folder / "margins.parquet")
+    table = pd.read_parquet(folder / MARGINS_FILE)
     parts = {"evaluation": data.train, "held_out": data.test, "final": data.everything}
     margins = {}
     for part, rows in parts.items():
@@ -167,7 +169,7 @@ def judge(bases: list[Base], data: JobData, settings: dict[str, Any]) -> Judged:
         zip(["stack", *names], [selection.meta, *singles], strict=True)
     ):
         part = margins if i == 0 else margins[:, [i - 1]]
-        key = name if i == 0 else f"base_{i - 1}_{name}"
+        key = name if i == 0 else base_metrics_key(i - 1, name)
         metrics[key], outputs = evaluate(meta, part, rows)
         probability = outputs.get("win_probability", outputs.get("probability"))
         predictions[key] = outputs["value"] if probability is None else probability
@@ -189,7 +191,7 @@ def served_meta(
     return judged.selection.refitted(final, data.everything.meta_target(), settings)
 
 
-def betting_of(judged: Judged, manifest: dict[str, Any], settings: dict[str, Any]) -> Any:
+def betting_of(judged: Judged, manifest: FeatureManifest, settings: dict[str, Any]) -> Any:
     rows, task = judged.rows, manifest["task"]
     odds_column = manifest.get("odds")
     if not odds_column or task == "regression" or odds_column not in rows.frame:
@@ -207,7 +209,7 @@ def betting_of(judged: Judged, manifest: dict[str, Any], settings: dict[str, Any
     )
 
 
-def in_time_order(rows: Rows, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def in_time_order(rows: Rows, manifest: FeatureManifest) -> tuple[np.ndarray, np.ndarray]:
     """Row order and group sizes with races (or rows) in time order, for the betting run."""
     time, group = manifest.get("time"), manifest.get("group")
     keys = [c for c in (time, group) if c]

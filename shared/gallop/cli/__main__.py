@@ -1,0 +1,5 @@
+import sys
+
+from gallop.cli import main
+
+sys.exit(main())
