@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gallop.layout import BASE_RECORD_FILE, MARGINS_FILE
 from gallop.training.bases import BaseFit, BaseFitError, fit_base
 from gallop.training.config import (
     BASE_DEFAULTS,
@@ -109,8 +110,8 @@ def main(container: Container) -> None:
         emit_metric(f"oof_{name}", value)
     out = container.model_dir
     fit.model.save(out)
-    margins_table(fit, data).to_parquet(out / "margins.parquet", index=False)
-    (out / "base.json").write_text(
+    margins_table(fit, data).to_parquet(out / MARGINS_FILE, index=False)
+    (out / BASE_RECORD_FILE).write_text(
         json.dumps(
             {
                 "model": settings["model"],

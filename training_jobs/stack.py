@@ -22,8 +22,16 @@ from typing import Any
 
 import numpy as np
 
+from gallop.layout import MANIFEST_FILE, ONNX_FILE, REPORT_HTML_FILE, explain_file
+from gallop.manifests import ModelManifest
 from gallop.training import stacking
-from gallop.training.config import STACK_DEFAULTS
+from gallop.training.config import (
+    STACK_CHECKS,
+    STACK_DEFAULTS,
+    BadRunConfig,
+    base_checks,
+    check_settings,
+)
 from gallop.training.contract import Container, JobError, emit_metric, run
 from gallop.training.jobdata import JobData, read_job_data
 from gallop.training.report import render_report
@@ -37,15 +45,12 @@ DEFAULTS: dict[str, Any] = {
     "job": "stack",
     "test_share": None,
 }
+# What the API checks a run's stack settings with (one home), and this job's own.
 CHECKS = {
-    "meta_l2": lambda v: isinstance(v, int | float) and v >= 0,
-    "calibration": lambda v: v in ("platt", "isotonic"),
-    "coverage": lambda v: isinstance(v, float) and 0 < v < 1,
-    "bet_margin": lambda v: isinstance(v, int | float) and v >= 0,
-    "kelly_fraction": lambda v: isinstance(v, int | float) and 0 < v <= 1,
-    "seed": lambda v: type(v) is int and v >= 0,
-    "job": lambda v: v == "stack",
-    "test_share": lambda v: v is None or (isinstance(v, float) and 0 < v < 1),
+    **STACK_CHECKS,
+    "seed": base_checks()["seed"],
+    "job": (lambda v: v == "stack", "'stack'"),
+    "test_share": (lambda v: v is None or (isinstance(v, float) and 0 < v < 1), "in (0, 1)"),
 }
 
 
@@ -54,9 +59,10 @@ def settings_from(raw: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise JobError(f"unknown hyperparameters {unknown}; known: {sorted(DEFAULTS)}")
     chosen = {**DEFAULTS, **raw}
-    for name, ok in CHECKS.items():
-        if not ok(chosen[name]):
-            raise JobError(f"hyperparameter {name}={chosen[name]!r} is not valid")
+    try:
+        check_settings(chosen, CHECKS)
+    except BadRunConfig as exc:
+        raise JobError(str(exc)) from None
     return chosen
 
 
@@ -81,17 +87,17 @@ def main(container: Container) -> None:
 
     out = container.model_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "model.onnx").write_bytes(model_bytes)
+    (out / ONNX_FILE).write_bytes(model_bytes)
     for i, base in enumerate(in_graph):
-        (out / f"base_{i}.explain.json").write_text(json.dumps(base.model.explanation()))
+        (out / explain_file(i)).write_text(json.dumps(base.model.explanation()))
     artifact = manifest_of(data, bases, in_graph, meta, served, judged, parity, settings)
     artifact["betting"] = stacking.betting_of(judged, data.manifest, settings)
     artifact["top_features"] = stacking.importance(in_graph, meta, checked)
     # A metric with no value on these rows (AUC of one class, R² of a constant) is null:
     # JSON has no NaN, and Postgres' json type refuses the token.
     text = json.dumps(finite(artifact), indent=2, sort_keys=True, allow_nan=False)
-    (out / "manifest.json").write_text(text)
-    (out / "report.html").write_text(render_report(report_of(artifact, judged)))
+    (out / MANIFEST_FILE).write_text(text)
+    (out / REPORT_HTML_FILE).write_text(render_report(report_of(artifact, judged)))
     shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -104,7 +110,8 @@ def manifest_of(
     judged: stacking.Judged,
     parity: dict[str, float],
     settings: dict[str, Any],
-) -> dict[str, Any]:
+) -> ModelManifest:
+    """The model's manifest: what serving, the registry and the API read (one builder)."""
     manifest = data.manifest
     everything = data.everything or data.train
     return {
@@ -122,7 +129,7 @@ def manifest_of(
                 "model": b.name,
                 "weight": float(w),
                 "kind": b.model.family,
-                "explain": f"base_{i}.explain.json",
+                "explain": explain_file(i),
                 "fit": b.record.get("trace", {}).get("model"),
             }
             for i, (b, w) in enumerate(zip(in_graph, meta.weights, strict=True))
@@ -179,7 +186,7 @@ def finite(value: Any) -> Any:
     return value
 
 
-def report_of(artifact: dict[str, Any], judged: stacking.Judged) -> dict[str, Any]:
+def report_of(artifact: ModelManifest, judged: stacking.Judged) -> dict[str, Any]:
     metrics = judged.metrics
     ndcg = {
         name: {k.split("@")[1]: v for k, v in values.items() if k.startswith("ndcg@")}

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mangum import Mangum
-
+from gallop.api.gateway import asgi_handler
 from gallop.api.serving import answer_event, create_predict_app
 from gallop.settings import get_settings
 
@@ -15,8 +14,7 @@ from gallop.settings import get_settings
 settings = get_settings().require_for("predict")
 
 app = create_predict_app(settings)
-# lifespan="off": start-up work would otherwise run on every invocation.
-asgi = Mangum(app, lifespan="off")
+asgi = asgi_handler(app)
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
