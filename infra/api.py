@@ -12,12 +12,48 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_wafv2 as waf
 from constructs import Construct
 
+from gallop.api.problems import MEDIA_TYPE, TYPE_BASE, code_of
 from infra.functions import Placement, Wiring, zip_function
 
 RATE_LIMIT = 50  # requests per second per client key, steady
 BURST_LIMIT = 100
 # The predict function's routes (gallop.api.serving's router), under the app's /v1.
 PREDICT_PATHS = ("predict", "explain")
+# The API's description and its docs (FastAPI's own routes) answer without a key, on
+# purpose: they hold routes and schemas, no data, and a client generator or a browser
+# opening /docs cannot send a header first (README).
+PUBLIC_PATHS = ("openapi.json", "docs", "redoc")
+# API Gateway's own errors, answered before the app is reached, as the app answers its
+# own: problem+json (gallop.api.problems). Response type -> the status it answers with.
+# A missing or wrong key is 401, as the app says it (the gateway's default is 403).
+GATEWAY_ERRORS = {
+    apigw.ResponseType.API_CONFIGURATION_ERROR: 500,
+    apigw.ResponseType.INVALID_API_KEY: 401,
+    apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN: 404,  # no route: a path or method
+    apigw.ResponseType.ACCESS_DENIED: 403,
+    apigw.ResponseType.WAF_FILTERED: 403,
+    apigw.ResponseType.THROTTLED: 429,
+    apigw.ResponseType.QUOTA_EXCEEDED: 429,
+    apigw.ResponseType.REQUEST_TOO_LARGE: 413,
+    apigw.ResponseType.BAD_REQUEST_PARAMETERS: 400,
+    apigw.ResponseType.BAD_REQUEST_BODY: 400,
+    apigw.ResponseType.UNSUPPORTED_MEDIA_TYPE: 415,
+    apigw.ResponseType.INTEGRATION_FAILURE: 502,
+    apigw.ResponseType.INTEGRATION_TIMEOUT: 504,
+    apigw.ResponseType.DEFAULT_4_XX: 400,
+    apigw.ResponseType.DEFAULT_5_XX: 500,
+}
+RETRY_AFTER_SECONDS = 1  # a throttled client: the token bucket refills every second
+
+
+def gateway_problem(status: int) -> str:
+    """The mapping template of a gateway error: the message is API Gateway's own."""
+    code, title = code_of(status)
+    return (
+        f'{{"type": "{TYPE_BASE}{code}", "title": "{title}", "status": {status}, '
+        f'"detail": $context.error.messageString, "code": "{code}", '
+        '"request_id": "$context.requestId"}'
+    )
 
 
 class Api(Construct):
@@ -30,6 +66,9 @@ class Api(Construct):
         predict_layers: list[lambda_.ILayerVersion],
         wiring: Wiring,
         placement: Placement,
+        stage_name: str,
+        api_concurrency: int,
+        predict_concurrency: int,
     ) -> None:
         super().__init__(scope, id)
         self.function = zip_function(
@@ -42,6 +81,7 @@ class Api(Construct):
             memory_mb=1024,
             timeout=Duration.seconds(29),
             description="gallop HTTP API (FastAPI through Mangum)",
+            reserved_concurrency=api_concurrency,
         )
         self.predict = zip_function(
             self,
@@ -60,8 +100,9 @@ class Api(Construct):
             # A warm request takes milliseconds; a cold one loads a model from S3.
             timeout=Duration.seconds(10),
             description="gallop predictions and explanations (onnxruntime, no database)",
+            reserved_concurrency=predict_concurrency,
         )
-        access_logs = logs.LogGroup(self, "AccessLogs", retention=logs.RetentionDays.ONE_YEAR)
+        access_logs = logs.LogGroup(self, "AccessLogs")
         self.rest_api = apigw.LambdaRestApi(
             self,
             "RestApi",
@@ -72,10 +113,12 @@ class Api(Construct):
             proxy=False,
             endpoint_types=[apigw.EndpointType.REGIONAL],
             cloud_watch_role=True,
-            # Every method, the proxy and the root alike, needs a key.
+            # Every method, the proxy and the root alike, needs a key (but PUBLIC_PATHS').
             default_method_options=apigw.MethodOptions(api_key_required=True),
             deploy_options=apigw.StageOptions(
-                stage_name="v1",
+                # Named for the deployment stage: the routes carry the version themselves,
+                # so a URL reads {ApiUrl}v1/... (the app builds its links with this prefix).
+                stage_name=stage_name,
                 tracing_enabled=True,
                 metrics_enabled=True,
                 logging_level=apigw.MethodLoggingLevel.ERROR,
@@ -112,6 +155,22 @@ class Api(Construct):
         self.first_key = self.rest_api.add_api_key("FirstClient")
         self.plan.add_api_key(self.first_key)
         self._firewall()
+        self._gateway_errors()
+
+    def _gateway_errors(self) -> None:
+        for kind, status in GATEWAY_ERRORS.items():
+            headers = {"Content-Type": f"'{MEDIA_TYPE}'"}
+            if status == 429:
+                headers["Retry-After"] = f"'{RETRY_AFTER_SECONDS}'"
+            if status == 401:
+                headers["WWW-Authenticate"] = """'ApiKey header="x-api-key"'"""
+            self.rest_api.add_gateway_response(
+                f"Problem{kind.response_type}",
+                type=kind,
+                status_code=str(status),
+                response_headers=headers,
+                templates={"application/json": gateway_problem(status)},
+            )
 
     def _routes(self) -> None:
         """ANY / and /{proxy+} to the api function, as a proxying API has them; POST
@@ -124,6 +183,8 @@ class Api(Construct):
         predictions = apigw.LambdaIntegration(self.predict)
         for path in PREDICT_PATHS:
             v1.add_resource(path).add_method("POST", predictions)
+        for path in PUBLIC_PATHS:
+            root.add_resource(path).add_method("GET", api_key_required=False)
 
     def _firewall(self) -> None:
         """AWS managed rules in front of the API (common exploits, known bad inputs)."""
@@ -167,7 +228,7 @@ class Api(Construct):
             rules=rules,
             visibility_config=waf.CfnWebACL.VisibilityConfigProperty(
                 cloud_watch_metrics_enabled=True,
-                metric_name="gallop-api",
+                metric_name=f"{Stack.of(self).stack_name}-api",
                 sampled_requests_enabled=True,
             ),
         )

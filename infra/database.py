@@ -3,18 +3,25 @@ through RDS Proxy, its credentials in Secrets Manager with rotation."""
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import Annotations, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_rds as rds
 from constructs import Construct
 
+from infra.stages import Stage
+
+# Pinned: a new minor version is a deliberate change (tests/infra/test_infra.py checks this one
+# against cfn-lint's list of deprecated versions).
+ENGINE_VERSION = rds.AuroraPostgresEngineVersion.VER_17_9
 DATABASE_NAME = "gallop"
 DATABASE_USER = "gallop"
 
 
 class Database(Construct):
-    def __init__(self, scope: Construct, id: str, *, vpc: ec2.IVpc, key: kms.IKey) -> None:
+    def __init__(
+        self, scope: Construct, id: str, *, vpc: ec2.IVpc, key: kms.IKey, stage: Stage
+    ) -> None:
         super().__init__(scope, id)
         private = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
         self.clients = ec2.SecurityGroup(
@@ -23,12 +30,15 @@ class Database(Construct):
         self.cluster = rds.DatabaseCluster(
             self,
             "Cluster",
-            engine=rds.DatabaseClusterEngine.aurora_postgres(
-                version=rds.AuroraPostgresEngineVersion.VER_16_4
-            ),
+            engine=rds.DatabaseClusterEngine.aurora_postgres(version=ENGINE_VERSION),
             writer=rds.ClusterInstance.serverless_v2("Writer"),
-            serverless_v2_min_capacity=0.5,
-            serverless_v2_max_capacity=4,
+            readers=[
+                # Scales with the writer: ready to take over at the writer's size.
+                rds.ClusterInstance.serverless_v2(f"Reader{i}", scale_with_writer=True)
+                for i in range(1, stage.database_readers + 1)
+            ],
+            serverless_v2_min_capacity=stage.database_min_acu,
+            serverless_v2_max_capacity=stage.database_max_acu,
             vpc=vpc,
             vpc_subnets=private,
             default_database_name=DATABASE_NAME,
@@ -36,10 +46,23 @@ class Database(Construct):
             storage_encrypted=True,
             storage_encryption_key=key,
             iam_authentication=True,
-            deletion_protection=True,
+            deletion_protection=not stage.destroys_data,
             backup=rds.BackupProps(retention=Duration.days(14)),
             cloudwatch_logs_exports=["postgresql"],
-            removal_policy=RemovalPolicy.SNAPSHOT,
+            # Kept data: a final snapshot when the stack goes.
+            removal_policy=(
+                RemovalPolicy.DESTROY if stage.destroys_data else RemovalPolicy.SNAPSHOT
+            ),
+            # In every stage: Performance Insights' 7 days are free, and Enhanced
+            # Monitoring's OS metrics each minute cost little; both answer "why slow?".
+            enable_performance_insights=True,
+            performance_insight_retention=rds.PerformanceInsightRetention.DEFAULT,
+            performance_insight_encryption_key=key,
+            monitoring_interval=Duration.seconds(60),
+        )
+        Annotations.of(self.cluster).acknowledge_warning(
+            "@aws-cdk/aws-rds:instancePerformanceInsightsOverridden",
+            "Performance Insights is set once, on the cluster, for every instance",
         )
         assert self.cluster.secret is not None
         self.secret = self.cluster.secret

@@ -13,6 +13,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from gallop.observability import NAMESPACE
 from gallop.settings import (
     ENV_DATABASE_HOST,
     ENV_DATABASE_IAM_AUTH,
@@ -77,12 +78,17 @@ class Wiring:
     training_kms_key_id: str = ""
 
 
+def service_name(function: str) -> str:
+    """The function's Powertools service: its logs' "service" and its metrics' dimension."""
+    return f"gallop-{function}"
+
+
 def environment(function: str, wiring: Wiring) -> dict[str, str]:
     """Exactly the variables FUNCTION_SETTINGS[function] asks for; a field the stack has
     no value for fails synthesis, so a new setting cannot be forgotten here."""
     env = {
-        "POWERTOOLS_SERVICE_NAME": f"gallop-{function}",
-        "POWERTOOLS_METRICS_NAMESPACE": "gallop",
+        "POWERTOOLS_SERVICE_NAME": service_name(function),
+        "POWERTOOLS_METRICS_NAMESPACE": NAMESPACE,
     }
     for field in FUNCTION_SETTINGS[function]:
         if field == "database":
@@ -119,12 +125,8 @@ class Placement:
 
 
 def _log_group(scope: Construct, id: str) -> logs.LogGroup:
-    return logs.LogGroup(
-        scope,
-        f"{id}Logs",
-        retention=logs.RetentionDays.ONE_MONTH,
-        removal_policy=RemovalPolicy.DESTROY,
-    )
+    # Retention: the stage's, for every log group (infra.stack.LogRetention).
+    return logs.LogGroup(scope, f"{id}Logs", removal_policy=RemovalPolicy.DESTROY)
 
 
 def _common(
@@ -136,6 +138,7 @@ def _common(
     memory_mb: int,
     timeout: Duration,
     description: str,
+    reserved_concurrency: int | None = None,
 ) -> dict[str, object]:
     """What every gallop function shares: explicit size and timeout, X-Ray, a log group
     with retention, and the environment its code requires; private subnets for those
@@ -148,6 +151,7 @@ def _common(
         "tracing": lambda_.Tracing.ACTIVE,
         "environment": environment(function, wiring),
         "log_group": _log_group(scope, id),
+        "reserved_concurrent_executions": reserved_concurrency,
     }
     if placement is not None:
         common["vpc"] = placement.vpc
@@ -167,6 +171,7 @@ def zip_function(
     memory_mb: int,
     timeout: Duration,
     description: str,
+    reserved_concurrency: int | None = None,
 ) -> lambda_.Function:
     """A zip function on python3.12; placement None: outside the VPC (it reaches only
     AWS APIs, so it needs no network interfaces and no NAT)."""
@@ -177,7 +182,17 @@ def zip_function(
         handler="handler.handler",
         code=lambda_.Code.from_asset(build_path("lambda", function)),
         layers=layers,
-        **_common(scope, id, function, wiring, placement, memory_mb, timeout, description),  # type: ignore[arg-type]
+        **_common(  # type: ignore[arg-type]
+            scope,
+            id,
+            function,
+            wiring,
+            placement,
+            memory_mb,
+            timeout,
+            description,
+            reserved_concurrency,
+        ),
     )
 
 

@@ -10,17 +10,39 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
+from gallop.observability import NAMESPACE
+
 P99_LATENCY_MS = 1000
+# Counted by the ingest function for each upload it moves to unclaimed/ (no such dataset,
+# or a key of the wrong shape): a person has to look.
+UNCLAIMED_UPLOADS = "UnclaimedUploads"
 
 
 class Monitoring(Construct):
-    def __init__(self, scope: Construct, id: str, *, key: kms.Key) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        key: kms.Key,
+        emails: tuple[str, ...] = (),
+        webhooks: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(scope, id)
         self.topic = sns.Topic(self, "Alarms", master_key=key, display_name="gallop alarms")
+        # Each subscriber confirms once (the link SNS sends, or the endpoint's reply to the
+        # SubscriptionConfirmation) before anything reaches it.
+        for email in emails:
+            self.topic.add_subscription(subscriptions.EmailSubscription(email))
+        for url in webhooks:
+            self.topic.add_subscription(
+                subscriptions.UrlSubscription(url, protocol=sns.SubscriptionProtocol.HTTPS)
+            )
         stack = Stack.of(self)
         alarms = f"arn:{stack.partition}:cloudwatch:{stack.region}:{stack.account}:alarm:*"
         from_our_alarms = {"ArnLike": {"aws:SourceArn": alarms}}
@@ -95,6 +117,18 @@ class Monitoring(Construct):
             latency,
             P99_LATENCY_MS,
             f"API p99 latency at or above {P99_LATENCY_MS} ms",
+        )
+
+    def watch_unclaimed_uploads(self, service: str) -> None:
+        metric = cloudwatch.Metric(
+            namespace=NAMESPACE,
+            metric_name=UNCLAIMED_UPLOADS,
+            dimensions_map={"service": service},
+            statistic="Sum",
+            period=Duration.minutes(5),
+        )
+        self._alarm(
+            "UnclaimedUploads", metric, 1, "uploads under raw/ no dataset claims: see unclaimed/"
         )
 
     def watch_state_machine(self, name: str, machine: sfn.IStateMachine) -> None:

@@ -14,27 +14,34 @@ if TYPE_CHECKING:
     from infra.stack import GallopStack
 
 MANAGED = "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
-# Region and account in an ARN: tokens, or literal when synthesised for an environment.
+# Partition, region and account in an ARN: tokens, or literal when synthesised for an
+# environment (as every stage is).
+PARTITION = "(<AWS::Partition>|aws[a-z-]*)"
 WHERE = "(<AWS::Region>|[a-z0-9-]+):(<AWS::AccountId>|[0-9]{12})"
 
 IAM = [
     NagPackSuppression(
         id="AwsSolutions-IAM4",
         reason="AWS managed service-role policies that grant only what every Lambda (logs), "
-        "VPC Lambda (network interfaces, which have no resource-level permissions) and API "
-        "Gateway account logging need.",
+        "VPC Lambda (network interfaces, which have no resource-level permissions), API "
+        "Gateway account logging and RDS Enhanced Monitoring (its own log group) need.",
         applies_to=[
             MANAGED + "AWSLambdaBasicExecutionRole",
             MANAGED + "AWSLambdaVPCAccessExecutionRole",
             MANAGED + "AmazonAPIGatewayPushToCloudWatchLogs",
+            MANAGED + "AmazonRDSEnhancedMonitoringRole",
         ],
     ),
     NagPackSuppression(
         id="AwsSolutions-IAM5",
         reason="Object keys carry dataset, version, upload and run ids that are not known at "
-        "deploy time: each S3 grant covers object actions under one prefix of the data "
-        "bucket (raw/, curated/, quarantine/ or features/) or of the artifacts "
-        "bucket (training/, models/ or aliases/), and no other bucket.",
+        "deploy time: each S3 grant's object actions (GetObject*, PutObject*, DeleteObject*, "
+        "Abort*) cover one prefix of the data bucket (raw/, curated/, quarantine/, "
+        "unclaimed/ or features/) or of the artifacts bucket (training/, models/ or "
+        "aliases/). Read grants also carry s3:List* and s3:GetBucket* on that bucket itself, "
+        "not held to the prefix: a reader may list every key of the bucket (names, not "
+        "contents), because S3 answers a read of a missing key 404 (the code's ObjectMissing) "
+        "only to a caller that may list the bucket, and 403 to any other.",
         applies_to=[
             "Action::s3:Abort*",
             "Action::s3:DeleteObject*",
@@ -42,7 +49,7 @@ IAM = [
             "Action::s3:GetObject*",
             "Action::s3:List*",
             RegexAppliesTo(
-                regex="/^Resource::<StorageData[0-9A-F]+\\.Arn>\\/(raw|curated|quarantine|features)\\/\\*$/"
+                regex="/^Resource::<StorageData[0-9A-F]+\\.Arn>\\/(raw|curated|quarantine|unclaimed|features)\\/\\*$/"
             ),
             RegexAppliesTo(
                 regex="/^Resource::<StorageArtifacts[0-9A-F]+\\.Arn>\\/(training|models|aliases)\\/\\*$/"
@@ -82,10 +89,10 @@ IAM = [
         "/aws/sagemaker/TrainingJobs group.",
         applies_to=[
             RegexAppliesTo(
-                regex=f"/^Resource::arn:<AWS::Partition>:sagemaker:{WHERE}:training-job\\/g-\\*$/"
+                regex=f"/^Resource::arn:{PARTITION}:sagemaker:{WHERE}:training-job\\/g-\\*$/"
             ),
             RegexAppliesTo(
-                regex=f"/^Resource::arn:<AWS::Partition>:logs:{WHERE}:log-group:"
+                regex=f"/^Resource::arn:{PARTITION}:logs:{WHERE}:log-group:"
                 "\\/aws\\/sagemaker\\/TrainingJobs:\\*$/"
             ),
         ],
@@ -134,8 +141,26 @@ CDK_MANAGED = [
 ]
 
 
+ALARM_SUBSCRIBERS = NagPackSuppression(
+    id="Serverless-SNSRedrivePolicy",
+    reason="Alarm notifications to people (e-mail, webhook): a delivery that fails after "
+    "SNS's retries loses no fact, since the alarm's state and history stay in CloudWatch, and a "
+    "dead-letter queue for them could only alarm to these same subscribers.",
+)
+DEV_DATABASE = NagPackSuppression(
+    id="AwsSolutions-RDS10",
+    reason="The dev stage is deleted with its stack, database included, on purpose; every "
+    "stage that keeps its data (prod) has deletion protection on.",
+)
+
+
 def suppress_justified(stack: GallopStack) -> None:
     NagSuppressions.add_stack_suppressions(stack, IAM)
+    NagSuppressions.add_resource_suppressions(
+        stack.monitoring.topic, [ALARM_SUBSCRIBERS], apply_to_children=True
+    )
+    if stack.deployment.stage.destroys_data:
+        NagSuppressions.add_resource_suppressions(stack.database.cluster, [DEV_DATABASE])
     zips = (
         stack.api.function,
         stack.api.predict,

@@ -12,10 +12,9 @@ from aws_cdk import aws_s3_notifications as s3n
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from gallop.settings import RAW_PREFIX
+from gallop.layout import RAW_PREFIX
+from gallop.settings import MAX_RECEIVE_COUNT
 from infra.functions import Placement, Wiring, image_function
-
-MAX_RECEIVE_COUNT = 3  # as the local stack: gallop.local.provision
 
 
 def work_queue(scope: Construct, id: str, key: kms.IKey, timeout: Duration) -> sqs.Queue:

@@ -2,45 +2,68 @@
 
 from __future__ import annotations
 
-from aws_cdk import CfnOutput, RemovalPolicy, Stack
+import jsii
+from aws_cdk import Aspects, CfnOutput, Fn, IAspect, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
-from constructs import Construct
+from constructs import Construct, IConstruct
 
-from gallop.settings import (
+from gallop.layout import (
+    ALIASES_PREFIX,
     CURATED_PREFIX,
     FEATURES_PREFIX,
     MODELS_PREFIX,
     QUARANTINE_PREFIX,
     RAW_PREFIX,
     TRAINING_PREFIX,
+    UNCLAIMED_PREFIX,
 )
 from infra.api import Api
 from infra.database import DATABASE_NAME, DATABASE_USER, Database
-from infra.functions import Placement, Wiring, layer
+from infra.functions import Placement, Wiring, layer, service_name
 from infra.migrations import Migrations
 from infra.monitoring import Monitoring
 from infra.pipeline import Pipeline
+from infra.stages import Deployment
 from infra.storage import Storage
 from infra.training import Training
 
-# Where promotions write each alias's model id (gallop.serving.registry.alias_key); the
-# predict path reads it there instead of asking the database (a test ties the two).
-ALIASES_PREFIX = "aliases/"
+
+@jsii.implements(IAspect)
+class LogRetention:
+    """Every log group of the stack keeps its events for the stage's retention."""
+
+    def __init__(self, days: int) -> None:
+        self.days = days
+
+    def visit(self, node: IConstruct) -> None:
+        if isinstance(node, logs.CfnLogGroup):
+            node.retention_in_days = self.days
 
 
 class GallopStack(Stack):
-    def __init__(self, scope: Construct, id: str, **kwargs: object) -> None:
+    def __init__(
+        self, scope: Construct, id: str, *, deployment: Deployment, **kwargs: object
+    ) -> None:
         super().__init__(scope, id, **kwargs)  # type: ignore[arg-type]
+        self.deployment = deployment
+        stage = deployment.stage
+        Aspects.of(self).add(LogRetention(stage.log_retention_days))
         # One key per concern: the queue key's policy names the data bucket (S3 sends
         # notifications), so the bucket cannot share it without a dependency cycle.
         data_key = self._key("DataKey", "gallop buckets")
         messages_key = self._key("MessagesKey", "gallop queues and alarm topic")
         database_key = self._key("DatabaseKey", "gallop metadata database and its secret")
-        storage = Storage(self, "Storage", key=data_key)
-        vpc = self._network()
-        database = Database(self, "Database", vpc=vpc, key=database_key)
+        storage = Storage(
+            self,
+            "Storage",
+            key=data_key,
+            removal_policy=stage.removal_policy,
+            unclaimed_expiry_days=stage.unclaimed_expiry_days,
+        )
+        vpc = self._network(stage.nat_gateways)
+        database = Database(self, "Database", vpc=vpc, key=database_key, stage=stage)
         placement = Placement(vpc, [database.clients])
 
         web = layer(self, "WebLayer", "web", "FastAPI, Mangum, pydantic, Powertools, orjson")
@@ -92,6 +115,9 @@ class GallopStack(Stack):
             predict_layers=[web, numpy, inference],
             wiring=wiring(training=training),
             placement=placement,
+            stage_name=stage.name,
+            api_concurrency=stage.api_concurrency,
+            predict_concurrency=stage.predict_concurrency,
         )
         migrations = Migrations(
             self, "Migrations", layers=[web, db], wiring=wiring(), placement=placement
@@ -109,18 +135,31 @@ class GallopStack(Stack):
         for function in [*pipeline.functions, api.function, migrations.function, training.function]:
             database.proxy.grant_connect(function, DATABASE_USER)
         # S3 by prefix, exactly what each function's code touches. Only ingest may delete,
-        # and only in raw/; nothing may write raw/ but uploads signed by the API.
+        # and only in raw/ and unclaimed/; nothing may write raw/ but uploads signed by the
+        # API and its retry of an unclaimed upload.
         data = storage.data
         data.grant_read(pipeline.ingest, f"{RAW_PREFIX}*")
         data.grant_delete(pipeline.ingest, f"{RAW_PREFIX}*")
         data.grant_put(pipeline.ingest, f"{CURATED_PREFIX}*")
+        # An append reads the version it extends: its manifest and row index (and its data
+        # when corrections replace stored races).
+        data.grant_read(pipeline.ingest, f"{CURATED_PREFIX}*")
         data.grant_put(pipeline.ingest, f"{QUARANTINE_PREFIX}*")
+        # An upload no dataset claims is moved aside, for a person to look at or retry.
+        data.grant_read(pipeline.ingest, f"{UNCLAIMED_PREFIX}*")
+        data.grant_put(pipeline.ingest, f"{UNCLAIMED_PREFIX}*")
+        data.grant_delete(pipeline.ingest, f"{UNCLAIMED_PREFIX}*")
         data.grant_read(pipeline.features, f"{CURATED_PREFIX}*")
         data.grant_put(pipeline.features, f"{FEATURES_PREFIX}*")
+        # The online pointer names the newest READY feature set: its manifest's data_end.
+        data.grant_read(pipeline.features, f"{FEATURES_PREFIX}*")
         # The API signs presigned POSTs with its own credentials (so it needs PutObject on
         # raw/) and loads entity snapshots for race cards.
         data.grant_put(api.function, f"{RAW_PREFIX}*")
         data.grant_read(api.function, f"{FEATURES_PREFIX}*")
+        # Lists unclaimed uploads and retries one: a copy back into raw/ (PutObject above).
+        data.grant_read(api.function, f"{UNCLAIMED_PREFIX}*")
+        data.grant_delete(api.function, f"{UNCLAIMED_PREFIX}*")  # once back under raw/
         pipeline.features_queue.grant_send_messages(pipeline.ingest)
         # Training: the API starts a run's execution and signs links to registered models'
         # reports; the state machine passes the SageMaker role (the API never does). The
@@ -128,9 +167,11 @@ class GallopStack(Stack):
         artifacts = storage.artifacts
         artifacts.grant_read(api.function, f"{MODELS_PREFIX}*")
         training.state_machine.grant_start_execution(api.function)
-        # Promotion (POST /v1/models/{id}/promote) writes aliases/{alias}.json; the predict
+        # Promotion (POST /v1/models/{id}/promote) writes the alias's key (gallop.layout, read
+        # by the predict path instead of asking the database); the predict
         # function reads it and the model files it names, and entity snapshots (a version's
-        # state.npz under features/) to complete race cards. It writes nothing.
+        # state.npz under features/, and the online pointer to the newest one) to complete
+        # race cards. It writes nothing.
         artifacts.grant_put(api.function, f"{ALIASES_PREFIX}*")
         artifacts.grant_read(api.predict, f"{MODELS_PREFIX}*")
         artifacts.grant_read(api.predict, f"{ALIASES_PREFIX}*")
@@ -146,7 +187,13 @@ class GallopStack(Stack):
         artifacts.grant_read(training.function, f"{MODELS_PREFIX}*")
         artifacts.grant_put(training.function, f"{MODELS_PREFIX}*")
 
-        monitoring = Monitoring(self, "Monitoring", key=messages_key)
+        monitoring = Monitoring(
+            self,
+            "Monitoring",
+            key=messages_key,
+            emails=deployment.alarm_emails,
+            webhooks=deployment.alarm_webhooks,
+        )
         for name, function in (
             ("Ingest", pipeline.ingest),
             ("Features", pipeline.features),
@@ -159,6 +206,7 @@ class GallopStack(Stack):
         for name, queue in zip(("Ingest", "Features"), pipeline.dead_letter_queues, strict=True):
             monitoring.watch_dead_letters(name, queue)
         monitoring.watch_api(api.rest_api)
+        monitoring.watch_unclaimed_uploads(service_name("ingest"))
         monitoring.watch_state_machine("Training", training.state_machine)
 
         CfnOutput(self, "ApiUrl", value=api.rest_api.url)
@@ -172,21 +220,28 @@ class GallopStack(Stack):
         self.migrations, self.monitoring, self.training = migrations, monitoring, training
         self.layers = {"web": web, "db": db, "numpy": numpy, "inference": inference}
 
+    @property
+    def availability_zones(self) -> list[str]:
+        """The region's first two zones, resolved at deploy time (as for a stack without an
+        environment): naming them at synthesis needs a lookup in the account, and a cache
+        of it in cdk.context.json for every account and region deployed to."""
+        return [Fn.select(i, Fn.get_azs()) for i in range(2)]
+
     def _key(self, id: str, description: str) -> kms.Key:
         return kms.Key(
             self,
             id,
             enable_key_rotation=True,
-            removal_policy=RemovalPolicy.RETAIN,
+            removal_policy=self.deployment.stage.removal_policy,
             description=description,
         )
 
-    def _network(self) -> ec2.Vpc:
+    def _network(self, nat_gateways: int) -> ec2.Vpc:
         vpc = ec2.Vpc(
             self,
             "Vpc",
             max_azs=2,
-            nat_gateways=1,
+            nat_gateways=nat_gateways,
             subnet_configuration=[
                 ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC),
                 ec2.SubnetConfiguration(
@@ -199,8 +254,6 @@ class GallopStack(Stack):
         )
         vpc.add_flow_log(
             "FlowLog",
-            destination=ec2.FlowLogDestination.to_cloud_watch_logs(
-                logs.LogGroup(self, "FlowLogs", retention=logs.RetentionDays.ONE_MONTH)
-            ),
+            destination=ec2.FlowLogDestination.to_cloud_watch_logs(logs.LogGroup(self, "FlowLogs")),
         )
         return vpc

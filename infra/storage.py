@@ -1,4 +1,5 @@
-"""Buckets: data (uploads, curated, features, quarantine) and artifacts (models)."""
+"""Buckets: data (uploads, curated, features, quarantine, unclaimed) and artifacts
+(models)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,22 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from gallop.settings import QUARANTINE_PREFIX, RAW_PREFIX
+from gallop.layout import QUARANTINE_PREFIX, RAW_PREFIX, UNCLAIMED_PREFIX
+from infra.stages import RAW_EXPIRY_DAYS
 
 
 class Storage(Construct):
-    def __init__(self, scope: Construct, id: str, *, key: kms.IKey) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        key: kms.IKey,
+        removal_policy: RemovalPolicy,
+        unclaimed_expiry_days: int,
+    ) -> None:
         super().__init__(scope, id)
+        self.removal_policy = removal_policy
         self.access_logs = s3.Bucket(
             self,
             "AccessLogs",
@@ -23,17 +34,21 @@ class Storage(Construct):
             versioned=True,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
             lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(365))],
-            removal_policy=RemovalPolicy.RETAIN,
+            **self._removal(),
         )
         self.data = self._bucket(
             "Data",
             key,
             "data/",
             [
-                # Raw uploads are kept as curated Parquet once ingested; quarantine is for
-                # a person to look at, then it goes.
-                s3.LifecycleRule(prefix=RAW_PREFIX, expiration=Duration.days(30)),
+                # Raw uploads are kept as curated Parquet once ingested; quarantine and
+                # unclaimed uploads (no dataset, or a key of the wrong shape) are for a
+                # person to look at, then they go.
+                s3.LifecycleRule(prefix=RAW_PREFIX, expiration=Duration.days(RAW_EXPIRY_DAYS)),
                 s3.LifecycleRule(prefix=QUARANTINE_PREFIX, expiration=Duration.days(90)),
+                s3.LifecycleRule(
+                    prefix=UNCLAIMED_PREFIX, expiration=Duration.days(unclaimed_expiry_days)
+                ),
                 s3.LifecycleRule(noncurrent_version_expiration=Duration.days(30)),
                 s3.LifecycleRule(abort_incomplete_multipart_upload_after=Duration.days(1)),
             ],
@@ -61,5 +76,13 @@ class Storage(Construct):
             server_access_logs_bucket=self.access_logs,
             server_access_logs_prefix=log_prefix,
             lifecycle_rules=rules,
-            removal_policy=RemovalPolicy.RETAIN,
+            **self._removal(),
         )
+
+    def _removal(self) -> dict[str, object]:
+        """A bucket deleted with its stack is emptied first (CloudFormation cannot delete
+        one that holds objects); a kept one is left as it is."""
+        return {
+            "removal_policy": self.removal_policy,
+            "auto_delete_objects": self.removal_policy == RemovalPolicy.DESTROY,
+        }

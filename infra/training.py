@@ -180,7 +180,6 @@ class Training(Construct):
             "StateMachineLogs",
             # Vended-logs names keep CloudWatch Logs' resource policy small.
             log_group_name=f"/aws/vendedlogs/states/{Stack.of(self).stack_name}-training",
-            retention=logs.RetentionDays.ONE_YEAR,
             removal_policy=RemovalPolicy.DESTROY,
         )
         machine = sfn.StateMachine(
