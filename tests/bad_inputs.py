@@ -6,11 +6,15 @@ through the API and the moto server), so both cover exactly the same cases.
 
 from __future__ import annotations
 
+import gzip
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
+
+from gallop.synth.mistakes import horse_twice, typo_in_number
+from tests.conftest import TEST_MAX_COLUMNS, TEST_MAX_UPLOAD_BYTES
 
 
 @dataclass(frozen=True)
@@ -46,16 +50,8 @@ def _set(row: int, column: str, value: str) -> Callable[[bytes], bytes]:
     return _edit(change)
 
 
-def _first_race(frame: pd.DataFrame) -> pd.Series:
-    return frame["race_id"] == frame.loc[0, "race_id"]
-
-
-def _horse_twice(frame: pd.DataFrame) -> None:
-    frame.loc[frame.index[_first_race(frame)][1], "horse_id"] = frame.loc[0, "horse_id"]
-
-
 def _dead_heat_everywhere(frame: pd.DataFrame) -> None:
-    frame.loc[_first_race(frame), "position"] = "1"
+    frame.loc[frame["race_id"] == frame.loc[0, "race_id"], "position"] = "1"
 
 
 def _repeat_row(frame: pd.DataFrame) -> pd.DataFrame:
@@ -63,8 +59,6 @@ def _repeat_row(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _too_large(good: bytes) -> bytes:
-    from tests.conftest import TEST_MAX_UPLOAD_BYTES
-
     return good * (TEST_MAX_UPLOAD_BYTES // len(good) + 2)
 
 
@@ -91,6 +85,27 @@ def _trailing_commas(good: bytes) -> bytes:
     return b"\n".join([lines[0]] + [line + b"," for line in lines[1:]]) + b"\n"
 
 
+def _gzip(make: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    return lambda good: gzip.compress(make(good), mtime=0)
+
+
+def _gzip_bomb(good: bytes) -> bytes:
+    """Inflates past the test stack's limit (4 x its upload limit) from a few kilobytes."""
+    return gzip.compress(good + b"0" * (4 * TEST_MAX_UPLOAD_BYTES), mtime=0)
+
+
+def _one_more_column_than_allowed(good: bytes) -> bytes:
+    header, first, second = good.split(b"\n")[:3]
+    extra = TEST_MAX_COLUMNS - header.count(b",")  # one more than the limit, with the header
+    names = b"".join(b",x%d" % i for i in range(extra))
+    return b"\n".join([header + names, first + b",1" * extra, second + b",1" * extra, b""])
+
+
+def _deeply_nested_jsonl(good: bytes) -> bytes:
+    depth = 100_000  # the json module recurses once per level: beyond Python's stack
+    return b'{"race_id": "R1"}\n{"race_id": ' + b"[" * depth + b"]" * depth + b"}\n"
+
+
 def _nested_parquet(good: bytes) -> bytes:
     frame = _frame(good)
     frame["tags"] = [["a", "b"]] * len(frame)
@@ -107,9 +122,7 @@ BAD_INPUTS = [
         "missing_column",
         "'position'",
     ),
-    BadInput(
-        "text-in-numeric-column", "csv", _set(3, "weight_kg", "57,5"), "not_numeric", "'weight_kg'"
-    ),
+    BadInput("text-in-numeric-column", "csv", _edit(typo_in_number), "not_numeric", "'weight_kg'"),
     BadInput("target-missing", "csv", _set(4, "position", ""), "target_not_finite", "'position'"),
     BadInput(
         "target-infinite", "csv", _set(4, "position", "inf"), "target_not_finite", "'position'"
@@ -118,7 +131,7 @@ BAD_INPUTS = [
     BadInput(
         "entity-twice-in-group",
         "csv",
-        _edit(_horse_twice),
+        _edit(horse_twice),
         "duplicate_entity_in_group",
         "'horse_id'",
     ),
@@ -154,5 +167,38 @@ BAD_INPUTS = [
         lambda good: b'{"race_id": "R1"}\n{not json}\n',
         "malformed_jsonl",
         "line 2",
+    ),
+    BadInput(
+        "cell-over-131072-characters",
+        "csv",
+        _set(3, "course", "x" * 131_073),
+        "cell_too_large",
+        "column 'course' on line 5 holds 131,073 characters",
+    ),
+    BadInput(
+        "more-columns-than-allowed",
+        "csv",
+        _one_more_column_than_allowed,
+        "too_many_columns",
+        f"{TEST_MAX_COLUMNS + 1} columns; the limit is {TEST_MAX_COLUMNS}",
+    ),
+    BadInput(
+        "jsonl-nested-100000-deep", "jsonl", _deeply_nested_jsonl, "malformed_jsonl", "line 2"
+    ),
+    BadInput("gzip-bomb", "csv.gz", _gzip_bomb, "decompressed_too_large", "inflates to more"),
+    BadInput(
+        "gzip-truncated",
+        "csv.gz",
+        lambda good: _gzip(lambda g: g)(good)[:-100],
+        "not_gzip",
+        "truncated",
+    ),
+    BadInput("gzip-declared-but-plain", "csv.gz", lambda good: good, "not_gzip", "gzip"),
+    BadInput(
+        "gzipped-csv-with-a-problem",
+        "csv.gz",
+        _gzip(_edit(typo_in_number)),
+        "not_numeric",
+        "'weight_kg'",
     ),
 ]

@@ -24,6 +24,12 @@ SHIPPED_SPEC = Path(__file__).resolve().parents[1] / "shared" / "gallop" / "spec
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 # Small enough that a test can exceed it cheaply; the generated test data stays well below.
 TEST_MAX_UPLOAD_BYTES = 1_000_000
+# The column limit the tests run with (the default is 10,000: the same check, cheaper).
+TEST_MAX_COLUMNS = 500
+TEST_LIMITS = {
+    "GALLOP_MAX_UPLOAD_BYTES": str(TEST_MAX_UPLOAD_BYTES),
+    "GALLOP_MAX_COLUMNS": str(TEST_MAX_COLUMNS),
+}
 
 
 def load_event(name: str) -> dict:
@@ -94,8 +100,8 @@ def _truncate(eng: Engine) -> None:
     with eng.begin() as connection:
         connection.execute(
             text(
-                "TRUNCATE model_aliases, models, training_runs, feature_sets, uploads, "
-                "dataset_versions, datasets RESTART IDENTITY"
+                "TRUNCATE unclaimed_uploads, model_aliases, models, training_runs, feature_sets, "
+                "uploads, dataset_versions, datasets RESTART IDENTITY"
             )
         )
 
@@ -137,7 +143,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     local = LocalStack(
         state,
         quiet=True,
-        settings_overrides={"GALLOP_MAX_UPLOAD_BYTES": str(TEST_MAX_UPLOAD_BYTES)},
+        settings_overrides=TEST_LIMITS,
         visibility_timeout=1,
     ).start()
     local.serve_api(free_port())

@@ -35,6 +35,22 @@ def test_a_vocabulary_is_the_sorted_texts_and_anything_else_is_missing() -> None
     assert "c1004" not in kept  # one of the least frequent, last by text
 
 
+def test_texts_first_seen_later_take_the_next_codes_and_leave_the_earlier_ones() -> None:
+    # GIVEN a history's texts with their times, and later rows bringing a new text
+    texts = np.array(["soft", "good", "firm", "good"])
+    times = np.array([30, 10, 20, 40])
+    history = learn_vocabulary(texts, times)
+    assert history == ["good", "firm", "soft"]  # in the order they first appear
+    later = learn_vocabulary(np.concatenate([texts, ["heavy", "firm"]]), np.r_[times, 50, 60])
+    # THEN the new text takes the next code and every text the history held keeps its own
+    assert later == [*history, "heavy"]
+    codes = encode(np.array(["soft", "heavy", "good", "x"]), later)
+    np.testing.assert_array_equal(codes, [2, 3, 0, np.nan])
+    # AND ties in time go by text; a text first seen before the newest moves the others
+    assert learn_vocabulary(np.array(["b", "a"]), np.array([5, 5])) == ["a", "b"]
+    assert learn_vocabulary(np.r_[texts, ["early"]], np.r_[times, 1])[0] == "early"
+
+
 def test_race_cards_code_categories_as_the_offline_features_do(races_spec: DatasetSpec) -> None:
     # GIVEN the features of generated races, whose spec lists course, going, jockey, trainer
     runners, _ = generate_races(120, seed=3)

@@ -123,7 +123,7 @@ def test_float32_thresholds_decide_like_double_ones(threshold: float) -> None:
 
 
 def test_letor_data_path_is_beside_the_repository() -> None:
-    assert Path(__file__).resolve().parents[2] / "shared" / "data" / "letor" == LETOR
+    assert Path(__file__).resolve().parents[3] / "shared" / "data" / "letor" == LETOR
 
 
 def test_random_forest_boosters_average_their_trees_in_onnx_too() -> None:

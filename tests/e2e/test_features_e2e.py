@@ -19,11 +19,12 @@ from gallop.features.online import card_features
 from gallop.features.service import FeaturesRequest, build_for_version
 from gallop.features.state import State
 from gallop.local.stack import LocalStack
+from gallop.manifests import FeatureManifest
 from gallop.metadata.db import engine_for
 from gallop.spec import DatasetSpec
 from gallop.storage import Store
 from tests.conftest import paused_poller, spec_named, unique_name
-from tests.test_features import card_of, keyed
+from tests.unit.test_features import card_of, keyed
 
 
 def wait_for_feature_sets(client: GallopClient, dataset: str, version_id: str) -> list[dict]:
@@ -65,6 +66,7 @@ def test_a_valid_version_gets_features_a_snapshot_and_a_manifest(
 
     frame = pd.read_parquet(io.BytesIO(object_bytes(stack, feature_set["data_key"])))
     manifest = json.loads(object_bytes(stack, feature_set["manifest_key"]))
+    assert set(manifest) == set(FeatureManifest.__annotations__)  # the type is what is stored
     assert manifest["features"] == feature_set["features"]
     assert list(frame.columns[-len(manifest["features"]) :]) == manifest["features"]
     assert all(frame[name].dtype == np.float32 for name in manifest["features"])
@@ -148,7 +150,7 @@ def test_offline_and_card_features_from_the_command_line(
 ) -> None:
     from gallop.synth.races import generate_races
     from tests.conftest import SHIPPED_SPEC
-    from tests.test_cli import gallop
+    from tests.e2e.test_cli import gallop
 
     runners, _ = generate_races(120, seed=9)
     history = runners[runners["race_id"] != runners["race_id"].iloc[-1]]
@@ -201,7 +203,7 @@ def test_card_route_returns_the_offline_rows_and_refuses_bad_cards(
     # WHEN the last race's card is posted THEN its rows equal the offline rows of that race
     reply = client.card_features(spec.name, version_id, card_of(runners[last]))
     from gallop.features.build import build_features
-    from tests.test_features import canonical
+    from tests.unit.test_features import canonical
 
     offline = keyed(build_features(canonical(runners, spec), spec).frame)
     expected = offline.loc[
@@ -217,7 +219,10 @@ def test_card_route_returns_the_offline_rows_and_refuses_bad_cards(
     bad[0]["draw"] = "outside"
     with pytest.raises(ApiError) as caught:
         client.card_features(spec.name, version_id, bad)
-    assert caught.value.status_code == 422 and "'draw' must be a number" in str(caught.value)
+    assert (
+        caught.value.status_code == 422
+        and "'draw' has values that are not numbers (1 row: 1)" in str(caught.value)
+    )
     with pytest.raises(ApiError) as empty:
         client.card_features(spec.name, version_id, [])
     assert empty.value.status_code == 422 and "body.rows" in str(empty.value)

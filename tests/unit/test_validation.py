@@ -10,11 +10,13 @@ import pandas as pd
 import pytest
 
 from gallop.ingest.canonical import content_hash
-from gallop.ingest.problems import UnreadableFile
-from gallop.ingest.readers import read_table
+from gallop.ingest.problems import Problem, UnreadableFile
+from gallop.ingest.readers import BYTES_PER_CELL, Limits, read_table
 from gallop.ingest.validate import validate
+from gallop.settings import Settings
 from gallop.spec import DatasetSpec, Task
 from tests.bad_inputs import BAD_INPUTS, BadInput
+from tests.conftest import TEST_LIMITS
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +24,15 @@ def good(races_csv: Path) -> bytes:
     return races_csv.read_bytes()
 
 
+# The limits of the test stack, so that both see the same problems.
+LIMITS = Limits.of(
+    Settings(**{k.removeprefix("GALLOP_").lower(): v for k, v in TEST_LIMITS.items()})
+)
+
+
 def problems_of(data: bytes, fmt: str, spec: DatasetSpec) -> list:
     try:
-        frame = read_table(data, fmt)
+        frame = read_table(data, fmt, LIMITS)
     except UnreadableFile as exc:
         return [exc.problem]
     return validate(frame, spec).problems
@@ -193,3 +201,60 @@ def test_integer_ids_beyond_float_precision_stay_distinct(
     assert result.canonical is not None
     assert result.canonical["race_id"].nunique() == len(codes)
     assert str(2**53 + 1) in set(result.canonical["race_id"])
+
+
+@pytest.mark.parametrize("ending", [b"\r", b"\r\n"], ids=["cr-only", "crlf"])
+def test_any_line_ending_reads_as_the_same_table(
+    ending: bytes, good: bytes, races_spec: DatasetSpec
+) -> None:
+    # Old Mac exports end lines with a lone CR: the same rows, the same version.
+    with_ending = read_table(good.replace(b"\n", ending), "csv")
+    pd.testing.assert_frame_equal(with_ending, read_table(good, "csv"))
+    result = validate(with_ending, races_spec)
+    assert result.ok and result.canonical is not None
+
+
+def test_a_quoted_cell_may_hold_separators_and_line_breaks() -> None:
+    frame = read_table(b'a,b\r1,"x, y\r\nz ""q"""\r2,3\r', "csv")
+    assert frame.to_dict("list") == {"a": ["1", "2"], "b": ['x, y\r\nz "q"', "3"]}
+
+
+def test_a_table_too_large_to_validate_is_refused_before_it_is_built(good: bytes) -> None:
+    rows, columns = good.count(b"\n") - 1, good.split(b"\n", 1)[0].count(b",") + 1
+    needed_mb = rows * columns * BYTES_PER_CELL["csv"] / 2**20
+    tight = Limits.of(Settings(max_validation_memory_mb=max(1, int(needed_mb) - 1)))
+    with pytest.raises(UnreadableFile) as refused:
+        read_table(good, "csv", tight)
+    assert refused.value.problem.code == "too_large_to_validate"
+    assert f"{rows:,} rows x {columns:,} columns" in refused.value.problem.message
+    assert len(read_table(good, "csv", Limits.of(Settings(max_validation_memory_mb=2)))) == rows
+
+
+def test_a_wide_header_is_refused_from_its_first_line_whatever_follows() -> None:
+    # The header is counted before anything else is read: the rest need not even be CSV.
+    header = b",".join(b"c%d" % i for i in range(LIMITS.max_columns + 1))
+    with pytest.raises(UnreadableFile, match=f"{LIMITS.max_columns + 1} columns"):
+        read_table(header + b'\n"unclosed\n', "csv", LIMITS)
+
+
+def test_a_problem_names_a_few_columns_of_a_wide_file_and_counts_the_rest(
+    good: bytes, races_spec: DatasetSpec
+) -> None:
+    frame = pd.read_csv(io.BytesIO(good), dtype=str, keep_default_na=False).drop(
+        columns=["position"]
+    )
+    wide = pd.concat(
+        [frame, pd.DataFrame({f"x{i}": ["1"] * len(frame) for i in range(5000)})], axis=1
+    )
+    (problem,) = validate(wide, races_spec).problems
+    assert problem.code == "missing_column"
+    assert f"the file has {wide.shape[1]:,} columns" in problem.message
+    assert "and 5,003 more" in problem.message
+    assert len(problem.message) < 500
+
+
+def test_a_problem_quoting_a_huge_column_name_stays_small() -> None:
+    problem = Problem("not_numeric", f"column {'n' * 100_000!r} has text", column="n" * 100_000)
+    shown = problem.to_dict()
+    assert len(shown["message"]) < 1_100 and len(shown["column"]) < 1_100
+    assert shown["column"].endswith("(99,000 more characters)")

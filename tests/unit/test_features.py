@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -90,7 +91,7 @@ def test_a_card_dated_inside_the_snapshot_is_refused(races_spec: DatasetSpec) ->
     full = canonical(runners, races_spec)
     state = build_features(full, races_spec).state
     last_race = full[full["race_time"] == full["race_time"].max()]
-    with pytest.raises(CardError, match="at or before the history already held"):
+    with pytest.raises(CardError, match="at or before .* the newest race in the entity snapshot"):
         card_features(card_of(last_race), state)
 
 
@@ -100,7 +101,9 @@ def test_a_card_with_a_text_where_a_number_belongs_is_refused(races_spec: Datase
     state = build_features(full[full["race_time"] < full["race_time"].max()], races_spec).state
     card = card_of(full[full["race_time"] == full["race_time"].max()])
     card[0]["weight_kg"] = "heavy"
-    with pytest.raises(CardError, match="'weight_kg' must be a number"):
+    with pytest.raises(
+        CardError, match=r"'weight_kg' has values that are not numbers \(1 row: 1\)"
+    ):
         card_features(card, state)
     del card[0]["horse_id"]
     with pytest.raises(CardError, match="no 'horse_id'"):
@@ -149,6 +152,87 @@ def test_a_card_spanning_start_times_is_refused(races_spec: DatasetSpec) -> None
     state = build_features(full[full["race_time"] < times[-2]], races_spec).state
     with pytest.raises(CardError, match="different start times"):
         card_features(card_of(full[full["race_time"] >= times[-2]]), state)
+
+
+# -- a card keeps ingestion's rules -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def held_back(races_spec: DatasetSpec) -> tuple[pd.DataFrame, State]:
+    """Generated races as an upload holds them, and the snapshot of all but the last."""
+    runners, _ = generate_races(60, seed=2)
+    last = runners["race_id"] == runners["race_id"].iloc[-1]
+    return runners, build_features(canonical(runners[~last], races_spec), races_spec).state
+
+
+BROKEN = [  # a field, its value as a card sends it and as an upload writes it, the codes
+    ("odds", 0.0, "0", {"invalid_odds"}),
+    ("odds", -5.0, "-5", {"invalid_odds"}),
+    ("odds", math.inf, "inf", {"invalid_odds", "infinite_value"}),
+    ("weight_kg", 1e39, "1e39", {"out_of_range"}),
+    ("draw", "outside", "outside", {"not_numeric"}),
+    ("race_time", "next tuesday", "next tuesday", {"not_a_time"}),
+    ("horse_id", None, "", {"missing_key"}),
+    ("horse_id", "H-TWICE", "H-TWICE", {"duplicate_entity_in_group"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "sent", "written", "codes"),
+    BROKEN,
+    ids=[
+        "odds-0",
+        "odds-minus-5",
+        "odds-inf",
+        "beyond-float32",
+        "text",
+        "time",
+        "no-horse",
+        "horse-twice",
+    ],
+)
+def test_a_card_is_refused_what_an_upload_is_refused_under_the_same_code(
+    held_back: tuple[pd.DataFrame, State],
+    races_spec: DatasetSpec,
+    field: str,
+    sent: object,
+    written: str,
+    codes: set[str],
+) -> None:
+    runners, state = held_back
+    race = np.flatnonzero(runners["race_id"] == runners["race_id"].iloc[-1])
+    broken = race[[1, 3]]  # the last race's second and fourth runners
+    # GIVEN the value in those runners' rows of an upload, and of the race's card
+    upload = runners.astype(str)
+    upload.loc[upload.index[broken], field] = written
+    card = card_of(runners.iloc[race])
+    for row in (1, 3):
+        card[row][field] = sent
+    # WHEN ingestion validates the upload and the card is sent
+    uploaded = validate(upload, races_spec).problems
+    with pytest.raises(CardError) as refused:
+        card_features(card, state)
+    # THEN both name the same rules on the same column, at those runners' rows
+    carded = refused.value.problems
+    assert {(p.code, p.column) for p in carded} == {(p.code, field) for p in uploaded}
+    assert {p.code for p in carded} == codes
+    assert all(p.rows == [2, 4] for p in carded)  # counted from 1, as in the upload
+    assert all(p.rows == (broken + 1).tolist() for p in uploaded)
+    assert all(p.message in str(refused.value) for p in carded)
+
+
+def test_a_card_says_unknown_with_null_not_nan(held_back: tuple[pd.DataFrame, State]) -> None:
+    runners, state = held_back
+    card = card_of(runners[runners["race_id"] == runners["race_id"].iloc[-1]])
+    # NaN is no JSON number: a card says a value is unknown with null
+    card[2]["odds"] = math.nan
+    with pytest.raises(CardError) as refused:
+        card_features(card, state)
+    (problem,) = refused.value.problems
+    assert (problem.code, problem.column, problem.rows) == ("not_numeric", "odds", [3])
+    card[2]["odds"] = None
+    names, matrix = card_features(card, state)
+    assert np.isnan(matrix[2, names.index("odds")])
 
 
 # -- no look-ahead, as properties ---------------------------------------------------------

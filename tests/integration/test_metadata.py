@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gallop.metadata import repo
 from gallop.metadata.db import MIGRATIONS, migrate, session_scope
-from gallop.metadata.models import DatasetVersion, Upload
+from gallop.metadata.models import DatasetVersion, UnclaimedUpload, Upload
 from gallop.spec import DatasetSpec
 
 
@@ -110,6 +110,103 @@ def test_concurrent_writers_of_one_version_leave_one_row(
         assert session.scalar(select(func.count()).where(Upload.version_id == "v-race")) == 6
 
 
+def test_an_upload_is_one_set_of_bytes_at_one_key(engine: Engine, races_spec: DatasetSpec) -> None:
+    dataset, _ = repo.register_dataset(engine, races_spec)
+    key = "raw/races/f1/data.csv"
+    repo.create_upload(engine, dataset, "f1", key, "csv")  # the API's presigned form
+
+    def upload_of(key: str, etag: str, new_id: str) -> str:
+        return repo.upload_of_object(engine, dataset, key, etag, "csv", new_id).upload_id
+
+    # The first bytes posted to the form claim it, and the same bytes again are that upload
+    assert upload_of(key, "e1", "k-1") == "f1"
+    assert upload_of(key, "e1", "k-2") == "f1"
+    # Other bytes under its key are another upload, as is an object no form was made for
+    assert upload_of(key, "e2", "k-3") == "k-3"
+    assert upload_of("raw/races/2024/a.csv", "e1", "k-4") == "k-4"
+    (listed, _) = repo.page_uploads(engine, dataset, "raw/races/f1/", None)
+    assert [u.upload_id for u in listed] == [
+        "f1",
+        "k-3",
+    ]
+    # AND the database holds one upload per key and ETag
+    with pytest.raises(IntegrityError), session_scope(engine) as session:
+        session.add(
+            Upload(upload_id="k-5", dataset_id=dataset.id, key=key, file_format="csv", etag="e2")
+        )
+
+
+def test_bytes_racing_for_one_form_claim_it_once(engine: Engine, races_spec: DatasetSpec) -> None:
+    dataset, _ = repo.register_dataset(engine, races_spec)
+    key = "raw/races/f1/data.csv"
+    repo.create_upload(engine, dataset, "f1", key, "csv")
+    claimed: dict[str, str] = {}
+    errors: list[BaseException] = []
+    together = threading.Barrier(6)
+
+    def arrive(etag: str) -> None:
+        together.wait()
+        try:
+            upload = repo.upload_of_object(engine, dataset, key, etag, "csv", f"k-{etag}")
+            claimed[etag] = upload.upload_id
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=arrive, args=(f"e{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert sorted(claimed.values()).count("f1") == 1 and len(set(claimed.values())) == 6
+    assert repo.get_upload(engine, dataset, "f1").etag in claimed
+
+
+def test_an_unclaimed_key_is_one_record_of_its_newest_bytes(engine: Engine) -> None:
+    def kept_as(etag: str, size: int) -> UnclaimedUpload:
+        return UnclaimedUpload(
+            id="k-u",
+            key="raw/later/a.csv",
+            unclaimed_key="unclaimed/later/a.csv",
+            dataset="later",
+            size=size,
+            etag=etag,
+            reason="no dataset named 'later'",
+        )
+
+    first, new = repo.keep_unclaimed(engine, kept_as("e1", 10))
+    assert new
+    assert repo.keep_unclaimed(engine, kept_as("e1", 10))[1] is False  # the same event again
+    newest, new = repo.keep_unclaimed(engine, kept_as("e2", 12))
+    assert new and (newest.etag, newest.size) == ("e2", 12)
+    (listed,) = repo.list_unclaimed(engine, "later")
+    assert (listed.etag, listed.first_seen) == ("e2", first.first_seen)
+    assert repo.list_unclaimed(engine, "other") == []
+    repo.forget_unclaimed(engine, "k-u")
+    with pytest.raises(repo.UnclaimedNotFound):
+        repo.get_unclaimed(engine, "k-u")
+
+
+def test_uploads_stored_before_0006_survive_its_migration_both_ways(
+    engine: Engine, races_spec: DatasetSpec
+) -> None:
+    dataset, _ = repo.register_dataset(engine, races_spec)
+    migrate(engine, "0005", down=True)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO uploads (upload_id, dataset_id, key, file_format, status, etag, "
+                "created_at) VALUES ('2024', :dataset, 'raw/races/2024/a.csv', 'csv', "
+                "'VALID', 'e1', CURRENT_TIMESTAMP)"
+            ),
+            {"dataset": dataset.id},
+        )
+    migrate(engine)
+    upload = repo.get_upload(engine, dataset, "2024")
+    assert (upload.key, upload.etag, upload.report) == ("raw/races/2024/a.csv", "e1", None)
+    assert "unclaimed_uploads" in inspect(engine).get_table_names()
+
+
 def test_the_database_refuses_a_duplicate_version_and_an_unknown_status(
     engine: Engine, races_spec: DatasetSpec
 ) -> None:
@@ -146,7 +243,7 @@ def test_the_migrate_function_migrates_on_create_and_update_only(
 
     monkeypatch.setenv("DATABASE_URL", engine.url.render_as_string(hide_password=False))
     get_settings.cache_clear()
-    path = Path(__file__).resolve().parents[1] / "functions" / "migrate" / "handler.py"
+    path = Path(__file__).resolve().parents[2] / "functions" / "migrate" / "handler.py"
     spec = importlib.util.spec_from_file_location("migrate_handler", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -159,6 +256,7 @@ def test_the_migrate_function_migrates_on_create_and_update_only(
     try:
         with engine.begin() as connection:  # back to an empty schema
             for table in (
+                "unclaimed_uploads",
                 "model_aliases",
                 "models",
                 "training_runs",

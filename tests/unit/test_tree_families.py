@@ -17,7 +17,7 @@ from gallop.models.onnx_export import stack_to_onnx
 from gallop.serving.treeshap import TreeExplainer
 from gallop.training.config import BASE_DEFAULTS
 from gallop.training.rows import Rows
-from tests.test_base_kinds import split_nodes
+from tests.unit.test_base_kinds import split_nodes
 
 pytest.importorskip("xgboost")
 pytest.importorskip("catboost")

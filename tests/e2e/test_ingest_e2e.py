@@ -18,6 +18,7 @@ import pytest
 from gallop import aws
 from gallop.client import GallopClient
 from gallop.ingest.events import object_created_body
+from gallop.ingest.problems import MAX_PROBLEMS
 from gallop.ingest.service import ingest_object
 from gallop.local.stack import LocalStack
 from gallop.metadata import repo
@@ -113,7 +114,7 @@ def test_same_file_twice_is_one_version(
     as_parquet = ingest(client, dataset, sink.getvalue(), "parquet")
     assert first["version_id"] == again["version_id"] == as_parquet["version_id"]
     assert [v["version_id"] for v in client.versions(dataset)] == [first["version_id"]]
-    assert len(keys_under(stack, f"curated/{dataset}/")) == 3  # data, report, manifest
+    assert len(keys_under(stack, f"curated/{dataset}/")) == 4  # data, report, manifest, index
 
 
 def test_same_sqs_message_twice_is_one_version(
@@ -132,7 +133,7 @@ def test_same_sqs_message_twice_is_one_version(
     stack.poller.drain()
     version_id = client.upload_status(dataset, upload_id)["version_id"]
     assert [v["version_id"] for v in client.versions(dataset)] == [version_id]
-    assert len(keys_under(stack, f"curated/{dataset}/")) == 3
+    assert len(keys_under(stack, f"curated/{dataset}/")) == 4
     # AND the same event again, long after, changes nothing either
     sqs.send_message(QueueUrl=stack.resources.ingest.url, MessageBody=body)
     stack.poller.drain()
@@ -151,10 +152,15 @@ def test_new_bytes_posted_again_with_the_same_form_are_ingested(
     # WHEN the corrected file is posted with the same (unexpired) form
     post(upload, races_csv.read_bytes())
     stack.poller.drain()  # type: ignore[union-attr]
-    # THEN it is ingested too: same key, new bytes, a new version
-    again = client.upload_status(dataset, upload["upload_id"])
+    # THEN it is ingested too: same key, new bytes, a new upload and a new version
+    form, again = client.uploads(dataset, prefix=upload["key"])
+    assert form == client.upload_status(dataset, upload["upload_id"]) == first
     assert again["status"] == "VALID" and again["version_id"] != first["version_id"]
     assert {v["status"] for v in client.versions(dataset)} == {"REJECTED", "VALID"}
+    # AND the form's own rejected file and report are kept
+    quarantine = f"quarantine/{dataset}/{upload['upload_id']}/"
+    assert object_bytes(stack, quarantine + "upload/data.csv") == bad
+    assert first["report_key"] == quarantine + "report.json"
 
 
 def post(upload: dict[str, Any], data: bytes) -> None:
@@ -169,7 +175,7 @@ def test_s3_test_events_and_objects_outside_raw_are_skipped(
     assert stack.resources is not None and stack.poller is not None
     sqs = aws.client("sqs", stack.settings)
     failures = stack.poller.failures
-    test_event = (Path(__file__).parent / "events" / "s3_test_event.json").read_text()
+    test_event = (Path(__file__).parents[1] / "events" / "s3_test_event.json").read_text()
     sqs.send_message(QueueUrl=stack.resources.ingest.url, MessageBody=test_event)
     # A handler-written object under curated/ triggers nothing (the filter is raw/ only).
     s3_of(stack).put_object(Bucket=stack.resources.bucket, Key=f"curated/{dataset}/x", Body=b"1")
@@ -187,8 +193,8 @@ def test_aws_s3_cp_into_raw_with_an_encoded_key_is_ingested(
     s3_of(stack).put_object(Bucket=stack.resources.bucket, Key=key, Body=races_csv.read_bytes())
     stack.poller.drain()
     # THEN the URL-encoded key in the event is decoded and the upload becomes a version
-    status = client.upload_status(dataset, "manual-2024")
-    assert status["status"] == "VALID"
+    (upload,) = client.uploads(dataset)
+    assert (upload["key"], upload["status"]) == (key, "VALID")
 
 
 def test_files_copied_deeper_or_shallower_into_raw_are_ingested_once_each(
@@ -197,14 +203,17 @@ def test_files_copied_deeper_or_shallower_into_raw_are_ingested_once_each(
     assert stack.resources is not None and stack.poller is not None
     s3 = s3_of(stack)
     failures = stack.poller.failures
-    for key in (f"raw/{dataset}/2024/05/races.csv", f"raw/{dataset}/races.csv"):
+    keys = [f"raw/{dataset}/2024/05/races.csv", f"raw/{dataset}/races.csv"]
+    for key in keys:
         s3.put_object(Bucket=stack.resources.bucket, Key=key, Body=races_csv.read_bytes())
-    # A key that names no dataset cannot be ingested; it is logged and not retried.
+    # A key that names no dataset cannot be ingested; it is kept unclaimed, not retried.
     s3.put_object(Bucket=stack.resources.bucket, Key="raw/orphan.csv", Body=b"a,b\n1,2\n")
     stack.poller.drain()
     assert stack.poller.failures == failures
     versions = client.versions(dataset)
     assert [v["status"] for v in versions] == ["VALID"]  # both files: the same content
+    assert sorted(u["key"] for u in client.uploads(dataset)) == sorted(keys)
+    assert "raw/orphan.csv" in {u["key"] for u in client.unclaimed()}
 
 
 def test_a_rejected_file_named_like_the_report_is_kept(
@@ -214,11 +223,12 @@ def test_a_rejected_file_named_like_the_report_is_kept(
     key = f"raw/{dataset}/by-hand/report.json"
     s3_of(stack).put_object(Bucket=stack.resources.bucket, Key=key, Body=b"{not json lines")
     stack.poller.drain()
-    (version,) = client.versions(dataset)
-    detail = client.version(dataset, version["version_id"])
-    assert detail["source_key"] == f"quarantine/{dataset}/by-hand/upload/report.json"
+    (upload,) = client.uploads(dataset)
+    detail = client.version(dataset, upload["version_id"])
+    quarantine = f"quarantine/{dataset}/{upload['upload_id']}/"
+    assert detail["source_key"] == quarantine + "upload/report.json"
     assert object_bytes(stack, detail["source_key"]) == b"{not json lines"
-    report = json.loads(object_bytes(stack, f"quarantine/{dataset}/by-hand/report.json"))
+    report = json.loads(object_bytes(stack, quarantine + "report.json"))
     assert report["status"] == "REJECTED"
 
 
@@ -255,7 +265,20 @@ def test_bad_upload_is_rejected_quarantined_and_harmless(
     name, good_version = seeded["name"], seeded["version"]
     data = bad.make(races_csv.read_bytes())
     # WHEN the bad file is uploaded
-    upload_id = client.upload_bytes(name, data, bad.file_format)
+    refused_by_s3 = {"file_too_large": "EntityTooLarge", "empty_file": "EntityTooSmall"}
+    if bad.code in refused_by_s3:
+        # S3 refuses it at the form (the local S3 as well); copied into raw/ by hand,
+        # past any form, it is the handler that refuses it
+        with pytest.raises(RuntimeError, match=refused_by_s3[bad.code]):
+            client.upload_bytes(name, data, bad.file_format)
+        key = f"raw/{name}/{unique_name('by-hand')}/data.{bad.file_format}"
+        s3_of(stack).put_object(Bucket=stack.settings.data_bucket, Key=key, Body=data)  # type: ignore[union-attr]
+        stack.poller.drain()  # type: ignore[union-attr]
+        (copied,) = client.uploads(name, prefix=key)  # a copied file's upload: by its key
+        upload_id = copied["upload_id"]
+    else:
+        upload_id = client.upload_bytes(name, data, bad.file_format)
+        key = client.upload_status(name, upload_id)["key"]
     status = client.wait_for_upload(name, upload_id, timeout=60)
     version = client.version(name, status["version_id"])
 
@@ -274,7 +297,7 @@ def test_bad_upload_is_rejected_quarantined_and_harmless(
         json.loads(object_bytes(stack, quarantine + "report.json"))["errors"]
         == (version["report"]["errors"])
     )
-    assert keys_under(stack, f"raw/{name}/{upload_id}/") == []
+    assert keys_under(stack, key) == []
 
     # AND the version stored before is untouched
     stored = {v["version_id"]: v for v in client.versions(name)}
@@ -311,11 +334,13 @@ def test_a_crash_midway_leaves_no_half_version_and_a_retry_finishes(
 
         # THEN no version exists and the upload is still pending, not half-done
         assert client.versions(dataset) == []
-        assert client.upload_status(dataset, "crash-1")["status"] == "PENDING"
+        (upload,) = client.uploads(dataset)
+        assert (upload["key"], upload["status"]) == (key, "PENDING")
 
         # AND a retry (the message comes back from SQS) finishes the job
         outcome = ingest_object(key, Store(stack.settings.data_bucket, s3), engine, stack.settings)
         assert outcome.status == "VALID" and outcome.created
+        assert outcome.upload_id == upload["upload_id"]
         assert [v["version_id"] for v in client.versions(dataset)] == [outcome.version_id]
 
 
@@ -334,7 +359,52 @@ def test_a_message_that_keeps_failing_goes_to_the_dead_letter_queue(
     # item failure each time until it is dead-lettered after 3 receives
     stack.poller.drain(timeout=30)
     assert client.upload_status(dataset, upload_id)["status"] == "VALID"
+    dead = sqs.receive_message(QueueUrl=stack.resources.ingest_dlq.url, WaitTimeSeconds=5)
+    assert [m["Body"] for m in dead.get("Messages", [])] == ["this is not json"]
     # (the paused poller's last batch may have been in hand when the message arrived)
     assert paused.failures - failures_before + stack.poller.failures == 3
-    dead = sqs.receive_message(QueueUrl=stack.resources.ingest_dlq.url, WaitTimeSeconds=2)
-    assert [m["Body"] for m in dead.get("Messages", [])] == ["this is not json"]
+
+
+def test_the_same_bytes_in_two_uploads_each_get_their_own_report(
+    client: GallopClient, dataset: str
+) -> None:
+    # GIVEN bytes that are neither Parquet nor JSON Lines, declared once as each, and twice
+    # as Parquet
+    data = b"PAR1 this is not a table\n"
+    uploads = {
+        upload_id: fmt
+        for fmt in ("parquet", "jsonl", "parquet")
+        for upload_id in [client.upload_bytes(dataset, data, fmt)]
+    }
+    # THEN each upload is answered with a report of its own: its id, its format's problem
+    codes = {"parquet": "not_parquet", "jsonl": "malformed_jsonl"}
+    for upload_id, fmt in uploads.items():
+        status = client.wait_for_upload(dataset, upload_id, timeout=60)
+        report = client.version(dataset, status["version_id"])["report"]
+        assert (report["status"], report["upload_id"]) == ("REJECTED", upload_id)
+        assert report["file"] == f"data.{fmt}"
+        assert [e["code"] for e in report["errors"]] == [codes[fmt]]
+    assert len({v["version_id"] for v in client.versions(dataset)}) == 3
+
+
+def test_a_report_lists_so_many_problems_and_counts_the_rest(
+    client: GallopClient, races_spec: DatasetSpec, races_csv: Path
+) -> None:
+    # GIVEN a dataset whose features are every numeric column, and a file of 120 of them,
+    # each with an infinite value: one problem per column
+    spec = spec_named(races_spec, unique_name("wide")).model_copy(update={"features": None})
+    client.register_dataset(spec)
+    frame = pd.read_csv(races_csv, dtype=str, keep_default_na=False)
+    extra = pd.DataFrame({f"x{i}": ["1"] * len(frame) for i in range(120)})
+    extra.loc[0] = "inf"
+    data = pd.concat([frame, extra], axis=1).to_csv(index=False).encode()
+    # WHEN it is uploaded
+    version = ingest(client, spec.name, data)
+    # THEN the report lists the first problems and counts the others
+    report = version["report"]
+    assert version["status"] == "REJECTED"
+    assert len(report["errors"]) == MAX_PROBLEMS
+    assert report["errors_left_out"] == 120 - MAX_PROBLEMS
+    assert {e["code"] for e in report["errors"]} == {"infinite_value"}
+    summary = {v["version_id"]: v for v in client.versions(spec.name)}[version["version_id"]]
+    assert summary["errors"] == 120

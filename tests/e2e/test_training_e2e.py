@@ -16,7 +16,7 @@ from gallop.storage import Store
 from gallop.synth.races import generate_races
 from gallop.training.sagemaker import STACK_METRICS
 from tests.conftest import spec_named, unique_name
-from tests.test_features_e2e import ingest
+from tests.e2e.test_features_e2e import ingest
 
 SMALL = {"num_boost_round": 20, "folds": 3}
 

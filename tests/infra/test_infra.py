@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,56 +19,77 @@ from aws_cdk.assertions import Annotations, Match, Template  # noqa: E402
 
 from gallop.settings import FUNCTION_SETTINGS, Settings  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+# checkov pins old boto3 and packaging: it lives in a virtualenv of its own (Makefile).
+CHECKOV_BIN = Path(sys.prefix) / "checkov" / "bin" / "checkov"
+# Where the tests deploy to: any account and region will do, but one must be given.
+TEST_ACCOUNT, TEST_REGION = "123456789012", "eu-west-1"
+# What each stage is deployed with (prod refuses to deploy without an alarm subscriber).
+STAGE_CONTEXT: dict[str, dict[str, str]] = {
+    "dev": {},
+    "prod": {"alarm_email": "ops@example.com", "alarm_webhook": "https://hooks.example.com/g"},
+}
 
 
-def synthesisable() -> Any:
-    """The gallop stack as tests build it: no asset staging, code-only bundles."""
+def cdk_json_context() -> dict[str, Any]:
+    """The context `cdk` passes the app from cdk.json (the feature flags)."""
+    return json.loads((ROOT / "cdk.json").read_text())["context"]
+
+
+def build_app(**context: Any) -> Any:
+    """The app as `cdk synth -c ...` builds it, with no asset staging and code-only
+    bundles."""
     from infra.app import build
     from infra.functions import CODE_ONLY
 
-    return build({"aws:cdk:disable-asset-staging": True, CODE_ONLY: True})[1]
+    base = {**cdk_json_context(), "aws:cdk:disable-asset-staging": True, CODE_ONLY: True}
+    return build({**base, **context})
+
+
+def synthesisable(stage: str = "prod", **context: Any) -> Any:
+    where = {"account": TEST_ACCOUNT, "region": TEST_REGION}
+    return build_app(stage=stage, **where, **STAGE_CONTEXT[stage], **context)[1]
 
 
 @pytest.fixture(scope="module")
-def stack() -> Any:
+def stacks() -> dict[str, Any]:
+    """Each stage, synthesised once for the module."""
     # Function code and the image context are copied in place; synthesis needs no wheels
     # and no Docker (the image is built by cdk deploy).
     subprocess.run([sys.executable, "layers/build.py", "--code-only"], cwd=ROOT, check=True)
-    return synthesisable()
+    return {stage: synthesisable(stage) for stage in STAGE_CONTEXT}
 
 
 @pytest.fixture(scope="module")
-def template(stack: Any) -> Template:
-    return Template.from_stack(stack)
+def templates(stacks: dict[str, Any]) -> dict[str, Template]:
+    return {stage: Template.from_stack(stack) for stage, stack in stacks.items()}
+
+
+@pytest.fixture(scope="module")
+def stack(stacks: dict[str, Any]) -> Any:
+    return stacks["prod"]
+
+
+@pytest.fixture(scope="module")
+def template(templates: dict[str, Template]) -> Template:
+    return templates["prod"]
 
 
 def resources(template: Template, kind: str) -> dict[str, dict]:
     return template.find_resources(kind)
 
 
-def test_cdk_nag_finds_nothing_unsuppressed(stack: Any, template: Template) -> None:
-    annotations = Annotations.from_stack(stack)
+@pytest.mark.parametrize("stage", STAGE_CONTEXT)
+def test_cdk_nag_finds_nothing_unsuppressed(
+    stage: str, stacks: dict[str, Any], templates: dict[str, Template]
+) -> None:
+    # (Each stage is synthesised for an account and region: its ARNs carry them literally,
+    # and every suppression must still apply.)
+    annotations = Annotations.from_stack(stacks[stage])
     for pack in ("AwsSolutions-.*", "Serverless-.*"):
         errors = annotations.find_error("*", Match.string_like_regexp(pack))
         warnings = annotations.find_warning("*", Match.string_like_regexp(pack))
         assert errors == [] and warnings == [], [str(e.entry.data)[:120] for e in errors + warnings]
-
-
-def test_cdk_nag_finds_nothing_in_a_concrete_environment_either(
-    stack: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`cdk synth` with credentials sets CDK_DEFAULT_ACCOUNT/REGION: ARNs then carry them
-    literally, and every suppression must still apply."""
-    monkeypatch.setenv("CDK_DEFAULT_ACCOUNT", "123456789012")
-    monkeypatch.setenv("CDK_DEFAULT_REGION", "eu-west-1")
-    concrete = synthesisable()
-    Template.from_stack(concrete)  # synthesise: the nag aspects run
-    annotations = Annotations.from_stack(concrete)
-    for pack in ("AwsSolutions-.*", "Serverless-.*"):
-        found = annotations.find_error("*", Match.string_like_regexp(pack))
-        found += annotations.find_warning("*", Match.string_like_regexp(pack))
-        assert found == [], [str(e.entry.data)[:160] for e in found]
 
 
 def test_every_suppression_carries_a_reason(template: Template) -> None:
@@ -218,18 +240,20 @@ def test_the_data_functions_run_the_image_and_the_others_are_zips(
     layer_names = {
         stack.resolve(layer.layer_version_arn)["Ref"]: name for name, layer in stack.layers.items()
     }
+    # (In no particular order: the recommended flag recognizeLayerVersion sorts them, and
+    # no two layers hold the same package.)
     layers = {
-        name: [layer_names[layer["Ref"]] for layer in props.get("Layers", [])]
+        name: {layer_names[layer["Ref"]] for layer in props.get("Layers", [])}
         for name, props in functions.items()
     }
     assert layers == {
-        "api": ["web", "db", "numpy"],
+        "api": {"web", "db", "numpy"},
         # The predict path: no database client (nor pandas, which no layer holds).
-        "predict": ["web", "numpy", "inference"],
-        "migrate": ["web", "db"],
-        "training": ["web", "db"],
-        "ingest": [],
-        "features": [],
+        "predict": {"web", "numpy", "inference"},
+        "migrate": {"web", "db"},
+        "training": {"web", "db"},
+        "ingest": set(),
+        "features": set(),
     }
     for name in ("api", "predict", "migrate", "training"):
         assert functions[name]["Runtime"] == "python3.12"
@@ -365,7 +389,8 @@ def object_grants(template: Template, action: str) -> dict[str, set[tuple[str, s
 
 def test_s3_grants_are_limited_to_the_prefixes_each_function_uses(template: Template) -> None:
     assert object_grants(template, "s3:PutObject") == {
-        "ingest": {("data", "/curated/*"), ("data", "/quarantine/*")},
+        # an upload no dataset claims is moved to unclaimed/
+        "ingest": {("data", "/curated/*"), ("data", "/quarantine/*"), ("data", "/unclaimed/*")},
         "features": {("data", "/features/*")},
         # presigned uploads; promotions (aliases/{alias}.json)
         "api": {("data", "/raw/*"), ("artifacts", "/aliases/*")},
@@ -373,6 +398,15 @@ def test_s3_grants_are_limited_to_the_prefixes_each_function_uses(template: Temp
         "sagemaker": {("artifacts", "/training/*")},
     }
     reads = object_grants(template, "s3:GetObject*")
+    assert reads["ingest"] - {("data", "")} == {
+        ("data", "/raw/*"),
+        ("data", "/unclaimed/*"),
+        ("data", "/curated/*"),  # an append reads the version it extends
+    }
+    assert reads["features"] - {("data", "")} == {
+        ("data", "/curated/*"),  # a version's data
+        ("data", "/features/*"),  # the manifest the online pointer is published from
+    }
     assert reads["sagemaker"] == {
         ("data", ""),  # the bucket itself: SageMaker lists a channel's prefix
         ("data", "/features/*"),  # the train channel: a feature set
@@ -381,6 +415,7 @@ def test_s3_grants_are_limited_to_the_prefixes_each_function_uses(template: Temp
     }
     assert reads["api"] - {("data", ""), ("artifacts", "")} == {
         ("data", "/features/*"),
+        ("data", "/unclaimed/*"),  # lists unclaimed uploads, and copies one back to raw/
         ("artifacts", "/models/*"),  # presigned report links
     }
     assert reads["training"] - {("artifacts", "")} == {
@@ -392,7 +427,10 @@ def test_s3_grants_are_limited_to_the_prefixes_each_function_uses(template: Temp
         ("artifacts", "/aliases/*"),  # which model champion and challenger are
         ("data", "/features/*"),  # entity snapshots (state.npz) for race cards
     }
-    assert object_grants(template, "s3:DeleteObject*") == {"ingest": {("data", "/raw/*")}}
+    assert object_grants(template, "s3:DeleteObject*") == {
+        "ingest": {("data", "/raw/*"), ("data", "/unclaimed/*")},
+        "api": {("data", "/unclaimed/*")},  # an unclaimed upload once copied back to raw/
+    }
 
 
 def test_the_predict_function_may_read_its_objects_and_do_nothing_else(
@@ -423,20 +461,17 @@ def test_the_predict_function_may_read_its_objects_and_do_nothing_else(
     assert rendered(managed).endswith(":policy/service-role/AWSLambdaBasicExecutionRole")
 
 
-def test_the_granted_prefixes_are_where_the_serving_code_reads_and_writes() -> None:
-    from gallop.serving.registry import alias_key, model_prefix
-    from gallop.settings import MODELS_PREFIX
-    from infra.stack import ALIASES_PREFIX
-
-    assert alias_key("champion") == f"{ALIASES_PREFIX}champion.json"
-    assert model_prefix("m-" + "0123" * 5).startswith(MODELS_PREFIX)
-
-
 def test_every_api_method_needs_a_key_and_clients_are_throttled(template: Template) -> None:
+    from infra.api import PUBLIC_PATHS
+
     methods = resources(template, "AWS::ApiGateway::Method")
     assert methods
-    for method in methods.values():
-        assert method["Properties"]["ApiKeyRequired"] is True
+    routes = method_routes(template)
+    public = {(f"/{path}", "GET") for path in PUBLIC_PATHS}
+    assert public <= set(routes) and {routes[r] for r in public} == {"api"}
+    for (route, _), method in zip(routes, methods.values(), strict=True):
+        # the API's description and docs only, which the app serves without a key too
+        assert method["Properties"]["ApiKeyRequired"] is (route not in {p for p, _ in public})
         assert method["Properties"]["AuthorizationType"] == "NONE"  # keys, not IAM/Cognito
         assert "RequestValidatorId" in method["Properties"]
     template.has_resource_properties(
@@ -461,6 +496,41 @@ def test_every_api_method_needs_a_key_and_clients_are_throttled(template: Templa
     (plan,) = resources(template, "AWS::ApiGateway::UsagePlan").values()
     (linked,) = plan["Properties"]["ApiStages"]
     assert (linked["ApiId"], linked["Stage"]) == ({"Ref": api_id}, {"Ref": stage_id})
+
+
+def test_the_gateways_own_errors_are_problems_as_the_apps_are(template: Template) -> None:
+    """A missing key, throttling, a WAF block or any other error API Gateway answers
+    itself: application/problem+json of the app's shape, with the status it means."""
+    from gallop.api.problems import problem as app_problem
+
+    responses = {
+        r["Properties"]["ResponseType"]: r["Properties"]
+        for r in resources(template, "AWS::ApiGateway::GatewayResponse").values()
+    }
+    expected = {
+        "INVALID_API_KEY": (401, "unauthorized"),
+        "THROTTLED": (429, "throttled"),
+        "QUOTA_EXCEEDED": (429, "throttled"),
+        "WAF_FILTERED": (403, "forbidden"),
+        "MISSING_AUTHENTICATION_TOKEN": (404, "not_found"),
+        "REQUEST_TOO_LARGE": (413, "payload_too_large"),
+        "DEFAULT_4XX": (400, "bad_request"),
+        "DEFAULT_5XX": (500, "internal_error"),
+    }
+    for kind, (status, code) in expected.items():
+        response = responses[kind]
+        assert response["StatusCode"] == str(status), kind
+        headers = response["ResponseParameters"]
+        assert headers["gatewayresponse.header.Content-Type"] == "'application/problem+json'"
+        # The template, with API Gateway's variables filled in, is the app's problem shape.
+        body = response["ResponseTemplates"]["application/json"]
+        filled = body.replace("$context.error.messageString", '"Forbidden"')
+        problem = json.loads(filled.replace("$context.requestId", "r-1"))
+        assert problem == app_problem(status, "Forbidden") | {"request_id": "r-1"}
+        assert problem["code"] == code
+    for kind in ("THROTTLED", "QUOTA_EXCEEDED"):
+        retry_after = responses[kind]["ResponseParameters"]["gatewayresponse.header.Retry-After"]
+        assert int(retry_after.strip("'")) > 0
 
 
 def method_routes(template: Template) -> dict[tuple[str, str], str]:
@@ -492,8 +562,12 @@ def test_predictions_go_to_the_predict_function_and_the_rest_to_the_api(
         ("/v1/{proxy+}", "ANY"): "api",
         ("/v1/predict", "POST"): "predict",
         ("/v1/explain", "POST"): "predict",
+        # the API's description and docs, without a key (the test above)
+        ("/openapi.json", "GET"): "api",
+        ("/docs", "GET"): "api",
+        ("/redoc", "GET"): "api",
     }
-    # (each method, these two included, needs a key and is validated: the test above)
+    # (each method, these two included, is validated, and needs a key: the test above)
     # They are exactly the routes of the predict function's app.
     from gallop.api.serving import router
 
@@ -507,6 +581,21 @@ def test_predictions_go_to_the_predict_function_and_the_rest_to_the_api(
         if p["Properties"]["FunctionName"] == {"Fn::GetAtt": [predict, "Arn"]}
     }
     assert sources == {("POST", "v1", "predict"), ("POST", "v1", "explain")}
+
+
+def test_deployed_urls_carry_one_v1_after_the_stage(templates: dict[str, Template]) -> None:
+    """{ApiUrl} is https://{api}.execute-api.{region}.{suffix}/{stage}/ and the routes carry
+    /v1 themselves: {ApiUrl}v1/health, never {ApiUrl}v1/v1/health."""
+    for stage, template in templates.items():
+        ((stage_id, api_stage),) = template.find_resources("AWS::ApiGateway::Stage").items()
+        assert api_stage["Properties"]["StageName"] == stage
+        url = rendered(template.to_json()["Outputs"]["ApiUrl"]["Value"])
+        host = rf"https://<\w+>\.execute-api\.{TEST_REGION}\.<AWS::URLSuffix>"
+        assert re.fullmatch(rf"{host}/<{stage_id}>/", url), url
+        paths = {path for path, _ in method_routes(template)}
+        public = {"openapi.json", "docs", "redoc"}  # FastAPI's own, at the app's root
+        assert {p.split("/")[1] for p in paths if p != "/"} == {"v1", "{proxy+}", *public}
+        assert not any(p.startswith("/v1/v1") for p in paths)
 
 
 def test_the_database_is_private_encrypted_rotated_and_behind_a_proxy(template: Template) -> None:
@@ -665,7 +754,7 @@ def test_training_runs_base_jobs_in_parallel_then_the_stack_job_then_register(
 
     states = definition(template)["States"]
     start = states[definition(template)["StartAt"]]
-    sync = "arn:<AWS::Partition>:states:::sagemaker:createTrainingJob.sync"
+    sync = "arn:aws:states:::sagemaker:createTrainingJob.sync"
     # A Map over base_jobs, each item a CreateTrainingJob .sync task with the item's fields.
     assert start["Type"] == "Map" and start["ItemsPath"] == "$.base_jobs"
     assert 1 < start["MaxConcurrency"] <= 10
@@ -742,9 +831,7 @@ def test_the_state_machine_may_only_run_gallop_jobs_with_the_sagemaker_role(
 
     statements = role_statements(template)["state machine"]
     by_action = {a: s for s in statements for a in listed(s["Action"])}
-    jobs = (
-        f"arn:<AWS::Partition>:sagemaker:<AWS::Region>:<AWS::AccountId>:training-job/{JOB_PREFIX}*"
-    )
+    jobs = f"arn:aws:sagemaker:{TEST_REGION}:{TEST_ACCOUNT}:training-job/{JOB_PREFIX}*"
     for action in ("Create", "Describe", "Stop"):
         assert listed(by_action[f"sagemaker:{action}TrainingJob"]["Resource"]) != ["*"]
         assert rendered(by_action[f"sagemaker:{action}TrainingJob"]["Resource"]) == jobs
@@ -752,7 +839,7 @@ def test_the_state_machine_may_only_run_gallop_jobs_with_the_sagemaker_role(
     rule = "rule/StepFunctionsGetEventsForSageMakerTrainingJobsRule"
     for action in ("PutTargets", "PutRule", "DescribeRule"):
         assert rendered(by_action[f"events:{action}"]["Resource"]).endswith(
-            f":events:<AWS::Region>:<AWS::AccountId>:{rule}"
+            f":events:{TEST_REGION}:{TEST_ACCOUNT}:{rule}"
         )
     training = function_ids(template)["training"]
     assert {rendered(r) for r in listed(by_action["lambda:InvokeFunction"]["Resource"])} == {
@@ -780,7 +867,7 @@ def test_the_sagemaker_role_is_for_gallop_training_jobs_only(template: Template)
     role = resources(template, "AWS::IAM::Role")[sagemaker_role_id(template)]["Properties"]
     (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
     assert trust["Principal"] == {"Service": "sagemaker.amazonaws.com"}
-    assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": TEST_ACCOUNT}
     assert rendered(trust["Condition"]["ArnLike"]["aws:SourceArn"]).endswith(
         f":training-job/{JOB_PREFIX}*"
     )
@@ -825,8 +912,8 @@ def test_the_api_launches_runs_on_the_state_machine_with_the_stack_resources(
     assert settings.sagemaker_role_arn == f"<{sagemaker_role_id(template)}.Arn>"
     assert settings.artifacts_bucket == f"<{buckets['artifacts']}>"
     assert settings.training_image == (
-        "<AWS::AccountId>.dkr.ecr.<AWS::Region>.<AWS::URLSuffix>/"
-        f"cdk-hnb659fds-container-assets-<AWS::AccountId>-<AWS::Region>:{stack.training.image.asset_hash}"
+        f"{TEST_ACCOUNT}.dkr.ecr.{TEST_REGION}.<AWS::URLSuffix>/cdk-hnb659fds-container-assets-"
+        f"{TEST_ACCOUNT}-{TEST_REGION}:{stack.training.image.asset_hash}"
     )
     assert settings.code_version == stack.training.image.asset_hash
     assert settings.training_kms_key_id and settings.training_kms_key_id.endswith(".Arn>")
@@ -1200,7 +1287,382 @@ def test_a_code_only_build_cannot_be_deployed(tmp_path: Path) -> None:
     real = functions.BUILD
     functions.BUILD = code_only
     try:
+        where = {"stage": "dev", "account": TEST_ACCOUNT, "region": TEST_REGION}
         with pytest.raises(Exception, match="holds no installed dependencies"):
-            build({"aws:cdk:disable-asset-staging": True})
+            build({"aws:cdk:disable-asset-staging": True, **where})
     finally:
         functions.BUILD = real
+
+
+# -- stages ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("context", "says"),
+    [
+        ({"account": TEST_ACCOUNT, "region": TEST_REGION}, "no stage given"),
+        ({"stage": "staging", "account": TEST_ACCOUNT, "region": TEST_REGION}, "unknown stage"),
+        ({"stage": "dev", "region": TEST_REGION}, "no account given"),
+        ({"stage": "dev", "account": TEST_ACCOUNT}, "no region given"),
+        ({"stage": "dev", "account": "12345", "region": TEST_REGION}, "12-digit"),
+        ({"stage": "prod", "account": TEST_ACCOUNT, "region": TEST_REGION}, "needs someone"),
+        (
+            {
+                "stage": "prod",
+                "account": TEST_ACCOUNT,
+                "region": TEST_REGION,
+                "alarm_webhook": "http://x",
+            },
+            "must be an https:// URL",
+        ),
+        (
+            {"stage": "dev", "account": TEST_ACCOUNT, "region": TEST_REGION, "alarm_email": "ops"},
+            "not an e-mail address",
+        ),
+    ],
+)
+def test_a_deployment_missing_what_it_needs_is_refused_and_says_what_to_pass(
+    context: dict[str, str], says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infra.stages import DeploymentRefused
+
+    # The CLI sets these from the credentials it runs with; here there are none.
+    monkeypatch.delenv("CDK_DEFAULT_ACCOUNT", raising=False)
+    monkeypatch.delenv("CDK_DEFAULT_REGION", raising=False)
+    with pytest.raises(DeploymentRefused, match=says):
+        build_app(**context)
+
+
+def test_the_clis_account_and_region_are_used_when_the_context_gives_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from infra.app import deployment
+
+    monkeypatch.setenv("CDK_DEFAULT_ACCOUNT", "210987654321")
+    monkeypatch.setenv("CDK_DEFAULT_REGION", "ap-southeast-2")
+    import aws_cdk as cdk
+
+    target = deployment(cdk.App(context={"stage": "dev"}))
+    assert (target.account, target.region, target.stack_name) == (
+        "210987654321",
+        "ap-southeast-2",
+        "Gallop-dev",
+    )
+    # The context wins over the CLI's defaults.
+    target = deployment(cdk.App(context={"stage": "dev", "region": "eu-central-1"}))
+    assert target.region == "eu-central-1"
+
+
+def test_each_stage_is_its_own_stack_where_it_was_told_to_be(stacks: dict[str, Any]) -> None:
+    for stage, stack in stacks.items():
+        assert stack.stack_name == f"Gallop-{stage}"
+        assert (stack.account, stack.region) == (TEST_ACCOUNT, TEST_REGION)
+
+
+def test_nothing_needs_a_lookup_in_the_account_at_synthesis(stacks: dict[str, Any]) -> None:
+    """A lookup would need credentials at synthesis and a cache in cdk.context.json per
+    account and region; the zones come from Fn::GetAZs at deploy time instead."""
+    for stack in stacks.values():
+        assembly = stack.node.root.synth()
+        manifest = json.loads((Path(assembly.directory) / "manifest.json").read_text())
+        assert manifest.get("missing") is None, manifest["missing"]
+        template = Template.from_stack(stack).to_json()
+        subnets = [
+            r["Properties"]["AvailabilityZone"]
+            for r in template["Resources"].values()
+            if r["Type"] == "AWS::EC2::Subnet"
+        ]
+        assert subnets and all("Fn::Select" in zone for zone in subnets)
+    # Should a lookup be added, its cache must be committed, not ignored.
+    ignored = subprocess.run(["git", "check-ignore", "-q", "cdk.context.json"], cwd=ROOT)
+    assert ignored.returncode == 1
+
+
+def test_dev_and_prod_can_live_side_by_side_in_one_account(
+    templates: dict[str, Template],
+) -> None:
+    """Physical names that CloudFormation does not generate must differ between stages."""
+    named = {
+        "AWS::ApiGateway::RestApi": "Name",
+        "AWS::RDS::DBProxy": "DBProxyName",
+        "AWS::Logs::LogGroup": "LogGroupName",
+        "AWS::S3::Bucket": "BucketName",
+        "AWS::StepFunctions::StateMachine": "StateMachineName",
+        "AWS::WAFv2::WebACL": "Name",
+    }
+    names: dict[str, list[str]] = {}
+    for stage, template in templates.items():
+        found = []
+        for kind, field in named.items():
+            for resource in template.find_resources(kind).values():
+                name = resource["Properties"].get(field)
+                # (a name made of another resource's generated name is unique already)
+                if isinstance(name, str):
+                    found.append(f"{kind} {name}")
+        names[stage] = found
+    assert len(names["prod"]) >= 3, "the API, the proxy and the state machine's log group"
+    assert set(names["dev"]).isdisjoint(names["prod"])
+
+
+def test_stage_settings_reach_their_resources(templates: dict[str, Template]) -> None:
+    from infra.stages import STAGES
+
+    for name, template in templates.items():
+        stage = STAGES[name]
+        template.resource_count_is("AWS::EC2::NatGateway", stage.nat_gateways)
+        template.resource_count_is("AWS::RDS::DBInstance", 1 + stage.database_readers)
+        template.has_resource_properties(
+            "AWS::RDS::DBCluster",
+            {
+                "ServerlessV2ScalingConfiguration": {
+                    "MinCapacity": stage.database_min_acu,
+                    "MaxCapacity": stage.database_max_acu,
+                },
+                "DeletionProtection": not stage.destroys_data,
+            },
+        )
+        groups = template.find_resources("AWS::Logs::LogGroup").values()
+        assert {g["Properties"]["RetentionInDays"] for g in groups} == {stage.log_retention_days}
+        functions = gallop_functions(template)
+        concurrency = {n: p.get("ReservedConcurrentExecutions") for n, p in functions.items()}
+        assert concurrency["api"] == stage.api_concurrency
+        assert concurrency["predict"] == stage.predict_concurrency
+        kept = "Retain" if not stage.destroys_data else "Delete"
+        for kind in ("AWS::S3::Bucket", "AWS::KMS::Key"):
+            policies = {r["DeletionPolicy"] for r in template.find_resources(kind).values()}
+            assert policies == {kept}, (name, kind)
+        (cluster,) = template.find_resources("AWS::RDS::DBCluster").values()
+        assert cluster["DeletionPolicy"] == ("Delete" if stage.destroys_data else "Snapshot")
+    # Dev's buckets are emptied when it is destroyed (or the deletion would fail); prod's
+    # are never touched.
+    templates["dev"].resource_count_is("Custom::S3AutoDeleteObjects", 3)
+    templates["prod"].resource_count_is("Custom::S3AutoDeleteObjects", 0)
+
+
+def test_alarms_reach_the_subscribers_the_deployment_names(
+    templates: dict[str, Template],
+) -> None:
+    prod = templates["prod"]
+    prod.resource_count_is("AWS::SNS::Subscription", 2)
+    topic = Match.object_like({"Ref": Match.string_like_regexp("^MonitoringAlarms")})
+    prod.has_resource_properties(
+        "AWS::SNS::Subscription",
+        {"Protocol": "email", "Endpoint": "ops@example.com", "TopicArn": topic},
+    )
+    prod.has_resource_properties(
+        "AWS::SNS::Subscription",
+        {"Protocol": "https", "Endpoint": "https://hooks.example.com/g", "TopicArn": topic},
+    )
+    templates["dev"].resource_count_is("AWS::SNS::Subscription", 0)
+
+
+def test_database_engine_is_pinned_to_a_version_cfn_lint_does_not_call_deprecated(
+    templates: dict[str, Template],
+) -> None:
+    from importlib.resources import files
+
+    # The list W3690 reads (cfnlint.rules.resources.rds.DbClusterEngineVersionDeprecated).
+    schema = files("cfnlint.data.schemas.extensions.aws_rds_dbcluster")
+    rules = json.loads((schema / "engine_version_deprecated.json").read_text())["allOf"]
+    deprecated = {
+        rule["if"]["properties"]["Engine"]["const"]: set(
+            map(str, rule["if"]["properties"]["EngineVersion"]["enum"])
+        )
+        for rule in rules
+    }
+    assert "16.4" in deprecated["aurora-postgresql"], "the list is where this test reads it"
+    for template in templates.values():
+        (cluster,) = template.find_resources("AWS::RDS::DBCluster").values()
+        props = cluster["Properties"]
+        assert props["Engine"] == "aurora-postgresql"
+        assert re.fullmatch(r"[0-9]+\.[0-9]+", props["EngineVersion"]), "pinned to a minor"
+        assert props["EngineVersion"] not in deprecated[props["Engine"]]
+
+
+def test_the_database_is_watched_in_every_stage(templates: dict[str, Template]) -> None:
+    for template in templates.values():
+        template.has_resource_properties(
+            "AWS::RDS::DBCluster",
+            {"PerformanceInsightsEnabled": True, "PerformanceInsightsKmsKeyId": Match.any_value()},
+        )
+        instances = template.find_resources("AWS::RDS::DBInstance").values()
+        for instance in instances:  # Enhanced Monitoring: each instance's OS, every minute
+            assert instance["Properties"]["MonitoringInterval"] == 60
+            assert instance["Properties"]["MonitoringRoleArn"]
+
+
+def test_cdk_json_sets_the_feature_flags_a_new_app_of_our_aws_cdk_lib_gets() -> None:
+    """What `cdk init` writes: aws-cdk-lib's recommended-feature-flags.json, read from the
+    installed package (its JavaScript, bundled in the jsii assembly)."""
+    import tarfile
+
+    import aws_cdk
+
+    (bundle,) = (Path(aws_cdk.__file__).parent / "_jsii").glob("aws-cdk-lib@*.jsii.tgz")
+    with tarfile.open(bundle) as archive:
+        member = archive.extractfile("package/recommended-feature-flags.json")
+        assert member is not None
+        recommended = json.load(member)
+    assert len(recommended) > 50
+    assert cdk_json_context() == recommended
+
+
+# -- unclaimed uploads --------------------------------------------------------------------
+
+
+def test_unclaimed_uploads_expire_per_stage_never_before_raw_ones(
+    templates: dict[str, Template],
+) -> None:
+    from infra.stages import RAW_EXPIRY_DAYS, STAGES, Stage
+
+    for name, template in templates.items():
+        template.has_resource_properties(
+            "AWS::S3::Bucket",
+            {
+                "LifecycleConfiguration": {
+                    "Rules": Match.array_with(
+                        [
+                            Match.object_like(
+                                {"Prefix": "raw/", "ExpirationInDays": RAW_EXPIRY_DAYS}
+                            ),
+                            Match.object_like(
+                                {
+                                    "Prefix": "unclaimed/",
+                                    "ExpirationInDays": STAGES[name].unclaimed_expiry_days,
+                                    "Status": "Enabled",
+                                }
+                            ),
+                        ]
+                    )
+                }
+            },
+        )
+    from dataclasses import replace
+
+    from infra.stages import DeploymentRefused
+
+    with pytest.raises(DeploymentRefused, match="before raw uploads"):
+        replace(STAGES["dev"], unclaimed_expiry_days=RAW_EXPIRY_DAYS - 1)
+    assert isinstance(STAGES["prod"], Stage)
+
+
+def test_an_unclaimed_upload_alarms_the_topic(templates: dict[str, Template]) -> None:
+    from gallop.layout import UNCLAIMED_PREFIX
+
+    assert UNCLAIMED_PREFIX == "unclaimed/"
+    for template in templates.values():
+        template.has_resource_properties(
+            "AWS::CloudWatch::Alarm",
+            {
+                "Namespace": "gallop",
+                "MetricName": "UnclaimedUploads",
+                "Dimensions": [{"Name": "service", "Value": "gallop-ingest"}],
+                "Statistic": "Sum",
+                "Threshold": 1,
+                "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+                "AlarmActions": [
+                    Match.object_like({"Ref": Match.string_like_regexp("^Monitoring")})
+                ],
+            },
+        )
+
+
+# -- checks nobody here wrote -------------------------------------------------------------
+
+
+def construct_paths(stack: Any) -> dict[str, str]:
+    """Logical id -> construct path under the stack (what accepted findings name)."""
+    from aws_cdk import CfnElement
+
+    return {
+        stack.resolve(node.logical_id): node.node.path.removeprefix(f"{stack.node.path}/")
+        for node in stack.node.find_all()
+        if isinstance(node, CfnElement)
+    }
+
+
+def judged(
+    found: dict[str, set[tuple[str, str]]], accepted: list[Any]
+) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    """(findings no entry accepts, as (stage, rule, path); entries' patterns that match no
+    finding in any stage, as (rule, pattern))."""
+    from fnmatch import fnmatchcase
+
+    unaccepted = [
+        (stage, rule, path)
+        for stage, findings in found.items()
+        for rule, path in sorted(findings)
+        if not any(a.rule == rule and any(fnmatchcase(path, p) for p in a.paths) for a in accepted)
+    ]
+    stale = [
+        (entry.rule, pattern)
+        for entry in accepted
+        for pattern in entry.paths
+        if not any(
+            rule == entry.rule and fnmatchcase(path, pattern)
+            for findings in found.values()
+            for rule, path in findings
+        )
+    ]
+    return unaccepted, stale
+
+
+def test_accepted_findings_each_carry_a_reason() -> None:
+    from infra.accepted_findings import CFN_LINT, CHECKOV
+
+    for entry in [*CFN_LINT, *CHECKOV]:
+        assert entry.paths and len(entry.reason) >= 60, entry
+
+
+def test_cfn_lint_finds_no_error_and_only_accepted_warnings(
+    stacks: dict[str, Any], templates: dict[str, Template]
+) -> None:
+    from cfnlint.api import lint
+
+    from infra.accepted_findings import CFN_LINT
+
+    found = {}
+    for stage, template in templates.items():
+        matches = lint(json.dumps(template.to_json()), regions=[TEST_REGION])
+        errors = [m for m in matches if m.rule.id.startswith("E")]
+        assert errors == [], [str(m) for m in errors]
+        paths = construct_paths(stacks[stage])
+        found[stage] = {
+            (m.rule.id, paths.get(m.path[1], m.path[1]) if m.path[0] == "Resources" else "")
+            for m in matches
+        }
+    unaccepted, stale = judged(found, CFN_LINT)
+    assert unaccepted == [], "fix them, or list them with a reason in infra/accepted_findings.py"
+    assert stale == [], "no longer found: remove them from infra/accepted_findings.py"
+
+
+def test_checkov_finds_only_accepted_findings(
+    stacks: dict[str, Any], templates: dict[str, Template], tmp_path: Path
+) -> None:
+    from infra.accepted_findings import CHECKOV
+
+    assert CHECKOV_BIN.exists(), f"{CHECKOV_BIN} is missing: `make .venv/.installed` installs it"
+    found = {}
+    for stage, template in templates.items():
+        path = tmp_path / f"{stage}.template.json"
+        path.write_text(json.dumps(template.to_json()))
+        # Only the CloudFormation framework, offline: a few seconds a template.
+        ran = subprocess.run(
+            [str(CHECKOV_BIN), "--file", str(path), "--framework", "cloudformation"]
+            + ["--output", "json", "--quiet", "--compact", "--skip-download"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert ran.returncode in (0, 1), ran.stderr  # 1: some check failed
+        report = json.loads(ran.stdout)
+        assert report["summary"]["parsing_errors"] == 0
+        assert report["summary"]["passed"] > 100
+        paths = construct_paths(stacks[stage])
+        found[stage] = {
+            (check["check_id"], paths[check["resource"].split(".", 1)[1]])
+            for check in report["results"].get("failed_checks", [])
+        }
+    unaccepted, stale = judged(found, CHECKOV)
+    assert unaccepted == [], "fix them, or list them with a reason in infra/accepted_findings.py"
+    assert stale == [], "no longer found: remove them from infra/accepted_findings.py"

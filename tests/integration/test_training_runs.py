@@ -10,14 +10,13 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pandas as pd
 import pytest
-from alembic import command
-from alembic.config import Config
 from fastapi.testclient import TestClient
 from moto import mock_aws
 from sqlalchemy import Engine, inspect, select
@@ -25,16 +24,18 @@ from sqlalchemy.exc import IntegrityError
 
 from gallop import aws
 from gallop.api.app import create_app
+from gallop.api.problems import problem
 from gallop.features.build import build_features
 from gallop.ingest.canonical import to_parquet
 from gallop.ingest.validate import validate
+from gallop.layout import features_prefix
 from gallop.local.lambda_runtime import LocalContext, load_handler
 from gallop.metadata import repo
-from gallop.metadata.db import MIGRATIONS, migrate, session_scope
-from gallop.metadata.models import Dataset, RegisteredModel, TrainingRun
+from gallop.metadata.db import migrate, session_scope
+from gallop.metadata.models import Dataset, ModelAlias, RegisteredModel, TrainingRun
 from gallop.settings import MissingSettings, Settings, get_settings
 from gallop.spec import DatasetSpec
-from gallop.storage import ObjectMissing, Store, features_prefix
+from gallop.storage import ObjectMissing, Store
 from gallop.synth.races import generate_races
 from gallop.training import runs
 from gallop.training.artifacts import BadArchive, pack, publish, unpack
@@ -154,16 +155,22 @@ def test_the_code_version_is_the_same_in_another_process_and_can_be_set() -> Non
 # -- schema and repository -----------------------------------------------------------------
 
 
-def _alembic(engine: Engine, action: str, revision: str) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        getattr(command, action)(config, revision)
-
-
 def _dataset(engine: Engine, spec: DatasetSpec) -> Dataset:
     return repo.register_dataset(engine, spec)[0]
+
+
+def _model_fields(dataset: Dataset, run_id: str = "ab" * 10) -> dict[str, Any]:
+    """A registered model's row for the run, its keys made up."""
+    return {
+        "run_id": run_id,
+        "dataset_id": dataset.id,
+        "task": "ranking",
+        "artifact_key": "a",
+        "onnx_key": "o",
+        "manifest_key": "m",
+        "report_key": "r",
+        "manifest": {},
+    }
 
 
 def _run_fields(dataset: Dataset, run_id: str = "ab" * 10, **changes: Any) -> dict[str, Any]:
@@ -185,7 +192,7 @@ def test_migration_0004_creates_runs_and_models_and_goes_down_and_up(
     assert {"training_runs", "models"} <= tables
     columns = {c["name"] for c in inspect(engine).get_columns("training_runs")}
     assert {"run_id", "config", "status", "stage", "reason", "metrics", "execution"} <= columns
-    _alembic(engine, "downgrade", "0003")
+    migrate(engine, "0003", down=True)
     assert not {"training_runs", "models"} & set(inspect(engine).get_table_names())
     migrate(engine)
     assert {"training_runs", "models"} <= set(inspect(engine).get_table_names())
@@ -197,16 +204,7 @@ def test_migration_0004_creates_runs_and_models_and_goes_down_and_up(
     with pytest.raises(IntegrityError), session_scope(engine) as session:
         session.add(TrainingRun(status="PENDING", attempt=1, **_run_fields(dataset, "abc")))
     runs.start_run(engine, **_run_fields(dataset))
-    model = {
-        "run_id": "ab" * 10,
-        "dataset_id": dataset.id,
-        "task": "ranking",
-        "artifact_key": "a",
-        "onnx_key": "o",
-        "manifest_key": "m",
-        "report_key": "r",
-        "manifest": {},
-    }
+    model = _model_fields(dataset)
     with session_scope(engine) as session:
         session.add(RegisteredModel(model_id="m-1", **model))
     with pytest.raises(IntegrityError), session_scope(engine) as session:
@@ -235,6 +233,95 @@ def test_a_run_starts_once_and_a_failed_run_starts_again(
     assert runs._restart(engine, stale) and not runs._restart(engine, stale)
     with pytest.raises(runs.RunNotFound):
         runs.mark_run_failed(engine, "cd" * 10, "no such run")
+
+
+def test_a_run_is_cancelled_once_stays_cancelled_and_may_start_again(
+    engine: Engine, races_spec: DatasetSpec
+) -> None:
+    dataset = _dataset(engine, races_spec)
+    run, _ = runs.start_run(engine, **_run_fields(dataset))
+    runs.mark_running(engine, run.run_id, "local", "base 1/3 done")
+    cancelled = runs.mark_cancelled(engine, run.run_id)
+    assert (cancelled.status, cancelled.reason) == ("CANCELLED", runs.CANCELLED)
+    # what the stopped jobs report afterwards does not change it
+    assert runs.mark_run_failed(engine, run.run_id, "base job failed").status == "CANCELLED"
+    with pytest.raises(runs.RunEnded, match="already ended: CANCELLED"):
+        runs.mark_cancelled(engine, run.run_id)
+    with pytest.raises(runs.RunNotFound):
+        runs.mark_cancelled(engine, "cd" * 10)
+    restarted, started = runs.start_run(engine, **_run_fields(dataset))
+    assert started and (restarted.status, restarted.attempt) == ("PENDING", 2)
+
+
+def test_migration_0007_allows_cancelled_and_goes_down_and_up(
+    engine: Engine, races_spec: DatasetSpec
+) -> None:
+    dataset = _dataset(engine, races_spec)
+    run, _ = runs.start_run(engine, **_run_fields(dataset))
+    runs.mark_cancelled(engine, run.run_id)
+    # down: the older schema knows no CANCELLED; such a run becomes a FAILED one
+    migrate(engine, "0006", down=True)
+    assert runs.get_run(engine, run.run_id).status == "FAILED"
+    with pytest.raises(IntegrityError), session_scope(engine) as session:
+        session.add(TrainingRun(status="CANCELLED", attempt=1, **_run_fields(dataset, "ef" * 8)))
+    migrate(engine)
+    runs.start_run(engine, **_run_fields(dataset, "ef" * 8))
+    assert runs.mark_cancelled(engine, "ef" * 8).status == "CANCELLED"
+    with pytest.raises(IntegrityError), session_scope(engine) as session:
+        session.add(TrainingRun(status="DONE", attempt=1, **_run_fields(dataset, "fe" * 8)))
+
+
+def test_migrating_keeps_runs_their_models_and_aliases(
+    engine: Engine, races_spec: DatasetSpec
+) -> None:
+    # GIVEN a database of an older gallop holding a run whose model is promoted (rows that
+    # point at the run: SQLite must copy training_runs to alter it)
+    migrate(engine, "0005", down=True)
+    dataset = _dataset(engine, races_spec)
+    runs.start_run(engine, **_run_fields(dataset))
+    with session_scope(engine) as session:
+        session.add(RegisteredModel(model_id="m-1", **_model_fields(dataset)))
+        session.flush()
+        session.add(ModelAlias(alias="champion", model_id="m-1"))
+    # WHEN it is brought to the newest schema (as a local stack's start does)
+    migrate(engine)
+    # THEN every row is there, and runs may be CANCELLED
+    assert runs.find_model(engine, "ab" * 10).model_id == "m-1"  # type: ignore[union-attr]
+    with session_scope(engine) as session:
+        assert session.get(ModelAlias, "champion").model_id == "m-1"  # type: ignore[union-attr]
+    assert runs.mark_cancelled(engine, "ab" * 10).status == "CANCELLED"
+
+
+def test_a_migration_that_fails_leaves_the_schema_as_it_was(
+    engine: Engine, races_spec: DatasetSpec
+) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("Postgres runs DDL in the migration's transaction by itself")
+    # GIVEN an older schema holding a model whose run is gone (as a hand-edited or broken
+    # database might), which the migrations' final check refuses
+    migrate(engine, "0005", down=True)
+    dataset = _dataset(engine, races_spec)
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        fields = _model_fields(dataset, run_id="no-such-run")
+        connection.execute(RegisteredModel.__table__.insert(), [{"model_id": "m-x", **fields}])
+        connection.commit()
+    before = _schema(engine)
+    # WHEN it is migrated THEN it fails, after the steps that copy tables, and every step
+    # is undone: no table half-copied, the version as it was
+    with pytest.raises(RuntimeError, match="pointing nowhere"):
+        migrate(engine)
+    assert _schema(engine) == before
+
+
+def _schema(engine: Engine) -> tuple[str | None, dict[str, list[str]]]:
+    inspector = inspect(engine)
+    tables = {
+        t: sorted(c["name"] for c in inspector.get_columns(t)) for t in inspector.get_table_names()
+    }
+    with engine.connect() as connection:
+        version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    return version, tables
 
 
 def test_interrupted_local_runs_fail_and_others_are_left_alone(
@@ -266,7 +353,7 @@ def test_the_local_launcher_reports_progress_as_the_runs_stage(
     run, _ = runs.start_run(engine, **_run_fields(dataset))
     runs.mark_running(engine, run.run_id, runs.LOCAL_EXECUTION, "preparing the data")
     store = Store("unused")  # progress touches no storage
-    report = LocalLauncher(engine, store, store, tmp_path)._progress(run.run_id, 3)
+    report = LocalLauncher(engine, store, store, tmp_path, 60)._progress(run.run_id, 3)
     stages = []
     for line in (
         "training 3 base models (2 at a time) ...",
@@ -366,7 +453,8 @@ def test_a_run_needs_a_known_dataset_a_valid_version_and_ready_features(
         reply = client.post("/v1/training-runs", json={"dataset": races_spec.name, **body})
         return reply.status_code, json.dumps(reply.json())
 
-    assert post() == (404, json.dumps({"detail": f"no dataset named {races_spec.name!r}"}))
+    missing = problem(404, f"no dataset named {races_spec.name!r}")
+    assert post() == (404, json.dumps(missing))
     dataset = _dataset(engine, races_spec)
     status, says = post()
     assert status == 409 and "no VALID version" in says
@@ -410,16 +498,98 @@ def test_a_bad_run_request_is_422_naming_the_problem(
     assert reply.status_code == 422
     assert says in json.dumps(reply.json()), reply.json()
     if body == {"bases": ["adaboost"]}:
-        assert "valid: " + ", ".join(sorted(ALL_BASE_MODELS)) in reply.json()["message"]
+        assert "valid: " + ", ".join(sorted(ALL_BASE_MODELS)) in reply.json()["detail"]
     with session_scope(engine) as session:
         assert session.scalars(select(TrainingRun)).all() == []
+
+
+def test_every_bad_hyperparameter_is_listed_before_anything_is_queued(
+    api: tuple[TestClient, Engine], races_spec: DatasetSpec
+) -> None:
+    # GIVEN a dataset whose features are READY
+    client, engine = api
+    dataset = _dataset(engine, races_spec)
+    _version(engine, dataset, "v-1")
+    _feature_set(engine, dataset, "v-1", status="READY", data_key="d", manifest_key="m")
+    bad = {
+        "num_boost_round": 1e9,  # a float, and past the cost bound
+        "early_stopping_rounds": True,  # a boolean is not a number
+        "learning_rate": -0.1,
+        "epochs": 3,  # not a setting
+        "num_leaves": "31",  # a string for a whole number
+        "l2": float("nan"),
+        "meta_l2": float("inf"),
+        "calibration": "sideways",
+        "seed": 10**9 + 0.5,
+    }
+    # WHEN a run asks for all of them at once (json.dumps writes NaN and Infinity)
+    reply = client.post(
+        "/v1/training-runs",
+        content=json.dumps({"dataset": races_spec.name, "hyperparameters": bad}),
+        headers={"content-type": "application/json"},
+    )
+    # THEN 422 names each one: where, what was given and why
+    assert reply.status_code == 422, reply.text
+    listed = {e["loc"][-1]: e for e in reply.json()["errors"]}
+    assert set(listed) == set(bad)
+    assert listed["num_boost_round"]["input"] == 1e9
+    assert listed["num_boost_round"]["msg"] == "expected a whole number from 1 to 10000"
+    assert listed["early_stopping_rounds"]["input"] is True
+    assert listed["epochs"]["msg"].startswith("unknown; a run may set folds, split, seed")
+    assert listed["num_leaves"]["input"] == "31"
+    assert listed["l2"]["input"] == "nan" and listed["meta_l2"]["input"] == "inf"
+    assert all(e["loc"][:2] == ["body", "hyperparameters"] for e in listed.values())
+    assert (
+        "body.hyperparameters.learning_rate: expected null or a number in (0, 1]"
+        in (reply.json()["detail"])
+    )
+    # AND nothing was queued
+    with session_scope(engine) as session:
+        assert session.scalars(select(TrainingRun)).all() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"hyperparameters": {"num_boost_round": 10_001}}, "body.hyperparameters.num_boost_round"),
+        ({"time_limit": 86_401}, "body.time_limit"),
+        ({"hyperparameters": {"time_limit": 86_401}}, "body.hyperparameters.time_limit"),
+        ({"time_limit": True}, "body.time_limit"),
+        ({"test_share": "0.2"}, "body.test_share"),
+        ({"hyperparameters": {"bagging": 1}}, "body.hyperparameters.bagging"),
+        ({"hyperparameters": {"learning_rate": "0.1"}}, "body.hyperparameters.learning_rate"),
+    ],
+)
+def test_a_run_past_the_cost_bounds_or_of_the_wrong_type_is_422(
+    api: tuple[TestClient, Engine], races_spec: DatasetSpec, body: dict, where: str
+) -> None:
+    client, engine = api
+    _dataset(engine, races_spec)
+    reply = client.post("/v1/training-runs", json={"dataset": races_spec.name, **body})
+    assert reply.status_code == 422 and reply.json()["detail"].startswith(where), reply.text
+
+
+def test_a_good_config_is_accepted(api: tuple[TestClient, Engine], races_spec: DatasetSpec) -> None:
+    client, engine = api
+    dataset = _dataset(engine, races_spec)
+    _version(engine, dataset, "v-1")
+    _feature_set(engine, dataset, "v-1", status="READY", data_key="d", manifest_key="m")
+    good = {"num_boost_round": 10_000, "learning_rate": 0.1, "bagging": False, "meta_l2": 0}
+    reply = client.post(
+        "/v1/training-runs",
+        json={"dataset": races_spec.name, "hyperparameters": good, "time_limit": 86_400},
+    )
+    assert reply.status_code == 202, reply.text
+    chosen = reply.json()["config"]["hyperparameters"]
+    assert chosen["num_boost_round"] == 10_000 and chosen["time_limit"] == 86_400
+    assert chosen["meta_l2"] == 0.0 and chosen["bagging"] is False
 
 
 def test_an_unknown_or_malformed_run_id(api: tuple[TestClient, Engine]) -> None:
     client, _ = api
     assert client.get(f"/v1/training-runs/{'ab' * 10}").status_code == 404
     malformed = client.get("/v1/training-runs/not-hex")
-    assert malformed.status_code == 422 and "path.run_id" in malformed.json()["message"]
+    assert malformed.status_code == 422 and "path.run_id" in malformed.json()["detail"]
 
 
 def test_stepfunctions_needs_its_settings_at_cold_start() -> None:
@@ -547,7 +717,7 @@ def test_the_stepfunctions_launcher_starts_an_execution_with_complete_training_j
             f"s3://{ARTIFACTS}/training/{run['run_id']}/"
         )
         assert stored["ResourceConfig"]["InstanceType"] == "ml.m5.large"
-        assert stored["StoppingCondition"]["MaxRuntimeInSeconds"] == 3600
+        assert stored["StoppingCondition"]["MaxRuntimeInSeconds"] == 300  # 1.25 x 240 s
         assert all(isinstance(v, str) for v in stored["HyperParameters"].values())
         for metric in request["AlgorithmSpecification"]["MetricDefinitions"]:
             line = f"fold 1/5 done\n#metric {metric['Name']}=-1.5e-03\n"
@@ -606,6 +776,35 @@ def test_the_stepfunctions_launcher_starts_an_execution_with_complete_training_j
     # WHEN the same run is posted again THEN it is the same run, not started twice
     again = api.post("/v1/training-runs", json=body)
     assert again.status_code == 200 and again.json()["execution"] == run["execution"]
+
+
+def test_cancelling_a_run_on_aws_stops_its_execution(
+    engine: Engine,
+    moto_aws: None,
+    races_spec: DatasetSpec,
+    race_features: tuple[bytes, dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    # GIVEN a run whose state machine execution is running
+    spec = spec_named(races_spec, unique_name("stop"))
+    _ready_version(engine, spec, race_features)
+    api = _deployed_api(engine, tmp_path, _state_machine())
+    started = api.post("/v1/training-runs", json={"dataset": spec.name})
+    run = started.json()
+    # (the 202 says where to follow the run, and when)
+    assert started.headers["location"] == f"/v1/training-runs/{run['run_id']}"
+    assert int(started.headers["retry-after"]) > 0
+    states = boto3.client("stepfunctions")
+    assert states.describe_execution(executionArn=run["execution"])["status"] == "RUNNING"
+    # WHEN it is cancelled THEN it is CANCELLED and its execution stopped (ABORTED)
+    reply = api.delete(f"/v1/training-runs/{run['run_id']}")
+    assert reply.status_code == 202 and reply.json()["status"] == "CANCELLED"
+    assert reply.headers["location"].endswith(f"/v1/training-runs/{run['run_id']}")
+    assert int(reply.headers["retry-after"]) > 0
+    assert states.describe_execution(executionArn=run["execution"])["status"] == "ABORTED"
+    # AND once ended, it cannot be cancelled again
+    ended = api.delete(f"/v1/training-runs/{run['run_id']}")
+    assert ended.status_code == 409 and ended.json()["code"] == "conflict"
 
 
 def test_a_run_that_cannot_start_fails_with_the_reason(
@@ -769,3 +968,72 @@ def test_failure_reasons_read_well_whatever_failed() -> None:
     )
     assert failure_reason({"Error": "States.Timeout"}) == "States.Timeout"
     assert len(failure_reason({"Error": "E", "Cause": "x" * 10_000})) == 2000
+
+
+# -- listing runs ---------------------------------------------------------------------------
+
+
+def _runs_of(engine: Engine, dataset: Dataset, count: int, at: datetime) -> list[str]:
+    """`count` runs of the dataset, two of them started in the same microsecond."""
+    ids = []
+    for i in range(count):
+        run_id = f"{dataset.id:02x}{i:02x}" * 5
+        when = at + timedelta(seconds=min(i, count - 2))  # the last two tie
+        runs.start_run(engine, **_run_fields(dataset, run_id, created_at=when))
+        ids.append(run_id)
+    return ids
+
+
+def test_runs_page_newest_first_by_a_cursor_that_skips_and_repeats_none(
+    engine: Engine, races_spec: DatasetSpec
+) -> None:
+    # GIVEN five runs of one dataset (two started at the same instant) and one of another
+    first = _dataset(engine, spec_named(races_spec, "first"))
+    other = _dataset(engine, spec_named(races_spec, "other"))
+    at = datetime(2026, 1, 5, tzinfo=UTC)
+    ids = _runs_of(engine, first, 5, at)
+    _runs_of(engine, other, 1, at)
+    runs.mark_cancelled(engine, ids[1])
+    # WHEN they are read two at a time, following the cursor
+    seen, cursor, pages = [], None, 0
+    while True:
+        page, cursor = runs.page_runs(engine, 2, cursor, dataset_id=first.id)
+        seen += [r.run_id for r in page]
+        pages += 1
+        if cursor is None:
+            break
+    # THEN each appears once, newest first (a tie broken by the run id, descending)
+    assert seen == [ids[4], ids[3], ids[2], ids[1], ids[0]] and pages == 3
+    cancelled, _ = runs.page_runs(engine, 10, dataset_id=first.id, status="CANCELLED")
+    assert [r.run_id for r in cancelled] == [ids[1]]
+    with pytest.raises(repo.BadCursor):
+        runs.page_runs(engine, 2, "bm90IGEgY3Vyc29y")
+
+
+def test_get_training_runs_filters_pages_and_refuses_what_it_cannot_read(
+    api: tuple[TestClient, Engine], races_spec: DatasetSpec
+) -> None:
+    client, engine = api
+    dataset = _dataset(engine, races_spec)
+    ids = _runs_of(engine, dataset, 3, datetime(2026, 1, 5, tzinfo=UTC))
+    # WHEN the runs are listed a page of one at a time THEN all come, newest first
+    seen, query = [], {"dataset": races_spec.name, "limit": 1}
+    while True:
+        page = client.get("/v1/training-runs", params=query).json()
+        seen += [run["run_id"] for run in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        query["cursor"] = page["next_cursor"]
+    assert seen == [ids[2], ids[1], ids[0]]
+    assert client.get("/v1/training-runs", params={"status": "RUNNING"}).json() == {
+        "items": [],
+        "next_cursor": None,
+    }
+    # AND what it cannot read is a problem: an unknown dataset, status or cursor
+    unknown = client.get("/v1/training-runs", params={"dataset": "nope"})
+    assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
+    for params in ({"status": "DONE"}, {"cursor": "garbage"}, {"limit": 501}):
+        refused = client.get("/v1/training-runs", params=params)
+        assert refused.status_code == 422, params
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["errors"][0]["loc"][0] == "query"

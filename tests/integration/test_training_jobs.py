@@ -16,6 +16,7 @@ import pytest
 from gallop.features.build import build_features
 from gallop.ingest.canonical import to_parquet
 from gallop.ingest.validate import validate
+from gallop.manifests import ModelManifest
 from gallop.models.catalogue import DEFAULT_BASES
 from gallop.spec import DatasetSpec
 from gallop.synth.races import generate_races
@@ -23,7 +24,7 @@ from gallop.training.contract import JobError, decode
 from gallop.training.metrics import ndcg_at_k
 from gallop.training.runner import write_channel
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +345,8 @@ def test_gallop_train_runs_the_jobs_locally_and_leaves_the_artifact(tmp_path: Pa
     spec = ROOT / "shared" / "gallop" / "specs" / "races.yaml"
     done = gallop_train("--data", str(data), "--spec", str(spec), "--out", str(out), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "base lambdarank: done" in done.stdout and "stack: done" in done.stdout
+    # progress on stderr, results on stdout
+    assert "base lambdarank: done" in done.stderr and "stack: done" in done.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert (out / "model.onnx").stat().st_size > 0
     assert manifest["evaluated_on"] == "test"
@@ -369,7 +371,7 @@ def test_gallop_train_refuses_invalid_data_with_the_report(tmp_path: Path) -> No
         timeout=120,
     )
     assert done.returncode == 2
-    assert "missing_column" in done.stdout and "is not valid data" in done.stderr
+    assert "missing_column" in done.stderr and "is not valid data" in done.stderr
 
 
 def plain_table(task: str, rows: int = 3000, seed: int = 0) -> pd.DataFrame:
@@ -394,6 +396,7 @@ def test_gallop_train_on_a_plain_table(task: str, tmp_path: Path) -> None:
     done = gallop_train("--data", "data.csv", "--spec", "spec.yaml", "--out", "model", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert set(manifest) == set(ModelManifest.__annotations__)  # the type is what is written
     outputs = {"binary": ["probability"], "regression": ["value", "lower", "upper"]}[task]
     assert manifest["onnx_outputs"] == ["score", "margins", *outputs]
 

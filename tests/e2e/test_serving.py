@@ -24,9 +24,9 @@ from gallop.serving.predict import place_probabilities, ranks, win_probabilities
 from gallop.spec import DatasetSpec
 from gallop.synth.races import generate_races
 from tests.conftest import spec_named, unique_name
-from tests.test_features_e2e import ingest
+from tests.e2e.test_features_e2e import ingest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"num_boost_round": 20, "folds": 3}
 # Never on the predict path: a test imports the handler and predicts in a fresh process.
 HEAVY = ("pandas", "pyarrow", "lightgbm", "scipy", "sklearn", "sqlalchemy")
@@ -64,28 +64,60 @@ def test_place_probabilities_hold_when_one_or_two_runners_hold_nearly_all_the_ch
     assert place == pytest.approx([1, 1, 1 / 3, 1 / 3, 1 / 3])
 
 
-def test_a_score_beyond_float32_is_refused_not_answered_with_nulls() -> None:
+def linear_ranker(coef: list[float]) -> Any:
+    """A served ranking model of one linear base over features x0, x1, ... (race: group)."""
     from gallop.models.linear import LinearModel
     from gallop.models.onnx_export import stack_to_onnx
     from gallop.serving.model import LoadedModel, session_for
-    from gallop.serving.predict import InputError, predict_columns
 
-    wide = np.full(1, 3e38)
-    steep = LinearModel(np.zeros(1), np.ones(1), np.array([1e30]), 0.0, -wide, wide)
-    graph = stack_to_onnx([steep], [1.0], 0.0, 1).SerializeToString()
+    n = len(coef)
+    wide = np.full(n, 3e38)
+    line = LinearModel(np.zeros(n), np.ones(n), np.array(coef), 0.0, -wide, wide)
+    graph = stack_to_onnx([line], [1.0], 0.0, n).SerializeToString()
     manifest = {
         "task": "ranking",
-        "features": ["x"],
+        "features": [f"x{i}" for i in range(n)],
         "group": "race",
         "identifiers": ["race"],
         "onnx_input": "features",
         "onnx_outputs": ["score", "margins"],
     }
-    model = LoadedModel("m-1", manifest, session_for(graph), lambda name: b"")
-    answer = predict_columns(model, ["x", "race"], [[1e-3, "r1"], [2e-3, "r1"]])
+    return LoadedModel("m-1", manifest, session_for(graph), lambda name: b"")
+
+
+def test_a_score_beyond_float32_is_refused_not_answered_with_nulls() -> None:
+    from gallop.serving.predict import InputError, predict_columns
+
+    model = linear_ranker([1e30])
+    answer = predict_columns(model, ["x0", "race"], [[1e-3, "r1"], [2e-3, "r1"]])
     assert sum(p["win_probability"] for p in answer["predictions"]) == pytest.approx(1.0)
-    with pytest.raises(InputError, match=r"rows \[0\]: the score is not finite"):
-        predict_columns(model, ["x", "race"], [[1e10, "r1"], [1.0, "r1"]])
+    with pytest.raises(InputError, match=r"rows \[1\]: the score is not finite"):
+        predict_columns(model, ["x0", "race"], [[1e10, "r1"], [1.0, "r1"]])
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (
+            {"rows": [{"x0": 1, "race": "r"}, {"race": "r"}]},
+            "rows [2] lack names other rows have (row 2: ['x0'])",
+        ),
+        ({"columns": ["x0", "race"], "data": [[1, "r"], [2]]}, "data rows [2] do not have"),
+        ({"columns": ["x0", "race"], "data": [[1, "r"], ["fast", "r"]]}, "row 2: x0 must be"),
+        ({"columns": ["x0", "race"], "data": [[1, "r"], [1e39, "r"]]}, "row 2: x0 is not a"),
+        ({"columns": ["x0", "race"], "data": [[1, "r"], [1, ""]]}, "row 2: the group id"),
+        ({"columns": ["x0", "race"], "data": [[1, "r"], [1e10, "r"]]}, "rows [2]: the score"),
+    ],
+    ids=["missing-name", "ragged", "text", "beyond-float32", "no-group", "score"],
+)
+def test_predict_errors_number_rows_from_one_as_ingestion_reports_do(
+    body: dict[str, Any], says: str
+) -> None:
+    from gallop.serving.predict import InputError, predict_body
+
+    with pytest.raises(InputError) as refused:
+        predict_body(linear_ranker([1e30]), body)
+    assert says in str(refused.value)
 
 
 def test_win_probabilities_and_ranks_within_interleaved_races() -> None:
@@ -141,28 +173,41 @@ def card_rows(card: pd.DataFrame) -> list[dict[str, Any]]:
     return json.loads(pre_race.to_json(orient="records"))
 
 
+def answer_time(card: pd.DataFrame) -> str:
+    """The card's start time as features_as_of writes times (ISO 8601, UTC)."""
+    return pd.Timestamp(card["race_time"].iloc[0], tz="UTC").isoformat()
+
+
 def feature_rows(stack: LocalStack, served: dict[str, Any]) -> list[dict[str, Any]]:
-    """Full feature rows of the held-back race, as the card endpoint computes them."""
+    """Full feature rows of the held-back race, as the card endpoint computes them; a
+    category as its text (as feature rows send it), not the snapshot's code."""
     model = call(stack, f"/v1/models/{served['models'][0]}").json()
-    versions = call(stack, f"/v1/datasets/{served['dataset']}/versions").json()
+    versions = call(stack, f"/v1/datasets/{served['dataset']}/versions").json()["items"]
     version_id = versions[-1]["version_id"]
+    card = card_rows(served["card"])
     features = call(
         stack,
         f"/v1/datasets/{served['dataset']}/versions/{version_id}/features/card",
-        {"rows": card_rows(served["card"])},
+        {"rows": card},
     ).json()
     at = [features["features"].index(f) for f in model["features"]]
     race = served["card"]["race_id"].iloc[0]
     return [
-        {**{model["features"][i]: row[j] for i, j in enumerate(at)}, "race_id": race}
-        for row in features["rows"]
+        {
+            **{
+                name: sent[name] if isinstance(sent.get(name), str) else row[j]
+                for name, j in zip(model["features"], at, strict=True)
+            },
+            "race_id": race,
+        }
+        for row, sent in zip(features["rows"], card, strict=True)
     ]
 
 
 def test_models_are_listed_and_an_alias_must_be_promoted_first(
     stack: LocalStack, served: dict[str, Any]
 ) -> None:
-    listed = call(stack, "/v1/models").json()["models"]
+    listed = call(stack, "/v1/models").json()["items"]
     assert set(served["models"]) <= {m["model_id"] for m in listed}
     one = call(stack, f"/v1/models/{served['models'][0]}").json()
     assert one["task"] == "ranking" and one["report_url"].startswith("http")
@@ -191,6 +236,9 @@ def test_a_race_card_is_predicted_by_the_champion(
     answer = reply.json()
     # THEN every runner has a score, win and place chance and a rank
     assert answer["model_id"] == first
+    # from the newest entity snapshot of the dataset (the only version: the model's own)
+    as_of = answer["features_as_of"]
+    assert as_of["snapshot"] == "online" and as_of["data_end"] < answer_time(served["card"])
     predictions = answer["predictions"]
     assert len(predictions) == len(served["card"])
     assert sum(p["win_probability"] for p in predictions) == pytest.approx(1.0)
@@ -270,7 +318,7 @@ BAD_INPUTS = [
     (
         lambda rows: {"rows": [rows[0], {k: v for k, v in rows[1].items() if k != "odds"}]},
         422,
-        "rows [1] lack names other rows have (row 1: ['odds'])",
+        "rows [2] lack names other rows have (row 2: ['odds'])",
     ),
     (lambda rows: {"rows": rows, "top_k": 0}, 422, "top_k"),
     (
@@ -325,6 +373,71 @@ def test_bad_input_is_refused_with_the_reason(
     assert message in reply.json()["detail"] and len(reply.text) < 2000
 
 
+def broken_card(served: dict[str, Any]) -> list[dict[str, Any]]:
+    """The held-back race's card with odds of 0 (row 1) and -5 (row 3), and row 4's horse
+    the one in row 2: what ingestion refuses."""
+    card = card_rows(served["card"])
+    card[0]["odds"], card[2]["odds"] = 0, -5
+    card[3]["horse_id"] = card[1]["horse_id"]
+    return card
+
+
+def assert_broken_card_refused(status: int, reply: dict[str, Any]) -> None:
+    """422, every problem listed as ingestion lists it: code, column, rows from 1, values."""
+    assert status == 422, reply
+    found = {p["code"]: p for p in reply["problems"]}
+    assert set(found) == {"invalid_odds", "duplicate_entity_in_group"}
+    odds, twice = found["invalid_odds"], found["duplicate_entity_in_group"]
+    assert (odds["column"], odds["rows"], odds["examples"]) == ("odds", [1, 3], ["0.0", "-5.0"])
+    assert (twice["column"], twice["rows"]) == ("horse_id", [2, 4])
+    assert reply["detail"].startswith("race card: ")
+    assert all(p["message"] in reply["detail"] for p in reply["problems"])
+
+
+def test_a_card_ingestion_would_refuse_is_refused_naming_rows_and_rules(
+    stack: LocalStack, served: dict[str, Any]
+) -> None:
+    # GIVEN a card with odds of 0 and -5 and a horse twice
+    body = {"model": served["models"][0], "rows": broken_card(served)}
+    # WHEN it is sent to the app, and to the predict function's direct path (the Lambda's)
+    from gallop.api.serving import answer_event, create_predict_app
+
+    assert stack.settings is not None
+    settings = stack.settings.model_copy(update={"api_key_source": "settings"})
+    direct = create_predict_app(settings).state
+    for path in ("/v1/predict", "/v1/explain"):
+        reply = call(stack, path, body)
+        event = answer_event(direct, gateway_event(path, body, stack.api_key))
+        assert event is not None
+        # THEN both answer 422 with every problem, rows numbered from 1
+        assert_broken_card_refused(reply.status_code, reply.json())
+        assert_broken_card_refused(event["statusCode"], json.loads(event["body"]))
+
+
+def test_nan_and_infinite_odds_on_a_card_are_refused(
+    stack: LocalStack, served: dict[str, Any]
+) -> None:
+    # GIVEN a card with odds NaN in row 2 and infinite in row 3 (json.dumps writes NaN and
+    # Infinity, which are not JSON)
+    card = card_rows(served["card"])
+    card[1]["odds"], card[2]["odds"] = float("nan"), float("inf")
+    versions = call(stack, f"/v1/datasets/{served['dataset']}/versions").json()["items"]
+    path = f"/v1/datasets/{served['dataset']}/versions/{versions[-1]['version_id']}/features/card"
+    # WHEN the card features route (its parser reads NaN and Infinity) is asked for them
+    reply = call(stack, path, {"rows": card})
+    # THEN a 422 names each row and rule
+    assert reply.status_code == 422, reply.text
+    found = {(p["code"], p["column"], tuple(p["rows"])) for p in reply.json()["problems"]}
+    assert found == {
+        ("not_numeric", "odds", (2,)),  # NaN: null says a value is unknown
+        ("invalid_odds", "odds", (3,)),
+        ("infinite_value", "odds", (3,)),
+    }
+    # AND predict refuses the body before reading a row: NaN and Infinity are no JSON
+    predicted = call(stack, "/v1/predict", {"model": served["models"][0], "rows": card})
+    assert predicted.status_code == 422 and "not JSON" in predicted.json()["detail"]
+
+
 def test_missing_values_and_a_lone_runner_are_answered(
     stack: LocalStack, served: dict[str, Any]
 ) -> None:
@@ -369,7 +482,7 @@ def test_promotion_switches_every_request_at_once(
     assert {model for _, model in seen} <= {first, second}
     after = call(stack, "/v1/predict", {"model": "champion", "rows": rows}).json()
     assert after["model_id"] == second  # this process forgets its lookup on promotion
-    listed = {m["model_id"]: m["aliases"] for m in call(stack, "/v1/models").json()["models"]}
+    listed = {m["model_id"]: m["aliases"] for m in call(stack, "/v1/models").json()["items"]}
     assert listed[second] == ["champion"] and listed[first] == []
 
 
@@ -393,19 +506,23 @@ def gateway_event(path: str, body: Any, key: str | None, raw: bytes | None = Non
 def test_the_predict_lambda_imports_nothing_heavy(
     stack: LocalStack, served: dict[str, Any]
 ) -> None:
-    """A fresh process: import the handler, answer an API Gateway event, list the modules."""
+    """A fresh process: import the handler, answer API Gateway events (feature rows, a
+    race card, a card that breaks ingestion's rules), list the modules."""
     rows = feature_rows(stack, served)
-    event = gateway_event(
-        "/v1/predict", {"model": served["models"][0], "rows": rows}, stack.api_key
-    )
+    model = served["models"][0]
+    events = [
+        gateway_event("/v1/predict", {"model": model, "rows": body}, stack.api_key)
+        for body in (rows, card_rows(served["card"]), broken_card(served))
+    ]
     handler = str(ROOT / "functions" / "predict" / "handler.py")
     script = f"""
 import importlib.util, json, sys
 spec = importlib.util.spec_from_file_location("h", {handler!r})
 handler = importlib.util.module_from_spec(spec); spec.loader.exec_module(handler)
-reply = handler.handler(json.loads(sys.stdin.read()), None)
+replies = [handler.handler(event, None) for event in json.loads(sys.stdin.read())]
 heavy = [m for m in {HEAVY!r} if m in sys.modules]
-print(json.dumps({{"status": reply["statusCode"], "body": reply["body"], "heavy": heavy}}))
+statuses = [reply["statusCode"] for reply in replies]
+print(json.dumps({{"statuses": statuses, "body": replies[0]["body"], "heavy": heavy}}))
 """
     assert stack.settings is not None
     env = {
@@ -418,7 +535,7 @@ print(json.dumps({{"status": reply["statusCode"], "body": reply["body"], "heavy"
     }
     done = subprocess.run(
         [sys.executable, "-c", script],
-        input=json.dumps(event),
+        input=json.dumps(events),
         capture_output=True,
         text=True,
         env=env,
@@ -427,7 +544,7 @@ print(json.dumps({{"status": reply["statusCode"], "body": reply["body"], "heavy"
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.splitlines()[-1])
-    assert result["status"] == 200, result["body"]
+    assert result["statuses"] == [200, 200, 422], result["body"]
     assert len(json.loads(result["body"])["predictions"]) == len(rows)
     assert result["heavy"] == []
 
@@ -437,13 +554,12 @@ def test_the_predict_function_answers_from_the_event_as_the_app_does(
 ) -> None:
     """POST /v1/predict and /v1/explain are answered straight from the event, without
     the ASGI round trip: every reply, good or bad, is the app's (through Mangum)."""
-    from mangum import Mangum
-
+    from gallop.api.gateway import asgi_handler
     from gallop.api.serving import answer_event, create_predict_app
 
     assert stack.settings is not None
     app = create_predict_app(stack.settings.model_copy(update={"api_key_source": "settings"}))
-    through_app = Mangum(app, lifespan="off")
+    through_app = asgi_handler(app)
     model = served["models"][0]
     rows = feature_rows(stack, served)
     key = stack.api_key
