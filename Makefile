@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test serve lint bench bundles synth clean
+.PHONY: demo test typecheck test-unit test-integration test-e2e test-infra serve lint bench bundles synth clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "gallop needs Python 3.11 or newer")'
@@ -14,11 +14,36 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# checkov pins old boto3 and packaging, so it gets a virtualenv of its own; only the
+# tests run it.
+CHECKOV := $(VENV)/checkov/bin/checkov
+$(CHECKOV): $(STAMP)
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install --quiet 'checkov>=3.2'
+	touch $(CHECKOV)
+
 demo: $(STAMP)
 	$(BIN)/gallop demo
 
-test: $(STAMP)
-	$(BIN)/pytest
+# The README's one test command runs every part; each part has a target of its own.
+PYTEST := $(BIN)/pytest -n auto --dist loadfile
+test: lint typecheck $(CHECKOV)
+	$(PYTEST)
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test-unit: $(STAMP)
+	$(PYTEST) tests/unit
+
+test-integration: $(STAMP)
+	$(PYTEST) tests/integration
+
+test-e2e: $(STAMP)
+	$(PYTEST) tests/e2e
+
+test-infra: $(STAMP) $(CHECKOV)
+	$(PYTEST) tests/infra
 
 serve: $(STAMP)
 	$(BIN)/gallop serve
@@ -26,8 +51,12 @@ serve: $(STAMP)
 bundles: $(STAMP)
 	$(BIN)/python layers/build.py
 
+# The stage, and the account and region when the CLI has no credentials to take them from:
+# make synth STAGE=prod ACCOUNT=123456789012 REGION=eu-west-1 (prod also needs a subscriber,
+# CDK_ARGS='-c alarm_email=ops@example.com').
+STAGE ?= dev
 synth: bundles
-	npx --yes aws-cdk@2 synth --quiet
+	npx --yes aws-cdk@2 synth --quiet -c stage=$(STAGE) $(if $(ACCOUNT),-c account=$(ACCOUNT)) $(if $(REGION),-c region=$(REGION)) $(CDK_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check shared functions tests benchmarks infra layers training_jobs

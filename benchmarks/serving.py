@@ -7,6 +7,9 @@
   to the bare InferenceSession.run on the same rows and to the naive Python path
   (native LightGBM boosters + the numpy meta-learner), with the handler's time split
   into parse/validate, session and the rest (probabilities, serialise, framework).
+- The same race sent as a race card (ids and pre-race fields), completed from the
+  entity snapshot the online pointer names: the handler's p50/p99, and the completion
+  alone (pointer lookup, card checks, features from the snapshot) reported separately.
 - Cold start in a fresh process: import the handler, load the model from the local S3
   (moto server), first reply: total and split.
 - A load test of `gallop serve`'s API over loopback: a fixed number of concurrent
@@ -40,6 +43,7 @@ SPEC = ROOT / "shared" / "gallop" / "specs" / "races.yaml"
 RUN_ID = "0123456789abcdef0001"  # run ids are hex: model ids m-{run id}
 MODEL_ID = f"m-{RUN_ID}"
 RUNNERS = 12
+DATA_VERSION = "v-bench"  # the model's data version: its snapshot is stored under it
 
 
 def percentiles(samples: list[float]) -> str:
@@ -64,6 +68,7 @@ def train_model(work: Path) -> tuple[Path, list[dict[str, Any]]]:
         raise SystemExit(done.stderr[-2000:])
     manifest = json.loads((model_dir / "manifest.json").read_text())
     manifest["run_id"] = RUN_ID  # as a registered run's model names its run
+    manifest["data_version"] = DATA_VERSION  # and the dataset version it was trained on
     (model_dir / "manifest.json").write_text(json.dumps(manifest))
     test = pd.read_parquet(model_dir / "work" / "channels" / "test" / "features.parquet")
     sizes = test.groupby("race_id").size()
@@ -71,6 +76,41 @@ def train_model(work: Path) -> tuple[Path, list[dict[str, Any]]]:
     frame = race[manifest["features"] + ["race_id"]]
     rows = json.loads(frame.to_json(orient="records"))
     return model_dir, rows
+
+
+def store_snapshot(data: Path, model_dir: Path, store: Store) -> list[dict[str, Any]]:
+    """The entity snapshot of the training data, stored as the features service stores it
+    and named by the online pointer; and a 12-runner card for a race a day after the data
+    (a race's runners, sent again under a new id)."""
+    import pandas as pd
+
+    from gallop.cli.features import canonical
+    from gallop.features.build import build_features
+    from gallop.features.pointer import Pointer, iso_time
+    from gallop.layout import SNAPSHOT_FILE, features_prefix, online_snapshot_key
+    from gallop.serving.card import card_from_rows
+    from gallop.spec import load_spec
+
+    spec = load_spec(SPEC)
+    table, problems = canonical(str(data), None, spec)
+    assert table is not None, problems
+    built = build_features(table, spec)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["features"] == built.plan.features, "the model is not of these features"
+    if manifest.get("feature_spec_hash") != built.plan.spec_hash or not manifest.get("dataset"):
+        manifest |= {"feature_spec_hash": built.plan.spec_hash, "dataset": spec.name}
+        (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    key = features_prefix(spec.name, DATA_VERSION, built.plan.spec_hash) + SNAPSHOT_FILE
+    store.put_bytes(key, built.state.to_bytes(), "application/octet-stream")
+    end = built.state.meta["data_end"]
+    pointer = Pointer(spec.name, built.plan.spec_hash, DATA_VERSION, key, iso_time(end), end)
+    store.put_json(online_snapshot_key(spec.name, built.plan.spec_hash), pointer.to_json())
+    raw = pd.read_csv(data)
+    sizes = raw.groupby("race_id").size()
+    race = raw[raw["race_id"] == sizes[sizes >= RUNNERS].index[-1]].head(RUNNERS).copy()
+    race["race_id"] = "card-race"
+    race["race_time"] = (pd.Timestamp(end, unit="us", tz="UTC") + pd.Timedelta(days=1)).isoformat()
+    return card_from_rows(race, spec)
 
 
 def graph_size(model_dir: Path) -> None:
@@ -170,10 +210,22 @@ def cold_start(stack: LocalStack, event: dict[str, Any]) -> None:
     print(f"- status: {best['status']}")
 
 
-def warm(stack: LocalStack, model_dir: Path, rows: list[dict[str, Any]], calls: int) -> None:
+def warm(
+    stack: LocalStack,
+    model_dir: Path,
+    rows: list[dict[str, Any]],
+    card: list[dict[str, Any]],
+    calls: int,
+) -> None:
     """In a process of its own, as a Lambda container is: the local stack's threads (moto,
     uvicorn, pollers) would otherwise take the GIL in the middle of the timed calls."""
-    job = {"model_dir": str(model_dir), "rows": rows, "calls": calls, "key": stack.api_key}
+    job = {
+        "model_dir": str(model_dir),
+        "rows": rows,
+        "card": card,
+        "calls": calls,
+        "key": stack.api_key,
+    }
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.serving", "--warm-child"],
         input=json.dumps(job),
@@ -190,6 +242,48 @@ def warm(stack: LocalStack, model_dir: Path, rows: list[dict[str, Any]], calls: 
 def warm_child() -> None:
     job = json.loads(sys.stdin.read())
     measure(Path(job["model_dir"]), job["rows"], job["calls"], job["key"])
+    measure_card(job["card"], job["calls"], job["key"])
+
+
+def measure_card(card: list[dict[str, Any]], calls: int, key: str) -> None:
+    """A race card through the handler, and its completion into feature rows alone."""
+    import importlib.util
+
+    from gallop.api.serving import _completed, model_cache
+
+    spec = importlib.util.spec_from_file_location(
+        "h", ROOT / "functions" / "predict" / "handler.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    event = event_for({"model": MODEL_ID, "rows": card}, key)
+    first = module.handler(event, None)
+    assert first["statusCode"] == 200, first["body"]
+    as_of = json.loads(first["body"])["features_as_of"]
+    state = module.app.state
+    model = model_cache(state).resolve(MODEL_ID)
+    columns = list(card[0])
+    values = [[row[c] for c in columns] for row in card]
+
+    def timed(call: Any) -> list[float]:
+        for _ in range(100):
+            call()
+        samples = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            call()
+            samples.append(time.perf_counter() - started)
+        return samples
+
+    handler = timed(lambda: module.handler(event, None))
+    completion = timed(lambda: _completed(state, model, columns, values, "online"))
+    print(f"\n## Race card, {len(card)} runners ({as_of['snapshot']} snapshot), {calls:,} calls\n")
+    print(f"- handler (API Gateway event -> reply), card: {percentiles(handler)}")
+    print(
+        f"  - completion alone (pointer, card checks, features from the snapshot): "
+        f"{percentiles(completion)}"
+    )
 
 
 def measure(model_dir: Path, rows: list[dict[str, Any]], calls: int, key: str) -> None:
@@ -308,8 +402,11 @@ def main() -> None:
         with LocalStack(work / "state", quiet=True).start() as stack:
             stack.serve_api(free_port())
             assert stack.settings is not None
+            card = store_snapshot(
+                work / "races.csv", model_dir, Store.from_settings(stack.settings)
+            )
             publish_model_dir(Store.artifacts_from_settings(stack.settings), RUN_ID, model_dir)
-            warm(stack, model_dir, rows, args.calls)
+            warm(stack, model_dir, rows, card, args.calls)
             cold_start(stack, event_for({"model": MODEL_ID, "rows": rows}, stack.api_key))
             load(stack, rows, args.load_seconds)
 
