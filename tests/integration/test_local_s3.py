@@ -14,6 +14,7 @@ import pytest
 
 from gallop import aws
 from gallop.client import ApiError, GallopClient
+from gallop.local import s3_front
 from gallop.local.stack import LocalStack
 from gallop.metadata import repo
 from gallop.metadata.db import engine_for
@@ -45,6 +46,24 @@ def form(client: GallopClient, races_spec: DatasetSpec) -> dict[str, Any]:
     spec = spec_named(races_spec, unique_name("s3"))
     client.register_dataset(spec)
     return client.create_upload(spec.name, "csv")
+
+
+def test_an_upload_wakes_ingest_only_once_its_object_is_on_disk(
+    stack: LocalStack, form: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ingest, woken by the notification, may end the process (a file past every limit):
+    # the start after it must find the object to answer the upload.
+    on_disk_when_sent: list[bool] = []
+    send = s3_front._send_event
+
+    def record(account_id: str, event_name: Any, bucket: Any, key: Any) -> None:
+        on_disk_when_sent.append((stack.state_dir / "s3" / bucket.name / key.name).is_file())
+        send(account_id, event_name, bucket, key)
+
+    monkeypatch.setattr(s3_front, "_send_event", record)
+    reply = _post(form, b"race_id,horse_id\n1,2\n")
+    assert reply.status_code < 300, reply.text
+    assert on_disk_when_sent == [True]
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ stack's buckets this front refuses what S3 would refuse (gallop.local.s3_auth), 
 writes each object a request wrote or deleted through to the disk mirror before the
 reply leaves: whoever records an object's key in the metadata after the call returns
 knows the object is on disk, so a crash can no longer leave metadata naming objects
-that are gone.
+that are gone. The upload notification moto sends is held until then too: ingest,
+woken by it, could otherwise end the process before the object reached the disk.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from moto.moto_server.werkzeug_app import (
     MotoRequestHandler,
     create_backend_app,
 )
+from moto.s3 import notifications
 from moto.s3.responses import S3Response
 from moto.s3bucket_path.utils import bucket_name_from_url, parse_key_name
 from werkzeug.http import HTTP_STATUS_CODES
@@ -37,6 +39,21 @@ log = logging.getLogger(__name__)
 
 WRITES = ("PUT", "POST", "DELETE")
 Environ = dict[str, Any]
+
+_send_event = notifications.send_event
+_held = threading.local()  # this request's notifications, while its write is not on disk
+
+
+def _send_event_unless_held(*args: Any, **kwargs: Any) -> None:
+    events: list[tuple[Any, Any]] | None = getattr(_held, "events", None)
+    if events is None:
+        _send_event(*args, **kwargs)
+    else:
+        events.append((args, kwargs))
+
+
+# moto's bucket code looks send_event up on the module at each call
+notifications.send_event = _send_event_unless_held
 
 
 class LocalS3Front:
@@ -66,7 +83,11 @@ class LocalS3Front:
             return self.moto(environ, start_response)
         written = [upload.key] if upload else _written_keys(request.method, key, request, body)
         with self._writes:
-            status, headers, reply = _call(self.moto, environ)
+            _held.events = held = []
+            try:
+                status, headers, reply = _call(self.moto, environ)
+            finally:
+                _held.events = None
             if int(status.split()[0]) < 300:
                 try:
                     for name in written:
@@ -75,6 +96,8 @@ class LocalS3Front:
                     log.exception("could not keep s3://%s/%s on disk", bucket, written)
                     not_kept = S3Refusal(500, "InternalError", f"not kept on disk: {exc}")
                     return _refuse(not_kept, environ, start_response)
+            for args, kwargs in held:  # the object is on disk: whoever it wakes may read it
+                _send_event(*args, **kwargs)
         start_response(status, headers)
         return [reply]
 
