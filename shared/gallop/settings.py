@@ -100,6 +100,17 @@ class Settings(BaseSettings):
     features_queue_url: str | None = Field(
         default=None, description="Where ingest announces new VALID versions."
     )
+    monitor_queue_name: str = "gallop-monitor"
+    monitor_queue_url: str | None = Field(
+        default=None,
+        description="Where ingest announces new VALID versions to the monitor too: their "
+        "results are what captured predictions are scored against.",
+    )
+    monitor_function_name: str | None = Field(
+        default=None,
+        description="On AWS: the monitor function the API invokes to check now; unset, "
+        "the API runs the check itself (the local stack).",
+    )
     api_keys: str = Field(
         default="",
         description="Comma-separated API keys accepted in the x-api-key header.",

@@ -98,14 +98,15 @@ class IngestWorker:
             self.meter.add_metric(name="UnclaimedUploads", unit=MetricUnit.Count, value=1)
 
     def _announce(self, dataset: str, version_id: str | None, settings: Any) -> None:
-        """Tell the features function. Also for a repeat: if an earlier announcement was
-        lost, this one makes up for it, and the features step is idempotent."""
-        if not settings.features_queue_url or version_id is None:
+        """Tell the features function, and the monitor (the version's results score the
+        predictions captured before them). Also for a repeat: if an earlier announcement
+        was lost, this one makes up for it, and both steps are idempotent."""
+        if version_id is None:
             return
-        request = FeaturesRequest(dataset, version_id)
-        aws.client("sqs", settings).send_message(
-            QueueUrl=settings.features_queue_url, MessageBody=request.to_json()
-        )
+        body = FeaturesRequest(dataset, version_id).to_json()
+        for queue in (settings.features_queue_url, settings.monitor_queue_url):
+            if queue:
+                aws.client("sqs", settings).send_message(QueueUrl=queue, MessageBody=body)
 
 
 def transient(exc: BaseException) -> bool:
