@@ -40,7 +40,7 @@ FUNCTION_SETTINGS: dict[str, tuple[str, ...]] = {
     "ingest": ("database", "data_bucket", "features_queue_url"),
     "features": ("database", "data_bucket"),
     "training": ("database", "artifacts_bucket"),
-    "predict": ("data_bucket", "artifacts_bucket", "api_key_source", "capture_stream"),
+    "predict": ("data_bucket", "artifacts_bucket", "api_key_source"),
 }
 
 # What runs launched on Step Functions need, on top of the launcher's name. The code
