@@ -347,3 +347,96 @@ def test_capture_lands_on_the_disk_mirror_and_survives_a_restart(
         assert again.settings is not None
         store = Store.from_settings(again.settings)
         assert [json.loads(line) for line in store.get_bytes(captured).splitlines()] == [record]
+
+
+@pytest.fixture(scope="module")
+def card_model(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A model over a generated dataset's features, its entity snapshot published as the
+    features service publishes one (online pointer), and a card for the next race."""
+    import pandas as pd
+
+    from gallop.cli.features import canonical
+    from gallop.features.build import build_features
+    from gallop.features.pointer import Pointer, iso_time
+    from gallop.layout import SNAPSHOT_FILE, features_prefix, online_snapshot_key
+    from gallop.serving.card import card_from_rows
+    from gallop.spec import load_spec
+    from gallop.synth.races import write_races
+
+    assert stack.settings is not None
+    spec = load_spec(ROOT / "shared" / "gallop" / "specs" / "races.yaml")
+    spec = spec.model_copy(update={"name": f"card-{uuid.uuid4().hex[:6]}"})
+    data, _ = write_races(80, seed=11, out=tmp_path_factory.mktemp("card") / "races.csv")
+    table, problems = canonical(str(data), None, spec)
+    assert table is not None, problems
+    built = build_features(table, spec)
+    version = "v-card"
+    store, artifacts = (
+        Store.from_settings(stack.settings),
+        Store.artifacts_from_settings(stack.settings),
+    )
+    key = features_prefix(spec.name, version, built.plan.spec_hash) + SNAPSHOT_FILE
+    store.put_bytes(key, built.state.to_bytes(), "application/octet-stream")
+    end = built.state.meta["data_end"]
+    pointer = Pointer(spec.name, built.plan.spec_hash, version, key, iso_time(end), end)
+    store.put_json(online_snapshot_key(spec.name, built.plan.spec_hash), pointer.to_json())
+    files = linear_ranker_files([0.01] * len(built.plan.features), spec.name)
+    manifest = json.loads(files[MANIFEST_FILE])
+    manifest |= {
+        "features": built.plan.features,
+        "categorical": built.state.meta["categories"],
+        "group": spec.group,
+        "identifiers": [spec.group, spec.time, spec.entity],
+        "feature_spec_hash": built.plan.spec_hash,
+        "data_version": version,
+    }
+    files[MANIFEST_FILE] = json.dumps(manifest).encode()
+    run_id = uuid.uuid4().hex[:16]
+    for name, body in files.items():
+        artifacts.put_bytes(model_prefix(run_id) + name, body, "application/octet-stream")
+    raw = pd.read_csv(data)
+    last = raw[raw[spec.group] == raw[spec.group].iloc[-1]].copy()
+    last[spec.group] = "card-race"
+    last[spec.time] = (pd.Timestamp(end, unit="us", tz="UTC") + pd.Timedelta(days=1)).isoformat()
+    return {
+        "model_id": f"m-{run_id}",
+        "dataset": spec.name,
+        "version": version,
+        "card": card_from_rows(last, spec),
+        "entity": spec.entity,
+    }
+
+
+def test_a_race_card_is_captured_as_completed(
+    stack: LocalStack, card_model: dict[str, Any]
+) -> None:
+    from gallop.api.serving import _completed, model_cache
+
+    # GIVEN a race card (ids and pre-race fields), completed from the online snapshot
+    capture, _ = capture_to(stack, new_stream(stack))
+    app = predict_app(stack, capture)
+    card = card_model["card"]
+    reply = ask(app, {"model": card_model["model_id"], "rows": card}, stack.api_key, "card-1")
+    assert capture.flush(timeout=30)
+    # THEN each runner's record holds the completed features the model saw and its answer
+    assert stack.settings is not None
+    store = Store.from_settings(stack.settings)
+    captured = read_captured(store, card_model["dataset"], card_model["model_id"])
+    model = model_cache(app.state).resolve(card_model["model_id"])
+    columns = list(card[0])
+    seen, _, as_of = _completed(
+        app.state, model, columns, [[r[c] for c in columns] for r in card], "online"
+    )
+    assert len(captured) == len(card) and as_of["version_id"] == card_model["version"]
+    rows = [json.loads(line) for k in captured.keys for line in store.get_bytes(k).splitlines()]
+    rows.sort(key=lambda r: r["row"])
+    np.testing.assert_array_equal(np.stack([as_float32(r["features"]) for r in rows]), seen)
+    assert [r["outputs"] for r in rows] == reply["predictions"]
+    assert {r["features_as_of"] for r in rows} == {card_model["version"]}
+    assert {r["group"] for r in rows} == {"card-race"}
+    assert [r["entity"] for r in rows] == [str(r[card_model["entity"]]) for r in card]
+    for sent, row in zip(card, rows, strict=True):  # categories: the card's text, as sent
+        assert row["categories"] == {
+            name: None if sent.get(name) is None else str(sent[name]) for name in row["categories"]
+        }
+        assert row["categories"]  # the generated races have categorical features
