@@ -151,7 +151,11 @@ def emf_line(
 
 
 def print_emf(line: str, out: TextIO | None = None) -> None:
-    """Print an EMF line whole (one write), to stdout unless told otherwise."""
+    """Print an EMF line whole (one write), to `out`; else to stdout, unless metrics are
+    turned off as Powertools' are (POWERTOOLS_METRICS_DISABLED: a quiet local stack)."""
+    disabled = os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() in ("1", "true")
+    if out is None and disabled:
+        return
     stream = out or sys.stdout
     stream.write(line + "\n")
     stream.flush()
