@@ -12,6 +12,11 @@
   alone (pointer lookup, card checks, features from the snapshot) reported separately.
 - Cold start in a fresh process: import the handler, load the model from the local S3
   (moto server), first reply: total and split.
+- Capture's cost (issue #13: at most 0.1 ms on the handler's p99): the 12-runner predict
+  handler with capture off and on (sending to the local Firehose), in one process,
+  interleaved in blocks so both see the same machine; p50/p99 of each and the
+  difference, the capture call alone, and what the sender delivered or dropped.
+  `--capture-only` runs just this section (after training the model).
 - A load test of `gallop serve`'s API over loopback: a fixed number of concurrent
   clients for --load-seconds, requests/s, p50/p99 and errors.
 Figures are printed, not asserted. The model is the default stack trained on generated
@@ -154,6 +159,7 @@ def handler_env(stack: LocalStack) -> dict[str, str]:
         "GALLOP_ARTIFACTS_BUCKET": stack.settings.artifacts_bucket,
         "GALLOP_API_KEY_SOURCE": "settings",
         "GALLOP_API_KEYS": stack.api_key,
+        "GALLOP_CAPTURE_STREAM": stack.settings.capture_stream,
     }
 
 
@@ -216,6 +222,7 @@ def warm(
     rows: list[dict[str, Any]],
     card: list[dict[str, Any]],
     calls: int,
+    capture_only: bool = False,
 ) -> None:
     """In a process of its own, as a Lambda container is: the local stack's threads (moto,
     uvicorn, pollers) would otherwise take the GIL in the middle of the timed calls."""
@@ -225,6 +232,7 @@ def warm(
         "card": card,
         "calls": calls,
         "key": stack.api_key,
+        "capture_only": capture_only,
     }
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.serving", "--warm-child"],
@@ -241,8 +249,83 @@ def warm(
 
 def warm_child() -> None:
     job = json.loads(sys.stdin.read())
-    measure(Path(job["model_dir"]), job["rows"], job["calls"], job["key"])
-    measure_card(job["card"], job["calls"], job["key"])
+    if not job["capture_only"]:
+        measure(Path(job["model_dir"]), job["rows"], job["calls"], job["key"])
+        measure_card(job["card"], job["calls"], job["key"])
+    measure_capture(job["rows"], job["calls"], job["key"])
+
+
+def load_handler() -> Any:
+    """functions/predict/handler.py, imported as Lambda imports it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "h", ROOT / "functions" / "predict" / "handler.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CAPTURE_BLOCK = 100  # calls per block; off and on blocks alternate, each going first in turn
+
+
+def measure_capture(rows: list[dict[str, Any]], calls: int, key: str) -> None:
+    """The 12-runner predict handler with capture off and on, interleaved in blocks in one
+    process: the sender thread runs beside the timed calls (its GIL share is part of
+    capture's cost), sending to the local Firehose the parent's stack serves."""
+    from gallop.api.serving import capture_of, model_cache
+    from gallop.monitoring.capture import Capture
+
+    module = load_handler()
+    state = module.app.state
+    capture = capture_of(state)
+    assert isinstance(capture, Capture), "the benchmark needs GALLOP_CAPTURE_STREAM"
+    event = event_for({"model": MODEL_ID, "rows": rows}, key)
+    samples: dict[bool, list[float]] = {False: [], True: []}
+
+    def run(on: bool, count: int, keep: bool = True) -> None:
+        state.capture = capture if on else None
+        for _ in range(count):
+            started = time.perf_counter()
+            module.handler(event, None)
+            if keep:
+                samples[on].append(time.perf_counter() - started)
+
+    for on in (False, True):  # warm both paths (model, sender thread, Firehose client)
+        run(on, 200, keep=False)
+    capture.flush(timeout=60)
+    for block in range(max(1, calls // CAPTURE_BLOCK)):
+        first = block % 2 == 0
+        run(first, CAPTURE_BLOCK)
+        run(not first, CAPTURE_BLOCK)
+    delivered = capture.flush(timeout=120)
+    model = model_cache(state).resolve(MODEL_ID)
+    reply = json.loads(module.handler(event, None)["body"])["predictions"]
+    names = list(rows[0])
+    values = [[r[c] for c in names] for r in rows]
+    alone = []
+    held = Capture("held", lambda: None, max_queued=calls + 1)  # a sender never started:
+    held._start = lambda: None  # type: ignore[method-assign]  # the queueing alone is timed
+    for i in range(calls):
+        started = time.perf_counter()
+        held.capture(model, None, names, values, reply, f"q{i}")
+        alone.append(time.perf_counter() - started)
+    off, on = (np.percentile(np.array(samples[k]) * 1000, [50, 99]) for k in (False, True))
+    print(f"\n## Capture, {RUNNERS}-runner race, {len(samples[True]):,} calls each, interleaved\n")
+    print(f"- handler, capture off: {percentiles(samples[False])}")
+    print(f"- handler, capture on (local Firehose): {percentiles(samples[True])}")
+    print(
+        f"- capture adds: p50 {on[0] - off[0]:+.3f} ms / p99 {on[1] - off[1]:+.3f} ms "
+        f"(budget: p99 +0.100 ms)"
+    )
+    print(f"- the capture call alone (queue references): {percentiles(alone)}")
+    totals = capture.totals
+    print(
+        f"- sender: {totals.captured:,} rows delivered, {totals.failures:,} failed, "
+        f"{totals.dropped:,} dropped (queue full){'' if delivered else '; still sending'}"
+    )
 
 
 def measure_card(card: list[dict[str, Any]], calls: int, key: str) -> None:
@@ -257,6 +340,7 @@ def measure_card(card: list[dict[str, Any]], calls: int, key: str) -> None:
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    module.app.state.capture = None  # the figures of the section below, capture off
     event = event_for({"model": MODEL_ID, "rows": card}, key)
     first = module.handler(event, None)
     assert first["statusCode"] == 200, first["body"]
@@ -301,6 +385,7 @@ def measure(model_dir: Path, rows: list[dict[str, Any]], calls: int, key: str) -
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    module.app.state.capture = None  # capture's cost is measured on its own, interleaved
     body = {"model": MODEL_ID, "rows": rows}
     event = event_for(body, key)
     assert module.handler(event, None)["statusCode"] == 200
@@ -390,6 +475,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--load-seconds", type=float, default=60)
+    parser.add_argument(
+        "--capture-only",
+        action="store_true",
+        help="only capture's cost: the handler with capture off and on, interleaved",
+    )
     parser.add_argument("--warm-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warm_child:
@@ -406,7 +496,9 @@ def main() -> None:
                 work / "races.csv", model_dir, Store.from_settings(stack.settings)
             )
             publish_model_dir(Store.artifacts_from_settings(stack.settings), RUN_ID, model_dir)
-            warm(stack, model_dir, rows, card, args.calls)
+            warm(stack, model_dir, rows, card, args.calls, args.capture_only)
+            if args.capture_only:
+                return
             cold_start(stack, event_for({"model": MODEL_ID, "rows": rows}, stack.api_key))
             load(stack, rows, args.load_seconds)
 

@@ -13,6 +13,8 @@ Data bucket:
   curated/{dataset}/{version}/append.parquet    an appended version's own rows (new, replacing)
   features/{dataset}/{version}/{spec_hash}/     features.parquet, state.npz, manifest.json
   features/{dataset}/online/{spec_hash}.json    the newest READY snapshot (race cards read it)
+  capture/{dataset}/{model_id}/date={day}/      what the predict path served (Firehose, JSON Lines)
+  capture-errors/{error type}/date={day}/       records Firehose could not partition
 Artifacts bucket:
   training/{run_id}/                            a run's channels and its jobs' output
   models/{run_id}/                              model.onnx, manifest.json, report.html,
@@ -35,6 +37,17 @@ FEATURES_PREFIX = "features/"
 TRAINING_PREFIX = "training/"
 MODELS_PREFIX = "models/"
 ALIASES_PREFIX = "aliases/"
+CAPTURE_ROOT = "capture/"
+
+# Captured predictions (gallop.monitoring.capture): the Firehose stream's prefixes, the
+# same strings on AWS (dynamic partitioning) and locally (gallop.local.firehose). The JQ
+# query names the partition keys from each record.
+CAPTURE_PREFIX = (
+    "capture/!{partitionKeyFromQuery:dataset}/!{partitionKeyFromQuery:model}/"
+    "date=!{timestamp:yyyy-MM-dd}/"
+)
+CAPTURE_ERROR_PREFIX = "capture-errors/!{firehose:error-output-type}/date=!{timestamp:yyyy-MM-dd}/"
+CAPTURE_PARTITION_QUERY = "{dataset: .dataset, model: .model_id}"
 
 # A dataset version's files (curated/) and a rejected upload's (quarantine/)
 DATA_FILE = "data.parquet"
@@ -168,6 +181,12 @@ def model_prefix(run_id: str) -> str:
 
 def alias_key(alias: str) -> str:
     return f"{ALIASES_PREFIX}{alias}.json"
+
+
+def capture_prefix(dataset: str, model_id: str, day: str | None = None) -> str:
+    """Where a model's captured predictions are: all of them, or one day's (YYYY-MM-DD)."""
+    prefix = f"{CAPTURE_ROOT}{dataset}/{model_id}/"
+    return prefix + (f"date={day}/" if day else "")
 
 
 def explain_file(index: int) -> str:

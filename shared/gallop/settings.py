@@ -30,6 +30,7 @@ ENV_FEATURES_QUEUE_URL = "GALLOP_FEATURES_QUEUE_URL"
 ENV_AWS_ENDPOINT_URL = "GALLOP_AWS_ENDPOINT_URL"
 ENV_TRAINING_LAUNCHER = "GALLOP_TRAINING_LAUNCHER"
 ENV_CODE_VERSION = "GALLOP_CODE_VERSION"
+ENV_CAPTURE_STREAM = "GALLOP_CAPTURE_STREAM"
 
 # What each deployed function must be configured with: its handler checks these at cold
 # start, and the CDK stack sets the variables (a test ties the two together).
@@ -149,6 +150,18 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a warm container trusts its alias -> model lookup before "
         "asking the database again: a promotion reaches every container within it.",
+    )
+    capture_stream: str = Field(
+        default="",
+        description="Firehose delivery stream the predict path captures what it served to "
+        "(gallop.monitoring.capture); empty: no capture.",
+    )
+    capture_sample: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of requests captured, chosen by a stable hash of the request's "
+        "first group id (else its correlation id): a race is captured whole or not at all.",
     )
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     max_body_bytes: int = Field(

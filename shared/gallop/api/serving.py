@@ -20,6 +20,7 @@ from gallop.api.auth import CHALLENGE, key_refusal
 from gallop.api.limits import BodyLimit, too_large
 from gallop.features.state import cached_snapshots
 from gallop.layout import SNAPSHOT_FILE
+from gallop.monitoring.capture import Capture, correlation_id
 from gallop.serving.cache import ModelCache, PointerCache
 from gallop.serving.predict import (
     InputError,
@@ -42,6 +43,7 @@ router = APIRouter(tags=["serving"])
 MAX_REPLY_BYTES = 5 * 1024 * 1024
 Value = float | str | None
 DIRECT_PATHS = ("/v1/predict", "/v1/explain")
+CORRELATION_HEADER = "x-correlation-id"  # a caller's own id for a request (captured with it)
 # Which entity snapshot completes a race card: the newest READY one, or the training one.
 ONLINE, TRAINING = "online", "training"
 SNAPSHOTS = (ONLINE, TRAINING)
@@ -163,15 +165,22 @@ class Refused(Exception):
 
 
 def answer(
-    state: Any, key: str | None, event: dict[str, Any] | None, raw: bytes, explain: bool
+    state: Any,
+    key: str | None,
+    event: dict[str, Any] | None,
+    raw: bytes,
+    explain: bool,
+    correlation: str | None = None,
 ) -> tuple[int, bytes]:
     """(status, JSON body) for a predict or explain request: `state` is the app's (settings,
-    stores, caches), `event` the API Gateway event on Lambda. The route and the predict
-    function's direct path (answer_event) both answer through here; an error's body is a
-    problem (gallop.api.problems), with `problems` when a race card breaks ingestion's
-    rules (each as an ingestion report lists it)."""
+    stores, caches), `event` the API Gateway event on Lambda, `correlation` the caller's
+    x-correlation-id. The route and the predict function's direct path (answer_event) both
+    answer through here; an error's body is a problem (gallop.api.problems), with
+    `problems` when a race card breaks ingestion's rules (each as an ingestion report
+    lists it). An answered prediction is captured (gallop.monitoring.capture) when the
+    settings name a capture stream."""
     try:
-        return 200, _answer(state, key, event, raw, explain)
+        return 200, _answer(state, key, event, raw, explain, correlation)
     except Refused as exc:
         listed = {"problems": exc.problems} if exc.problems else {}
         return exc.status, problems.problem_bytes(exc.status, exc.detail, **listed)
@@ -184,8 +193,21 @@ def reply_headers(status: int) -> dict[str, str]:
     return {"content-type": problems.MEDIA_TYPE} | (CHALLENGE if status == 401 else {})
 
 
+def capture_of(state: Any) -> Capture | None:
+    """The app's capture (its `state`), made on first use; None when capture is off."""
+    if not hasattr(state, "capture"):
+        state.capture = Capture.from_settings(state.settings)
+    capture: Capture | None = state.capture
+    return capture
+
+
 def _answer(
-    state: Any, key: str | None, event: dict[str, Any] | None, raw: bytes, explain: bool
+    state: Any,
+    key: str | None,
+    event: dict[str, Any] | None,
+    raw: bytes,
+    explain: bool,
+    correlation: str | None = None,
 ) -> bytes:
     limit = state.settings.max_rows_body_bytes  # as BodyLimit does in the app: size first
     if len(raw) > limit:
@@ -213,6 +235,7 @@ def _answer(
             f"snapshot, the default) or {TRAINING!r} (from the one the model was trained on)",
         )
     top_k = body.get("top_k", 5)
+    features = groups = as_of = None
     try:
         columns, values = parse(model, body)
         if is_card(model, columns):
@@ -240,6 +263,20 @@ def _answer(
             f"the reply would be {len(payload) / 2**20:.1f} MB, over the "
             f"{MAX_REPLY_BYTES // 2**20} MB a reply may be: send fewer rows per request",
         )
+    capture = None if explain else capture_of(state)
+    if capture is not None:  # references only: the sender thread writes and sends them
+        asked = body.get("model", "champion")
+        capture.capture(
+            model,
+            asked if asked != model.model_id else None,
+            columns,
+            values,
+            reply["predictions"],
+            correlation_id(event, correlation),
+            features=features,
+            groups=groups,
+            features_as_of=as_of["version_id"] if as_of else None,
+        )
     return payload
 
 
@@ -251,10 +288,17 @@ def answer_event(state: Any, event: dict[str, Any]) -> dict[str, Any] | None:
     if event.get("httpMethod") != "POST" or event.get("path") not in DIRECT_PATHS:
         return None
     headers = event.get("headers") or {}
-    key = next((v for k, v in headers.items() if k.lower() == "x-api-key"), None)
+    key = correlation = None
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered == "x-api-key":
+            key = value
+        elif lowered == CORRELATION_HEADER:
+            correlation = value
     raw = event.get("body") or ""
     body = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode()
-    status, payload = answer(state, key, event, body, event["path"] == "/v1/explain")
+    explain = event["path"] == "/v1/explain"
+    status, payload = answer(state, key, event, body, explain, correlation)
     return {
         "statusCode": status,
         "headers": reply_headers(status) | {"content-length": str(len(payload))},
@@ -330,7 +374,9 @@ def _completed(
 async def _route(request: Request, explain: bool) -> Response:
     key = request.headers.get("x-api-key")
     event = request.scope.get("aws.event")
-    status, payload = answer(request.app.state, key, event, await request.body(), explain)
+    correlation = request.headers.get(CORRELATION_HEADER)
+    raw = await request.body()
+    status, payload = answer(request.app.state, key, event, raw, explain, correlation)
     return Response(payload, status_code=status, headers=reply_headers(status))
 
 

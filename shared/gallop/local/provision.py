@@ -3,7 +3,8 @@
 The data bucket notifies the ingest queue of ObjectCreated under raw/ only (the
 handler writes elsewhere, so it never triggers itself); ingest announces each VALID
 version on the features queue. Each queue dead-letters a message after three failed
-receives.
+receives. The capture stream (Firehose) delivers what the predict path served to the
+data bucket, partitioned by dataset, model and day as on AWS (gallop.local.firehose).
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from gallop.layout import RAW_PREFIX
+from gallop.layout import (
+    CAPTURE_ERROR_PREFIX,
+    CAPTURE_PARTITION_QUERY,
+    CAPTURE_PREFIX,
+    RAW_PREFIX,
+)
 from gallop.settings import MAX_RECEIVE_COUNT
 
 
@@ -100,3 +106,49 @@ def notify_on_raw_uploads(s3: Any, sqs: Any, bucket: str, queue: Queue) -> None:
             ]
         },
     )
+
+
+# Firehose wants a role to write to S3; moto checks none, the ARN only has to look right.
+LOCAL_FIREHOSE_ROLE = "arn:aws:iam::123456789012:role/gallop-capture-local"
+
+
+def create_capture_stream(firehose: Any, name: str, bucket: str) -> str:
+    """The capture delivery stream, configured as the CDK stack configures it (dynamic
+    partitioning by the record's dataset and model, a day folder, an error prefix);
+    returns its ARN. Kept if it exists."""
+    try:
+        return str(
+            firehose.describe_delivery_stream(DeliveryStreamName=name)["DeliveryStreamDescription"][
+                "DeliveryStreamARN"
+            ]
+        )
+    except firehose.exceptions.ResourceNotFoundException:
+        pass
+    reply = firehose.create_delivery_stream(
+        DeliveryStreamName=name,
+        DeliveryStreamType="DirectPut",
+        ExtendedS3DestinationConfiguration={
+            "RoleARN": LOCAL_FIREHOSE_ROLE,
+            "BucketARN": f"arn:aws:s3:::{bucket}",
+            "Prefix": CAPTURE_PREFIX,
+            "ErrorOutputPrefix": CAPTURE_ERROR_PREFIX,
+            "BufferingHints": {"SizeInMBs": 64, "IntervalInSeconds": 60},
+            "DynamicPartitioningConfiguration": {"Enabled": True},
+            "ProcessingConfiguration": {
+                "Enabled": True,
+                "Processors": [
+                    {
+                        "Type": "MetadataExtraction",
+                        "Parameters": [
+                            {
+                                "ParameterName": "MetadataExtractionQuery",
+                                "ParameterValue": CAPTURE_PARTITION_QUERY,
+                            },
+                            {"ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.6"},
+                        ],
+                    }
+                ],
+            },
+        },
+    )
+    return str(reply["DeliveryStreamARN"])

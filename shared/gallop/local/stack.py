@@ -26,6 +26,7 @@ from sqlalchemy import select
 from gallop import aws
 from gallop.ingest.events import object_created_body
 from gallop.ingest.service import reject_unprocessable
+from gallop.local import firehose as local_firehose
 from gallop.local import provision
 from gallop.local.lambda_runtime import SqsPoller, load_handler
 from gallop.local.mirror import S3Mirror
@@ -38,6 +39,7 @@ from gallop.metadata.models import Upload, VersionStatus
 from gallop.settings import (
     ENV_API_KEYS,
     ENV_AWS_ENDPOINT_URL,
+    ENV_CAPTURE_STREAM,
     ENV_DATABASE_URL,
     ENV_FEATURES_QUEUE_URL,
     ENV_INGEST_QUEUE_URL,
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 
 ENDPOINTS_FILE = "endpoints.json"
 LOCAL_VISIBILITY_TIMEOUT = 10  # seconds before a failed message is retried locally
+CAPTURE_STREAM = "gallop-capture"  # the local capture stream, unless the environment names one
 
 
 class StateDirBusy(RuntimeError):
@@ -124,6 +127,7 @@ class LocalStack:
         self.features_poller: SqsPoller | None = None
         self._uvicorn: uvicorn.Server | None = None
         self._uvicorn_thread: threading.Thread | None = None
+        self._app: Any = None
         self.settings: Settings | None = None
         self.resources: provision.Resources | None = None
 
@@ -181,6 +185,7 @@ class LocalStack:
         self._aws.start(
             S3Auth({k: v for k, v in signers.items() if k and v is not None}), self._mirror
         )
+        local_firehose.install(self._mirror.keep)  # capture lands as on AWS, and on disk
         # moto's backends are process-wide: start from nothing, then restore from disk.
         httpx.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
         s3, sqs = aws.client("s3", settings), aws.client("sqs", settings)
@@ -194,7 +199,18 @@ class LocalStack:
             sqs, settings.features_queue_name, self.visibility_timeout
         )
         provision.notify_on_raw_uploads(s3, sqs, settings.data_bucket, queue)
-        self._set_env({ENV_INGEST_QUEUE_URL: queue.url, ENV_FEATURES_QUEUE_URL: features.url})
+        # Predictions are captured by default; GALLOP_CAPTURE_STREAM="" turns that off.
+        capture = os.environ.get(ENV_CAPTURE_STREAM, CAPTURE_STREAM)
+        if capture:
+            firehose = aws.client("firehose", settings)
+            provision.create_capture_stream(firehose, capture, settings.data_bucket)
+        self._set_env(
+            {
+                ENV_INGEST_QUEUE_URL: queue.url,
+                ENV_FEATURES_QUEUE_URL: features.url,
+                ENV_CAPTURE_STREAM: capture,
+            }
+        )
         self.settings = settings = get_settings()
         self.resources = provision.Resources(
             settings.data_bucket, queue, dlq, features, features_dlq
@@ -230,7 +246,7 @@ class LocalStack:
         from gallop.api.app import create_app
 
         assert self.settings is not None, "start() first"
-        app = create_app(self.settings)
+        app = self._app = create_app(self.settings)
         config = uvicorn.Config(
             app, host="127.0.0.1", port=port, log_level="warning" if self.quiet else "info"
         )
@@ -256,6 +272,9 @@ class LocalStack:
             self._uvicorn.should_exit = True
             if self._uvicorn_thread is not None:
                 self._uvicorn_thread.join(timeout=10)
+        capture = getattr(self._app.state, "capture", None) if self._app is not None else None
+        if capture is not None:  # what the API served last, before moto goes
+            capture.flush(timeout=5)
         for poller in (self.poller, self.features_poller):
             if poller is not None:
                 poller.stop()
