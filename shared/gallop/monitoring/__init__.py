@@ -1,0 +1,1 @@
+"""Watching served models: prediction capture, drift, live quality (issue #13)."""
