@@ -25,7 +25,9 @@ from gallop.layout import (
 from gallop.metadata import repo
 from gallop.metadata.db import engine_for, migrate, session_scope
 from gallop.metadata.models import CaptureFile, Dataset, RegisteredModel
+from gallop.monitoring.page import DRIFT_COLOUR, render_monitoring_page, write_monitoring_page
 from gallop.monitoring.quality import DayQuality, live_quality
+from gallop.monitoring.status import monitoring_status
 from gallop.serving.registry import model_prefix
 from gallop.settings import Settings
 from gallop.spec import DatasetSpec
@@ -258,3 +260,40 @@ def test_monitoring_of_an_unknown_model_is_404_and_needs_a_key(
     document = api.get("/openapi.json").json()
     responses = document["paths"]["/v1/models/{model_id}/monitoring"]["get"]["responses"]
     assert {"200", "401", "404"} <= set(responses)
+
+
+def test_the_monitoring_page_draws_calibration_quality_over_time_and_psi(
+    app: tuple[TestClient, Engine], races_spec: DatasetSpec, artifacts: Store
+) -> None:
+    # GIVEN a model with live figures (one day's NDCG unknown) and a drift check whose
+    # feature names a browser would take for markup
+    api, engine = app
+    model = add_model(engine, races_spec, "0a" * 10)
+    captured, results = served_races(48)
+    quality = live_quality(captured, results, RACES)
+    quality.days[1].metrics["ndcg@4"] = math.nan
+    repo.record_live_quality(engine, model.model_id, quality.days)
+    table = [drift_row("<b>draw</b>", 0.41, True), drift_row("age", 0.02, False)]
+    table.append(drift_row("(score)", 0.3, True))
+    repo.record_drift_check(engine, model.model_id, 5000, table)
+    status = monitoring_status(engine, model, 7, 0.05, today=date(2026, 12, 3))
+
+    # WHEN the page is rendered and put beside the model's report
+    html = render_monitoring_page(status, quality.calibration, psi_threshold=0.25)
+    key = write_monitoring_page(artifacts, model.model_id, html)
+
+    # THEN three charts, no script and nothing fetched, names escaped, NaN left out
+    assert key == monitoring_page_key(model_prefix(model.model_id))
+    assert html.count("<svg") == 3 and "<script" not in html.lower()
+    assert "src=" not in html and "href=" not in html
+    assert "&lt;b&gt;draw&lt;/b&gt;" in html and "<b>draw" not in html
+    assert "nan" not in html.lower()
+    over_time = html.split('id="over-time"')[1].split("</section>")[0]
+    assert over_time.count("<circle") == len(quality.days) - 1  # the NaN day is no point
+    assert "stroke-dasharray" in over_time  # the training figure's line
+    psi = html.split('id="psi"')[1].split("</section>")[0]
+    assert psi.count('class="bar"') == 3 and 'class="threshold"' in psi
+    assert psi.count(f'fill="{DRIFT_COLOUR}"') == 2 and "ALARM" in html  # drifted: red
+    body = api.get(f"/v1/models/{model.model_id}/monitoring").json()
+    assert body["page_url"] and key in body["page_url"]
+    assert artifacts.get_bytes(key).decode() == html

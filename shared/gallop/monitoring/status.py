@@ -109,7 +109,8 @@ def quality_alarm(
             LIVE_QUALITY, INSUFFICIENT_DATA, f"no live {metric} in the last {window_days} days"
         )
     drop = relative_drop(metric, value, trained)
-    said = f"live {metric} {value:.4f} against {trained:.4f} in training ({drop:+.1%} worse)"
+    how = f"{abs(drop):.1%} {'worse' if drop > 0 else 'better'}" if drop else "the same"
+    said = f"live {metric} {value:.4f} over {window_days} days, {trained:.4f} in training ({how})"
     return _alarm(LIVE_QUALITY, ALARM if drop >= margin else OK, said)
 
 
