@@ -20,6 +20,7 @@ Artifacts bucket:
   models/{run_id}/                              model.onnx, manifest.json, report.html,
                                                 base_{i}.explain.json, model.tar.gz
   aliases/{alias}.json                          the model id an alias names
+  models/{run_id}/monitoring.html               the model's monitoring page (live quality, drift)
 """
 
 from __future__ import annotations
@@ -177,6 +178,14 @@ def training_prefix(run_id: str) -> str:
 
 def model_prefix(run_id: str) -> str:
     return f"{MODELS_PREFIX}{run_id}/"
+
+
+MONITORING_HTML_FILE = "monitoring.html"
+
+
+def monitoring_page_key(model_prefix: str) -> str:
+    """A model's monitoring page, beside its training report (model_prefix: models/{run_id}/)."""
+    return model_prefix + MONITORING_HTML_FILE
 
 
 def alias_key(alias: str) -> str:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Date,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -216,3 +218,50 @@ class ModelAlias(Base):
     alias: Mapped[str] = mapped_column(String(32), primary_key=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.model_id"))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+# -- monitoring (issue #13): written by the monitor run, read by the API and the page --------
+
+
+class LiveQuality(Base):
+    """One metric of one model on one UTC day of serving, from the captured rows whose
+    results are known; a day is recomputed whole as results arrive."""
+
+    __tablename__ = "live_quality"
+
+    model_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: NaN
+    groups: Mapped[int] = mapped_column(Integer)  # races (rows, ungrouped) the value rests on
+    rows: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class DriftCheck(Base):
+    """One drift check of a model's captured rows against its training reference."""
+
+    __tablename__ = "drift_checks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(64), index=True)
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    rows: Mapped[int] = mapped_column(BigInteger)
+    window_start: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    window_end: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    flagged: Mapped[int] = mapped_column(Integer)  # features flagged (not the score's row)
+    table: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # gallop.monitoring.drift rows
+
+
+class CaptureFile(Base):
+    """A capture object the monitor has read: its cursor (a key is read once)."""
+
+    __tablename__ = "capture_files"
+
+    key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(63))
+    model_id: Mapped[str] = mapped_column(String(64), index=True)
+    rows: Mapped[int] = mapped_column(BigInteger)
+    first_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    read_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
+import math
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import Engine, Select, and_, delete, or_, select, update
+from sqlalchemy import Engine, Select, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from gallop.metadata.db import session_scope
 from gallop.metadata.models import (
+    CaptureFile,
     Dataset,
     DatasetVersion,
+    DriftCheck,
     FeatureSet,
+    LiveQuality,
     UnclaimedUpload,
     Upload,
     UTCDateTime,
@@ -462,3 +466,132 @@ def forget_unclaimed(engine: Engine, unclaimed_id: str) -> None:
         record = session.get(UnclaimedUpload, unclaimed_id)
         if record is not None:
             session.delete(record)
+
+
+# -- monitoring (issue #13) ------------------------------------------------------------------
+
+
+class DayFigures(Protocol):
+    """One day of a model's live figures (gallop.monitoring.quality.DayQuality)."""
+
+    @property
+    def day(self) -> str: ...  # YYYY-MM-DD
+    @property
+    def groups(self) -> int: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def metrics(self) -> Mapping[str, float]: ...
+
+
+def record_live_quality(engine: Engine, model_id: str, days: Sequence[DayFigures]) -> None:
+    """Store a model's figures for these days, each day replaced whole (a metric that has
+    no value any more goes too): recomputing a day as results arrive is idempotent."""
+    for attempt in (1, 2):
+        try:
+            with session_scope(engine) as session:
+                for figures in days:
+                    day = date.fromisoformat(figures.day)
+                    session.execute(
+                        delete(LiveQuality).where(
+                            LiveQuality.model_id == model_id, LiveQuality.day == day
+                        )
+                    )
+                    session.add_all(
+                        LiveQuality(
+                            model_id=model_id,
+                            day=day,
+                            metric=metric,
+                            value=value if math.isfinite(value) else None,
+                            groups=figures.groups,
+                            rows=figures.rows,
+                        )
+                        for metric, value in figures.metrics.items()
+                    )
+            return
+        except IntegrityError:  # another monitor wrote the same day meanwhile: write again
+            if attempt == 2:
+                raise
+
+
+def live_quality_of(engine: Engine, model_id: str, since: date | None = None) -> list[LiveQuality]:
+    """A model's stored daily figures (from `since` on), by day then metric."""
+    with session_scope(engine) as session:
+        query = select(LiveQuality).where(LiveQuality.model_id == model_id)
+        if since is not None:
+            query = query.where(LiveQuality.day >= since)
+        return list(session.scalars(query.order_by(LiveQuality.day, LiveQuality.metric)))
+
+
+def record_drift_check(
+    engine: Engine,
+    model_id: str,
+    rows: int,
+    table: list[dict[str, Any]],
+    window_start: datetime | None = None,
+    window_end: datetime | None = None,
+    checked_at: datetime | None = None,
+) -> DriftCheck:
+    """Store one drift check; `flagged` counts its flagged features (what DriftedFeatures
+    reports: the score's row, "(score)", is shown in the table but is no feature)."""
+    check = DriftCheck(
+        model_id=model_id,
+        checked_at=checked_at or utcnow(),
+        rows=rows,
+        window_start=window_start,
+        window_end=window_end,
+        flagged=sum(1 for row in table if row.get("flagged") and row["feature"] != "(score)"),
+        table=table,
+    )
+    with session_scope(engine) as session:
+        session.add(check)
+    return check
+
+
+def latest_drift_check(engine: Engine, model_id: str) -> DriftCheck | None:
+    with session_scope(engine) as session:
+        query = select(DriftCheck).where(DriftCheck.model_id == model_id)
+        return session.scalar(query.order_by(DriftCheck.checked_at.desc(), DriftCheck.id.desc()))
+
+
+def unread_capture_keys(engine: Engine, keys: Sequence[str]) -> list[str]:
+    """The keys, in the order given, that the monitor has not read yet."""
+    read: set[str] = set()
+    with session_scope(engine) as session:
+        for start in range(0, len(keys), 500):  # an IN list of bounded length
+            chunk = list(keys[start : start + 500])
+            read.update(session.scalars(select(CaptureFile.key).where(CaptureFile.key.in_(chunk))))
+    return [key for key in keys if key not in read]
+
+
+def record_capture_files(engine: Engine, files: Sequence[CaptureFile]) -> int:
+    """Mark capture objects read (a key already marked keeps its first record); returns
+    how many were new."""
+    fresh = unread_capture_keys(engine, [f.key for f in files])
+    wanted = set(fresh)
+    try:
+        with session_scope(engine) as session:
+            session.add_all(f for f in files if f.key in wanted)
+        return len(fresh)
+    except IntegrityError:  # a concurrent monitor marked some: mark the rest one by one
+        added = 0
+        for f in files:
+            if f.key in wanted:
+                try:
+                    with session_scope(engine) as session:
+                        session.add(f)
+                    added += 1
+                except IntegrityError:
+                    pass
+        return added
+
+
+def captured_rows_read(engine: Engine, model_id: str, since: datetime | None = None) -> int:
+    """Rows of a model's capture objects read (after `since`): what the drift trigger counts."""
+    with session_scope(engine) as session:
+        query = select(func.coalesce(func.sum(CaptureFile.rows), 0)).where(
+            CaptureFile.model_id == model_id
+        )
+        if since is not None:
+            query = query.where(CaptureFile.read_at > since)
+        return int(session.scalar(query) or 0)

@@ -1,0 +1,108 @@
+"""A model's monitoring: live quality by day against its training figures, the latest
+drift check, and the states of the alarms that watch it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, Field
+
+from gallop.api.schemas import ModelId
+from gallop.layout import monitoring_page_key
+from gallop.monitoring.status import monitoring_status
+from gallop.serving.registry import ModelNotFound, model_prefix
+from gallop.serving.registry import get_model as registered_model
+from gallop.storage import ObjectMissing
+
+router = APIRouter(tags=["models"])
+
+
+class LiveDay(BaseModel):
+    day: str = Field(description="YYYY-MM-DD: the UTC day the races (rows) were served.")
+    groups: int = Field(description="Races scored (rows, for ungrouped tasks).")
+    rows: int = Field(description="Captured rows scored against their results.")
+    metrics: dict[str, float | None] = Field(
+        description="Named as in training (ndcg@4, race_log_loss, auc, rmse...); "
+        "null where the day's rows cannot say."
+    )
+
+
+class DriftWindow(BaseModel):
+    start: datetime | None = Field(description="The first captured row checked.")
+    end: datetime | None = Field(description="The last captured row checked.")
+
+
+class DriftFeature(BaseModel):
+    """One feature's drift (or the score's, feature "(score)")."""
+
+    model_config = {"extra": "allow"}
+
+    feature: str
+    psi: float | None = Field(description="Population stability index against training.")
+    ks_statistic: float | None = None
+    ks_p: float | None = Field(None, description="KS test p-value.")
+    ks_p_threshold: float | None = Field(
+        None, description="alpha / number of features (Bonferroni)."
+    )
+    flagged: bool
+
+
+class Drift(BaseModel):
+    checked_at: datetime
+    rows: int = Field(description="Captured rows the check compared with training.")
+    window: DriftWindow
+    flagged: int = Field(description="Features flagged as drifted.")
+    features: list[DriftFeature]
+
+
+class Alarm(BaseModel):
+    name: Literal["feature_drift", "live_quality"]
+    state: Literal["OK", "ALARM", "INSUFFICIENT_DATA"]
+    reason: str
+
+
+class Monitoring(BaseModel):
+    model_id: str
+    dataset: str | None
+    training: dict[str, float | None] = Field(description="The stack's held-out figures.")
+    live: list[LiveDay] = Field(description="Oldest day first.")
+    drift: Drift | None = Field(description="The latest drift check; null before the first.")
+    alarms: list[Alarm] = Field(
+        description="Judged by the rules the CloudWatch alarms apply: a drifted feature; "
+        "the alarm metric worse than training by the quality margin over the window."
+    )
+    page_url: str | None = Field(
+        description="A presigned link to the HTML monitoring page; null until the monitor "
+        "has written one."
+    )
+
+
+@router.get(
+    "/v1/models/{model_id}/monitoring",
+    response_model=Monitoring,
+    responses={404: {"description": "No model of that id"}},
+)
+def get_monitoring(model_id: ModelId, request: Request) -> Monitoring:
+    """Live quality by day against the training figures, the latest drift table, and the
+    alarms' states."""
+    state = request.app.state
+    settings = state.settings
+    try:
+        model = registered_model(state.engine(), model_id)
+    except ModelNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    status = monitoring_status(
+        state.engine(), model, settings.monitor_window_days, settings.quality_margin
+    )
+    return Monitoring(**status, page_url=_page_url(state, model_id))
+
+
+def _page_url(state: Any, model_id: str) -> str | None:
+    key = monitoring_page_key(model_prefix(model_id))
+    try:
+        state.artifacts().head(key)
+    except ObjectMissing:
+        return None
+    return str(state.artifacts().presigned_get(key, state.settings.report_url_expiry_seconds))

@@ -1,0 +1,366 @@
+"""Live quality: what a model served, scored against the results that followed.
+
+Captured rows (gallop.monitoring.capture) are joined with a dataset version's results by
+(group, entity) for grouped tasks, or by entity (the row id the client sent) for the
+others. Nothing is guessed: every captured row ends in exactly one bucket of
+`JoinCounts`, and only `scored` rows reach a metric. A race counts only whole: when one
+of its captured runners has no result (or a key is doubtful), the whole race is left
+out. The figures come from gallop.training.metrics, the functions the training report's
+held-out figures come from, so live and training numbers mean the same thing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import numpy as np
+import pandas as pd
+
+from gallop.models.stack import group_starts
+from gallop.spec import DatasetSpec, Task
+from gallop.training.metrics import (
+    binary_metrics,
+    ranking_metrics,
+    regression_metrics,
+    reliability,
+)
+from gallop.training.outcomes import race_results
+
+if TYPE_CHECKING:
+    from gallop.manifests import FeatureManifest
+    from gallop.metadata.models import DatasetVersion
+    from gallop.storage import Store
+
+# The figure each task's live-quality alarm watches, as the training report names it.
+ALARM_METRIC = {"ranking": "ndcg@4", "binary": "auc", "regression": "rmse"}
+# Lower is better for these; higher for every other metric (ROI, NDCG, AUC, coverage...).
+LOWER_IS_BETTER = ("log_loss", "brier", "ece", "rmse", "mae", "interval_width")
+TOP1_ROI = "top1_roi"  # 1 unit on the top-ranked runner of each race at the market's odds
+
+# Each captured row's fate, in the order a race's rows take the first that applies.
+NO_KEY = "no_key"  # no group or entity id to join by
+AMBIGUOUS = "ambiguous"  # its key was captured, or has results, more than once
+PENDING = "pending"  # no result for its race (or row) yet: the race is not finished
+WITHOUT_RESULT = "without_result"  # its race has results, but not for every captured runner
+SCORED = "scored"
+
+
+class CapturedRows(Protocol):
+    """What live quality reads of gallop.monitoring.capture.CapturedRows (one model's)."""
+
+    at: np.ndarray  # datetime64[us], UTC
+    group: np.ndarray  # object: text or None
+    entity: np.ndarray  # object: text or None
+    score: np.ndarray  # float64
+    outputs: Mapping[str, np.ndarray]
+
+    def __len__(self) -> int: ...
+
+
+class CannotJoin(ValueError):
+    """The dataset names no column to join captured rows with results by."""
+
+
+@dataclass(frozen=True)
+class JoinCounts:
+    """Captured rows by fate; they add up to `captured`."""
+
+    captured: int = 0
+    scored: int = 0
+    no_key: int = 0
+    ambiguous: int = 0
+    pending: int = 0
+    without_result: int = 0
+    # Scored races whose results hold runners nobody asked about: no race log loss for
+    # them (the winner's probability was shared with fewer runners).
+    partial_races: int = 0
+
+
+@dataclass(frozen=True)
+class DayQuality:
+    day: str  # YYYY-MM-DD, the UTC day the race (or row) was served
+    groups: int  # races scored (rows, for ungrouped tasks)
+    rows: int
+    metrics: dict[str, float]  # NaN where the day's rows cannot say (one class only...)
+
+
+@dataclass(frozen=True)
+class LiveQuality:
+    task: str
+    days: list[DayQuality]
+    counts: JoinCounts
+    # Reliability bins of the served probability over every scored row (ranking: the win
+    # probability, of decided races), for the monitoring page; empty for regression.
+    calibration: list[dict[str, float]] = field(default_factory=list)
+
+
+def read_results(store: Store, version: DatasetVersion, spec: DatasetSpec) -> pd.DataFrame:
+    """A dataset version's rows, as the rest of the code reads a version's data."""
+    from gallop.ingest.canonical import read_canonical
+
+    if not version.parts and not version.data_key:
+        raise ValueError(f"version {version.version_id} has no data to read")
+    parts = version.parts or [cast(str, version.data_key)]
+    return read_canonical(store.get_bytes, parts, spec)
+
+
+def live_quality(captured: CapturedRows, results: pd.DataFrame, spec: DatasetSpec) -> LiveQuality:
+    """Per UTC day of serving, the metrics of the captured rows whose results are known."""
+    grouped = spec.group is not None
+    if not spec.entity:
+        raise CannotJoin(
+            f"dataset {spec.name!r} names no entity column: captured rows cannot be "
+            "matched with results (declare 'entity', the runner or row id clients send)"
+        )
+    if spec.task is Task.RANKING and not grouped:
+        raise CannotJoin(f"dataset {spec.name!r}: a ranking task needs a group column")
+    served = _served_frame(captured, grouped)
+    known = _results_frame(results, spec)
+    fate = _fates(served, known, grouped)
+    joined = served[fate == SCORED].merge(known, on=["group", "entity"], how="left")
+    partial = _partial_races(joined, known) if grouped else set()
+    joined["partial"] = joined["group"].isin(partial)
+    counts = JoinCounts(
+        captured=len(served),
+        partial_races=len(partial),
+        **{name: int((fate == name).sum()) for name in _FATES},
+    )
+    if joined.empty:
+        return LiveQuality(spec.task.value, [], counts)
+    joined = _in_race_order(joined, grouped)
+    days = [
+        _day_quality(str(day), part, spec, grouped)
+        for day, part in joined.groupby("day", sort=True)
+    ]
+    return LiveQuality(spec.task.value, days, counts, _calibration(joined, spec, grouped))
+
+
+_FATES = (SCORED, NO_KEY, AMBIGUOUS, PENDING, WITHOUT_RESULT)
+
+
+# -- the join ------------------------------------------------------------------------
+
+
+def _served_frame(captured: CapturedRows, grouped: bool) -> pd.DataFrame:
+    n = len(captured)
+    frame = pd.DataFrame(
+        {
+            "position": np.arange(n),
+            "at": pd.to_datetime(np.asarray(captured.at), utc=True),
+            "group": _texts(captured.group) if grouped else np.full(n, "", dtype=object),
+            "entity": _texts(captured.entity),
+            "score": np.asarray(captured.score, dtype=np.float64),
+        }
+    )
+    for name, values in captured.outputs.items():
+        if name != "score":
+            frame[f"out_{name}"] = np.asarray(values)
+    return frame
+
+
+def _texts(values: np.ndarray) -> np.ndarray:
+    """Ids as text, None where there is none (a blank id is none)."""
+    return np.array(
+        [
+            None if v is None or (isinstance(v, float) and math.isnan(v)) or v == "" else str(v)
+            for v in values
+        ],
+        dtype=object,
+    )
+
+
+def _results_frame(results: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    entity = cast(str, spec.entity)
+    missing = [c for c in (spec.group, entity, spec.target) if c and c not in results]
+    if missing:
+        raise ValueError(f"the results have no column {', '.join(map(repr, missing))}")
+    known = pd.DataFrame(
+        {
+            "group": _id_texts(results[spec.group]) if spec.group else "",
+            "entity": _id_texts(results[entity]),
+            "target": pd.to_numeric(results[spec.target], errors="coerce").to_numpy(np.float64),
+        }
+    )
+    if spec.odds and spec.odds in results:
+        known["odds"] = pd.to_numeric(results[spec.odds], errors="coerce").to_numpy(np.float64)
+    # A row without a result is no result: its runner counts as one without.
+    return known[np.isfinite(known["target"].to_numpy())].reset_index(drop=True)
+
+
+def _id_texts(column: pd.Series) -> np.ndarray:
+    """Ids as the client sends them: integral numbers without a trailing '.0'."""
+    if pd.api.types.is_float_dtype(column) and bool(
+        np.all(np.equal(np.mod(column.dropna(), 1), 0))
+    ):
+        column = column.astype("Int64")
+    return _texts(column.astype(object).where(column.notna(), None).to_numpy())
+
+
+def _fates(served: pd.DataFrame, known: pd.DataFrame, grouped: bool) -> np.ndarray:
+    """Each captured row's fate; in a grouped task a race shares its worst row's fate."""
+    fate = np.full(len(served), SCORED, dtype=object)
+    keyed = served["entity"].notna() & served["group"].notna()
+    key = served["group"].astype(str) + "\x1f" + served["entity"].astype(str)
+    known_key = known["group"].astype(str) + "\x1f" + known["entity"].astype(str)
+    doubled = set(known_key[known_key.duplicated(keep=False)])
+    has_result = key.isin(set(known_key)).to_numpy()
+    ambiguous = (key.duplicated(keep=False) | key.isin(doubled)).to_numpy()
+    # grouped: a race is known once any of its runners has a result
+    race_known = served["group"].isin(set(known["group"])).to_numpy() if grouped else has_result
+    fate[~race_known] = PENDING
+    fate[race_known & ~has_result] = WITHOUT_RESULT
+    fate[ambiguous] = AMBIGUOUS
+    fate[~keyed.to_numpy()] = NO_KEY
+    if grouped:  # the race's worst fate, for every row of it (rows without a group: alone)
+        rank = {name: i for i, name in enumerate((NO_KEY, AMBIGUOUS, PENDING, WITHOUT_RESULT))}
+        worst = pd.Series([rank.get(f, 99) for f in fate]).groupby(served["group"]).transform("min")
+        in_race = served["group"].notna().to_numpy()
+        names = np.array([*rank, SCORED], dtype=object)
+        fate[in_race] = names[np.minimum(worst.to_numpy()[in_race], len(rank)).astype(int)]
+    return fate
+
+
+def _partial_races(joined: pd.DataFrame, known: pd.DataFrame) -> set[str]:
+    """The scored races whose result field holds runners that were not captured."""
+    asked = joined.groupby("group").size()
+    field_size = known.groupby("group").size().reindex(asked.index)
+    return set(asked.index[field_size.to_numpy() > asked.to_numpy()])
+
+
+def _in_race_order(joined: pd.DataFrame, grouped: bool) -> pd.DataFrame:
+    """Rows by day, then race, runners in the order they were served; a race's day is
+    the day its first runner was served."""
+    if grouped:
+        first = joined.groupby("group")["at"].transform("min")
+        joined = joined.assign(day=first.dt.strftime("%Y-%m-%d"), race_at=first)
+        keys = ["race_at", "group", "position"]
+    else:
+        joined = joined.assign(day=joined["at"].dt.strftime("%Y-%m-%d"))
+        keys = ["at", "position"]
+    return joined.sort_values(keys, kind="mergesort").reset_index(drop=True)
+
+
+# -- the figures ---------------------------------------------------------------------
+
+
+def _day_quality(day: str, rows: pd.DataFrame, spec: DatasetSpec, grouped: bool) -> DayQuality:
+    groups = int(rows["group"].nunique()) if grouped else len(rows)
+    if spec.task is Task.RANKING:
+        metrics = _ranking(rows, spec)
+    elif spec.task is Task.BINARY:
+        metrics = binary_metrics(_output(rows, "probability"), rows["target"].to_numpy())
+    else:
+        metrics = regression_metrics(
+            _output(rows, "value"),
+            rows["target"].to_numpy(),
+            _output(rows, "lower"),
+            _output(rows, "upper"),
+        )
+    return DayQuality(day, groups, len(rows), {k: float(v) for k, v in metrics.items()})
+
+
+def _output(rows: pd.DataFrame, name: str) -> np.ndarray:
+    if f"out_{name}" not in rows:
+        raise ValueError(f"the captured outputs have no {name!r}")
+    return rows[f"out_{name}"].to_numpy(dtype=np.float64)
+
+
+def _outcomes(rows: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(share, relevance) per row, as training decides them (gallop.training.outcomes)."""
+    manifest = {
+        "group": "group",
+        "target": "target",
+        "target_order": spec.target_order.value if spec.target_order else "descending",
+    }
+    return race_results(rows, cast("FeatureManifest", manifest))
+
+
+def _sizes(rows: pd.DataFrame) -> np.ndarray:
+    race = rows["group"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, race[1:] != race[:-1]])
+    return np.diff(np.r_[starts, len(race)]).astype(np.int64)
+
+
+def _ranking(rows: pd.DataFrame, spec: DatasetSpec) -> dict[str, float]:
+    share, relevance = _outcomes(rows, spec)
+    sizes, score = _sizes(rows), rows["score"].to_numpy()
+    probability = _output(rows, "win_probability")
+    metrics = ranking_metrics(score, probability, relevance, share, sizes)
+    # Race log loss: only races with exactly one winner whose whole field was served.
+    starts = group_starts(sizes)
+    winners = np.add.reduceat((share > 0).astype(np.int64), starts)
+    whole = ~rows["partial"].to_numpy(dtype=bool)[starts]
+    fair = (winners == 1) & whole
+    if not fair.any():
+        metrics["race_log_loss"] = math.nan
+    elif not fair.all():
+        keep = np.repeat(fair, sizes)
+        metrics["race_log_loss"] = ranking_metrics(
+            score[keep], probability[keep], relevance[keep], share[keep], sizes[fair]
+        )["race_log_loss"]
+    metrics[TOP1_ROI] = _top1_roi(score, share, rows, sizes)
+    return metrics
+
+
+def _top1_roi(score: np.ndarray, share: np.ndarray, rows: pd.DataFrame, sizes: np.ndarray) -> float:
+    """Profit per unit staked backing each race's top-ranked runner at its decimal odds (a
+    dead heat pays its share; races without a winner or without odds are not bet)."""
+    if "odds" not in rows:
+        return math.nan
+    starts = group_starts(sizes)
+    top = np.array(
+        [s + int(np.argmax(score[s : s + n])) for s, n in zip(starts, sizes, strict=True)]
+    )
+    odds = rows["odds"].to_numpy(dtype=np.float64)[top]
+    bet = np.isfinite(odds) & (odds > 1.0) & (np.add.reduceat(share, starts) > 0)
+    if not bet.any():
+        return math.nan
+    return float((share[top][bet] * odds[bet] - 1.0).sum() / bet.sum())
+
+
+def _calibration(joined: pd.DataFrame, spec: DatasetSpec, grouped: bool) -> list[dict[str, float]]:
+    if spec.task is Task.REGRESSION:
+        return []
+    if spec.task is Task.BINARY:
+        return reliability(_output(joined, "probability"), joined["target"].to_numpy())
+    share, _ = _outcomes(joined, spec)
+    decided = np.repeat(np.add.reduceat(share, group_starts(_sizes(joined))) > 0, _sizes(joined))
+    return reliability(_output(joined, "win_probability")[decided], share[decided])
+
+
+# -- against training ------------------------------------------------------------------
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(word in metric for word in LOWER_IS_BETTER)
+
+
+def relative_drop(metric: str, live: float, training: float) -> float:
+    """How much worse live is than training, relative to training: 0.05 = 5 % worse
+    (negative: better). What LiveQualityDrop reports and its alarm compares with the
+    quality margin."""
+    if not (math.isfinite(live) and math.isfinite(training)) or training == 0:
+        return math.nan
+    worse = live - training if lower_is_better(metric) else training - live
+    return worse / abs(training)
+
+
+def window_value(days: Sequence[tuple[str, int, float | None]], first_day: str) -> float:
+    """A metric over the days from first_day on: the mean of the daily values weighted by
+    the races (rows) each rests on. days: (day, groups, value)."""
+    kept = [
+        (groups, value)
+        for day, groups, value in days
+        if day >= first_day and value is not None and math.isfinite(value) and groups > 0
+    ]
+    total = sum(groups for groups, _ in kept)
+    return sum(groups * value for groups, value in kept) / total if total else math.nan
+
+
+def as_stored(value: Any) -> float | None:
+    """A metric as the database and JSON hold it: None for NaN or infinity."""
+    number = float(value)
+    return number if math.isfinite(number) else None
