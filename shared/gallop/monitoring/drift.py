@@ -165,31 +165,36 @@ def _compare(
     groups: np.ndarray | None,
 ) -> dict[str, Any]:
     present = ~np.isnan(values)
-    live = values[present]
-    n = len(values)
+    n, live = len(values), values[present].astype(np.float64)
+    missing = float(1 - present.mean()) if n else 0.0
+    live_sorted = np.sort(live)  # searches look up sorted values: much faster
     row: dict[str, Any] = {
         "feature": name,
-        "missing_share": float(1 - present.mean()) if n else 0.0,
+        "missing_share": missing,
         "reference_missing_share": float(reference_missing),
         "psi": psi(
             bin_shares(reference_sorted, edges, reference_missing),
-            bin_shares(live, edges, 1 - present.mean() if n else 0.0),
+            bin_shares(live_sorted, edges, missing),
         ),
         "ks_statistic": None,
         "ks_p": None,
     }
     if len(live) and len(reference_sorted):
-        live_sorted = np.sort(live)
         statistic = ks_statistic(reference_sorted, live_sorted)
-        # the rows' places in the reference distribution: what KS compares, so what the
-        # groups' correlation is measured on
-        places = np.searchsorted(reference_sorted, live, side="right") / len(reference_sorted)
-        deff = design_effect(places, groups[present] if groups is not None else None)
+        in_groups = groups[present] if groups is not None else None
+        deff = design_effect(decile_of(live, edges), in_groups)
         row["ks_statistic"] = statistic
         row["ks_p"] = ks_p_value(
             statistic, len(reference_sorted) / reference_deff, len(live) / deff
         )
     return row
+
+
+def decile_of(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Each value's bin among the reference's deciles: its place in the reference
+    distribution, as coarse as PSI sees it; how alike a group's rows are is measured on
+    it (it is cheap for many rows, and what KS compares is places, not values)."""
+    return np.searchsorted(edges, values, side="right").astype(np.float64)
 
 
 # --- PSI ------------------------------------------------------------------------------
@@ -209,12 +214,13 @@ def decile_edges(sorted_present: np.ndarray) -> np.ndarray:
     return np.unique(deciles)
 
 
-def bin_shares(values: np.ndarray, edges: np.ndarray, missing_share: float) -> np.ndarray:
-    """The share of all rows in each bin (value >= a cut goes above it), then the missing
-    share: `values` are the present ones."""
-    present = values[~np.isnan(values)]
-    counts = np.bincount(np.searchsorted(edges, present, side="right"), minlength=len(edges) + 1)
-    shares = counts / len(present) * (1 - missing_share) if len(present) else counts * 0.0
+def bin_shares(sorted_present: np.ndarray, edges: np.ndarray, missing_share: float) -> np.ndarray:
+    """The share of all rows in each bin (a value at a cut goes above it), then the
+    missing share, from the present values sorted."""
+    n = len(sorted_present)
+    below = np.searchsorted(sorted_present, edges, side="left")
+    counts = np.diff(np.concatenate([[0], below, [n]]))
+    shares = counts / n * (1 - missing_share) if n else np.zeros(len(counts))
     return np.append(shares, missing_share)
 
 
@@ -230,12 +236,19 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
 
 
 def ks_statistic(first_sorted: np.ndarray, second_sorted: np.ndarray) -> float:
-    """sup |F1 - F2| of the two empirical distribution functions (ties handled: both are
-    evaluated just after every value either sample holds)."""
-    at = np.concatenate([first_sorted, second_sorted])
-    f1 = np.searchsorted(first_sorted, at, side="right") / len(first_sorted)
-    f2 = np.searchsorted(second_sorted, at, side="right") / len(second_sorted)
-    return float(np.max(np.abs(f1 - f2)))
+    """sup |F1 - F2| of the two empirical distribution functions (right-continuous steps,
+    so ties count as they do in SciPy). Looked up at the smaller sample's points only:
+    F_big - F_small rises only at the big sample's points, so its largest value is just
+    below one of the small sample's points (or 0 past the last); F_small - F_big rises
+    only at the small sample's points, so its largest is at one of them."""
+    small, big = sorted((first_sorted, second_sorted), key=len)
+    n, m = len(small), len(big)
+    below = np.searchsorted(big, small, side="left") / m - np.arange(n) / n
+    # at a point, the small sample's own ties all count: its rank is the last tie's
+    at_or_below = np.searchsorted(small, small, side="right") / n - (
+        np.searchsorted(big, small, side="right") / m
+    )
+    return float(max(0.0, below.max(), at_or_below.max()))
 
 
 def ks_p_value(statistic: float, n1: float, n2: float) -> float:

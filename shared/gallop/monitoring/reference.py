@@ -29,7 +29,7 @@ from gallop.layout import (
     monitor_reference_key,
 )
 from gallop.manifests import ModelManifest, read_feature_manifest
-from gallop.monitoring.drift import decile_edges, design_effect
+from gallop.monitoring.drift import decile_edges, decile_of, design_effect
 from gallop.storage import ObjectMissing, Store
 
 if TYPE_CHECKING:
@@ -95,11 +95,10 @@ class Reference:
     @cached_property
     def design_effects(self) -> np.ndarray:
         effects = []
-        for j, ordered in enumerate(self.sorted_values):
+        for j, edges in enumerate(self.edges):
             column = self.values[:, j]
             present = ~np.isnan(column)
-            places = np.searchsorted(ordered, column[present], side="right") / max(len(ordered), 1)
-            effects.append(design_effect(places, self.groups[present]))
+            effects.append(design_effect(decile_of(column[present], edges), self.groups[present]))
         return np.asarray(effects)
 
     @cached_property
@@ -109,8 +108,8 @@ class Reference:
     @cached_property
     def score_design_effect(self) -> float:
         present = ~np.isnan(self.scores)
-        places = np.searchsorted(self.sorted_scores, self.scores[present], side="right")
-        return design_effect(places / max(len(self.sorted_scores), 1), self.groups[present])
+        edges = decile_edges(self.sorted_scores)
+        return design_effect(decile_of(self.scores[present], edges), self.groups[present])
 
     # Stored as .npz: arrays, and the rest as one JSON text (no pickles)
 
