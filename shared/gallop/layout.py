@@ -18,7 +18,8 @@ Data bucket:
 Artifacts bucket:
   training/{run_id}/                            a run's channels and its jobs' output
   models/{run_id}/                              model.onnx, manifest.json, report.html,
-                                                base_{i}.explain.json, model.tar.gz
+                                                base_{i}.explain.json, model.tar.gz,
+                                                monitor_reference.npz (drift's reference)
   aliases/{alias}.json                          the model id an alias names
   models/{run_id}/monitoring.html               the model's monitoring page (live quality, drift)
 """
@@ -66,6 +67,7 @@ SNAPSHOT_FILE = "state.npz"  # the entity snapshot for race cards (gallop.featur
 ONNX_FILE = "model.onnx"
 REPORT_HTML_FILE = "report.html"
 TARBALL_FILE = "model.tar.gz"
+MONITOR_REFERENCE_FILE = "monitor_reference.npz"  # gallop.monitoring.reference
 
 # A base job's model directory, which the stack job reads
 BASE_RECORD_FILE = "base.json"
@@ -201,3 +203,8 @@ def capture_prefix(dataset: str, model_id: str, day: str | None = None) -> str:
 def explain_file(index: int) -> str:
     """What the serving side explains the index-th base model of the graph with."""
     return f"base_{index}.explain.json"
+
+
+def monitor_reference_key(model_prefix: str) -> str:
+    """A model's drift reference, beside its model.onnx (built on its first check)."""
+    return model_prefix + MONITOR_REFERENCE_FILE

@@ -232,6 +232,19 @@ class Settings(BaseSettings):
         description="Memory the table of one upload may need while it is validated, estimated "
         "from its rows x columns before it is built (the ingest function has 3008 MB).",
     )
+    drift_psi_threshold: float = Field(
+        default=0.25,
+        gt=0,
+        description="A feature (or the score) drifted when its PSI against the model's "
+        "reference deciles is past this (0.1 is a moderate shift, 0.25 a large one).",
+    )
+    drift_ks_alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="Family-wise significance of the KS tests of one drift check: each is "
+        "flagged below drift_ks_alpha / the number of tests (Bonferroni).",
+    )
 
     @field_validator("state_dir")
     @classmethod

@@ -7,6 +7,11 @@ Plackett-Luce draw. Strength combines a horse's drifting ability and age curve, 
 going and distance preferences, the jockey's and trainer's skill, the course's draw
 bias and the weight carried. The market's odds are a noisy estimate of the true
 chance with a bookmaker's overround.
+
+A `World` changes what the races are drawn from without changing which races are drawn:
+the same seed gives the same races, runners and finishing order in any world (every
+random draw is the same; a world only scales or shifts some of them), so a changed world
+is the same history with one thing changed (drift checks are tested on that).
 """
 
 from __future__ import annotations
@@ -36,6 +41,21 @@ DISTANCES_M = np.array([1000, 1200, 1400, 1600, 2000, 2400, 2800, 3200])
 NOISE_SCALE = 1.0
 START = np.datetime64("2019-01-01T00:00")
 REST_MINUTES = 7 * 24 * 60  # a horse runs at most once a week
+MARKET_NOISE = 0.35  # sd of the market's error on a runner's log chance
+
+
+@dataclass(frozen=True)
+class World:
+    """What the races are drawn from. market_noise: the market's error (smaller: a sharper
+    market, odds nearer the true chances). weight_shift_kg: every weight carried moves by
+    this (and its limits with it); within a race all move alike, so the result does not."""
+
+    market_noise: float = MARKET_NOISE
+    weight_shift_kg: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.market_noise >= 0:
+            raise ValueError(f"market_noise must be at least 0, not {self.market_noise}")
 
 
 @dataclass
@@ -61,8 +81,11 @@ def _new_horses(rng: np.random.Generator, n: int, first_id: int, year: int, n_tr
     )
 
 
-def generate_races(n_races: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def generate_races(
+    n_races: int, seed: int = 0, world: World | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return (runners, truth): one row per runner, and each runner's true win chance."""
+    world = world or World()
     if n_races < 1:
         raise ValueError("n_races must be at least 1")
     rng = np.random.default_rng(seed)
@@ -143,7 +166,7 @@ def generate_races(n_races: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFr
         position = np.empty(field, dtype=int)
         position[np.argsort(-performance)] = np.arange(1, field + 1)
 
-        market = logits + rng.normal(0.0, 0.35, field)
+        market = logits + rng.normal(0.0, world.market_noise, field)
         p_market = np.exp(market - market.max())
         p_market /= p_market.sum()
         overround = 1.0 + rng.uniform(0.12, 0.25)
@@ -159,7 +182,7 @@ def generate_races(n_races: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFr
         columns["jockey_id"].extend(f"J{j:03d}" for j in jockeys)
         columns["trainer_id"].extend(f"T{t:03d}" for t in pool.trainer[runners])
         columns["draw"].extend(draws.tolist())
-        columns["weight_kg"].extend(weight.tolist())
+        columns["weight_kg"].extend(np.round(weight + world.weight_shift_kg, 1).tolist())
         columns["age"].extend(age.tolist())
         columns["odds"].extend(odds.tolist())
         columns["position"].extend(position.tolist())
