@@ -156,7 +156,29 @@ class Settings(BaseSettings):
         "is 5 % worse) over the window raises the live-quality alarm.",
     )
     drift_psi_threshold: float = Field(
-        default=0.25, gt=0, description="A feature whose PSI is above it has drifted."
+        default=0.25,
+        gt=0,
+        description="A feature (or the score) drifted when its PSI against the model's "
+        "reference deciles is past this (0.1 is a moderate shift, 0.25 a large one).",
+    )
+    drift_ks_alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="Family-wise significance of the KS tests of one drift check: each is "
+        "flagged below drift_ks_alpha / the number of tests (Bonferroni).",
+    )
+    monitor_min_predictions: int = Field(
+        default=5000,
+        gt=0,
+        description="A scheduled drift check runs for a model once it has served this many "
+        "predictions since its last check (`gallop monitor` checks at once).",
+    )
+    monitor_interval_seconds: float = Field(
+        default=300,
+        ge=0,
+        description="gallop serve: how often the local stack runs the monitor (0: never), "
+        "as the EventBridge schedule runs it on AWS.",
     )
     alias_ttl_seconds: float = Field(
         default=30.0,
@@ -231,19 +253,6 @@ class Settings(BaseSettings):
         gt=0,
         description="Memory the table of one upload may need while it is validated, estimated "
         "from its rows x columns before it is built (the ingest function has 3008 MB).",
-    )
-    drift_psi_threshold: float = Field(
-        default=0.25,
-        gt=0,
-        description="A feature (or the score) drifted when its PSI against the model's "
-        "reference deciles is past this (0.1 is a moderate shift, 0.25 a large one).",
-    )
-    drift_ks_alpha: float = Field(
-        default=0.05,
-        gt=0,
-        lt=1,
-        description="Family-wise significance of the KS tests of one drift check: each is "
-        "flagged below drift_ks_alpha / the number of tests (Bonferroni).",
     )
 
     @field_validator("state_dir")
