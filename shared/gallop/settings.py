@@ -27,6 +27,7 @@ ENV_DATABASE_IAM_AUTH = "GALLOP_DATABASE_IAM_AUTH"
 ENV_API_KEYS = "GALLOP_API_KEYS"
 ENV_INGEST_QUEUE_URL = "GALLOP_INGEST_QUEUE_URL"
 ENV_FEATURES_QUEUE_URL = "GALLOP_FEATURES_QUEUE_URL"
+ENV_MONITOR_QUEUE_URL = "GALLOP_MONITOR_QUEUE_URL"
 ENV_AWS_ENDPOINT_URL = "GALLOP_AWS_ENDPOINT_URL"
 ENV_TRAINING_LAUNCHER = "GALLOP_TRAINING_LAUNCHER"
 ENV_CODE_VERSION = "GALLOP_CODE_VERSION"
@@ -41,6 +42,7 @@ FUNCTION_SETTINGS: dict[str, tuple[str, ...]] = {
     "features": ("database", "data_bucket"),
     "training": ("database", "artifacts_bucket"),
     "predict": ("data_bucket", "artifacts_bucket", "api_key_source"),
+    "monitor": ("database", "data_bucket", "artifacts_bucket"),
 }
 
 # What runs launched on Step Functions need, on top of the launcher's name. The code

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  API:            {endpoints['api_url']}  (docs: /docs)")
             print(f"  API key:        {endpoints['api_key']}")
             print("  Ctrl-C stops everything.", flush=True)
+        stack.run_monitor_every(stack.settings.monitor_interval_seconds)
         stack.serve_api(args.port, block=True)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how serve is meant to stop; uvicorn re-raises it after shutting down

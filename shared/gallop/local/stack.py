@@ -43,6 +43,7 @@ from gallop.settings import (
     ENV_DATABASE_URL,
     ENV_FEATURES_QUEUE_URL,
     ENV_INGEST_QUEUE_URL,
+    ENV_MONITOR_QUEUE_URL,
     MAX_RECEIVE_COUNT,
     Settings,
     get_settings,
@@ -125,6 +126,9 @@ class LocalStack:
         self._mirror: S3Mirror | None = None
         self.poller: SqsPoller | None = None
         self.features_poller: SqsPoller | None = None
+        self.monitor_poller: SqsPoller | None = None
+        self._monitor_timer: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._uvicorn: uvicorn.Server | None = None
         self._uvicorn_thread: threading.Thread | None = None
         self._app: Any = None
@@ -198,6 +202,9 @@ class LocalStack:
         features, features_dlq = provision.create_queue_with_dlq(
             sqs, settings.features_queue_name, self.visibility_timeout
         )
+        monitor, _ = provision.create_queue_with_dlq(
+            sqs, settings.monitor_queue_name, self.visibility_timeout
+        )
         provision.notify_on_raw_uploads(s3, sqs, settings.data_bucket, queue)
         # Predictions are captured by default; GALLOP_CAPTURE_STREAM="" turns that off.
         capture = os.environ.get(ENV_CAPTURE_STREAM, CAPTURE_STREAM)
@@ -208,6 +215,7 @@ class LocalStack:
             {
                 ENV_INGEST_QUEUE_URL: queue.url,
                 ENV_FEATURES_QUEUE_URL: features.url,
+                ENV_MONITOR_QUEUE_URL: monitor.url,
                 ENV_CAPTURE_STREAM: capture,
             }
         )
@@ -229,8 +237,11 @@ class LocalStack:
         self.features_poller = SqsPoller(
             sqs, features.url, features.arn, load_handler("features"), "features"
         )
-        self.poller.start()
-        self.features_poller.start()
+        self.monitor_poller = SqsPoller(
+            sqs, monitor.url, monitor.arn, load_handler("monitor"), "monitor"
+        )
+        for poller in (self.poller, self.features_poller, self.monitor_poller):
+            poller.start()
         redriven = self._redrive_pending_uploads(s3, sqs)
         log.info(
             "local stack up: %d objects restored, %d uploads re-driven, %d runs interrupted, %s",
@@ -267,6 +278,24 @@ class LocalStack:
             threading.Event().wait(0.02)
         return self.api_url
 
+    def run_monitor_every(self, seconds: float) -> None:
+        """Run the monitor every `seconds` in a thread, as the EventBridge schedule runs
+        the monitor function on AWS (gallop serve); 0: never."""
+        if seconds <= 0:
+            return
+        from gallop.monitoring.run import monitor
+
+        def every() -> None:
+            while not self._stopping.wait(seconds):
+                try:
+                    assert self.settings is not None
+                    monitor(self.settings)
+                except Exception:  # the next tick tries again; the stack runs on
+                    log.exception("the scheduled monitor run failed")
+
+        self._monitor_timer = threading.Thread(target=every, name="monitor-timer", daemon=True)
+        self._monitor_timer.start()
+
     def stop(self) -> None:
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
@@ -275,7 +304,10 @@ class LocalStack:
         capture = getattr(self._app.state, "capture", None) if self._app is not None else None
         if capture is not None:  # what the API served last, before moto goes
             capture.flush(timeout=5)
-        for poller in (self.poller, self.features_poller):
+        self._stopping.set()
+        if self._monitor_timer is not None:
+            self._monitor_timer.join(timeout=120)
+        for poller in (self.poller, self.features_poller, self.monitor_poller):
             if poller is not None:
                 poller.stop()
         if self._aws is not None:

@@ -453,6 +453,7 @@ class CapturedRows:
     categories: dict[str, np.ndarray]  # object: the text sent, or None
     request_id: np.ndarray  # object
     keys: list[str] = field(default_factory=list)  # the S3 objects read
+    rows_per_key: dict[str, int] = field(default_factory=dict)  # what the monitor counts
 
     def __len__(self) -> int:
         return len(self.score)
@@ -467,14 +468,16 @@ def read_captured(
     keys = [
         k for k in store.list_keys(prefix) if since_day is None or _day_of(k, prefix) >= since_day
     ]
-    rows = [
-        orjson.loads(line)
-        for key in keys
-        for line in store.get_bytes(key).splitlines()
-        if line.strip()
-    ]
+    rows: list[dict[str, Any]] = []
+    rows_per_key: dict[str, int] = {}
+    for key in keys:
+        read = [orjson.loads(line) for line in store.get_bytes(key).splitlines() if line.strip()]
+        rows_per_key[key] = len(read)
+        rows.extend(read)
     rows.sort(key=lambda r: r["at"])
-    return _arrays(rows, keys)
+    captured = _arrays(rows, keys)
+    captured.rows_per_key = rows_per_key
+    return captured
 
 
 def _day_of(key: str, prefix: str) -> str:

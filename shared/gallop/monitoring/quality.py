@@ -12,14 +12,15 @@ held-out figures come from, so live and training numbers mean the same thing.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
 
 from gallop.models.stack import group_starts
+from gallop.monitoring.capture import CapturedRows
 from gallop.spec import DatasetSpec, Task
 from gallop.training.metrics import (
     binary_metrics,
@@ -46,18 +47,6 @@ AMBIGUOUS = "ambiguous"  # its key was captured, or has results, more than once
 PENDING = "pending"  # no result for its race (or row) yet: the race is not finished
 WITHOUT_RESULT = "without_result"  # its race has results, but not for every captured runner
 SCORED = "scored"
-
-
-class CapturedRows(Protocol):
-    """What live quality reads of gallop.monitoring.capture.CapturedRows (one model's)."""
-
-    at: np.ndarray  # datetime64[us], UTC
-    group: np.ndarray  # object: text or None
-    entity: np.ndarray  # object: text or None
-    score: np.ndarray  # float64
-    outputs: Mapping[str, np.ndarray]
-
-    def __len__(self) -> int: ...
 
 
 class CannotJoin(ValueError):

@@ -1,0 +1,310 @@
+"""The monitor: for each model that served captured predictions, score them against the
+results that have arrived since (live quality), check its inputs and scores for drift
+when it has served enough new predictions, store both, publish them as CloudWatch
+metrics (EMF) and write the model's monitoring page.
+
+It runs on the monitor function's schedule (EventBridge; `gallop serve`'s timer
+locally), when ingest announces a new VALID version (its results), and when a person
+asks (`gallop monitor`, which checks drift whatever the count). Each run recomputes the
+window's days whole, so running twice, or after a crash, stores the same figures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, TextIO
+
+from gallop import layout
+from gallop.metadata import repo
+from gallop.metadata.db import engine_for
+from gallop.metadata.models import CaptureFile, RegisteredModel
+from gallop.monitoring.capture import CapturedRows, read_captured
+from gallop.monitoring.drift import drift_table
+from gallop.monitoring.page import render_monitoring_page, write_monitoring_page
+from gallop.monitoring.quality import (
+    ALARM_METRIC,
+    CannotJoin,
+    LiveQuality,
+    live_quality,
+    read_results,
+    relative_drop,
+    window_value,
+)
+from gallop.monitoring.reference import NoReference, reference_for
+from gallop.monitoring.status import monitoring_status
+from gallop.observability import emf_line
+from gallop.serving.registry import ModelNotFound, get_model
+from gallop.settings import Settings, get_settings
+from gallop.storage import Store
+
+log = logging.getLogger(__name__)
+
+SERVICE = "gallop-monitor"
+SCORE_ROW = "(score)"  # drift_table's row for the model's score, which is no feature
+
+
+@dataclass
+class ModelCheck:
+    """What one run found for one model."""
+
+    model_id: str
+    dataset: str
+    rows: int  # captured rows in the window
+    new_rows: int  # of them, in capture objects no run had read
+    live: list[dict[str, Any]] = field(default_factory=list)  # the window's days
+    drift: list[dict[str, Any]] | None = None  # the table, when drift was checked
+    drift_skipped: str | None = None  # why it was not
+    alarms: list[dict[str, str]] = field(default_factory=list)
+    page_key: str | None = None
+    problems: list[str] = field(default_factory=list)  # what could not be done, and why
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "dataset": self.dataset,
+            "rows": self.rows,
+            "new_rows": self.new_rows,
+            "live": self.live,
+            "drift": self.drift,
+            "drift_skipped": self.drift_skipped,
+            "alarms": self.alarms,
+            "page_key": self.page_key,
+            "problems": self.problems,
+        }
+
+
+class Monitor:
+    """One run over the models of every dataset, or of one."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        now: datetime | None = None,
+        metrics_out: TextIO | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine_for(settings.sqlalchemy_url)
+        self.data = Store.from_settings(settings)
+        self.artifacts = Store.artifacts_from_settings(settings)
+        self.now = now or datetime.now(UTC)
+        self.metrics_out = metrics_out
+        self._results: dict[str, Any] = {}  # dataset -> (version, its rows), read once a run
+
+    def run(self, dataset: str | None = None, *, force: bool = False) -> list[ModelCheck]:
+        """force: check drift whatever the count of new predictions (a person asked)."""
+        return [
+            self.check(name, model_id, force=force)
+            for name, model_id in captured_models(self.data, dataset)
+        ]
+
+    @property
+    def first_day(self) -> date:
+        return self.now.date() - timedelta(days=self.settings.monitor_window_days - 1)
+
+    def check(self, dataset: str, model_id: str, *, force: bool = False) -> ModelCheck:
+        try:
+            model = get_model(self.engine, model_id)
+        except ModelNotFound:
+            log.warning("captured rows of %s, which is not a registered model", model_id)
+            return ModelCheck(model_id, dataset, 0, 0, problems=["not a registered model"])
+        captured = read_captured(self.data, dataset, model_id, self.first_day.isoformat())
+        check = ModelCheck(model_id, dataset, len(captured), self._read_new(model, captured))
+        quality = self._live_quality(model, captured, check)
+        self._drift(model, captured, check, force)
+        status = monitoring_status(
+            self.engine,
+            model,
+            self.settings.monitor_window_days,
+            self.settings.quality_margin,
+            today=self.now.date(),
+        )
+        check.live = [d for d in status["live"] if d["day"] >= self.first_day.isoformat()]
+        check.alarms = status["alarms"]
+        html = render_monitoring_page(
+            status,
+            quality.calibration if quality is not None else None,
+            self.settings.drift_psi_threshold,
+            self.settings.quality_margin,
+        )
+        check.page_key = write_monitoring_page(self.artifacts, model_id, html)
+        self._emit(model, check, status)
+        return check
+
+    def _read_new(self, model: RegisteredModel, captured: CapturedRows) -> int:
+        """Mark the window's capture objects read; rows in those no run had read."""
+        unread = set(repo.unread_capture_keys(self.engine, captured.keys))
+        files = [
+            CaptureFile(
+                key=key,
+                dataset=model.manifest.get("dataset") or "_",
+                model_id=model.model_id,
+                rows=rows,
+                read_at=self.now,
+            )
+            for key, rows in captured.rows_per_key.items()
+            if key in unread
+        ]
+        repo.record_capture_files(self.engine, files)
+        return sum(f.rows for f in files)
+
+    def _live_quality(
+        self, model: RegisteredModel, captured: CapturedRows, check: ModelCheck
+    ) -> LiveQuality | None:
+        """The window's days scored against the dataset's newest VALID version, stored."""
+        dataset_name = model.manifest.get("dataset")
+        if not dataset_name or not len(captured):
+            return None
+        try:
+            dataset = repo.get_dataset(self.engine, dataset_name)
+        except LookupError:
+            check.problems.append(f"dataset {dataset_name!r} is not registered")
+            return None
+        spec = repo.spec_of(dataset)
+        if dataset_name not in self._results:
+            version = repo.newest_valid_version(self.engine, dataset)
+            rows = read_results(self.data, version, spec) if version is not None else None
+            self._results[dataset_name] = rows
+        results = self._results[dataset_name]
+        if results is None:
+            check.problems.append(f"dataset {dataset_name!r} has no VALID version: no results")
+            return None
+        try:
+            quality = live_quality(captured, results, spec)
+        except CannotJoin as exc:
+            check.problems.append(str(exc))
+            return None
+        repo.record_live_quality(self.engine, model.model_id, quality.days)
+        return quality
+
+    def _drift(
+        self, model: RegisteredModel, captured: CapturedRows, check: ModelCheck, force: bool
+    ) -> None:
+        due = self.settings.monitor_min_predictions
+        latest = repo.latest_drift_check(self.engine, model.model_id)
+        since = latest.checked_at if latest is not None else None
+        served = repo.captured_rows_read(self.engine, model.model_id, since)
+        if not len(captured):
+            check.drift_skipped = "no captured rows in the window"
+            return
+        if not force and served < due:
+            check.drift_skipped = f"{served} predictions since the last check, {due} make one due"
+            return
+        try:
+            reference = reference_for(model, self.data, self.artifacts)
+        except NoReference as exc:
+            check.drift_skipped = f"no training reference: {exc}"
+            return
+        table = drift_table(reference, captured, self.settings)
+        repo.record_drift_check(
+            self.engine,
+            model.model_id,
+            len(captured),
+            table,
+            window_start=_utc(captured.at[0]),
+            window_end=_utc(captured.at[-1]),
+            checked_at=self.now,
+        )
+        check.drift = table
+
+    def _emit(self, model: RegisteredModel, check: ModelCheck, status: dict[str, Any]) -> None:
+        """EMF metrics per dataset and model (and per service, what the alarms watch)."""
+        values: dict[str, float] = {"CapturedRowsRead": float(check.new_rows)}
+        if check.drift is not None:
+            features = [r for r in check.drift if r["feature"] != SCORE_ROW]
+            values["DriftedFeatures"] = float(sum(bool(r["flagged"]) for r in features))
+            values["MaxFeaturePSI"] = max((r["psi"] for r in features), default=0.0)
+            score = next((r for r in check.drift if r["feature"] == SCORE_ROW), None)
+            if score is not None:
+                values["ScorePSI"] = float(score["psi"])
+        metric = ALARM_METRIC.get(model.task)
+        trained = (status.get("training") or {}).get(metric) if metric else None
+        window = _window_values(check.live)
+        for name, value in window.items():
+            values[f"Live{_metric_name(name)}"] = value
+        if metric and trained is not None and metric in window:
+            drop = relative_drop(metric, window[metric], trained)
+            if math.isfinite(drop):
+                values["LiveQualityDrop"] = drop
+        dims = {"dataset": check.dataset, "model": model.model_id}
+        finite = {k: float(v) for k, v in values.items() if math.isfinite(v)}
+        print(emf_line(SERVICE, finite, dims), file=self.metrics_out or sys.stdout, flush=True)
+
+
+def monitor(
+    settings: Settings, dataset: str | None = None, *, force: bool = False
+) -> list[ModelCheck]:
+    """One monitor run (see the module's docstring)."""
+    return Monitor(settings).run(dataset, force=force)
+
+
+def captured_models(store: Store, dataset: str | None = None) -> Iterator[tuple[str, str]]:
+    """(dataset, model id) of every model with captured rows, from the capture layout."""
+    root = layout.CAPTURE_ROOT + (f"{dataset}/" if dataset else "")
+    seen: set[tuple[str, str]] = set()
+    for key in store.list_keys(root):
+        parts = key[len(layout.CAPTURE_ROOT) :].split("/")
+        if len(parts) >= 3 and (parts[0], parts[1]) not in seen:
+            seen.add((parts[0], parts[1]))
+            yield parts[0], parts[1]
+
+
+def _window_values(live: list[dict[str, Any]]) -> dict[str, float]:
+    """Each metric over the window's days, weighted by the races (rows) of each day."""
+    names = {name for day in live for name in day.get("metrics") or {}}
+    days = live[0]["day"] if live else ""
+    values = {
+        name: window_value([(d["day"], d["groups"], d["metrics"].get(name)) for d in live], days)
+        for name in names
+    }
+    return {name: value for name, value in values.items() if math.isfinite(value)}
+
+
+def _utc(at: Any) -> datetime:
+    """A captured row's time (numpy datetime64, UTC) as an aware datetime."""
+    return datetime.fromisoformat(str(at.astype("datetime64[us]"))).replace(tzinfo=UTC)
+
+
+def _metric_name(metric: str) -> str:
+    """ndcg@4 -> NDCG4, race_log_loss -> RaceLogLoss: a CloudWatch metric name."""
+    words = metric.replace("@", "_").split("_")
+    return "".join(
+        w.upper() if w in {"ndcg", "auc", "ece", "rmse", "roi"} else w.title() for w in words
+    )
+
+
+def flagged_features(table: list[dict[str, Any]]) -> list[str]:
+    return [r["feature"] for r in table if r.get("flagged") and r["feature"] != SCORE_ROW]
+
+
+class MonitorWorker:
+    """The monitor function's queue messages: ingest announces each new VALID version
+    ({"dataset", "version_id"}); its results may score captured rows of that dataset."""
+
+    def __init__(self, log: Any, meter: Any) -> None:
+        self.log = log
+        self.meter = meter
+
+    def handle_message(self, message_id: str, body: str, receive_count: int) -> None:
+        del receive_count  # a run stores whole days: a repeat stores the same figures
+        dataset = str(json.loads(body)["dataset"])
+        checks = monitor(get_settings(), dataset)
+        self.log.info(
+            "results arrived",
+            extra={"dataset": dataset, "models": len(checks), "message_id": message_id},
+        )
+
+
+def scheduled_or_asked(settings: Settings, event: dict[str, Any]) -> dict[str, Any]:
+    """The monitor function's other events: its EventBridge schedule (every dataset,
+    drift when due), or the API asking for a check now ({"dataset": ..., "force": true})."""
+    asked = event.get("source") != "aws.events"
+    dataset = event.get("dataset") if asked else None
+    checks = monitor(settings, dataset, force=bool(event.get("force")) and asked)
+    return {"checks": [check.to_dict() for check in checks]}
