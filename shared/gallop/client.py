@@ -298,6 +298,15 @@ class GallopClient:
         """Point an alias (champion, challenger) at a model; the reply names the previous."""
         return self._call("POST", f"/v1/models/{model_id}/promote", json={"alias": alias})
 
+    def monitoring(self, model_id: str) -> dict[str, Any]:
+        """A model's live figures by day, its latest drift table and its alarms' states."""
+        return self._call("GET", f"/v1/models/{model_id}/monitoring")
+
+    def check_monitoring(self, dataset: str | None = None) -> list[dict[str, Any]]:
+        """Run the monitor now (drift checked whatever the count); one check per model."""
+        reply = self._call("POST", "/v1/monitoring/checks", json={"dataset": dataset})
+        return list(reply["checks"])
+
     def predict(
         self,
         model: str,

@@ -106,3 +106,67 @@ def _page_url(state: Any, model_id: str) -> str | None:
     except ObjectMissing:
         return None
     return str(state.artifacts().presigned_get(key, state.settings.report_url_expiry_seconds))
+
+
+class CheckBody(BaseModel):
+    dataset: str | None = Field(None, description="Only this dataset's models; all by default.")
+
+
+class ModelCheck(BaseModel):
+    """What the check found for one model that served captured predictions."""
+
+    model_id: str
+    dataset: str
+    rows: int = Field(description="Captured rows in the monitoring window.")
+    new_rows: int = Field(description="Of them, rows no monitor run had read before.")
+    live: list[LiveDay] = Field(description="The window's days with live figures.")
+    drift: list[DriftFeature] | None = Field(description="The drift table; null if not checked.")
+    drift_skipped: str | None = Field(description="Why drift was not checked.")
+    alarms: list[Alarm]
+    page_key: str | None = Field(description="The monitoring page's key (artifacts bucket).")
+    problems: list[str] = Field(description="What could not be done, and why.")
+
+
+class Checks(BaseModel):
+    checks: list[ModelCheck] = Field(description="One per model with captured predictions.")
+
+
+@router.post(
+    "/v1/monitoring/checks",
+    response_model=Checks,
+    tags=["monitoring"],
+    responses={
+        404: {"description": "No dataset of that name"},
+        502: {"description": "The monitor function failed"},
+    },
+)
+def check_now(body: CheckBody, request: Request) -> Checks:
+    """Run the monitor now (as its schedule does), checking drift for every model with
+    captured predictions whatever their count: live quality from the results stored,
+    the drift table, the alarms' states; each model's monitoring page is rewritten."""
+    settings = request.app.state.settings
+    if body.dataset is not None:
+        from gallop.api.datasets import dataset_or_404
+
+        dataset_or_404(request.app.state.engine(), body.dataset)
+    if settings.monitor_function_name:  # on AWS: the monitor function has the data image
+        return Checks(**_invoke_monitor(settings, body.dataset))
+    from gallop.monitoring.run import monitor
+
+    checks = monitor(settings, body.dataset, force=True)
+    return Checks(checks=[ModelCheck(**check.to_dict()) for check in checks])
+
+
+def _invoke_monitor(settings: Any, dataset: str | None) -> dict[str, Any]:
+    import json
+
+    from gallop import aws
+
+    reply = aws.client("lambda", settings).invoke(
+        FunctionName=settings.monitor_function_name,
+        Payload=json.dumps({"dataset": dataset, "force": True}).encode(),
+    )
+    payload = json.loads(reply["Payload"].read() or b"{}")
+    if reply.get("FunctionError"):
+        raise HTTPException(502, f"the monitor function failed: {payload.get('errorMessage')}")
+    return dict(payload)

@@ -10,13 +10,25 @@ import os
 import sys
 
 from gallop import __version__
-from gallop.cli import db, demo, features, ingest, models, predict, runs, serve, synth, train
+from gallop.cli import (
+    db,
+    demo,
+    features,
+    ingest,
+    models,
+    monitor,
+    predict,
+    runs,
+    serve,
+    synth,
+    train,
+)
 from gallop.cli.common import SHIPPED_SPEC, UserError
 from gallop.extras import MissingExtra, missing_extra
 
 __all__ = ["SHIPPED_SPEC", "main", "parser"]
 
-COMMANDS = (serve, ingest, synth, features, train, predict, models, runs, demo, db)
+COMMANDS = (serve, ingest, synth, features, train, predict, models, monitor, runs, demo, db)
 
 
 def parser() -> argparse.ArgumentParser:
