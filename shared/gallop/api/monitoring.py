@@ -14,6 +14,7 @@ from gallop.layout import monitoring_page_key
 from gallop.monitoring.status import monitoring_status
 from gallop.serving.registry import ModelNotFound, model_prefix
 from gallop.serving.registry import get_model as registered_model
+from gallop.spec import NAME_PATTERN
 from gallop.storage import ObjectMissing
 
 router = APIRouter(tags=["models"])
@@ -109,7 +110,9 @@ def _page_url(state: Any, model_id: str) -> str | None:
 
 
 class CheckBody(BaseModel):
-    dataset: str | None = Field(None, description="Only this dataset's models; all by default.")
+    dataset: str | None = Field(
+        None, pattern=NAME_PATTERN, description="Only this dataset's models; all by default."
+    )
 
 
 class ModelCheck(BaseModel):
