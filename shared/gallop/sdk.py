@@ -28,7 +28,7 @@ import pandas as pd
 from gallop.client import ENV_API_KEY, ENV_API_URL, ApiError, GallopClient
 from gallop.extras import MissingExtra, missing_extra
 from gallop.layout import APPEND, REPLACE
-from gallop.manifests import kind_of_metrics_key
+from gallop.manifests import ModelManifest, kind_of_metrics_key
 from gallop.spec import DatasetSpec, load_spec
 
 ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -331,8 +331,8 @@ class LocalModel:
         return list(self.loaded.features)
 
     @property
-    def manifest(self) -> dict[str, Any]:
-        return dict(self.loaded.manifest)
+    def manifest(self) -> ModelManifest:
+        return self.loaded.manifest.copy()
 
     def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
         from gallop.serving.predict import parse, predict_columns

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -510,16 +511,25 @@ def test_api_errors_and_missing_keys_are_one_line_on_stderr(
 # -- the README -----------------------------------------------------------------------------
 
 
-def test_the_readme_command_table_lists_every_command() -> None:
+# How a command reaches the API: the paragraph under the table says it once for all.
+CONNECTION = {"-h", "--help", "--api", "--api-key", "--state-dir"}
+
+
+def test_the_readme_command_table_lists_every_command_and_its_options() -> None:
     from gallop.cli import parser
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = [re.split(r"(?<!\\)\|", line) for line in readme.splitlines()]  # not FILE\|-
     table = {
-        line.split("|")[1].strip().strip("`")
-        for line in readme.splitlines()
-        if line.startswith("| `gallop ")
+        cells[1].strip().strip("`"): set(re.findall(r"--[a-z][a-z-]*", cells[3]))
+        for cells in rows
+        if len(cells) > 3 and cells[1].strip().startswith("`gallop ")
     }
-    assert table == set(command_options(parser())), "README command table vs the parser"
+    commands = command_options(parser())
+    assert set(table) == set(commands), "README command table vs the parser"
+    for command, options in commands.items():
+        assert table[command] <= options, f"{command}: the README names options it lacks"
+        assert options - table[command] <= CONNECTION, f"{command}: the README leaves these out"
 
 
 def test_every_command_that_prints_results_takes_json() -> None:

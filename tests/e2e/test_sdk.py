@@ -3,6 +3,7 @@ that waits, DataFrames out; and the downloaded model scoring the same on this ma
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,19 @@ def test_a_client_without_url_or_key_says_how_to_give_them(
     monkeypatch.delenv("GALLOP_API_KEY", raising=False)
     with pytest.raises(ValueError, match="GALLOP_API_URL and GALLOP_API_KEY"):
         gallop.Client()
+
+
+def test_the_readme_sdk_section_names_every_public_method() -> None:
+    from gallop.sdk import Client, LocalModel, Run
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Python SDK", 1)[1].split("\n### ", 1)[0]
+    public = {
+        f"{kind.__name__}.{name}": name
+        for kind in (Client, Run, LocalModel)
+        for name in vars(kind)
+        if not name.startswith("_")
+    }
+    # named as code: `name(...)`, `.name`, client.name(...)
+    missing = [where for where, name in public.items() if not re.search(rf"[`.]{name}\b", section)]
+    assert missing == [], "the README's SDK section does not name " + ", ".join(missing)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel, Field
 from gallop.api.datasets import dataset_or_404
 from gallop.api.pages import Cursor, Limit, Page, fetched
 from gallop.api.schemas import ModelId
+from gallop.metadata.models import RegisteredModel
 from gallop.serving.registry import ModelNotFound, ModelUnreadable
 from gallop.serving.registry import aliases as current_aliases
 from gallop.serving.registry import get_model as registered_model
@@ -37,12 +39,12 @@ class ModelSummary(BaseModel):
 
 class ModelDetail(ModelSummary):
     features: list[str]
-    base_models: list[dict[str, Any]] = Field(description="The stacked base models.")
+    base_models: Sequence[Mapping[str, Any]] = Field(description="The stacked base models.")
     report_url: str = Field(description="A presigned link to the run's HTML report.")
     artifact_url: str = Field(
         description="A presigned link to the model folder (model.tar.gz), for gallop.load_model."
     )
-    leaderboard: dict[str, Any] | None = Field(
+    leaderboard: Mapping[str, Any] | None = Field(
         description="The held-out metrics of the stack and of each base, by name."
     )
     evaluated_on: str | None = Field(
@@ -56,7 +58,9 @@ class Promoted(BaseModel):
     previous: str | None = Field(description="The model the alias named before, if any.")
 
 
-def _model_out(request: Request, model: Any, names: dict[str, list[str]]) -> dict[str, Any]:
+def _model_out(
+    request: Request, model: RegisteredModel, names: dict[str, list[str]]
+) -> dict[str, Any]:
     return {
         "model_id": model.model_id,
         "run_id": model.run_id,

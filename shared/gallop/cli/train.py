@@ -20,7 +20,7 @@ from gallop.cli.common import (
 from gallop.cli.features import canonical
 from gallop.extras import require
 from gallop.layout import MANIFEST_FILE, ONNX_FILE, REPORT_HTML_FILE
-from gallop.manifests import kind_of_metrics_key
+from gallop.manifests import ModelManifest, kind_of_metrics_key, read_model_manifest
 
 
 def add(commands: Any) -> None:
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         raise Failed(f"training failed: {exc}") from None
     for path in model_dir.iterdir():
         shutil.copy2(path, args.out / path.name)
-    manifest = json.loads((args.out / MANIFEST_FILE).read_text())
+    manifest = read_model_manifest(json.loads((args.out / MANIFEST_FILE).read_text()))
     if args.json:
         emit_json(
             {
@@ -177,7 +177,7 @@ def hyperparameters(pairs: list[str]) -> dict[str, Any]:
     return chosen
 
 
-def print_metrics(manifest: dict[str, Any]) -> None:
+def print_metrics(manifest: ModelManifest) -> None:
     metrics = manifest["metrics"]
     models = [kind_of_metrics_key(name) for name in metrics]
     print(f"\non the {manifest['evaluated_on']} rows:")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gallop.layout import online_snapshot_key
+from gallop.manifests import read_feature_manifest
 from gallop.storage import ObjectMissing, Store
 
 if TYPE_CHECKING:  # the predict path imports no SQLAlchemy
@@ -136,7 +137,7 @@ def _pointer_for(
     """The pointer to a feature set: the time of its newest race from its manifest."""
     data_end = None
     if feature_set.manifest_key:
-        manifest = orjson.loads(store.get_bytes(feature_set.manifest_key))
+        manifest = read_feature_manifest(orjson.loads(store.get_bytes(feature_set.manifest_key)))
         data_end = manifest.get("data_end")
     return Pointer(
         dataset=dataset_name,

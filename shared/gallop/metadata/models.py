@@ -22,6 +22,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from gallop.manifests import ModelManifest
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -206,7 +208,7 @@ class RegisteredModel(Base):
     onnx_key: Mapped[str] = mapped_column(String(1024))
     manifest_key: Mapped[str] = mapped_column(String(1024))
     report_key: Mapped[str] = mapped_column(String(1024))
-    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    manifest: Mapped[ModelManifest] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
