@@ -114,6 +114,9 @@ def trained(races_spec: DatasetSpec, tmp_path_factory: pytest.TempPathFactory) -
         with pytest.raises(NoReference, match="not trained on a dataset"):
             untied = {**model.manifest, "run_id": "another-run", "dataset": None}
             reference_for(untied, data, artifacts)  # type: ignore[arg-type]
+        # ... nor one whose feature set is gone, and has none stored yet
+        with pytest.raises(NoReference, match="is gone"):
+            reference_for({**model.manifest, "run_id": "another-run"}, data, artifacts)
     _, codes = np.unique(built.frame["race_id"].astype(str), return_inverse=True)
     taken = set(built.frame["race_id"].iloc[sample_groups(codes.reshape(-1), REFERENCE_ROWS)])
     races = built.frame["race_id"].unique()

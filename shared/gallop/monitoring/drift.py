@@ -91,6 +91,8 @@ def drift_table(reference: ReferenceView, captured: Captured, settings: Settings
         raise DriftInputError(
             f"captured features have shape {live.shape}; the reference has {len(names)} features"
         )
+    if not len(live):  # every share would be 0: as far as can be from any reference
+        raise DriftInputError("no captured rows to compare with the reference")
     score = np.asarray(captured.score, dtype=np.float64).reshape(-1)
     if len(score) != len(live):
         raise DriftInputError(f"{len(score)} scores for {len(live)} captured rows")
