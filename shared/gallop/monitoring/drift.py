@@ -17,8 +17,10 @@ information of some 500 races on those features. A KS test that counted runners 
 flag them in almost every window of unchanged races. So each side's sample size is
 divided by its design effect (Kish), 1 + (k - 1) * ICC, with k the mean group size a
 row sees and ICC the intra-group correlation of the feature (one-way ANOVA estimate on
-the rows' places in the reference distribution, floored at 0): ~1 for per-runner
-features, ~k for per-race ones.
+the rows' reference deciles, floored at 0): ~1 for per-runner features, ~k for per-race
+ones. Rows without a group id are taken as independent. Other ties (a jockey's rides in
+one window share the jockey's record) are not corrected for; the known-answer tests
+measure what is left (tests/integration/test_drift_known_answers.py).
 """
 
 from __future__ import annotations
