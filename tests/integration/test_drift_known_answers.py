@@ -30,6 +30,7 @@ from gallop.layout import (
     model_prefix,
     monitor_reference_key,
 )
+from gallop.metadata.models import RegisteredModel
 from gallop.monitoring.drift import SCORE, drift_table
 from gallop.monitoring.reference import (
     NoReference,
@@ -44,6 +45,7 @@ from gallop.spec import DatasetSpec
 from gallop.storage import Store
 from gallop.synth.races import World, generate_races
 from gallop.training.runner import holdout_split, train_locally
+from gallop.training.runs import model_id_for
 
 N_RACES, SEED = 2500, 23
 RUN_ID = "drift0123456789abcdef"
@@ -110,6 +112,14 @@ def trained(races_spec: DatasetSpec, tmp_path_factory: pytest.TempPathFactory) -
         data.delete(prefix + FEATURES_FILE)
         again = reference_for(model.manifest, data, artifacts, max_rows=REFERENCE_ROWS)
         np.testing.assert_array_equal(again.values, reference.values)
+        # ... from the registered model's row as from its manifest
+        row = RegisteredModel(
+            model_id=model_id_for(RUN_ID),
+            run_id=RUN_ID,
+            onnx_key=model_prefix(RUN_ID) + ONNX_FILE,
+            manifest=model.manifest,
+        )
+        assert reference_for(row, data, artifacts).model_id == reference.model_id == row.model_id
         # A model trained from a file has no feature set to refer to
         with pytest.raises(NoReference, match="not trained on a dataset"):
             untied = {**model.manifest, "run_id": "another-run", "dataset": None}
