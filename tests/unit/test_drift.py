@@ -263,6 +263,10 @@ def test_a_window_the_reference_cannot_be_compared_with_is_refused() -> None:
         drift_table(reference, Rows(window.features[:, :2], window.score, window.group), settings)
     with pytest.raises(DriftInputError, match="scores"):
         drift_table(reference, Rows(window.features, window.score[:-1], window.group), settings)
+    with pytest.raises(DriftInputError, match="no captured rows"):
+        drift_table(
+            reference, Rows(window.features[:0], window.score[:0], window.group[:0]), settings
+        )
     # A feature missing in every live row: PSI says so, KS has nothing to test
     empty = window.features.copy()
     empty[:, 0] = np.nan

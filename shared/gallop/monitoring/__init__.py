@@ -1,1 +1,1 @@
-"""Watching served models: what they were asked, how they did, and how their inputs drift."""
+"""Watching served models: prediction capture, drift, live quality (issue #13)."""

@@ -17,8 +17,10 @@ information of some 500 races on those features. A KS test that counted runners 
 flag them in almost every window of unchanged races. So each side's sample size is
 divided by its design effect (Kish), 1 + (k - 1) * ICC, with k the mean group size a
 row sees and ICC the intra-group correlation of the feature (one-way ANOVA estimate on
-the rows' places in the reference distribution, floored at 0): ~1 for per-runner
-features, ~k for per-race ones.
+the rows' reference deciles, floored at 0): ~1 for per-runner features, ~k for per-race
+ones. Rows without a group id are taken as independent. Other ties (a jockey's rides in
+one window share the jockey's record) are not corrected for; the known-answer tests
+measure what is left (tests/integration/test_drift_known_answers.py).
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ def drift_table(reference: ReferenceView, captured: Captured, settings: Settings
         raise DriftInputError(
             f"captured features have shape {live.shape}; the reference has {len(names)} features"
         )
+    if not len(live):  # every share would be 0: as far as can be from any reference
+        raise DriftInputError("no captured rows to compare with the reference")
     score = np.asarray(captured.score, dtype=np.float64).reshape(-1)
     if len(score) != len(live):
         raise DriftInputError(f"{len(score)} scores for {len(live)} captured rows")

@@ -46,14 +46,19 @@ MARKET_NOISE = 0.35  # sd of the market's error on a runner's log chance
 
 @dataclass(frozen=True)
 class World:
-    """What the races are drawn from. market_noise: the market's error (smaller: a sharper
-    market, odds nearer the true chances). weight_shift_kg: every weight carried moves by
-    this (and its limits with it); within a race all move alike, so the result does not."""
+    """What the races are drawn from. market_sharpness: the market's log chances are the
+    true ones times this, plus its error (above 1, a sharper market: shorter favourites,
+    longer outsiders, surer than the truth). market_noise: the size of that error.
+    weight_shift_kg: every weight carried moves by this (and its limits with it); within
+    a race all move alike, so the result does not."""
 
+    market_sharpness: float = 1.0
     market_noise: float = MARKET_NOISE
     weight_shift_kg: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.market_sharpness > 0:
+            raise ValueError(f"market_sharpness must be above 0, not {self.market_sharpness}")
         if not self.market_noise >= 0:
             raise ValueError(f"market_noise must be at least 0, not {self.market_noise}")
 
@@ -166,7 +171,7 @@ def generate_races(
         position = np.empty(field, dtype=int)
         position[np.argsort(-performance)] = np.arange(1, field + 1)
 
-        market = logits + rng.normal(0.0, world.market_noise, field)
+        market = world.market_sharpness * logits + rng.normal(0.0, world.market_noise, field)
         p_market = np.exp(market - market.max())
         p_market /= p_market.sum()
         overround = 1.0 + rng.uniform(0.12, 0.25)
