@@ -83,7 +83,8 @@ class LocalS3Front:
             return self.moto(environ, start_response)
         written = [upload.key] if upload else _written_keys(request.method, key, request, body)
         with self._writes:
-            _held.events = held = []
+            held: list[tuple[Any, Any]] = []
+            _held.events = held
             try:
                 status, headers, reply = _call(self.moto, environ)
             finally:
