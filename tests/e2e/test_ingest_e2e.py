@@ -117,6 +117,17 @@ def test_same_file_twice_is_one_version(
     assert len(keys_under(stack, f"curated/{dataset}/")) == 4  # data, report, manifest, index
 
 
+def test_a_file_with_cr_only_line_endings_is_answered_as_the_same_version(
+    client: GallopClient, dataset: str, races_csv: Path
+) -> None:
+    """The red team's CR-only file stayed PENDING for ever; it is read as the rows it holds
+    (old Mac exports end lines with a lone CR), not refused."""
+    first = ingest(client, dataset, races_csv.read_bytes())
+    cr_only = ingest(client, dataset, races_csv.read_bytes().replace(b"\n", b"\r"))
+    assert cr_only["status"] == "VALID" and cr_only["report"]["status"] == "VALID"
+    assert cr_only["version_id"] == first["version_id"]
+
+
 def test_same_sqs_message_twice_is_one_version(
     stack: LocalStack, client: GallopClient, dataset: str, races_csv: Path
 ) -> None:

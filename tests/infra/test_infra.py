@@ -22,6 +22,7 @@ from gallop.settings import FUNCTION_SETTINGS, Settings  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 # checkov pins old boto3 and packaging: it lives in a virtualenv of its own (Makefile).
 CHECKOV_BIN = Path(sys.prefix) / "checkov" / "bin" / "checkov"
+CHECKOV_TARGET = ".venv/checkov/bin/checkov"  # the Makefile's target (`make test` builds it)
 # Where the tests deploy to: any account and region will do, but one must be given.
 TEST_ACCOUNT, TEST_REGION = "123456789012", "eu-west-1"
 # What each stage is deployed with (prod refuses to deploy without an alarm subscriber).
@@ -1641,7 +1642,7 @@ def test_checkov_finds_only_accepted_findings(
 ) -> None:
     from infra.accepted_findings import CHECKOV
 
-    assert CHECKOV_BIN.exists(), f"{CHECKOV_BIN} is missing: `make .venv/.installed` installs it"
+    assert CHECKOV_BIN.exists(), f"{CHECKOV_BIN} is missing: `make {CHECKOV_TARGET}` installs it"
     found = {}
     for stage, template in templates.items():
         path = tmp_path / f"{stage}.template.json"

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gallop.client import GallopClient
+from gallop.client import ApiError, GallopClient
 from gallop.local.stack import LocalStack, free_port
 from gallop.spec import DatasetSpec
 from gallop.synth.races import generate_races
@@ -110,6 +110,26 @@ def test_a_cancelled_run_ends_cancelled_and_its_jobs_are_gone(
     restarted = client.start_training_run(run["config"]["dataset"], **ENDLESS)
     assert (restarted["run_id"], restarted["attempt"]) == (run["run_id"], 2)
     client.cancel_training_run(run["run_id"])
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "message"),
+    [
+        ({"num_boost_round": 10**9}, "expected a whole number from 1 to 10000"),
+        ({"num_boost_round": True}, "num_boost_round"),
+    ],
+    ids=["10^9-rounds", "true-as-a-number"],
+)
+def test_a_run_of_a_billion_rounds_is_refused_through_the_stack_and_nothing_is_queued(
+    client: GallopClient, races_spec: DatasetSpec, hyperparameters: dict, message: str
+) -> None:
+    """The red team's 10^9-round run was answered 202 and ran without limit."""
+    spec = spec_named(races_spec, unique_name("bound"))
+    client.register_dataset(spec)
+    with pytest.raises(ApiError) as refused:
+        client.start_training_run(spec.name, hyperparameters=hyperparameters)
+    assert refused.value.status_code == 422 and message in str(refused.value)
+    assert client.training_runs(spec.name) == []
 
 
 @pytest.fixture()
