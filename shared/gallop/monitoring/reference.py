@@ -234,7 +234,7 @@ def _model_files(model: RegisteredModel | ModelManifest) -> tuple[ModelManifest,
 
         return model, model_prefix(run_id), model_id_for(run_id)
     prefix = model.onnx_key.rsplit("/", 1)[0] + "/"
-    return model.manifest, prefix, model.model_id  # type: ignore[return-value]
+    return model.manifest, prefix, model.model_id
 
 
 def _training_rows(
