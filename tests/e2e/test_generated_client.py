@@ -294,6 +294,9 @@ def test_every_documented_status_of_every_route_parses_in_the_generated_client(
     call("promote", 409, gone, body=body("PromoteBody", alias="challenger"))
     call("promote", 422, "m-" + "a" * 80, body=body("PromoteBody", alias="challenger"))
     call("promote", 413, model_id, body=body("PromoteBody", alias="challenger", pad=too_big))
+    call("get_monitoring", 200, model_id)
+    call("get_monitoring", 404, "m-nope")
+    call("get_monitoring", 422, "m-" + "a" * 80)
     # predictions and explanations
     assert stack.settings is not None
     garbled = {"Bucket": stack.settings.artifacts_bucket, "Key": alias_key("champion")}

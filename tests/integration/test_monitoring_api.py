@@ -135,6 +135,13 @@ def test_the_latest_drift_check_counts_drifted_features_not_the_score(engine: En
     assert (latest.rows, latest.flagged, latest.table) == (5000, 1, table)
     assert latest.window_end == start + timedelta(hours=6)
 
+    # a feature with no values served has no PSI: kept as null, not as NaN JSON cannot hold
+    empty = drift_row("c", math.nan, False) | {"ks_p": math.inf}
+    repo.record_drift_check(engine, model_id, 10, [empty], checked_at=start + timedelta(days=2))
+    latest = repo.latest_drift_check(engine, model_id)
+    assert latest is not None
+    assert latest.table == [empty | {"psi": None, "ks_p": None}]
+
 
 def test_capture_files_are_the_monitors_cursor(engine: Engine) -> None:
     model_id = f"m-{unique_name('c')}"
