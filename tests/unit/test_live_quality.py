@@ -174,6 +174,8 @@ def test_a_day_with_no_finished_race_has_no_figures() -> None:
     captured, results = served_races(3)
     quality = live_quality(captured, results.iloc[0:0], RACES)
     assert quality.days == [] and quality.counts.pending == len(captured)
+    nothing = Captured(captured.at[:0], captured.group[:0], captured.entity[:0], captured.score[:0])
+    assert live_quality(nothing, results, RACES).counts == JoinCounts()
 
 
 def test_ungrouped_binary_joins_by_the_row_id_the_client_sent() -> None:

@@ -38,6 +38,10 @@ from gallop.training.report import (
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from gallop.metadata.models import RegisteredModel
+    from gallop.settings import Settings
     from gallop.storage import Store
 
 HEIGHT = 320
@@ -113,6 +117,23 @@ def render_monitoring_page(
         f"<body><h1>{title}</h1><p>{facts}</p>\n{body or '<p>Nothing monitored yet.</p>'}\n"
         "</body></html>\n"
     )
+
+
+def publish_monitoring_page(
+    engine: Engine,
+    artifacts: Store,
+    model: RegisteredModel,
+    calibration: list[dict[str, Any]] | None,
+    settings: Settings,
+) -> str:
+    """Render the model's page from the store as it stands and put it beside its report
+    (what the monitor run does after each check); returns its key."""
+    from gallop.monitoring.status import monitoring_status
+
+    window, margin = settings.monitor_window_days, settings.quality_margin
+    status = monitoring_status(engine, model, window, margin)
+    html = render_monitoring_page(status, calibration, settings.drift_psi_threshold, margin)
+    return write_monitoring_page(artifacts, model.model_id, html)
 
 
 def write_monitoring_page(artifacts: Store, model_id: str, html: str) -> str:

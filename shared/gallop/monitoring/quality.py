@@ -31,8 +31,10 @@ from gallop.training.metrics import (
 from gallop.training.outcomes import race_results
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from gallop.manifests import FeatureManifest
-    from gallop.metadata.models import DatasetVersion
+    from gallop.metadata.models import DatasetVersion, RegisteredModel
     from gallop.storage import Store
 
 # The figure each task's live-quality alarm watches, as the training report names it.
@@ -106,6 +108,31 @@ def read_results(store: Store, version: DatasetVersion, spec: DatasetSpec) -> pd
         raise ValueError(f"version {version.version_id} has no data to read")
     parts = version.parts or [cast(str, version.data_key)]
     return read_canonical(store.get_bytes, parts, spec)
+
+
+def record_live(
+    engine: Engine, data_store: Store, model: RegisteredModel, captured: CapturedRows
+) -> LiveQuality:
+    """Score a model's captured rows against the newest VALID version of its dataset and
+    store the figures of every day they cover (a day is replaced whole: pass all of a
+    day's captured rows, e.g. read_captured(..., since_day=the window's first day))."""
+    from gallop.metadata import repo
+    from gallop.metadata.db import session_scope
+    from gallop.metadata.models import Dataset
+
+    with session_scope(engine) as session:
+        dataset = session.get(Dataset, model.dataset_id)
+    if dataset is None:
+        raise CannotJoin(f"model {model.model_id} names no dataset")
+    spec = repo.spec_of(dataset)
+    version = repo.newest_valid_version(engine, dataset)
+    if version is None:  # nothing to join with yet: every row waits
+        results = pd.DataFrame(columns=[c for c in (spec.group, spec.entity, spec.target) if c])
+    else:
+        results = read_results(data_store, version, spec)
+    quality = live_quality(captured, results, spec)
+    repo.record_live_quality(engine, model.model_id, quality.days)
+    return quality
 
 
 def live_quality(captured: CapturedRows, results: pd.DataFrame, spec: DatasetSpec) -> LiveQuality:
