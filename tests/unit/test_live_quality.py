@@ -15,9 +15,8 @@ from gallop.monitoring.quality import (
     CannotJoin,
     JoinCounts,
     live_quality,
-    relative_drop,
-    window_value,
 )
+from gallop.monitoring.status import relative_drop, window_value
 from gallop.spec import DatasetSpec
 from gallop.training.metrics import binary_metrics, ranking_metrics, regression_metrics
 

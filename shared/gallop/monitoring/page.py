@@ -13,7 +13,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 from gallop.layout import monitoring_page_key
-from gallop.monitoring.quality import ALARM_METRIC, lower_is_better
+from gallop.monitoring.status import ALARM_METRIC, lower_is_better, monitoring_status
 from gallop.serving.registry import model_prefix
 from gallop.training.report import (
     COLOURS,
@@ -128,8 +128,6 @@ def publish_monitoring_page(
 ) -> str:
     """Render the model's page from the store as it stands and put it beside its report
     (what the monitor run does after each check); returns its key."""
-    from gallop.monitoring.status import monitoring_status
-
     window, margin = settings.monitor_window_days, settings.quality_margin
     status = monitoring_status(engine, model, window, margin)
     html = render_monitoring_page(status, calibration, settings.drift_psi_threshold, margin)

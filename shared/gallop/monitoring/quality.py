@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -37,10 +37,6 @@ if TYPE_CHECKING:
     from gallop.metadata.models import DatasetVersion, RegisteredModel
     from gallop.storage import Store
 
-# The figure each task's live-quality alarm watches, as the training report names it.
-ALARM_METRIC = {"ranking": "ndcg@4", "binary": "auc", "regression": "rmse"}
-# Lower is better for these; higher for every other metric (ROI, NDCG, AUC, coverage...).
-LOWER_IS_BETTER = ("log_loss", "brier", "ece", "rmse", "mae", "interval_width")
 TOP1_ROI = "top1_roi"  # 1 unit on the top-ranked runner of each race at the market's odds
 
 # Each captured row's fate, in the order a race's rows take the first that applies.
@@ -381,38 +377,3 @@ def _calibration(joined: pd.DataFrame, spec: DatasetSpec, grouped: bool) -> list
     share, sizes = joined["share"].to_numpy(), _sizes(joined)
     decided = np.repeat(np.add.reduceat(share, group_starts(sizes)) > 0, sizes)
     return reliability(_output(joined, "win_probability")[decided], share[decided])
-
-
-# -- against training ------------------------------------------------------------------
-
-
-def lower_is_better(metric: str) -> bool:
-    return any(word in metric for word in LOWER_IS_BETTER)
-
-
-def relative_drop(metric: str, live: float, training: float) -> float:
-    """How much worse live is than training, relative to training: 0.05 = 5 % worse
-    (negative: better). What LiveQualityDrop reports and its alarm compares with the
-    quality margin."""
-    if not (math.isfinite(live) and math.isfinite(training)) or training == 0:
-        return math.nan
-    worse = live - training if lower_is_better(metric) else training - live
-    return worse / abs(training)
-
-
-def window_value(days: Sequence[tuple[str, int, float | None]], first_day: str) -> float:
-    """A metric over the days from first_day on: the mean of the daily values weighted by
-    the races (rows) each rests on. days: (day, groups, value)."""
-    kept = [
-        (groups, value)
-        for day, groups, value in days
-        if day >= first_day and value is not None and math.isfinite(value) and groups > 0
-    ]
-    total = sum(groups for groups, _ in kept)
-    return sum(groups * value for groups, value in kept) / total if total else math.nan
-
-
-def as_stored(value: Any) -> float | None:
-    """A metric as the database and JSON hold it: None for NaN or infinity."""
-    number = float(value)
-    return number if math.isfinite(number) else None
