@@ -48,7 +48,7 @@ HEIGHT = 320
 ALARM_COLOUR, DRIFT_COLOUR = "#c23b3b", "#c23b3b"
 STATE_BACKGROUND = {"OK": "#e3f1e3", "ALARM": "#f6d5d5", "INSUFFICIENT_DATA": "#eeeeee"}
 PAGE_CSS = CSS + (
-    "td.state{font-weight:bold;text-align:left}.why{text-align:left}"
+    "td.state{font-weight:bold;text-align:left}.text{text-align:left}"
     "th,td{white-space:nowrap}.wide{overflow-x:auto}"
     "tr.drifted td,tr.drifted th{background:#f6d5d5}\n"
 )
@@ -148,10 +148,10 @@ def _alarms(alarms: list[dict[str, Any]]) -> str | None:
         f"<tr><th>{escape(str(a['name']))}</th>"
         f'<td class="state" style="background:{STATE_BACKGROUND.get(a["state"], "#fff")}">'
         f"{escape(str(a['state']))}</td>"
-        f'<td class="why">{escape(str(a.get("reason", "")))}</td></tr>'
+        f'<td class="text">{escape(str(a.get("reason", "")))}</td></tr>'
         for a in alarms
     )
-    head = '<tr><th>alarm</th><th>state</th><th class="why">why</th></tr>'
+    head = '<tr><th>alarm</th><th class="text">state</th><th class="text">why</th></tr>'
     return f"<table><thead>{head}</thead>{rows}</table>"
 
 
