@@ -50,12 +50,17 @@ SCORED = "scored"
 class CapturedRows(Protocol):
     """What live quality reads of gallop.monitoring.capture.CapturedRows (one model's)."""
 
-    at: np.ndarray  # datetime64[us], UTC
-    group: np.ndarray  # object: text or None
-    entity: np.ndarray  # object: text or None
-    score: np.ndarray  # float64
-    outputs: Mapping[str, np.ndarray]
-
+    # read-only members, so that any class with these fields fits (a dict for a Mapping)
+    @property
+    def at(self) -> np.ndarray: ...  # datetime64[us], UTC
+    @property
+    def group(self) -> np.ndarray: ...  # object: text or None
+    @property
+    def entity(self) -> np.ndarray: ...  # object: text or None
+    @property
+    def score(self) -> np.ndarray: ...  # float64
+    @property
+    def outputs(self) -> Mapping[str, np.ndarray]: ...
     def __len__(self) -> int: ...
 
 
