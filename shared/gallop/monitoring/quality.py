@@ -101,14 +101,14 @@ class LiveQuality:
     calibration: list[dict[str, float]] = field(default_factory=list)
 
 
-def read_results(store: Store, version: DatasetVersion, spec: DatasetSpec) -> pd.DataFrame:
-    """A dataset version's rows, as the rest of the code reads a version's data."""
-    from gallop.ingest.canonical import read_canonical
+def read_results(store: Store, version: DatasetVersion) -> pd.DataFrame:
+    """A dataset version's rows from its parts (the join needs no canonical order, so
+    they are not sorted again)."""
+    from gallop.ingest.canonical import read_parts
 
     if not version.parts and not version.data_key:
         raise ValueError(f"version {version.version_id} has no data to read")
-    parts = version.parts or [cast(str, version.data_key)]
-    return read_canonical(store.get_bytes, parts, spec)
+    return read_parts(store.get_bytes, version.parts or [cast(str, version.data_key)])
 
 
 def record_live(
@@ -130,7 +130,7 @@ def record_live(
     if version is None:  # nothing to join with yet: every row waits
         results = pd.DataFrame(columns=[c for c in (spec.group, spec.entity, spec.target) if c])
     else:
-        results = read_results(data_store, version, spec)
+        results = read_results(data_store, version)
     quality = live_quality(captured, results, spec)
     repo.record_live_quality(engine, model.model_id, quality.days)
     return quality
