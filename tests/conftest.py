@@ -101,7 +101,8 @@ def _truncate(eng: Engine) -> None:
         connection.execute(
             text(
                 "TRUNCATE unclaimed_uploads, model_aliases, models, training_runs, feature_sets, "
-                "uploads, dataset_versions, datasets RESTART IDENTITY"
+                "uploads, dataset_versions, datasets, live_quality, drift_checks, capture_files "
+                "RESTART IDENTITY"
             )
         )
 

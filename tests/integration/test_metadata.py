@@ -256,6 +256,9 @@ def test_the_migrate_function_migrates_on_create_and_update_only(
     try:
         with engine.begin() as connection:  # back to an empty schema
             for table in (
+                "live_quality",
+                "drift_checks",
+                "capture_files",
                 "unclaimed_uploads",
                 "model_aliases",
                 "models",

@@ -9,24 +9,33 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import boto3
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from moto import mock_aws
 from sqlalchemy import Engine, inspect
 
 from gallop.api.app import create_app
+from gallop.ingest.canonical import to_parquet
 from gallop.layout import (
+    DATA_FILE,
     MANIFEST_FILE,
     ONNX_FILE,
     REPORT_HTML_FILE,
     TARBALL_FILE,
+    curated_prefix,
     monitoring_page_key,
 )
 from gallop.metadata import repo
 from gallop.metadata.db import engine_for, migrate, session_scope
-from gallop.metadata.models import CaptureFile, Dataset, RegisteredModel
-from gallop.monitoring.page import DRIFT_COLOUR, render_monitoring_page, write_monitoring_page
-from gallop.monitoring.quality import DayQuality, live_quality
+from gallop.metadata.models import CaptureFile, Dataset, DatasetVersion, RegisteredModel
+from gallop.monitoring.page import (
+    DRIFT_COLOUR,
+    publish_monitoring_page,
+    render_monitoring_page,
+    write_monitoring_page,
+)
+from gallop.monitoring.quality import DayQuality, live_quality, record_live
 from gallop.monitoring.status import monitoring_status
 from gallop.serving.registry import model_prefix
 from gallop.settings import Settings
@@ -134,6 +143,13 @@ def test_the_latest_drift_check_counts_drifted_features_not_the_score(engine: En
     assert latest is not None
     assert (latest.rows, latest.flagged, latest.table) == (5000, 1, table)
     assert latest.window_end == start + timedelta(hours=6)
+
+    # a feature with no values served has no PSI: kept as null, not as NaN JSON cannot hold
+    empty = drift_row("c", math.nan, False) | {"ks_p": math.inf}
+    repo.record_drift_check(engine, model_id, 10, [empty], checked_at=start + timedelta(days=2))
+    latest = repo.latest_drift_check(engine, model_id)
+    assert latest is not None
+    assert latest.table == [empty | {"psi": None, "ks_p": None}]
 
 
 def test_capture_files_are_the_monitors_cursor(engine: Engine) -> None:
@@ -297,3 +313,46 @@ def test_the_monitoring_page_draws_calibration_quality_over_time_and_psi(
     body = api.get(f"/v1/models/{model.model_id}/monitoring").json()
     assert body["page_url"] and key in body["page_url"]
     assert artifacts.get_bytes(key).decode() == html
+    # the monitor run's one call renders the same from the store, for today's window
+    settings = Settings(monitor_window_days=7, quality_margin=0.05, drift_psi_threshold=0.25)
+    assert publish_monitoring_page(engine, artifacts, model, quality.calibration, settings) == key
+    assert artifacts.get_bytes(key).decode().count("<svg") == 3
+
+
+def test_record_live_scores_against_the_newest_version_of_the_models_dataset(
+    app: tuple[TestClient, Engine], races_spec: DatasetSpec, artifacts: Store
+) -> None:
+    # GIVEN a model of the races dataset, races it served, and no results yet
+    api, engine = app
+    model = add_model(engine, races_spec, "1b" * 10)
+    captured, results = served_races(20)
+    data = Store("data", artifacts.s3)
+    data.s3.create_bucket(Bucket="data")
+    waiting = record_live(engine, data, model, captured)
+    assert waiting.days == [] and waiting.counts.pending == len(captured)
+
+    # WHEN the results arrive as a version (the spec's columns, as ingest stores them)
+    stored = results.assign(race_time=pd.Timestamp("2026-12-01"), distance_m=1600.0)
+    dataset = repo.get_dataset(engine, races_spec.name)
+    key = curated_prefix(dataset.name, "v-1") + DATA_FILE
+    data.put_bytes(key, to_parquet(stored), "application/vnd.apache.parquet")
+    with session_scope(engine) as session:
+        session.add(
+            DatasetVersion(
+                dataset_id=dataset.id,
+                version_id="v-1",
+                status="VALID",
+                content_hash="0" * 64,
+                source_key="raw/races/x.csv",
+                data_key=key,
+                report={},
+                parts=[key],
+            )
+        )
+    quality = record_live(engine, data, model, captured)
+
+    # THEN the stored figures are the live computation's, and the API shows them
+    assert quality.counts.scored == len(captured)
+    assert quality == live_quality(captured, results, RACES)
+    shown = api.get(f"/v1/models/{model.model_id}/monitoring").json()["live"]
+    assert [d["metrics"] for d in shown] == [pytest.approx(d.metrics) for d in quality.days]

@@ -15,9 +15,8 @@ from gallop.monitoring.quality import (
     CannotJoin,
     JoinCounts,
     live_quality,
-    relative_drop,
-    window_value,
 )
+from gallop.monitoring.status import relative_drop, window_value
 from gallop.spec import DatasetSpec
 from gallop.training.metrics import binary_metrics, ranking_metrics, regression_metrics
 
@@ -174,6 +173,8 @@ def test_a_day_with_no_finished_race_has_no_figures() -> None:
     captured, results = served_races(3)
     quality = live_quality(captured, results.iloc[0:0], RACES)
     assert quality.days == [] and quality.counts.pending == len(captured)
+    nothing = Captured(captured.at[:0], captured.group[:0], captured.entity[:0], captured.score[:0])
+    assert live_quality(nothing, results, RACES).counts == JoinCounts()
 
 
 def test_ungrouped_binary_joins_by_the_row_id_the_client_sent() -> None:
@@ -238,3 +239,52 @@ def test_the_drop_against_training_knows_which_way_is_worse() -> None:
     assert window_value(days, "2026-12-01") == pytest.approx(0.65)
     assert window_value(days, "2026-12-02") == pytest.approx(0.7)
     assert math.isnan(window_value(days, "2026-12-04"))
+
+
+def test_a_winner_nobody_asked_about_still_won() -> None:
+    # GIVEN a race whose winner was not in the request: the runner-up is no winner
+    captured = Captured(
+        at=np.full(2, np.datetime64("2026-12-06T12:00:00", "us")),
+        group=np.array(["A", "A"], dtype=object),
+        entity=np.array(["a2", "a3"], dtype=object),
+        score=np.array([1.0, 0.0]),
+        outputs={"win_probability": np.array([0.7, 0.3])},
+    )
+    results = pd.DataFrame(
+        {"race_id": ["A"] * 3, "horse_id": ["a1", "a2", "a3"], "position": [1, 2, 3]}
+    )
+    quality = live_quality(captured, results, RACES)
+    (day,) = quality.days
+    assert quality.counts.partial_races == 1 and quality.counts.scored == 2
+    assert math.isnan(day.metrics["top1_hit_rate"])  # no decided race among those served
+    assert math.isnan(day.metrics["race_log_loss"])
+    assert day.metrics["ndcg@1"] == pytest.approx(3 / 3)  # a2 (2nd, 2^2-1) first of the two
+
+
+def ndcg_by_definition(scores, relevance, sizes, k):  # type: ignore[no-untyped-def]
+    """NDCG@k group by group, as LightGBM defines it (the loop the metric once was)."""
+    total, start = 0.0, 0
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    for size in sizes:
+        rel = relevance[start : start + size]
+        order = np.argsort(-scores[start : start + size], kind="stable")[:k]
+        ideal = np.sort(rel)[::-1][:k]
+        best = float(((2.0**ideal - 1) * discounts[: len(ideal)]).sum())
+        got = float(((2.0 ** rel[order] - 1) * discounts[: len(order)]).sum())
+        total += got / best if best > 0 else 1.0
+        start += size
+    return total / len(sizes)
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 10])
+def test_vectorised_ndcg_equals_its_definition(k: int) -> None:
+    from gallop.training.metrics import ndcg_at_k
+
+    rng = np.random.default_rng(k)
+    sizes = rng.integers(0, 12, 500)  # empty groups and groups smaller than k too
+    n = int(sizes.sum())
+    scores = np.round(rng.normal(size=n), 1)  # ties: the earlier row ranks first
+    relevance = np.where(rng.random(n) < 0.3, 0.0, rng.integers(0, 4, n).astype(float))
+    assert ndcg_at_k(scores, relevance, sizes, k) == pytest.approx(
+        ndcg_by_definition(scores, relevance, sizes, k), abs=1e-12
+    )

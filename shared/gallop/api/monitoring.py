@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
+from botocore.exceptions import ClientError
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
@@ -105,6 +106,10 @@ def _page_url(state: Any, model_id: str) -> str | None:
     try:
         state.artifacts().head(key)
     except ObjectMissing:
+        return None
+    except ClientError as exc:  # S3's answer for a missing key to a reader without ListBucket
+        if exc.response["Error"]["Code"] not in ("403", "AccessDenied", "Forbidden"):
+            raise
         return None
     return str(state.artifacts().presigned_get(key, state.settings.report_url_expiry_seconds))
 

@@ -541,11 +541,16 @@ def record_drift_check(
         window_start=window_start,
         window_end=window_end,
         flagged=sum(1 for row in table if row.get("flagged") and row["feature"] != "(score)"),
-        table=table,
+        table=[{k: _finite_or_none(v) for k, v in row.items()} for row in table],
     )
     with session_scope(engine) as session:
         session.add(check)
     return check
+
+
+def _finite_or_none(value: Any) -> Any:
+    """NaN and infinity as None: JSON has no such numbers (Postgres refuses them)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def latest_drift_check(engine: Engine, model_id: str) -> DriftCheck | None:

@@ -13,7 +13,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 from gallop.layout import monitoring_page_key
-from gallop.monitoring.quality import ALARM_METRIC, lower_is_better
+from gallop.monitoring.status import ALARM_METRIC, lower_is_better, monitoring_status
 from gallop.serving.registry import model_prefix
 from gallop.training.report import (
     COLOURS,
@@ -38,13 +38,17 @@ from gallop.training.report import (
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from gallop.metadata.models import RegisteredModel
+    from gallop.settings import Settings
     from gallop.storage import Store
 
 HEIGHT = 320
 ALARM_COLOUR, DRIFT_COLOUR = "#c23b3b", "#c23b3b"
 STATE_BACKGROUND = {"OK": "#e3f1e3", "ALARM": "#f6d5d5", "INSUFFICIENT_DATA": "#eeeeee"}
 PAGE_CSS = CSS + (
-    "td.state{font-weight:bold;text-align:left}.why{text-align:left}"
+    "td.state{font-weight:bold;text-align:left}.text{text-align:left}"
     "th,td{white-space:nowrap}.wide{overflow-x:auto}"
     "tr.drifted td,tr.drifted th{background:#f6d5d5}\n"
 )
@@ -115,6 +119,21 @@ def render_monitoring_page(
     )
 
 
+def publish_monitoring_page(
+    engine: Engine,
+    artifacts: Store,
+    model: RegisteredModel,
+    calibration: list[dict[str, Any]] | None,
+    settings: Settings,
+) -> str:
+    """Render the model's page from the store as it stands and put it beside its report
+    (what the monitor run does after each check); returns its key."""
+    window, margin = settings.monitor_window_days, settings.quality_margin
+    status = monitoring_status(engine, model, window, margin)
+    html = render_monitoring_page(status, calibration, settings.drift_psi_threshold, margin)
+    return write_monitoring_page(artifacts, model.model_id, html)
+
+
 def write_monitoring_page(artifacts: Store, model_id: str, html: str) -> str:
     """Put the page beside the model's training report; returns its key."""
     key = monitoring_page_key(model_prefix(model_id))
@@ -129,10 +148,10 @@ def _alarms(alarms: list[dict[str, Any]]) -> str | None:
         f"<tr><th>{escape(str(a['name']))}</th>"
         f'<td class="state" style="background:{STATE_BACKGROUND.get(a["state"], "#fff")}">'
         f"{escape(str(a['state']))}</td>"
-        f'<td class="why">{escape(str(a.get("reason", "")))}</td></tr>'
+        f'<td class="text">{escape(str(a.get("reason", "")))}</td></tr>'
         for a in alarms
     )
-    head = '<tr><th>alarm</th><th>state</th><th class="why">why</th></tr>'
+    head = '<tr><th>alarm</th><th class="text">state</th><th class="text">why</th></tr>'
     return f"<table><thead>{head}</thead>{rows}</table>"
 
 

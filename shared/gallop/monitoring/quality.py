@@ -12,9 +12,9 @@ held-out figures come from, so live and training numbers mean the same thing.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
@@ -31,14 +31,12 @@ from gallop.training.metrics import (
 from gallop.training.outcomes import race_results
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from gallop.manifests import FeatureManifest
-    from gallop.metadata.models import DatasetVersion
+    from gallop.metadata.models import DatasetVersion, RegisteredModel
     from gallop.storage import Store
 
-# The figure each task's live-quality alarm watches, as the training report names it.
-ALARM_METRIC = {"ranking": "ndcg@4", "binary": "auc", "regression": "rmse"}
-# Lower is better for these; higher for every other metric (ROI, NDCG, AUC, coverage...).
-LOWER_IS_BETTER = ("log_loss", "brier", "ece", "rmse", "mae", "interval_width")
 TOP1_ROI = "top1_roi"  # 1 unit on the top-ranked runner of each race at the market's odds
 
 # Each captured row's fate, in the order a race's rows take the first that applies.
@@ -86,14 +84,39 @@ class LiveQuality:
     calibration: list[dict[str, float]] = field(default_factory=list)
 
 
-def read_results(store: Store, version: DatasetVersion, spec: DatasetSpec) -> pd.DataFrame:
-    """A dataset version's rows, as the rest of the code reads a version's data."""
-    from gallop.ingest.canonical import read_canonical
+def read_results(store: Store, version: DatasetVersion) -> pd.DataFrame:
+    """A dataset version's rows from its parts (the join needs no canonical order, so
+    they are not sorted again)."""
+    from gallop.ingest.canonical import read_parts
 
     if not version.parts and not version.data_key:
         raise ValueError(f"version {version.version_id} has no data to read")
-    parts = version.parts or [cast(str, version.data_key)]
-    return read_canonical(store.get_bytes, parts, spec)
+    return read_parts(store.get_bytes, version.parts or [cast(str, version.data_key)])
+
+
+def record_live(
+    engine: Engine, data_store: Store, model: RegisteredModel, captured: CapturedRows
+) -> LiveQuality:
+    """Score a model's captured rows against the newest VALID version of its dataset and
+    store the figures of every day they cover (a day is replaced whole: pass all of a
+    day's captured rows, e.g. read_captured(..., since_day=the window's first day))."""
+    from gallop.metadata import repo
+    from gallop.metadata.db import session_scope
+    from gallop.metadata.models import Dataset
+
+    with session_scope(engine) as session:
+        dataset = session.get(Dataset, model.dataset_id)
+    if dataset is None:
+        raise CannotJoin(f"model {model.model_id} names no dataset")
+    spec = repo.spec_of(dataset)
+    version = repo.newest_valid_version(engine, dataset)
+    if version is None:  # nothing to join with yet: every row waits
+        results = pd.DataFrame(columns=[c for c in (spec.group, spec.entity, spec.target) if c])
+    else:
+        results = read_results(data_store, version)
+    quality = live_quality(captured, results, spec)
+    repo.record_live_quality(engine, model.model_id, quality.days)
+    return quality
 
 
 def live_quality(captured: CapturedRows, results: pd.DataFrame, spec: DatasetSpec) -> LiveQuality:
@@ -108,6 +131,10 @@ def live_quality(captured: CapturedRows, results: pd.DataFrame, spec: DatasetSpe
         raise CannotJoin(f"dataset {spec.name!r}: a ranking task needs a group column")
     served = _served_frame(captured, grouped)
     known = _results_frame(results, spec)
+    if grouped:  # the served races' fields only: results hold the whole history
+        known = known[known["group"].isin(set(served["group"].dropna()))].reset_index(drop=True)
+        if spec.task is Task.RANKING:  # judged on the whole field, captured or not
+            known["share"], known["relevance"] = _outcomes(known, spec)
     fate = _fates(served, known, grouped)
     joined = served[fate == SCORED].merge(known, on=["group", "entity"], how="left")
     partial = _partial_races(joined, known) if grouped else set()
@@ -120,6 +147,7 @@ def live_quality(captured: CapturedRows, results: pd.DataFrame, spec: DatasetSpe
     if joined.empty:
         return LiveQuality(spec.task.value, [], counts)
     joined = _in_race_order(joined, grouped)
+    joined["race"] = pd.factorize(joined["group"].to_numpy(dtype=object))[0]  # ints: fast
     days = [
         _day_quality(str(day), part, spec, grouped)
         for day, part in joined.groupby("day", sort=True)
@@ -191,25 +219,41 @@ def _id_texts(column: pd.Series) -> np.ndarray:
 def _fates(served: pd.DataFrame, known: pd.DataFrame, grouped: bool) -> np.ndarray:
     """Each captured row's fate; in a grouped task a race shares its worst row's fate."""
     fate = np.full(len(served), SCORED, dtype=object)
-    keyed = served["entity"].notna() & served["group"].notna()
-    key = served["group"].astype(str) + "\x1f" + served["entity"].astype(str)
-    known_key = known["group"].astype(str) + "\x1f" + known["entity"].astype(str)
-    doubled = set(known_key[known_key.duplicated(keep=False)])
-    has_result = key.isin(set(known_key)).to_numpy()
-    ambiguous = (key.duplicated(keep=False) | key.isin(doubled)).to_numpy()
+    keyed = (served["entity"].notna() & served["group"].notna()).to_numpy()
+    key, known_key = _keys(served), _keys(known)
+    codes, uniques = pd.factorize(np.concatenate([key, known_key]))
+    mine, theirs = codes[: len(key)], codes[len(key) :]
+    served_times = np.bincount(mine, minlength=len(uniques))
+    result_times = np.bincount(theirs, minlength=len(uniques))
+    has_result = result_times[mine] > 0
+    ambiguous = (served_times[mine] > 1) | (result_times[mine] > 1)
     # grouped: a race is known once any of its runners has a result
     race_known = served["group"].isin(set(known["group"])).to_numpy() if grouped else has_result
     fate[~race_known] = PENDING
     fate[race_known & ~has_result] = WITHOUT_RESULT
     fate[ambiguous] = AMBIGUOUS
-    fate[~keyed.to_numpy()] = NO_KEY
+    fate[~keyed] = NO_KEY
     if grouped:  # the race's worst fate, for every row of it (rows without a group: alone)
-        rank = {name: i for i, name in enumerate((NO_KEY, AMBIGUOUS, PENDING, WITHOUT_RESULT))}
-        worst = pd.Series([rank.get(f, 99) for f in fate]).groupby(served["group"]).transform("min")
+        order = (NO_KEY, AMBIGUOUS, PENDING, WITHOUT_RESULT, SCORED)
+        rank = pd.Series(pd.Categorical(fate, categories=order).codes, index=served.index)
+        worst = rank.groupby(served["group"]).transform("min")
         in_race = served["group"].notna().to_numpy()
-        names = np.array([*rank, SCORED], dtype=object)
-        fate[in_race] = names[np.minimum(worst.to_numpy()[in_race], len(rank)).astype(int)]
+        fate[in_race] = np.array(order, dtype=object)[worst.to_numpy()[in_race].astype(int)]
     return fate
+
+
+def _keys(frame: pd.DataFrame) -> np.ndarray:
+    return np.array(
+        [
+            f"{g}\x1f{e}"
+            for g, e in zip(
+                frame["group"].to_numpy(dtype=object),
+                frame["entity"].to_numpy(dtype=object),
+                strict=True,
+            )
+        ],
+        dtype=object,
+    )
 
 
 def _partial_races(joined: pd.DataFrame, known: pd.DataFrame) -> set[str]:
@@ -236,7 +280,7 @@ def _in_race_order(joined: pd.DataFrame, grouped: bool) -> pd.DataFrame:
 
 
 def _day_quality(day: str, rows: pd.DataFrame, spec: DatasetSpec, grouped: bool) -> DayQuality:
-    groups = int(rows["group"].nunique()) if grouped else len(rows)
+    groups = int(rows["race"].nunique()) if grouped else len(rows)
     if spec.task is Task.RANKING:
         metrics = _ranking(rows, spec)
     elif spec.task is Task.BINARY:
@@ -258,7 +302,8 @@ def _output(rows: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def _outcomes(rows: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(share, relevance) per row, as training decides them (gallop.training.outcomes)."""
+    """(share, relevance) per result row, as training decides them
+    (gallop.training.outcomes): a race's winner is its winner whether it was served or not."""
     manifest = {
         "group": "group",
         "target": "target",
@@ -268,16 +313,18 @@ def _outcomes(rows: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray, np.nda
 
 
 def _sizes(rows: pd.DataFrame) -> np.ndarray:
-    race = rows["group"].to_numpy()
+    race = rows["race"].to_numpy()
     starts = np.flatnonzero(np.r_[True, race[1:] != race[:-1]])
     return np.diff(np.r_[starts, len(race)]).astype(np.int64)
 
 
 def _ranking(rows: pd.DataFrame, spec: DatasetSpec) -> dict[str, float]:
-    share, relevance = _outcomes(rows, spec)
+    share, relevance = rows["share"].to_numpy(), rows["relevance"].to_numpy()
     sizes, score = _sizes(rows), rows["score"].to_numpy()
     probability = _output(rows, "win_probability")
-    metrics = ranking_metrics(score, probability, relevance, share, sizes)
+    with warnings.catch_warnings():  # a day without a decided race: NaN, said by the value
+        warnings.simplefilter("ignore", RuntimeWarning)
+        metrics = ranking_metrics(score, probability, relevance, share, sizes)
     # Race log loss: only races with exactly one winner whose whole field was served.
     starts = group_starts(sizes)
     winners = np.add.reduceat((share > 0).astype(np.int64), starts)
@@ -315,41 +362,6 @@ def _calibration(joined: pd.DataFrame, spec: DatasetSpec, grouped: bool) -> list
         return []
     if spec.task is Task.BINARY:
         return reliability(_output(joined, "probability"), joined["target"].to_numpy())
-    share, _ = _outcomes(joined, spec)
-    decided = np.repeat(np.add.reduceat(share, group_starts(_sizes(joined))) > 0, _sizes(joined))
+    share, sizes = joined["share"].to_numpy(), _sizes(joined)
+    decided = np.repeat(np.add.reduceat(share, group_starts(sizes)) > 0, sizes)
     return reliability(_output(joined, "win_probability")[decided], share[decided])
-
-
-# -- against training ------------------------------------------------------------------
-
-
-def lower_is_better(metric: str) -> bool:
-    return any(word in metric for word in LOWER_IS_BETTER)
-
-
-def relative_drop(metric: str, live: float, training: float) -> float:
-    """How much worse live is than training, relative to training: 0.05 = 5 % worse
-    (negative: better). What LiveQualityDrop reports and its alarm compares with the
-    quality margin."""
-    if not (math.isfinite(live) and math.isfinite(training)) or training == 0:
-        return math.nan
-    worse = live - training if lower_is_better(metric) else training - live
-    return worse / abs(training)
-
-
-def window_value(days: Sequence[tuple[str, int, float | None]], first_day: str) -> float:
-    """A metric over the days from first_day on: the mean of the daily values weighted by
-    the races (rows) each rests on. days: (day, groups, value)."""
-    kept = [
-        (groups, value)
-        for day, groups, value in days
-        if day >= first_day and value is not None and math.isfinite(value) and groups > 0
-    ]
-    total = sum(groups for groups, _ in kept)
-    return sum(groups * value for groups, value in kept) / total if total else math.nan
-
-
-def as_stored(value: Any) -> float | None:
-    """A metric as the database and JSON hold it: None for NaN or infinity."""
-    number = float(value)
-    return number if math.isfinite(number) else None

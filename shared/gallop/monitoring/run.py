@@ -26,18 +26,15 @@ from gallop.metadata.db import engine_for
 from gallop.metadata.models import CaptureFile, RegisteredModel
 from gallop.monitoring.capture import CapturedRows, read_captured
 from gallop.monitoring.drift import drift_table
-from gallop.monitoring.page import render_monitoring_page, write_monitoring_page
-from gallop.monitoring.quality import (
+from gallop.monitoring.page import publish_monitoring_page
+from gallop.monitoring.quality import CannotJoin, LiveQuality, record_live
+from gallop.monitoring.reference import NoReference, reference_for
+from gallop.monitoring.status import (
     ALARM_METRIC,
-    CannotJoin,
-    LiveQuality,
-    live_quality,
-    read_results,
+    monitoring_status,
     relative_drop,
     window_value,
 )
-from gallop.monitoring.reference import NoReference, reference_for
-from gallop.monitoring.status import monitoring_status
 from gallop.observability import emf_line
 from gallop.serving.registry import ModelNotFound, get_model
 from gallop.settings import Settings, get_settings
@@ -95,7 +92,6 @@ class Monitor:
         self.artifacts = Store.artifacts_from_settings(settings)
         self.now = now or datetime.now(UTC)
         self.metrics_out = metrics_out
-        self._results: dict[str, Any] = {}  # dataset -> (version, its rows), read once a run
 
     def run(self, dataset: str | None = None, *, force: bool = False) -> list[ModelCheck]:
         """force: check drift whatever the count of new predictions (a person asked)."""
@@ -118,6 +114,13 @@ class Monitor:
         check = ModelCheck(model_id, dataset, len(captured), self._read_new(model, captured))
         quality = self._live_quality(model, captured, check)
         self._drift(model, captured, check, force)
+        check.page_key = publish_monitoring_page(
+            self.engine,
+            self.artifacts,
+            model,
+            quality.calibration if quality is not None else None,
+            self.settings,
+        )
         status = monitoring_status(
             self.engine,
             model,
@@ -127,13 +130,6 @@ class Monitor:
         )
         check.live = [d for d in status["live"] if d["day"] >= self.first_day.isoformat()]
         check.alarms = status["alarms"]
-        html = render_monitoring_page(
-            status,
-            quality.calibration if quality is not None else None,
-            self.settings.drift_psi_threshold,
-            self.settings.quality_margin,
-        )
-        check.page_key = write_monitoring_page(self.artifacts, model_id, html)
         self._emit(model, check, status)
         return check
 
@@ -158,30 +154,13 @@ class Monitor:
         self, model: RegisteredModel, captured: CapturedRows, check: ModelCheck
     ) -> LiveQuality | None:
         """The window's days scored against the dataset's newest VALID version, stored."""
-        dataset_name = model.manifest.get("dataset")
-        if not dataset_name or not len(captured):
+        if not len(captured):
             return None
         try:
-            dataset = repo.get_dataset(self.engine, dataset_name)
-        except LookupError:
-            check.problems.append(f"dataset {dataset_name!r} is not registered")
-            return None
-        spec = repo.spec_of(dataset)
-        if dataset_name not in self._results:
-            version = repo.newest_valid_version(self.engine, dataset)
-            rows = read_results(self.data, version, spec) if version is not None else None
-            self._results[dataset_name] = rows
-        results = self._results[dataset_name]
-        if results is None:
-            check.problems.append(f"dataset {dataset_name!r} has no VALID version: no results")
-            return None
-        try:
-            quality = live_quality(captured, results, spec)
+            return record_live(self.engine, self.data, model, captured)
         except CannotJoin as exc:
             check.problems.append(str(exc))
             return None
-        repo.record_live_quality(self.engine, model.model_id, quality.days)
-        return quality
 
     def _drift(
         self, model: RegisteredModel, captured: CapturedRows, check: ModelCheck, force: bool

@@ -10,10 +10,9 @@ say what the alarms say, also where no CloudWatch runs (gallop serve).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-
-from gallop.monitoring.quality import ALARM_METRIC, relative_drop, window_value
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -22,6 +21,10 @@ if TYPE_CHECKING:
 
 OK, ALARM, INSUFFICIENT_DATA = "OK", "ALARM", "INSUFFICIENT_DATA"
 FEATURE_DRIFT, LIVE_QUALITY = "feature_drift", "live_quality"
+# The figure each task's live-quality alarm watches, as the training report names it.
+ALARM_METRIC = {"ranking": "ndcg@4", "binary": "auc", "regression": "rmse"}
+# Lower is better for these; higher for every other metric (ROI, NDCG, AUC, coverage...).
+LOWER_IS_BETTER = ("log_loss", "brier", "ece", "rmse", "mae", "interval_width")
 
 
 def monitoring_status(
@@ -124,3 +127,32 @@ def _number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+# -- against training (what the monitor emits as LiveQualityDrop, and its alarm judges) -----
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(word in metric for word in LOWER_IS_BETTER)
+
+
+def relative_drop(metric: str, live: float, training: float) -> float:
+    """How much worse live is than training, relative to training: 0.05 = 5 % worse
+    (negative: better). What LiveQualityDrop reports and its alarm compares with the
+    quality margin."""
+    if not (math.isfinite(live) and math.isfinite(training)) or training == 0:
+        return math.nan
+    worse = live - training if lower_is_better(metric) else training - live
+    return worse / abs(training)
+
+
+def window_value(days: Sequence[tuple[str, int, float | None]], first_day: str) -> float:
+    """A metric over the days from first_day on: the mean of the daily values weighted by
+    the races (rows) each rests on. days: (day, groups, value)."""
+    kept = [
+        (groups, value)
+        for day, groups, value in days
+        if day >= first_day and value is not None and math.isfinite(value) and groups > 0
+    ]
+    total = sum(groups for groups, _ in kept)
+    return sum(groups * value for groups, value in kept) / total if total else math.nan

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from gallop.models.stack import group_starts
@@ -9,18 +11,21 @@ from gallop.models.stack import group_starts
 
 def ndcg_at_k(scores: np.ndarray, relevance: np.ndarray, groups: np.ndarray, k: int) -> float:
     """Mean NDCG@k over groups; gain 2^rel - 1, discount log2(rank + 1); a group with no
-    relevant item counts 1 (LightGBM's convention)."""
-    total, start = 0.0, 0
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    for size in groups:
-        rel = relevance[start : start + size]
-        order = np.argsort(-scores[start : start + size], kind="stable")[:k]
-        ideal = np.sort(rel)[::-1][:k]
-        best = float(((2.0**ideal - 1) * discounts[: len(ideal)]).sum())
-        got = float(((2.0 ** rel[order] - 1) * discounts[: len(order)]).sum())
-        total += got / best if best > 0 else 1.0
-        start += size
-    return total / len(groups)
+    relevant item counts 1 (LightGBM's convention). Ties in score keep the rows' order.
+    Vectorised (no loop over groups): the monitor scores 10,000 races a day by it."""
+    sizes = np.asarray(groups, dtype=np.int64)
+    if not len(sizes):
+        return math.nan
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    rel = np.asarray(relevance, dtype=np.float64)
+    # rows sorted within their group (groups are contiguous, so each keeps its place)
+    by_score = np.lexsort((-np.asarray(scores, dtype=np.float64), group))  # stable
+    by_relevance = np.lexsort((-rel, group))
+    rank = np.arange(len(group)) - np.repeat(group_starts(sizes), sizes)
+    discount = np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0)
+    got = np.bincount(group, (2.0 ** rel[by_score] - 1) * discount, minlength=len(sizes))
+    best = np.bincount(group, (2.0 ** rel[by_relevance] - 1) * discount, minlength=len(sizes))
+    return float(np.divide(got, best, out=np.ones(len(sizes)), where=best > 0).mean())
 
 
 def ece(probability: np.ndarray, outcome: np.ndarray, bins: int = 15) -> float:
