@@ -13,6 +13,8 @@ Data bucket:
   curated/{dataset}/{version}/append.parquet    an appended version's own rows (new, replacing)
   features/{dataset}/{version}/{spec_hash}/     features.parquet, state.npz, manifest.json
   features/{dataset}/online/{spec_hash}.json    the newest READY snapshot (race cards read it)
+  capture/{dataset}/{model_id}/date={day}/      what the predict path served (Firehose, JSON Lines)
+  capture-errors/{error type}/date={day}/       records Firehose could not partition
 Artifacts bucket:
   training/{run_id}/                            a run's channels and its jobs' output
   models/{run_id}/                              model.onnx, manifest.json, report.html,
@@ -35,6 +37,17 @@ FEATURES_PREFIX = "features/"
 TRAINING_PREFIX = "training/"
 MODELS_PREFIX = "models/"
 ALIASES_PREFIX = "aliases/"
+CAPTURE_ROOT = "capture/"
+
+# Captured predictions (gallop.monitoring.capture): the Firehose stream's prefixes, the
+# same strings on AWS (dynamic partitioning) and locally (gallop.local.firehose). The JQ
+# query names the partition keys from each record.
+CAPTURE_PREFIX = (
+    "capture/!{partitionKeyFromQuery:dataset}/!{partitionKeyFromQuery:model}/"
+    "date=!{timestamp:yyyy-MM-dd}/"
+)
+CAPTURE_ERROR_PREFIX = "capture-errors/!{firehose:error-output-type}/date=!{timestamp:yyyy-MM-dd}/"
+CAPTURE_PARTITION_QUERY = "{dataset: .dataset, model: .model_id}"
 
 # A dataset version's files (curated/) and a rejected upload's (quarantine/)
 DATA_FILE = "data.parquet"
@@ -52,6 +65,7 @@ SNAPSHOT_FILE = "state.npz"  # the entity snapshot for race cards (gallop.featur
 ONNX_FILE = "model.onnx"
 REPORT_HTML_FILE = "report.html"
 TARBALL_FILE = "model.tar.gz"
+MONITOR_REFERENCE_FILE = "monitor_reference.npz"  # gallop.monitoring.reference
 
 # A base job's model directory, which the stack job reads
 BASE_RECORD_FILE = "base.json"
@@ -166,10 +180,29 @@ def model_prefix(run_id: str) -> str:
     return f"{MODELS_PREFIX}{run_id}/"
 
 
+MONITORING_HTML_FILE = "monitoring.html"
+
+
+def monitoring_page_key(model_prefix: str) -> str:
+    """A model's monitoring page, beside its training report (model_prefix: models/{run_id}/)."""
+    return model_prefix + MONITORING_HTML_FILE
+
+
 def alias_key(alias: str) -> str:
     return f"{ALIASES_PREFIX}{alias}.json"
+
+
+def capture_prefix(dataset: str, model_id: str, day: str | None = None) -> str:
+    """Where a model's captured predictions are: all of them, or one day's (YYYY-MM-DD)."""
+    prefix = f"{CAPTURE_ROOT}{dataset}/{model_id}/"
+    return prefix + (f"date={day}/" if day else "")
 
 
 def explain_file(index: int) -> str:
     """What the serving side explains the index-th base model of the graph with."""
     return f"base_{index}.explain.json"
+
+
+def monitor_reference_key(model_prefix: str) -> str:
+    """A model's drift reference, beside its model.onnx (built on its first check)."""
+    return model_prefix + MONITOR_REFERENCE_FILE

@@ -30,16 +30,18 @@ ENV_FEATURES_QUEUE_URL = "GALLOP_FEATURES_QUEUE_URL"
 ENV_AWS_ENDPOINT_URL = "GALLOP_AWS_ENDPOINT_URL"
 ENV_TRAINING_LAUNCHER = "GALLOP_TRAINING_LAUNCHER"
 ENV_CODE_VERSION = "GALLOP_CODE_VERSION"
+ENV_CAPTURE_STREAM = "GALLOP_CAPTURE_STREAM"
 
 # What each deployed function must be configured with: its handler checks these at cold
 # start, and the CDK stack sets the variables (a test ties the two together).
 FUNCTION_SETTINGS: dict[str, tuple[str, ...]] = {
     "api": ("database", "data_bucket", "api_key_source", "artifacts_bucket", "training_launcher"),
     "migrate": ("database",),
+    "monitor": ("database", "data_bucket", "artifacts_bucket"),
     "ingest": ("database", "data_bucket", "features_queue_url"),
     "features": ("database", "data_bucket"),
     "training": ("database", "artifacts_bucket"),
-    "predict": ("data_bucket", "artifacts_bucket", "api_key_source"),
+    "predict": ("data_bucket", "artifacts_bucket", "api_key_source", "capture_stream"),
 }
 
 # What runs launched on Step Functions need, on top of the launcher's name. The code
@@ -138,6 +140,18 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a warm container trusts its alias -> model lookup before "
         "asking the database again: a promotion reaches every container within it.",
+    )
+    capture_stream: str = Field(
+        default="",
+        description="Firehose delivery stream the predict path captures what it served to "
+        "(gallop.monitoring.capture); empty: no capture.",
+    )
+    capture_sample: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of requests captured, chosen by a stable hash of the request's "
+        "first group id (else its correlation id): a race is captured whole or not at all.",
     )
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     max_body_bytes: int = Field(
