@@ -238,8 +238,9 @@ class GallopStack(Stack):
             ("Monitor", monitor.function),
         ):
             monitoring.watch_function(name, function)
-        dead_letters = [*pipeline.dead_letter_queues, monitor.dead_letters]
-        for name, queue in zip(("Ingest", "Features", "Monitor"), dead_letters, strict=True):
+        dead_letters = [*pipeline.dead_letter_queues, monitor.dead_letters, monitoring.undelivered]
+        names = ("Ingest", "Features", "Monitor", "UndeliveredEvents")
+        for name, queue in zip(names, dead_letters, strict=True):
             monitoring.watch_dead_letters(name, queue)
         work = (pipeline.ingest_queue, pipeline.features_queue)
         for name, queue in zip(("Ingest", "Features"), work, strict=True):
