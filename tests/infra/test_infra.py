@@ -276,6 +276,11 @@ def test_the_data_functions_run_the_image_and_the_others_are_zips(
         ROOT / "functions" / "predict" / "handler.py"
     ).read_bytes()
     assert (ROOT / "build" / "images" / "data" / "Dockerfile").is_file()
+    # The image's CMD names each function's handler: each is in the image as written.
+    for name in ("ingest", "features", "monitor"):
+        assert (
+            ROOT / "build" / "images" / "data" / "functions" / name / "handler.py"
+        ).read_bytes() == (ROOT / "functions" / name / "handler.py").read_bytes()
 
 
 # Actions AWS offers no resource-level permission for, each with the reason.
@@ -1575,6 +1580,10 @@ def test_unclaimed_uploads_expire_per_stage_never_before_raw_ones(
 
     with pytest.raises(DeploymentRefused, match="before raw uploads"):
         replace(STAGES["dev"], unclaimed_expiry_days=RAW_EXPIRY_DAYS - 1)
+    with pytest.raises(DeploymentRefused, match="quality_margin 5 is not a share"):
+        replace(STAGES["dev"], quality_margin=5)  # a percentage where a share is meant
+    with pytest.raises(DeploymentRefused, match="every minute or less often"):
+        replace(STAGES["dev"], monitor_every_minutes=0)
     assert isinstance(STAGES["prod"], Stage)
 
 
