@@ -22,6 +22,7 @@ from gallop.layout import (
     TRAINING_PREFIX,
     UNCLAIMED_PREFIX,
 )
+from gallop.settings import env_name
 from infra.api import Api
 from infra.capture import Capture
 from infra.database import DATABASE_NAME, DATABASE_USER, Database
@@ -245,6 +246,10 @@ class GallopStack(Stack):
         work = (pipeline.ingest_queue, pipeline.features_queue)
         for name, queue in zip(("Ingest", "Features"), work, strict=True):
             monitoring.watch_queue_backlog(name, queue, stage.queue_age_alarm_minutes)
+        # The margin the quality alarm fires at is the one the API and the monitoring page
+        # judge live quality by (gallop.settings' quality_margin).
+        for function in (api.function, monitor.function):
+            function.add_environment(env_name("quality_margin"), str(stage.quality_margin))
         monitoring.watch_drift_and_quality(
             Duration.minutes(stage.monitor_every_minutes), stage.quality_margin
         )

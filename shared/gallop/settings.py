@@ -135,6 +135,19 @@ class Settings(BaseSettings):
         "of the training sources beside this package.",
     )
     report_url_expiry_seconds: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
+    # Monitoring (issue #13): what the monitor's alarms, the API and the monitoring page judge by
+    monitor_window_days: int = Field(
+        default=7, gt=0, description="Days of live quality the quality alarm looks back over."
+    )
+    quality_margin: float = Field(
+        default=0.05,
+        gt=0,
+        description="Live quality this much worse than the training figure (relative: 0.05 "
+        "is 5 % worse) over the window raises the live-quality alarm.",
+    )
+    drift_psi_threshold: float = Field(
+        default=0.25, gt=0, description="A feature whose PSI is above it has drifted."
+    )
     alias_ttl_seconds: float = Field(
         default=30.0,
         ge=0,

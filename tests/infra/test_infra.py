@@ -1946,6 +1946,11 @@ def test_every_new_alarm_exists_and_notifies_the_topic(templates: dict[str, Temp
         has_alarm(
             template, ours("LiveQualityDrop", "gallop-monitor", "Maximum"), stage.quality_margin
         )
+        # ... the margin the API and the monitoring page judge live quality by, too.
+        functions = gallop_functions(template)
+        for judge in ("api", "monitor"):
+            margin = functions[judge]["Environment"]["Variables"]["GALLOP_QUALITY_MARGIN"]
+            assert float(margin) == stage.quality_margin
         has_alarm(template, ours("CaptureFailures", "gallop-predict", "Sum"), 1)
         has_alarm(template, ours("CaptureDropped", "gallop-predict", "Sum"), 1)
         # Both work queues' backlogs (not their dead-letter queues: those alarm on depth).
