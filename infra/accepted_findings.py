@@ -68,10 +68,12 @@ CHECKOV = [
     Accepted(
         "CKV_AWS_116",
         ("*",),
-        "No function is invoked asynchronously: API Gateway, the state machine and "
-        "CloudFormation invoke synchronously, and the SQS-driven functions dead-letter "
-        "through their queues' redrive policies (as cdk-nag's Serverless-LambdaDLQ "
-        "suppression says).",
+        "No function but the monitor is invoked asynchronously: API Gateway, the state "
+        "machine and CloudFormation invoke synchronously, and the SQS-driven functions "
+        "dead-letter through their queues' redrive policies (as cdk-nag's "
+        "Serverless-LambdaDLQ suppression says). The monitor, run by its schedule, sends a "
+        "failed run to an on-failure destination (a queue, alarmed on depth), which keeps "
+        "the error with the event where a dead-letter queue would keep the event only.",
     ),
     Accepted(
         "CKV_AWS_117",

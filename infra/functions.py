@@ -76,6 +76,9 @@ class Wiring:
     sagemaker_role_arn: str = ""
     code_version: str = ""
     training_kms_key_id: str = ""
+    capture_stream: str = ""
+    monitor_queue_url: str = ""
+    monitor_function_name: str = ""
 
 
 def service_name(function: str) -> str:
@@ -206,6 +209,7 @@ def image_function(
     memory_mb: int,
     timeout: Duration,
     description: str,
+    reserved_concurrency: int | None = None,
 ) -> lambda_.DockerImageFunction:
     """pandas + pyarrow do not fit a zip function: these run the data image (built by
     `cdk deploy` from build/images/data; synthesis needs no Docker)."""
@@ -219,7 +223,17 @@ def image_function(
             platform=ecr_assets.Platform.LINUX_AMD64,
             exclude=IMAGE_EXCLUDE,
         ),
-        **_common(scope, id, function, wiring, placement, memory_mb, timeout, description),  # type: ignore[arg-type]
+        **_common(  # type: ignore[arg-type]
+            scope,
+            id,
+            function,
+            wiring,
+            placement,
+            memory_mb,
+            timeout,
+            description,
+            reserved_concurrency,
+        ),
     )
 
 

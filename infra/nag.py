@@ -34,11 +34,14 @@ IAM = [
     ),
     NagPackSuppression(
         id="AwsSolutions-IAM5",
-        reason="Object keys carry dataset, version, upload and run ids that are not known at "
-        "deploy time: each S3 grant's object actions (GetObject*, PutObject*, DeleteObject*, "
-        "Abort*) cover one prefix of the data bucket (raw/, curated/, quarantine/, "
-        "unclaimed/ or features/) or of the artifacts bucket (training/, models/ or "
-        "aliases/). Read grants also carry s3:List* and s3:GetBucket* on that bucket itself, "
+        reason="Object keys carry dataset, version, upload, run and model ids that are not "
+        "known at deploy time: each S3 grant's object actions (GetObject*, PutObject*, "
+        "DeleteObject*, Abort*) cover one prefix of the data bucket (raw/, curated/, "
+        "quarantine/, unclaimed/, features/, capture/ or capture-errors/, the last two "
+        "written only by the capture stream's role) or of the artifacts bucket (training/, "
+        "models/ or aliases/), or one file name under models/ (the monitor's page and drift "
+        "reference, models/*/monitoring.html and models/*/monitor_reference.npz). Read grants "
+        "also carry s3:List* and s3:GetBucket* on that bucket itself, "
         "not held to the prefix: a reader may list every key of the bucket (names, not "
         "contents), because S3 answers a read of a missing key 404 (the code's ObjectMissing) "
         "only to a caller that may list the bucket, and 403 to any other.",
@@ -49,10 +52,14 @@ IAM = [
             "Action::s3:GetObject*",
             "Action::s3:List*",
             RegexAppliesTo(
-                regex="/^Resource::<StorageData[0-9A-F]+\\.Arn>\\/(raw|curated|quarantine|unclaimed|features)\\/\\*$/"
+                regex="/^Resource::<StorageData[0-9A-F]+\\.Arn>\\/(raw|curated|quarantine|unclaimed|features|capture|capture-errors)\\/\\*$/"
             ),
             RegexAppliesTo(
                 regex="/^Resource::<StorageArtifacts[0-9A-F]+\\.Arn>\\/(training|models|aliases)\\/\\*$/"
+            ),
+            RegexAppliesTo(
+                regex="/^Resource::<StorageArtifacts[0-9A-F]+\\.Arn>\\/models\\/\\*\\/"
+                "(monitoring\\.html|monitor_reference\\.npz)$/"
             ),
         ],
     ),
@@ -73,11 +80,13 @@ IAM = [
     ),
     NagPackSuppression(
         id="AwsSolutions-IAM5",
-        reason="The custom-resource provider invokes the migrate function, and the training "
-        "state machine the training function, by version or alias, which the ':*' suffix "
-        "covers; each is that one function.",
+        reason="The custom-resource provider invokes the migrate function, the training "
+        "state machine the training function, and the API the monitor function (check now), "
+        "by version or alias, which the ':*' suffix covers; each is that one function.",
         applies_to=[
-            RegexAppliesTo(regex="/^Resource::<(Migrations|Training)Function[0-9A-F]+\\.Arn>:\\*$/")
+            RegexAppliesTo(
+                regex="/^Resource::<(Migrations|Training|Monitor)Function[0-9A-F]+\\.Arn>:\\*$/"
+            )
         ],
     ),
     NagPackSuppression(
@@ -118,6 +127,22 @@ SQS_MAPPING = NagPackSuppression(
     reason="On-failure destinations exist only for stream sources; for SQS the queue's "
     "redrive policy sends failed messages to its dead-letter queue.",
 )
+SCHEDULED = NagPackSuppression(
+    id="Serverless-LambdaDLQ",
+    reason="Invoked asynchronously by its schedule, its failures go to an on-failure "
+    "destination (a queue, alarmed on depth) rather than a dead-letter queue: the "
+    "destination's record holds the error beside the event.",
+)
+ALSO_DLQ = [
+    NagPackSuppression(
+        id=rule,
+        reason="This queue is itself where failures end, as a dead-letter queue is, though "
+        "no queue's redrive policy names it: a monitor run that failed (Lambda's on-failure "
+        "destination) or an event EventBridge could not deliver (a rule target's "
+        "dead-letter queue). Alarmed on depth; nothing redrives from it.",
+    )
+    for rule in ("Serverless-SQSRedrivePolicy", "AwsSolutions-SQS3")
+]
 IS_DLQ = NagPackSuppression(
     id="Serverless-SQSRedrivePolicy",
     reason="This queue is itself the dead-letter queue of a work queue (alarmed on depth).",
@@ -171,9 +196,14 @@ def suppress_justified(stack: GallopStack) -> None:
         NagSuppressions.add_resource_suppressions(function, RUNTIME)
     for function in (*stack.pipeline.functions, *zips):
         NagSuppressions.add_resource_suppressions(function, [NO_ASYNC])
-    NagSuppressions.add_resource_suppressions(stack.pipeline, [SQS_MAPPING], apply_to_children=True)
-    for queue in stack.pipeline.dead_letter_queues:
+    for consumers in (stack.pipeline, stack.monitor.function):
+        NagSuppressions.add_resource_suppressions(consumers, [SQS_MAPPING], apply_to_children=True)
+    assert stack.monitor.queue.dead_letter_queue is not None
+    for queue in (*stack.pipeline.dead_letter_queues, stack.monitor.queue.dead_letter_queue.queue):
         NagSuppressions.add_resource_suppressions(queue, [IS_DLQ])
+    NagSuppressions.add_resource_suppressions(stack.monitor.function, [SCHEDULED])
+    for queue in (stack.monitor.dead_letters, stack.monitoring.undelivered):
+        NagSuppressions.add_resource_suppressions(queue, ALSO_DLQ)
     NagSuppressions.add_resource_suppressions(stack.api.rest_api, API_KEYS, apply_to_children=True)
     NagSuppressions.add_resource_suppressions(
         stack.migrations.provider, [*CDK_MANAGED, NO_ASYNC], apply_to_children=True

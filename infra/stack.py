@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import jsii
-from aws_cdk import Aspects, CfnOutput, Fn, IAspect, Stack
+from aws_cdk import Aspects, CfnOutput, Duration, Fn, IAspect, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
@@ -11,18 +11,24 @@ from constructs import Construct, IConstruct
 
 from gallop.layout import (
     ALIASES_PREFIX,
+    CAPTURE_ROOT,
     CURATED_PREFIX,
     FEATURES_PREFIX,
     MODELS_PREFIX,
+    MONITOR_REFERENCE_FILE,
+    MONITORING_HTML_FILE,
     QUARANTINE_PREFIX,
     RAW_PREFIX,
     TRAINING_PREFIX,
     UNCLAIMED_PREFIX,
 )
+from gallop.settings import env_name
 from infra.api import Api
+from infra.capture import Capture
 from infra.database import DATABASE_NAME, DATABASE_USER, Database
 from infra.functions import Placement, Wiring, layer, service_name
 from infra.migrations import Migrations
+from infra.monitor import Monitor
 from infra.monitoring import Monitoring
 from infra.pipeline import Pipeline
 from infra.stages import Deployment
@@ -65,13 +71,19 @@ class GallopStack(Stack):
         vpc = self._network(stage.nat_gateways)
         database = Database(self, "Database", vpc=vpc, key=database_key, stage=stage)
         placement = Placement(vpc, [database.clients])
+        # Prediction capture lands in the data bucket, under its key.
+        capture = Capture(self, "Capture", data=storage.data, key=data_key)
 
         web = layer(self, "WebLayer", "web", "FastAPI, Mangum, pydantic, Powertools, orjson")
         db = layer(self, "DbLayer", "db", "SQLAlchemy, Alembic, psycopg")
         numpy = layer(self, "NumpyLayer", "numpy", "numpy (the feature engine)")
         inference = layer(self, "InferenceLayer", "inference", "onnxruntime (the model runtime)")
 
-        def wiring(features_queue_url: str = "", training: Training | None = None) -> Wiring:
+        def wiring(
+            features_queue_url: str = "",
+            training: Training | None = None,
+            monitor: Monitor | None = None,
+        ) -> Wiring:
             launches = {}
             if training is not None:
                 launches = {
@@ -90,16 +102,27 @@ class GallopStack(Stack):
                 data_bucket=storage.data.bucket_name,
                 features_queue_url=features_queue_url,
                 artifacts_bucket=storage.artifacts.bucket_name,
+                capture_stream=capture.stream_name,
+                monitor_queue_url=monitor.queue.queue_url if monitor else "",
+                monitor_function_name=monitor.function.function_name if monitor else "",
                 **launches,
             )
 
+        monitor = Monitor(
+            self,
+            "Monitor",
+            wiring=wiring(),
+            placement=placement,
+            key=messages_key,
+            every=Duration.minutes(stage.monitor_every_minutes),
+        )
         pipeline = Pipeline(
             self,
             "Pipeline",
             data=storage.data,
             key=messages_key,
             placement=placement,
-            wiring_for=wiring,
+            wiring_for=lambda features_queue_url: wiring(features_queue_url, monitor=monitor),
         )
         training = Training(
             self,
@@ -113,7 +136,7 @@ class GallopStack(Stack):
             "Api",
             layers=[web, db, numpy],
             predict_layers=[web, numpy, inference],
-            wiring=wiring(training=training),
+            wiring=wiring(training=training, monitor=monitor),
             placement=placement,
             stage_name=stage.name,
             api_concurrency=stage.api_concurrency,
@@ -128,11 +151,18 @@ class GallopStack(Stack):
         # Nothing may reach the database before its schema exists. (The function resources
         # only: their roles are named in key policies the migration itself depends on.)
         schema = migrations.resource.node.default_child
-        for function in [*pipeline.functions, api.function, training.function]:
+        for function in [*pipeline.functions, api.function, training.function, monitor.function]:
             function.node.default_child.node.add_dependency(schema)  # type: ignore[union-attr]
 
         # -- grants: least privilege, all in one place ------------------------------------
-        for function in [*pipeline.functions, api.function, migrations.function, training.function]:
+        connecting = [
+            *pipeline.functions,
+            api.function,
+            migrations.function,
+            training.function,
+            monitor.function,
+        ]
+        for function in connecting:
             database.proxy.grant_connect(function, DATABASE_USER)
         # S3 by prefix, exactly what each function's code touches. Only ingest may delete,
         # and only in raw/ and unclaimed/; nothing may write raw/ but uploads signed by the
@@ -161,6 +191,9 @@ class GallopStack(Stack):
         data.grant_read(api.function, f"{UNCLAIMED_PREFIX}*")
         data.grant_delete(api.function, f"{UNCLAIMED_PREFIX}*")  # once back under raw/
         pipeline.features_queue.grant_send_messages(pipeline.ingest)
+        monitor.queue.grant_send_messages(pipeline.ingest)
+        # POST /v1/monitoring/checks: the API runs the monitor now (it has no data image).
+        monitor.function.grant_invoke(api.function)
         # Training: the API starts a run's execution and signs links to registered models'
         # reports; the state machine passes the SageMaker role (the API never does). The
         # training function turns a run's output into a model.
@@ -186,6 +219,17 @@ class GallopStack(Stack):
         artifacts.grant_read(training.function, f"{TRAINING_PREFIX}*")
         artifacts.grant_read(training.function, f"{MODELS_PREFIX}*")
         artifacts.grant_put(training.function, f"{MODELS_PREFIX}*")
+        # Capture: the predict function sends what it served, to its stream only (the
+        # stream's own role delivers it to capture/).
+        capture.grant_put_records(api.predict)
+        # The monitor reads what was captured, the results that followed (curated/) and
+        # the models' feature sets (its drift reference's sample), and the models; it writes
+        # only each model's monitoring page and drift reference, beside the model.
+        for prefix in (CAPTURE_ROOT, CURATED_PREFIX, FEATURES_PREFIX):
+            data.grant_read(monitor.function, f"{prefix}*")
+        artifacts.grant_read(monitor.function, f"{MODELS_PREFIX}*")
+        for name in (MONITORING_HTML_FILE, MONITOR_REFERENCE_FILE):
+            artifacts.grant_put(monitor.function, f"{MODELS_PREFIX}*/{name}")
 
         monitoring = Monitoring(
             self,
@@ -201,10 +245,31 @@ class GallopStack(Stack):
             ("Predict", api.predict),
             ("Migrate", migrations.function),
             ("Training", training.function),
+            ("Monitor", monitor.function),
         ):
             monitoring.watch_function(name, function)
-        for name, queue in zip(("Ingest", "Features"), pipeline.dead_letter_queues, strict=True):
+        dead_letters = [
+            *pipeline.dead_letter_queues,
+            *monitor.dead_letter_queues,
+            monitoring.undelivered,
+        ]
+        names = ("Ingest", "Features", "Monitor", "MonitorQueue", "UndeliveredEvents")
+        for name, queue in zip(names, dead_letters, strict=True):
             monitoring.watch_dead_letters(name, queue)
+        work = (pipeline.ingest_queue, pipeline.features_queue, monitor.queue)
+        for name, queue in zip(("Ingest", "Features", "Monitor"), work, strict=True):
+            monitoring.watch_queue_backlog(name, queue, stage.queue_age_alarm_minutes)
+        # The margin the quality alarm fires at is the one the API and the monitoring page
+        # judge live quality by (gallop.settings' quality_margin).
+        for function in (api.function, monitor.function):
+            function.add_environment(env_name("quality_margin"), str(stage.quality_margin))
+        monitoring.watch_drift_and_quality(
+            Duration.minutes(stage.monitor_every_minutes), stage.quality_margin
+        )
+        monitoring.watch_capture()
+        monitoring.watch_database(database.cluster, stage.database_max_acu)
+        monitoring.watch_proxy(database.proxy)
+        monitoring.watch_secret_rotation(database.secret)
         monitoring.watch_api(api.rest_api)
         monitoring.watch_unclaimed_uploads(service_name("ingest"))
         monitoring.watch_state_machine("Training", training.state_machine)
@@ -214,10 +279,12 @@ class GallopStack(Stack):
         CfnOutput(self, "DataBucket", value=storage.data.bucket_name)
         CfnOutput(self, "ArtifactsBucket", value=storage.artifacts.bucket_name)
         CfnOutput(self, "AlarmTopic", value=monitoring.topic.topic_arn)
+        CfnOutput(self, "CaptureStream", value=capture.stream_name)
         CfnOutput(self, "TrainingStateMachine", value=training.state_machine.state_machine_arn)
         CfnOutput(self, "TrainingImage", value=training.image.image_uri)
         self.storage, self.database, self.pipeline, self.api = storage, database, pipeline, api
         self.migrations, self.monitoring, self.training = migrations, monitoring, training
+        self.capture, self.monitor = capture, monitor
         self.layers = {"web": web, "db": db, "numpy": numpy, "inference": inference}
 
     @property

@@ -37,8 +37,23 @@ class Stage:
     # Alarms that reach nobody are not monitoring: such a stage refuses to deploy without
     # an e-mail or webhook subscriber.
     needs_alarm_subscriber: bool
+    # The monitor function's schedule (drift and live quality of every serving model).
+    monitor_every_minutes: int = 60
+    # Live quality this much worse than the training figure alarms (LiveQualityDrop is the
+    # relative drop: 0.05 is 5 % worse), as gallop.settings' quality_margin says locally.
+    quality_margin: float = 0.05
+    # A work queue whose oldest message waited this long is backed up: uploads wait.
+    queue_age_alarm_minutes: int = 30
 
     def __post_init__(self) -> None:
+        if not 0 < self.quality_margin < 1:
+            raise DeploymentRefused(
+                f"stage {self.name}: quality_margin {self.quality_margin} is not a share in (0, 1)"
+            )
+        if self.monitor_every_minutes < 1:
+            raise DeploymentRefused(
+                f"stage {self.name}: the monitor must run every minute or less often"
+            )
         if self.unclaimed_expiry_days < RAW_EXPIRY_DAYS:
             raise DeploymentRefused(
                 f"stage {self.name}: unclaimed uploads would expire after "
@@ -78,6 +93,7 @@ STAGES = {
         removal_policy=RemovalPolicy.RETAIN,
         unclaimed_expiry_days=90,
         needs_alarm_subscriber=True,
+        queue_age_alarm_minutes=15,
     ),
 }
 

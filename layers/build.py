@@ -6,8 +6,8 @@
 - build/layers/<layer>/python/: pinned manylinux wheels for python3.12 on x86_64,
   installed with --no-deps from layers/requirements-<layer>.txt, stripped of tests,
   caches and type stubs (boto3 is never included: the runtime has it)
-- build/images/data/: the build context of the container image that the ingest and
-  features functions run (pandas + pyarrow do not fit a zip function), with its
+- build/images/data/: the build context of the container image that the ingest,
+  features and monitor functions run (pandas + pyarrow do not fit a zip function), with its
   dependencies installed, so the image build is a COPY
 - build/images/training/: the build context of the SageMaker training image (the
   training_jobs, the gallop package, its entry point train_entry.py and LightGBM,
@@ -43,13 +43,15 @@ FUNCTIONS = {
     "migrate": (["web", "db"], "zip"),
     "ingest": (["data"], "image"),
     "features": (["data"], "image"),
+    # Reads captured JSON Lines and Parquet results, and reaches the database.
+    "monitor": (["data"], "image"),
     "training": (["web", "db"], "zip"),
 }
 ZIP_LAYERS = ("web", "db", "numpy", "inference")
 # Unzipped-size limits other than Lambda's own (by default ZIP_LIMIT_MB or IMAGE_LIMIT_MB).
 BUDGETS_MB = {"predict": INFERENCE_BUDGET_MB}
 DOCKERFILE = """\
-# ingest and features: one image, the handler chosen by the function's CMD.
+# ingest, features and monitor: one image, the handler chosen by the function's CMD.
 FROM public.ecr.aws/lambda/python:3.12
 COPY site-packages/ ${LAMBDA_TASK_ROOT}/
 COPY gallop/ ${LAMBDA_TASK_ROOT}/gallop/
@@ -200,7 +202,7 @@ def build_image_context(out: Path, with_dependencies: bool) -> Path:
     context.mkdir(parents=True, exist_ok=True)
     (context / "Dockerfile").write_text(DOCKERFILE)
     copy_gallop(context)
-    for function in ("ingest", "features"):
+    for function in [f for f, (_, kind) in FUNCTIONS.items() if kind == "image"]:
         (context / "functions" / function).mkdir(parents=True)
         shutil.copy2(
             ROOT / "functions" / function / "handler.py",

@@ -36,13 +36,20 @@ ENV_CAPTURE_STREAM = "GALLOP_CAPTURE_STREAM"
 # What each deployed function must be configured with: its handler checks these at cold
 # start, and the CDK stack sets the variables (a test ties the two together).
 FUNCTION_SETTINGS: dict[str, tuple[str, ...]] = {
-    "api": ("database", "data_bucket", "api_key_source", "artifacts_bucket", "training_launcher"),
+    "api": (
+        "database",
+        "data_bucket",
+        "api_key_source",
+        "artifacts_bucket",
+        "training_launcher",
+        "monitor_function_name",
+    ),
     "migrate": ("database",),
-    "ingest": ("database", "data_bucket", "features_queue_url"),
+    "monitor": ("database", "data_bucket", "artifacts_bucket"),
+    "ingest": ("database", "data_bucket", "features_queue_url", "monitor_queue_url"),
     "features": ("database", "data_bucket"),
     "training": ("database", "artifacts_bucket"),
-    "predict": ("data_bucket", "artifacts_bucket", "api_key_source"),
-    "monitor": ("database", "data_bucket", "artifacts_bucket"),
+    "predict": ("data_bucket", "artifacts_bucket", "api_key_source", "capture_stream"),
 }
 
 # What runs launched on Step Functions need, on top of the launcher's name. The code
@@ -309,6 +316,8 @@ class Settings(BaseSettings):
                 for f in STEPFUNCTIONS_SETTINGS
                 if not getattr(self, f)
             ]
+        if field == "monitor_function_name":  # unset: the API checks itself, as locally
+            return []
         return [] if self._configured(field) else [env_name(field)]
 
     def _configured(self, field: str) -> bool:

@@ -532,6 +532,7 @@ print(json.dumps({{"statuses": statuses, "body": replies[0]["body"], "heavy": he
         "GALLOP_ARTIFACTS_BUCKET": stack.settings.artifacts_bucket,
         "GALLOP_API_KEY_SOURCE": "settings",
         "GALLOP_API_KEYS": stack.api_key,
+        "GALLOP_CAPTURE_STREAM": stack.settings.capture_stream,
     }
     done = subprocess.run(
         [sys.executable, "-c", script],

@@ -160,8 +160,20 @@ def test_every_work_queue_has_a_dead_letter_queue_and_all_are_encrypted(
         if "RedrivePolicy" in q["Properties"]
     }
     work = [i for i, q in queues.items() if "RedrivePolicy" in q["Properties"]]
-    assert len(work) == 2 and len(dlq_ids) == 2
-    assert set(queues) == set(work) | dlq_ids, "every queue is a work queue or a DLQ"
+    assert len(work) == 3 and len(dlq_ids) == 3  # ingest, features, monitor
+    # Where failures end besides: a monitor run's (Lambda's on-failure destination) and
+    # events EventBridge could not deliver (its targets' dead-letter queues).
+    failures = {
+        rendered(c["Properties"]["DestinationConfig"]["OnFailure"]["Destination"])
+        for c in resources(template, "AWS::Lambda::EventInvokeConfig").values()
+    } | {
+        rendered(target["DeadLetterConfig"]["Arn"])
+        for rule in resources(template, "AWS::Events::Rule").values()
+        for target in rule["Properties"]["Targets"]
+    }
+    ends = {f.removeprefix("<").removesuffix(".Arn>") for f in failures}
+    assert len(ends) == 2
+    assert set(queues) == set(work) | dlq_ids | ends, "every queue is a work queue or a DLQ"
     for queue in queues.values():
         assert "KmsMasterKeyId" in queue["Properties"]
     for queue in (queues[i] for i in work):
@@ -177,7 +189,7 @@ def test_only_raw_uploads_notify_the_ingest_queue(template: Template) -> None:
 
 def test_queue_driven_functions_report_partial_batch_failures(template: Template) -> None:
     mappings = resources(template, "AWS::Lambda::EventSourceMapping")
-    assert len(mappings) == 2
+    assert len(mappings) == 3
     for mapping in mappings.values():
         assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
 
@@ -210,6 +222,7 @@ def test_every_function_is_sized_traced_and_configured_as_its_code_requires(
         "ingest": (3008, 300),
         "features": (4096, 600),
         "training": (512, 300),
+        "monitor": (2048, 900),
     }
     for name, props in functions.items():
         assert props["TracingConfig"] == {"Mode": "Active"}, name
@@ -235,7 +248,7 @@ def test_the_data_functions_run_the_image_and_the_others_are_zips(
     stack: Any, template: Template
 ) -> None:
     functions = gallop_functions(template)
-    for name in ("ingest", "features"):
+    for name in ("ingest", "features", "monitor"):
         assert functions[name]["PackageType"] == "Image"
         assert functions[name]["ImageConfig"]["Command"] == [f"{name}.handler.handler"]
     layer_names = {
@@ -255,6 +268,7 @@ def test_the_data_functions_run_the_image_and_the_others_are_zips(
         "training": {"web", "db"},
         "ingest": set(),
         "features": set(),
+        "monitor": set(),
     }
     for name in ("api", "predict", "migrate", "training"):
         assert functions[name]["Runtime"] == "python3.12"
@@ -263,6 +277,11 @@ def test_the_data_functions_run_the_image_and_the_others_are_zips(
         ROOT / "functions" / "predict" / "handler.py"
     ).read_bytes()
     assert (ROOT / "build" / "images" / "data" / "Dockerfile").is_file()
+    # The image's CMD names each function's handler: each is in the image as written.
+    for name in ("ingest", "features", "monitor"):
+        assert (
+            ROOT / "build" / "images" / "data" / "functions" / name / "handler.py"
+        ).read_bytes() == (ROOT / "functions" / name / "handler.py").read_bytes()
 
 
 # Actions AWS offers no resource-level permission for, each with the reason.
@@ -350,6 +369,8 @@ def role_names(template: Template) -> dict[str, str]:
             names[role_id] = "sagemaker"
         elif principals == ["states.amazonaws.com"]:
             names[role_id] = "state machine"
+        elif principals == ["firehose.amazonaws.com"]:
+            names[role_id] = "capture stream"
     return names
 
 
@@ -397,6 +418,13 @@ def test_s3_grants_are_limited_to_the_prefixes_each_function_uses(template: Temp
         "api": {("data", "/raw/*"), ("artifacts", "/aliases/*")},
         "training": {("artifacts", "/models/*")},
         "sagemaker": {("artifacts", "/training/*")},
+        # what the predict function captures, as Firehose delivers it
+        "capture stream": {("data", "/capture/*"), ("data", "/capture-errors/*")},
+        # a model's monitoring page and drift reference, beside its other files
+        "monitor": {
+            ("artifacts", "/models/*/monitoring.html"),
+            ("artifacts", "/models/*/monitor_reference.npz"),
+        },
     }
     reads = object_grants(template, "s3:GetObject*")
     assert reads["ingest"] - {("data", "")} == {
@@ -428,6 +456,13 @@ def test_s3_grants_are_limited_to_the_prefixes_each_function_uses(template: Temp
         ("artifacts", "/aliases/*"),  # which model champion and challenger are
         ("data", "/features/*"),  # entity snapshots (state.npz) for race cards
     }
+    assert reads["monitor"] - {("data", ""), ("artifacts", "")} == {
+        ("data", "/capture/*"),  # what was served
+        ("data", "/curated/*"),  # the results that followed
+        ("data", "/features/*"),  # the training feature set: the drift reference's sample
+        ("artifacts", "/models/*"),  # the model, its manifest and its drift reference
+    }
+    assert "capture stream" not in reads, "Firehose only writes"
     assert object_grants(template, "s3:DeleteObject*") == {
         "ingest": {("data", "/raw/*"), ("data", "/unclaimed/*")},
         "api": {("data", "/unclaimed/*")},  # an unclaimed upload once copied back to raw/
@@ -448,6 +483,7 @@ def test_the_predict_function_may_read_its_objects_and_do_nothing_else(
         "kms:DescribeKey",
         "xray:PutTraceSegments",
         "xray:PutTelemetryRecords",
+        "firehose:PutRecordBatch",  # capture: to its stream only (test_capture_...)
     }
     (key,) = {rendered(s["Resource"]) for s in statements if "kms:Decrypt" in listed(s["Action"])}
     buckets = resources(template, "AWS::S3::Bucket")
@@ -674,7 +710,8 @@ def test_alarms_cover_errors_throttles_dead_letters_and_the_api(template: Templa
     assert watched == {
         (metric, i) for i in function_ids(template).values() for metric in ("Errors", "Throttles")
     }
-    assert metrics.count(("AWS/SQS", "ApproximateNumberOfMessagesVisible")) == 2
+    # the work queues' dead-letter queues, the monitor's failed runs, undelivered events
+    assert metrics.count(("AWS/SQS", "ApproximateNumberOfMessagesVisible")) == 5
     assert metrics.count(("AWS/States", "ExecutionsFailed")) == 1
     assert metrics.count(("AWS/States", "ExecutionsTimedOut")) == 1
     assert ("AWS/ApiGateway", "5XXError") in metrics and ("AWS/ApiGateway", "Latency") in metrics
@@ -1263,6 +1300,9 @@ def test_each_bundle_imports_on_python_3_12_with_nothing_else(
         "GALLOP_DATA_BUCKET": "b",
         "GALLOP_API_KEY_SOURCE": "gateway",
         "GALLOP_FEATURES_QUEUE_URL": "https://sqs.invalid/q",
+        "GALLOP_MONITOR_QUEUE_URL": "https://sqs.invalid/m",
+        "GALLOP_MONITOR_FUNCTION_NAME": "monitor",
+        "GALLOP_CAPTURE_STREAM": "capture",
         "GALLOP_ARTIFACTS_BUCKET": "a",
         "AWS_REGION": "us-east-1",
     }
@@ -1544,6 +1584,10 @@ def test_unclaimed_uploads_expire_per_stage_never_before_raw_ones(
 
     with pytest.raises(DeploymentRefused, match="before raw uploads"):
         replace(STAGES["dev"], unclaimed_expiry_days=RAW_EXPIRY_DAYS - 1)
+    with pytest.raises(DeploymentRefused, match="quality_margin 5 is not a share"):
+        replace(STAGES["dev"], quality_margin=5)  # a percentage where a share is meant
+    with pytest.raises(DeploymentRefused, match="every minute or less often"):
+        replace(STAGES["dev"], monitor_every_minutes=0)
     assert isinstance(STAGES["prod"], Stage)
 
 
@@ -1667,3 +1711,380 @@ def test_checkov_finds_only_accepted_findings(
     unaccepted, stale = judged(found, CHECKOV)
     assert unaccepted == [], "fix them, or list them with a reason in infra/accepted_findings.py"
     assert stale == [], "no longer found: remove them from infra/accepted_findings.py"
+
+
+# -- watching the champion (#13): capture, the monitor, the alarms ---------------------------
+
+
+def the_capture_stream(template: Template) -> tuple[str, dict]:
+    ((stream_id, stream),) = resources(template, "AWS::KinesisFirehose::DeliveryStream").items()
+    return stream_id, stream["Properties"]
+
+
+def data_bucket_and_key(template: Template) -> tuple[str, str]:
+    """The data bucket's logical id, and its KMS key as rendered."""
+    (bucket_id,) = [i for i, name in bucket_names(template).items() if name == "data"]
+    bucket = resources(template, "AWS::S3::Bucket")[bucket_id]["Properties"]
+    rule = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    return bucket_id, rendered(rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"])
+
+
+def test_capture_is_a_firehose_stream_partitioned_into_the_data_bucket_as_the_layout_says(
+    templates: dict[str, Template],
+) -> None:
+    from gallop.layout import (
+        CAPTURE_ERROR_PREFIX,
+        CAPTURE_PARTITION_QUERY,
+        CAPTURE_PREFIX,
+        capture_prefix,
+    )
+
+    # The partition keys the prefix names are the ones the query extracts.
+    assert CAPTURE_PARTITION_QUERY == "{dataset: .dataset, model: .model_id}"
+    assert capture_prefix("races", "m1", "2026-12-06") == "capture/races/m1/date=2026-12-06/"
+    for template in templates.values():
+        bucket_id, key = data_bucket_and_key(template)
+        template.has_resource_properties(
+            "AWS::KinesisFirehose::DeliveryStream",
+            {
+                "DeliveryStreamType": "DirectPut",
+                "ExtendedS3DestinationConfiguration": Match.object_like(
+                    {
+                        "BucketARN": {"Fn::GetAtt": [bucket_id, "Arn"]},
+                        "Prefix": CAPTURE_PREFIX,
+                        "ErrorOutputPrefix": CAPTURE_ERROR_PREFIX,
+                        "DynamicPartitioningConfiguration": Match.object_like({"Enabled": True}),
+                        "ProcessingConfiguration": {
+                            "Enabled": True,
+                            "Processors": [
+                                {
+                                    "Type": "MetadataExtraction",
+                                    "Parameters": Match.array_with(
+                                        [
+                                            {
+                                                "ParameterName": "MetadataExtractionQuery",
+                                                "ParameterValue": CAPTURE_PARTITION_QUERY,
+                                            },
+                                            {
+                                                "ParameterName": "JsonParsingEngine",
+                                                "ParameterValue": "JQ-1.6",
+                                            },
+                                        ]
+                                    ),
+                                }
+                            ],
+                        },
+                        # JSON Lines as the reader reads them, and as moto delivers locally
+                        "CompressionFormat": "UNCOMPRESSED",
+                        "CloudWatchLoggingOptions": Match.object_like({"Enabled": True}),
+                    }
+                ),
+            },
+        )
+        _, stream = the_capture_stream(template)
+        destination = stream["ExtendedS3DestinationConfiguration"]
+        # Dynamic partitioning refuses buffers under 64 MiB.
+        assert destination["BufferingHints"]["SizeInMBs"] >= 64
+        assert 0 < destination["BufferingHints"]["IntervalInSeconds"] <= 900
+        # Encrypted in the stream and in the bucket, with the bucket's own key.
+        sse = stream["DeliveryStreamEncryptionConfigurationInput"]
+        assert sse["KeyType"] == "CUSTOMER_MANAGED_CMK" and rendered(sse["KeyARN"]) == key
+        kms = destination["EncryptionConfiguration"]["KMSEncryptionConfig"]["AWSKMSKeyARN"]
+        assert rendered(kms) == key
+        # Delivery errors are logged to a group of the stack (with the stage's retention).
+        logging = destination["CloudWatchLoggingOptions"]
+        assert logging["LogGroupName"]["Ref"] in resources(template, "AWS::Logs::LogGroup")
+
+
+def test_the_capture_streams_role_may_deliver_to_capture_and_nothing_else(
+    template: Template,
+) -> None:
+    _, stream = the_capture_stream(template)
+    role_id = stream["ExtendedS3DestinationConfiguration"]["RoleARN"]["Fn::GetAtt"][0]
+    assert role_names(template)[role_id] == "capture stream"
+    role = resources(template, "AWS::IAM::Role")[role_id]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "firehose.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": TEST_ACCOUNT}}
+    assert "ManagedPolicyArns" not in role
+    statements = role_statements(template)["capture stream"]
+    by_action = {a: s for s in statements for a in listed(s["Action"])}
+    assert set(by_action) == {
+        "s3:PutObject",
+        "s3:AbortMultipartUpload",
+        "s3:GetBucketLocation",
+        "s3:ListBucketMultipartUploads",
+        "kms:GenerateDataKey",
+        "kms:Decrypt",
+        "logs:PutLogEvents",
+    }
+    # (objects: the previous test's grants; the key only through S3; its own log stream)
+    bucket_id, key = data_bucket_and_key(template)
+    assert rendered(by_action["s3:GetBucketLocation"]["Resource"]) == f"<{bucket_id}.Arn>"
+    assert rendered(by_action["kms:Decrypt"]["Resource"]) == key
+    via = by_action["kms:Decrypt"]["Condition"]["StringEquals"]["kms:ViaService"]
+    assert rendered(via) == f"s3.{TEST_REGION}.<AWS::URLSuffix>"
+    (group_id,) = [
+        i for i, g in resources(template, "AWS::Logs::LogGroup").items() if i.startswith("Capture")
+    ]
+    assert f":log-group:<{group_id}>:log-stream:" in rendered(
+        by_action["logs:PutLogEvents"]["Resource"]
+    )
+
+
+def test_the_predict_function_may_only_put_record_batches_to_the_capture_stream(
+    template: Template,
+) -> None:
+    stream_id, _ = the_capture_stream(template)
+    statements = role_statements(template)["predict"]
+    (put,) = [s for s in statements if any(a.startswith("firehose:") for a in listed(s["Action"]))]
+    assert listed(put["Action"]) == ["firehose:PutRecordBatch"]
+    assert put["Resource"] == {"Fn::GetAtt": [stream_id, "Arn"]}
+    # No other function may write to it; the predict function is told its name.
+    writers = {
+        name
+        for name, role in role_statements(template).items()
+        if any(a.startswith("firehose:") for s in role for a in listed(s["Action"]))
+    }
+    assert writers == {"predict"}
+    variables = gallop_functions(template)["predict"]["Environment"]["Variables"]
+    assert variables["GALLOP_CAPTURE_STREAM"] == {"Ref": stream_id}
+
+
+def test_the_monitor_runs_on_its_stages_schedule_two_at_a_time_and_keeps_failures(
+    templates: dict[str, Template],
+) -> None:
+    from infra.stages import STAGES
+
+    for name, template in templates.items():
+        monitor = function_ids(template)["monitor"]
+        props = gallop_functions(template)["monitor"]
+        assert props["ImageConfig"]["Command"] == ["monitor.handler.handler"]
+        assert props["VpcConfig"]["SubnetIds"], "it reaches the database"
+        assert props["ReservedConcurrentExecutions"] == 2
+        minutes = STAGES[name].monitor_every_minutes
+        every = "rate(1 hour)" if minutes == 60 else f"rate({minutes} minutes)"
+        template.has_resource_properties(
+            "AWS::Events::Rule",
+            {
+                "ScheduleExpression": every,
+                "State": "ENABLED",
+                "Targets": [
+                    Match.object_like(
+                        {
+                            "Arn": {"Fn::GetAtt": [monitor, "Arn"]},
+                            "RetryPolicy": Match.object_like(
+                                {"MaximumRetryAttempts": Match.any_value()}
+                            ),
+                            "DeadLetterConfig": {"Arn": Match.any_value()},
+                        }
+                    )
+                ],
+            },
+        )
+        # EventBridge may invoke it, and only from that rule.
+        ((rule_id, _),) = [
+            (i, r)
+            for i, r in resources(template, "AWS::Events::Rule").items()
+            if "ScheduleExpression" in r["Properties"]
+        ]
+        template.has_resource_properties(
+            "AWS::Lambda::Permission",
+            {
+                "FunctionName": {"Fn::GetAtt": [monitor, "Arn"]},
+                "Principal": "events.amazonaws.com",
+                "SourceArn": {"Fn::GetAtt": [rule_id, "Arn"]},
+            },
+        )
+        # A run that fails (after a retry) goes to a queue, which is alarmed on.
+        (invoke,) = resources(template, "AWS::Lambda::EventInvokeConfig").values()
+        assert invoke["Properties"]["FunctionName"] == {"Ref": monitor}
+        assert invoke["Properties"]["MaximumRetryAttempts"] == 1
+        failed = invoke["Properties"]["DestinationConfig"]["OnFailure"]["Destination"]
+        queue = failed["Fn::GetAtt"][0]
+        template.has_resource_properties(
+            "AWS::CloudWatch::Alarm",
+            {
+                "MetricName": "ApproximateNumberOfMessagesVisible",
+                "Dimensions": [
+                    {"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}}
+                ],
+            },
+        )
+
+
+def topic_ref() -> Any:
+    return Match.object_like({"Ref": Match.string_like_regexp("^MonitoringAlarms")})
+
+
+def has_alarm(
+    template: Template, props: dict[str, Any], at: float, comparison: str = "GreaterThanOrEqualTo"
+) -> None:
+    """An alarm on that metric, at that threshold, that notifies the topic."""
+    template.has_resource_properties(
+        "AWS::CloudWatch::Alarm",
+        {
+            **props,
+            "Threshold": at,
+            "ComparisonOperator": f"{comparison}Threshold",
+            "AlarmActions": [topic_ref()],
+        },
+    )
+
+
+def test_every_new_alarm_exists_and_notifies_the_topic(templates: dict[str, Template]) -> None:
+    from infra.stages import STAGES
+
+    for name, template in templates.items():
+        stage = STAGES[name]
+
+        def ours(metric: str, service: str, statistic: str) -> dict[str, Any]:
+            return {
+                "Namespace": "gallop",
+                "MetricName": metric,
+                "Dimensions": [{"Name": "service", "Value": service}],
+                "Statistic": statistic,
+            }
+
+        has_alarm(template, ours("DriftedFeatures", "gallop-monitor", "Maximum"), 1)
+        has_alarm(
+            template, ours("LiveQualityDrop", "gallop-monitor", "Maximum"), stage.quality_margin
+        )
+        # ... the margin the API and the monitoring page judge live quality by, too.
+        functions = gallop_functions(template)
+        for judge in ("api", "monitor"):
+            margin = functions[judge]["Environment"]["Variables"]["GALLOP_QUALITY_MARGIN"]
+            assert float(margin) == stage.quality_margin
+        has_alarm(template, ours("CaptureFailures", "gallop-predict", "Sum"), 1)
+        has_alarm(template, ours("CaptureDropped", "gallop-predict", "Sum"), 1)
+        # Both work queues' backlogs (not their dead-letter queues: those alarm on depth).
+        aged = {
+            a["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
+            for a in resources(template, "AWS::CloudWatch::Alarm").values()
+            if a["Properties"].get("MetricName") == "ApproximateAgeOfOldestMessage"
+        }
+        work = {
+            i
+            for i, q in resources(template, "AWS::SQS::Queue").items()
+            if "RedrivePolicy" in q["Properties"]
+        }
+        assert aged == work
+        has_alarm(
+            template,
+            {"Namespace": "AWS/SQS", "MetricName": "ApproximateAgeOfOldestMessage"},
+            stage.queue_age_alarm_minutes * 60,
+        )
+        # The database: CPU, and memory running out; its proxy.
+        (cluster_id,) = resources(template, "AWS::RDS::DBCluster")
+        cluster = [{"Name": "DBClusterIdentifier", "Value": {"Ref": cluster_id}}]
+        has_alarm(
+            template,
+            {"Namespace": "AWS/RDS", "MetricName": "CPUUtilization", "Dimensions": cluster},
+            80,
+        )
+        has_alarm(
+            template,
+            {"Namespace": "AWS/RDS", "MetricName": "FreeableMemory", "Dimensions": cluster},
+            0.1 * stage.database_max_acu * 2 * 1024**3,
+            comparison="LessThan",
+        )
+        (proxy_id,) = resources(template, "AWS::RDS::DBProxy")
+        proxy = [{"Name": "ProxyName", "Value": {"Ref": proxy_id}}]
+        for metric in ("DatabaseConnectionsSetupFailed", "ClientConnectionsSetupFailedAuth"):
+            has_alarm(
+                template, {"Namespace": "AWS/RDS", "MetricName": metric, "Dimensions": proxy}, 1
+            )
+        for each in resources(template, "AWS::CloudWatch::Alarm").values():
+            assert each["Properties"]["AlarmActions"], "every alarm notifies the topic"
+
+
+def test_a_failed_secret_rotation_reaches_the_topic_from_that_rule_only(
+    templates: dict[str, Template],
+) -> None:
+    for template in templates.values():
+        (attachment,) = resources(template, "AWS::SecretsManager::SecretTargetAttachment")
+        (secret,) = resources(template, "AWS::SecretsManager::Secret")
+        rules = {
+            i: r["Properties"]
+            for i, r in resources(template, "AWS::Events::Rule").items()
+            if "EventPattern" in r["Properties"]
+        }
+        ((rule_id, rule),) = rules.items()
+        pattern = rule["EventPattern"]
+        assert pattern["source"] == ["aws.secretsmanager"]
+        assert pattern["detail-type"] == ["AWS Service Event via CloudTrail"]
+        assert "RotationFailed" in pattern["detail"]["eventName"]
+        # the database's secret (its attachment's Ref is the secret's ARN)
+        (secret_arn,) = pattern["detail"]["additionalEventData"]["SecretId"]
+        assert secret_arn["Ref"] in (attachment, secret)
+        (target,) = rule["Targets"]
+        assert rendered(target["Arn"]).startswith("<MonitoringAlarms")
+        assert "DeadLetterConfig" in target
+        # The topic lets EventBridge publish for this rule, and the key serves it.
+        this_rule = {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": [rule_id, "Arn"]}}}
+        template.has_resource_properties(
+            "AWS::SNS::TopicPolicy",
+            {
+                "PolicyDocument": {
+                    "Statement": Match.array_with(
+                        [
+                            Match.object_like(
+                                {
+                                    "Effect": "Allow",
+                                    "Principal": {"Service": "events.amazonaws.com"},
+                                    "Action": "sns:Publish",
+                                    "Condition": this_rule,
+                                }
+                            )
+                        ]
+                    )
+                }
+            },
+        )
+        (policy,) = resources(template, "AWS::SNS::TopicPolicy").values()
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if statement["Effect"] == "Allow":
+                assert "Condition" in statement, "each publisher is held to its source"
+        key_users = [
+            s
+            for k in resources(template, "AWS::KMS::Key").values()
+            for s in k["Properties"]["KeyPolicy"]["Statement"]
+            if s.get("Principal") == {"Service": "events.amazonaws.com"}
+        ]
+        assert key_users and all("aws:SourceArn" in s["Condition"]["ArnLike"] for s in key_users)
+
+
+def test_ingest_tells_the_monitor_of_new_versions_and_the_api_may_run_it_now(
+    template: Template,
+) -> None:
+    functions = gallop_functions(template)
+    monitor = function_ids(template)["monitor"]
+    # GIVEN the monitor's queue, which the monitor consumes
+    (mapping,) = [
+        m
+        for m in resources(template, "AWS::Lambda::EventSourceMapping").values()
+        if m["Properties"]["FunctionName"] == {"Ref": monitor}
+    ]
+    queue_id = mapping["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]
+    # THEN ingest is told its URL and may send to it, and only ingest may
+    ingest = functions["ingest"]["Environment"]["Variables"]
+    assert ingest["GALLOP_MONITOR_QUEUE_URL"] == {"Ref": queue_id}
+    senders = {
+        name
+        for name, role in role_statements(template).items()
+        for statement in role
+        if "sqs:SendMessage" in listed(statement["Action"])
+        and f"<{queue_id}.Arn>" in map(rendered, listed(statement["Resource"]))
+    }
+    assert senders == {"ingest"}
+    # AND the API knows the monitor function and may invoke it (POST /v1/monitoring/checks)
+    api = functions["api"]["Environment"]["Variables"]
+    assert api["GALLOP_MONITOR_FUNCTION_NAME"] == {"Ref": monitor}
+    invokers = {
+        name
+        for name, role in role_statements(template).items()
+        for statement in role
+        if "lambda:InvokeFunction" in listed(statement["Action"])
+        and f"<{monitor}.Arn>" in map(rendered, listed(statement["Resource"]))
+    }
+    assert invokers == {"api"}
