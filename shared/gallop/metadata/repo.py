@@ -534,13 +534,15 @@ def record_drift_check(
 ) -> DriftCheck:
     """Store one drift check; `flagged` counts its flagged features (what DriftedFeatures
     reports: the score's row, "(score)", is shown in the table but is no feature)."""
+    from gallop.monitoring.drift import SCORE
+
     check = DriftCheck(
         model_id=model_id,
         checked_at=checked_at or utcnow(),
         rows=rows,
         window_start=window_start,
         window_end=window_end,
-        flagged=sum(1 for row in table if row.get("flagged") and row["feature"] != "(score)"),
+        flagged=sum(1 for row in table if row.get("flagged") and row["feature"] != SCORE),
         table=[{k: _finite_or_none(v) for k, v in row.items()} for row in table],
     )
     with session_scope(engine) as session:

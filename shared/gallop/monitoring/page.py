@@ -13,6 +13,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 from gallop.layout import monitoring_page_key
+from gallop.monitoring.drift import SCORE
 from gallop.monitoring.status import ALARM_METRIC, lower_is_better, monitoring_status
 from gallop.serving.registry import model_prefix
 from gallop.training.report import (
@@ -58,7 +59,6 @@ HEADLINE = {
     "binary": ("auc", "log_loss", "ece"),
     "regression": ("rmse", "coverage"),
 }
-SCORE_ROW = "(score)"  # the drift table's row for the score, drawn apart from the features
 MOST_BARS = 40  # features drawn in the PSI chart, largest first; the table has them all
 DRIFT_COLUMNS = {  # the drift row's field: the table's heading
     "psi": "PSI",
@@ -259,7 +259,7 @@ def _psi_chart(features: list[dict[str, Any]], threshold: float) -> str | None:
     zero = _scale(0.0, ticks[0], ticks[-1], bar_left, bar_right)
     for i, (name, value, flagged) in enumerate(bars):
         y, end = top + i * ROW, _scale(value, ticks[0], ticks[-1], bar_left, bar_right)
-        colour = DRIFT_COLOUR if flagged else COLOURS[4] if name == SCORE_ROW else COLOURS[0]
+        colour = DRIFT_COLOUR if flagged else COLOURS[4] if name == SCORE else COLOURS[0]
         parts.append(
             f"<g><title>{escape(name)}: PSI {value:.4g}{' (drifted)' if flagged else ''}</title>"
             + _text(bar_left - 6, y + 14, _clip(name, 28), "end")

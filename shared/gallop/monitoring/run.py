@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -25,7 +24,7 @@ from gallop.metadata import repo
 from gallop.metadata.db import engine_for
 from gallop.metadata.models import CaptureFile, RegisteredModel
 from gallop.monitoring.capture import CapturedRows, read_captured
-from gallop.monitoring.drift import drift_table
+from gallop.monitoring.drift import SCORE, drift_table
 from gallop.monitoring.page import publish_monitoring_page
 from gallop.monitoring.quality import CannotJoin, LiveQuality, record_live
 from gallop.monitoring.reference import NoReference, reference_for
@@ -35,7 +34,7 @@ from gallop.monitoring.status import (
     relative_drop,
     window_value,
 )
-from gallop.observability import emf_line
+from gallop.observability import emf_line, print_emf
 from gallop.serving.registry import ModelNotFound, get_model
 from gallop.settings import Settings, get_settings
 from gallop.storage import Store
@@ -43,7 +42,6 @@ from gallop.storage import Store
 log = logging.getLogger(__name__)
 
 SERVICE = "gallop-monitor"
-SCORE_ROW = "(score)"  # drift_table's row for the model's score, which is no feature
 
 
 @dataclass
@@ -196,10 +194,10 @@ class Monitor:
         """EMF metrics per dataset and model (and per service, what the alarms watch)."""
         values: dict[str, float] = {"CapturedRowsRead": float(check.new_rows)}
         if check.drift is not None:
-            features = [r for r in check.drift if r["feature"] != SCORE_ROW]
+            features = [r for r in check.drift if r["feature"] != SCORE]
             values["DriftedFeatures"] = float(sum(bool(r["flagged"]) for r in features))
             values["MaxFeaturePSI"] = max((r["psi"] for r in features), default=0.0)
-            score = next((r for r in check.drift if r["feature"] == SCORE_ROW), None)
+            score = next((r for r in check.drift if r["feature"] == SCORE), None)
             if score is not None:
                 values["ScorePSI"] = float(score["psi"])
         metric = ALARM_METRIC.get(model.task)
@@ -213,7 +211,8 @@ class Monitor:
                 values["LiveQualityDrop"] = drop
         dims = {"dataset": check.dataset, "model": model.model_id}
         finite = {k: float(v) for k, v in values.items() if math.isfinite(v)}
-        print(emf_line(SERVICE, finite, dims), file=self.metrics_out or sys.stdout, flush=True)
+        # Counts and figures alike unitless: a PSI or a log loss is no count.
+        print_emf(emf_line(SERVICE, finite, dims, unit="None"), self.metrics_out)
 
 
 def monitor(
@@ -259,7 +258,7 @@ def _metric_name(metric: str) -> str:
 
 
 def flagged_features(table: list[dict[str, Any]]) -> list[str]:
-    return [r["feature"] for r in table if r.get("flagged") and r["feature"] != SCORE_ROW]
+    return [r["feature"] for r in table if r.get("flagged") and r["feature"] != SCORE]
 
 
 class MonitorWorker:

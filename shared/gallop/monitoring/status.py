@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from gallop.monitoring.drift import SCORE
+
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
@@ -84,11 +86,14 @@ def drift_of(check: DriftCheck | None) -> dict[str, Any] | None:
 def drift_alarm(check: DriftCheck | None) -> dict[str, str]:
     if check is None:
         return _alarm(FEATURE_DRIFT, INSUFFICIENT_DATA, "no drift check yet")
+    score = any(r.get("flagged") for r in check.table if r["feature"] == SCORE)
+    also = " (the score too)" if score else ""
     if check.flagged >= 1:
-        names = [r["feature"] for r in check.table if r.get("flagged")]
+        names = [r["feature"] for r in check.table if r.get("flagged") and r["feature"] != SCORE]
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        return _alarm(FEATURE_DRIFT, ALARM, f"{check.flagged} features drifted: {shown}")
-    return _alarm(FEATURE_DRIFT, OK, f"no feature drifted in {check.rows} rows")
+        said = f"{check.flagged} feature{'s' if check.flagged > 1 else ''} drifted: {shown}{also}"
+        return _alarm(FEATURE_DRIFT, ALARM, said)
+    return _alarm(FEATURE_DRIFT, OK, f"no feature drifted in {check.rows} rows{also}")
 
 
 def quality_alarm(
