@@ -395,7 +395,8 @@ def records(served: Served) -> list[dict[str, Any]]:
     if features is None:  # feature rows: as the reply path read them (already checked)
         features, groups = feature_matrix(model, served.columns, served.values)
     where = {name: i for i, name in enumerate(served.columns)}
-    entity_at = where.get(entity_column(model))  # type: ignore[arg-type]
+    entity = entity_column(model)
+    entity_at = where.get(entity) if entity else None
     categorical = [(name, where.get(name)) for name in model.manifest.get("categorical") or {}]
     base = {
         "v": RECORD_VERSION,
