@@ -290,9 +290,9 @@ def answer_event(state: Any, event: dict[str, Any]) -> dict[str, Any] | None:
     key = correlation = None
     for name, value in headers.items():
         lowered = name.lower()
-        if lowered == "x-api-key":
+        if lowered == "x-api-key" and key is None:  # the first, as before
             key = value
-        elif lowered == CORRELATION_HEADER:
+        elif lowered == CORRELATION_HEADER and correlation is None:
             correlation = value
     raw = event.get("body") or ""
     body = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode()
