@@ -27,10 +27,10 @@ from gallop.serving.predict import (
     check_top_k,
     explain_columns,
     explain_features,
+    feature_matrix,
     group_ids,
     is_card,
     parse,
-    predict_columns,
     predict_features,
 )
 from gallop.serving.registry import ModelNotFound, ModelUnreadable
@@ -248,12 +248,11 @@ def _answer(
                 else predict_features(model, features, groups)
             )
             reply["features_as_of"] = as_of
-        else:
-            reply = (
-                explain_columns(model, columns, values, top_k)
-                if explain
-                else predict_columns(model, columns, values)
-            )
+        elif explain:
+            reply = explain_columns(model, columns, values, top_k)
+        else:  # the matrix kept for capture: what the model saw, not read twice
+            features, groups = feature_matrix(model, columns, values)
+            reply = predict_features(model, features, groups)
     except InputError as exc:
         raise Refused(exc.status, str(exc), exc.problems) from None
     payload = orjson.dumps(reply)
@@ -291,9 +290,9 @@ def answer_event(state: Any, event: dict[str, Any]) -> dict[str, Any] | None:
     key = correlation = None
     for name, value in headers.items():
         lowered = name.lower()
-        if lowered == "x-api-key":
+        if lowered == "x-api-key" and key is None:  # the first, as before
             key = value
-        elif lowered == CORRELATION_HEADER:
+        elif lowered == CORRELATION_HEADER and correlation is None:
             correlation = value
     raw = event.get("body") or ""
     body = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode()

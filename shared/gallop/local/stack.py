@@ -3,7 +3,9 @@
 The same handlers run as in AWS: S3 notifies SQS of uploads, a poller hands SQS
 batches to functions/ingest/handler.py as Lambda would, and the FastAPI app serves
 the API through uvicorn. Local state (the S3 objects and the SQLite metadata)
-lives under one state directory and survives a restart.
+lives under one state directory and survives a restart. Predictions are captured
+through moto's Firehose into the data bucket, partitioned as on AWS
+(gallop.local.firehose), unless GALLOP_CAPTURE_STREAM is set empty.
 """
 
 from __future__ import annotations
