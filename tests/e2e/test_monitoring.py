@@ -7,6 +7,7 @@ monitoring page opens with its plots."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from gallop.client import GallopClient
 from gallop.features.build import build_features
 from gallop.local.stack import LocalStack, free_port
 from gallop.monitoring.capture import read_captured
+from gallop.monitoring.run import Monitor
 from gallop.spec import DatasetSpec
 from gallop.storage import Store
 from gallop.synth.races import generate_races
@@ -162,6 +164,26 @@ def test_captured_cards_meet_their_results_and_a_shifted_feature_raises_drift(
     line = next(x for x in printed.stdout.splitlines() if x.startswith(SHIFTED + " "))
     assert "DRIFTED" in line
     assert "feature_drift  ALARM" in printed.stdout
+
+    # AND a scheduled run (not forced) leaves drift until enough new predictions came,
+    # and publishes what the alarms watch as EMF lines
+    lines = io.StringIO()
+    [scheduled] = Monitor(stack.settings, metrics_out=lines).run(spec.name)
+    assert scheduled.drift is None and scheduled.new_rows == 0
+    assert scheduled.drift_skipped == "0 predictions since the last check, 5000 make one due"
+    emitted = [json.loads(line) for line in lines.getvalue().splitlines()]
+    [per_model] = [e for e in emitted if "LiveNDCG4" in e]
+    assert per_model["model"] == model_id and per_model["dataset"] == spec.name
+    assert per_model["LiveNDCG4"] == pytest.approx(offline["ndcg@4"], abs=1e-9)
+    dimensions = per_model["_aws"]["CloudWatchMetrics"][0]["Dimensions"]
+    assert dimensions == [["service"], ["service", "dataset", "model"]]
+    # AND a forced run publishes drift per feature
+    lines = io.StringIO()
+    Monitor(stack.settings, metrics_out=lines).run(spec.name, force=True)
+    emitted = [json.loads(line) for line in lines.getvalue().splitlines()]
+    psi = {e["feature"]: e["FeaturePSI"] for e in emitted if "FeaturePSI" in e}
+    assert psi[SHIFTED] == pytest.approx(table[SHIFTED]["psi"]) and psi[SHIFTED] > 0.25
+    assert next(e for e in emitted if "DriftedFeatures" in e)["DriftedFeatures"] >= 1
 
     # AND the monitoring API and page say the same, the page with its plots
     monitoring = client.monitoring(model_id)

@@ -213,6 +213,11 @@ class Monitor:
         finite = {k: float(v) for k, v in values.items() if math.isfinite(v)}
         # Counts and figures alike unitless: a PSI or a log loss is no count.
         print_emf(emf_line(SERVICE, finite, dims, unit="None"), self.metrics_out)
+        for row in check.drift or []:  # drift per feature (and the score's), for graphs
+            if row["psi"] is not None and math.isfinite(row["psi"]):
+                feature = dims | {"feature": row["feature"]}
+                line = emf_line(SERVICE, {"FeaturePSI": row["psi"]}, feature, unit="None")
+                print_emf(line, self.metrics_out)
 
 
 def monitor(
