@@ -41,6 +41,17 @@ class Captured:
     entity: np.ndarray
     score: np.ndarray
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    request_id: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.request_id is None:  # one request per race (ungrouped: per row)
+            self.request_id = np.array(
+                [
+                    f"q-{e}" if g is None else f"q-{g}"
+                    for g, e in zip(self.group, self.entity, strict=True)
+                ],
+                dtype=object,
+            )
 
     def __len__(self) -> int:
         return len(self.score)
@@ -288,3 +299,41 @@ def test_vectorised_ndcg_equals_its_definition(k: int) -> None:
     assert ndcg_at_k(scores, relevance, sizes, k) == pytest.approx(
         ndcg_by_definition(scores, relevance, sizes, k), abs=1e-12
     )
+
+
+def test_a_race_served_again_is_judged_on_its_last_answer() -> None:
+    # GIVEN 12 races served once, then the first race asked for again an hour later, when
+    # the model answered otherwise (the odds had moved)
+    captured, results = served_races(12)
+    first = captured.group == captured.group[0]
+    n, win = int(first.sum()), captured.outputs["win_probability"]
+    again = Captured(
+        at=np.concatenate([captured.at, captured.at[first] + np.timedelta64(3600, "s")]),
+        group=np.concatenate([captured.group, captured.group[first]]),
+        entity=np.concatenate([captured.entity, captured.entity[first]]),
+        score=np.concatenate([captured.score, captured.score[first][::-1]]),
+        outputs={"win_probability": np.concatenate([win, win[first][::-1]])},
+        request_id=np.concatenate([captured.request_id, np.full(n, "q-later", dtype=object)]),
+    )
+    # WHEN its results are in THEN the race counts once, with the later answer
+    quality = live_quality(again, results, RACES)
+    assert quality.counts.repeated == n and quality.counts.scored == len(captured)
+    assert quality.counts.ambiguous == 0
+    last = Captured(
+        at=np.concatenate([again.at[len(captured) :], captured.at[~first]]),
+        group=np.concatenate([again.group[len(captured) :], captured.group[~first]]),
+        entity=np.concatenate([again.entity[len(captured) :], captured.entity[~first]]),
+        score=np.concatenate([again.score[len(captured) :], captured.score[~first]]),
+        outputs={
+            "win_probability": np.concatenate(
+                [
+                    again.outputs["win_probability"][len(captured) :],
+                    captured.outputs["win_probability"][~first],
+                ]
+            )
+        },
+    )
+    expected = offline(last, results)
+    for day in quality.days:
+        for name, value in expected[day.day].items():
+            assert day.metrics[name] == pytest.approx(value, abs=1e-12), (day.day, name)

@@ -56,6 +56,9 @@ class JoinCounts:
     """Captured rows by fate; they add up to `captured`."""
 
     captured: int = 0
+    # Served again later (a card asked for again as the odds moved): the last answer for a
+    # race (for ungrouped tasks, a row id) is the one judged.
+    repeated: int = 0
     scored: int = 0
     no_key: int = 0
     ambiguous: int = 0
@@ -95,11 +98,17 @@ def read_results(store: Store, version: DatasetVersion) -> pd.DataFrame:
 
 
 def record_live(
-    engine: Engine, data_store: Store, model: RegisteredModel, captured: CapturedRows
+    engine: Engine,
+    data_store: Store,
+    model: RegisteredModel,
+    captured: CapturedRows,
+    since_day: str | None = None,
 ) -> LiveQuality:
     """Score a model's captured rows against the newest VALID version of its dataset and
-    store the figures of every day they cover (a day is replaced whole: pass all of a
-    day's captured rows, e.g. read_captured(..., since_day=the window's first day))."""
+    store the figures of every day they cover from `since_day` on (a day is replaced
+    whole: pass all of its captured rows, e.g. read_captured(..., since_day)). Capture
+    files are by arrival day: a row served just before `since_day` may be among them,
+    and would make a figure of its day out of that row alone."""
     from gallop.metadata import repo
     from gallop.metadata.db import session_scope
     from gallop.metadata.models import Dataset
@@ -115,7 +124,8 @@ def record_live(
     else:
         results = read_results(data_store, version)
     quality = live_quality(captured, results, spec)
-    repo.record_live_quality(engine, model.model_id, quality.days)
+    days = [d for d in quality.days if since_day is None or d.day >= since_day]
+    repo.record_live_quality(engine, model.model_id, days)
     return quality
 
 
@@ -129,7 +139,9 @@ def live_quality(captured: CapturedRows, results: pd.DataFrame, spec: DatasetSpe
         )
     if spec.task is Task.RANKING and not grouped:
         raise CannotJoin(f"dataset {spec.name!r}: a ranking task needs a group column")
-    served = _served_frame(captured, grouped)
+    every = _served_frame(captured, grouped)
+    last = _last_servings(every, grouped)
+    served = every[last].reset_index(drop=True)
     known = _results_frame(results, spec)
     if grouped:  # the served races' fields only: results hold the whole history
         known = known[known["group"].isin(set(served["group"].dropna()))].reset_index(drop=True)
@@ -140,7 +152,8 @@ def live_quality(captured: CapturedRows, results: pd.DataFrame, spec: DatasetSpe
     partial = _partial_races(joined, known) if grouped else set()
     joined["partial"] = joined["group"].isin(partial)
     counts = JoinCounts(
-        captured=len(served),
+        captured=len(every),
+        repeated=int((~last).sum()),
         partial_races=len(partial),
         **{name: int((fate == name).sum()) for name in _FATES},
     )
@@ -170,12 +183,28 @@ def _served_frame(captured: CapturedRows, grouped: bool) -> pd.DataFrame:
             "group": _texts(captured.group) if grouped else np.full(n, "", dtype=object),
             "entity": _texts(captured.entity),
             "score": np.asarray(captured.score, dtype=np.float64),
+            "request": np.asarray(captured.request_id, dtype=object),
         }
     )
     for name, values in captured.outputs.items():
         if name != "score":
             frame[f"out_{name}"] = np.asarray(values)
     return frame
+
+
+def _last_servings(served: pd.DataFrame, grouped: bool) -> np.ndarray:
+    """Which rows are their race's last serving (the rows of the latest request that
+    served it), or for ungrouped tasks their row id's; rows without the key are kept
+    (they are counted as no_key)."""
+    if grouped:
+        key = served["group"]
+        latest = (
+            served.sort_values("at", kind="stable").groupby("group")["request"].transform("last")
+        )
+        return (key.isna() | (served["request"] == latest.reindex(served.index))).to_numpy()
+    keyed = served["entity"].notna().to_numpy()
+    later = served.sort_values("at", kind="stable").duplicated("entity", keep="last")
+    return ~(later.reindex(served.index).to_numpy() & keyed)
 
 
 def _texts(values: np.ndarray) -> np.ndarray:
