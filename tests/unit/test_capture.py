@@ -84,6 +84,23 @@ def test_a_record_per_row_holds_what_the_model_saw_and_answered() -> None:
     assert entity_column(model) == "runner"
 
 
+def test_a_race_id_sent_as_a_number_is_recorded_as_its_results_name_it() -> None:
+    # A JSON number 1001 (or 1001.0) is the race "1001" in the results' text ids: the same
+    # text, or the captured race would never meet its results.
+    model = ranker()
+    columns = ["race", "runner", "x0", "going"]
+    for race in (1001, 1001.0):
+        values = [[race, 7, 1.5, "soft"], [race, 8.0, 0.5, "firm"]]
+        reply = predict_columns(model, columns, values)
+        served = Served(
+            0.0, model, None, columns, values, None, None, reply["predictions"], "q", None
+        )
+        assert [(r["group"], r["entity"]) for r in records(served)] == [
+            ("1001", "7"),
+            ("1001", "8"),
+        ]
+
+
 def test_batches_keep_to_firehoses_limits() -> None:
     failed: list[int] = []
     small = [(("d", "m"), b"x" * 100)] * 1200

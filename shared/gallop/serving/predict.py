@@ -141,6 +141,14 @@ def feature_matrix(
 def _group_id(value: Any, row: int) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float) or value == "":
         raise InputError(f"row {row}: the group id must be a non-empty string or number")
+    return id_text(value)
+
+
+def id_text(value: Any) -> str:
+    """An id as text: a whole number sent as 1001.0 is the id 1001, as its results (and a
+    JSON reader) name it."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
     return str(value)
 
 
