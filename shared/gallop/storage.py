@@ -94,6 +94,15 @@ class Store:
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         return keys
 
+    def list_folders(self, prefix: str) -> list[str]:
+        """The "folders" right under `prefix` (each ends with "/"), not their contents."""
+        folders: list[str] = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix, Delimiter="/"
+        ):
+            folders.extend(p["Prefix"] for p in page.get("CommonPrefixes", []))
+        return folders
+
     def presigned_get(self, key: str, expires_in: int) -> str:
         """A link that reads one object, for a browser (e.g. a training report)."""
         return self.s3.generate_presigned_url(

@@ -39,6 +39,7 @@ import orjson
 
 from gallop.layout import capture_prefix
 from gallop.observability import emf_line, print_emf
+from gallop.serving.predict import feature_matrix, id_text
 
 if TYPE_CHECKING:
     from gallop.serving.model import LoadedModel
@@ -391,8 +392,6 @@ def records(served: Served) -> list[dict[str, Any]]:
      categorical feature's text as sent), "outputs" (the reply's prediction), "shadow",
      "features_as_of" (a race card's snapshot version)}
     """
-    from gallop.serving.predict import feature_matrix
-
     model = served.model
     features, groups = served.features, served.groups
     if features is None:  # feature rows: as the reply path read them (already checked)
@@ -416,7 +415,7 @@ def records(served: Served) -> list[dict[str, Any]]:
         out.append(
             base
             | {
-                "group": None if groups is None else str(groups[i]),
+                "group": None if groups is None else _text(groups[i]),
                 "entity": _text(row[entity_at]) if entity_at is not None else None,
                 "row": i,
                 "features": features[i],
@@ -438,11 +437,7 @@ def entity_column(model: LoadedModel) -> str | None:
 
 
 def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))  # 7.0 as the id 7, as a JSON number reads
-    return str(value)
+    return None if value is None else id_text(value)
 
 
 # -- reading captured rows back ---------------------------------------------------------
@@ -473,8 +468,13 @@ def read_captured(
     """Every row captured for a model (dataset "_" for a model without one), or those of
     `since_day` (YYYY-MM-DD) and later, from the data bucket."""
     prefix = capture_prefix(dataset, model_id)
+    # A year of capture is thousands of objects a model: list only the window's days.
+    days = [f.removeprefix(prefix) for f in store.list_folders(prefix)]
     keys = [
-        k for k in store.list_keys(prefix) if since_day is None or _day_of(k, prefix) >= since_day
+        key
+        for day in sorted(days)
+        if since_day is None or day.removeprefix("date=").rstrip("/") >= since_day
+        for key in store.list_keys(prefix + day)
     ]
     rows: list[dict[str, Any]] = []
     rows_per_key: dict[str, int] = {}
@@ -486,11 +486,6 @@ def read_captured(
     captured = _arrays(rows, keys)
     captured.rows_per_key = rows_per_key
     return captured
-
-
-def _day_of(key: str, prefix: str) -> str:
-    folder = key[len(prefix) :].split("/", 1)[0]
-    return folder.removeprefix("date=")
 
 
 def _arrays(rows: list[dict[str, Any]], keys: list[str]) -> CapturedRows:

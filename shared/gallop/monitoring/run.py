@@ -92,11 +92,18 @@ class Monitor:
         self.metrics_out = metrics_out
 
     def run(self, dataset: str | None = None, *, force: bool = False) -> list[ModelCheck]:
-        """force: check drift whatever the count of new predictions (a person asked)."""
-        return [
-            self.check(name, model_id, force=force)
-            for name, model_id in captured_models(self.data, dataset)
-        ]
+        """force: check drift whatever the count of new predictions (a person asked). A
+        model that cannot be checked (its files gone, its results unreadable) is reported
+        in its check's problems, and the others are checked all the same."""
+        checks = []
+        for name, model_id in captured_models(self.data, dataset):
+            try:
+                checks.append(self.check(name, model_id, force=force))
+            except Exception as exc:  # one model's fault must not stop the others' checks
+                log.exception("the monitor could not check %s", model_id)
+                failed = ModelCheck(model_id, name, 0, 0, problems=[f"{type(exc).__name__}: {exc}"])
+                checks.append(failed)
+        return checks
 
     @property
     def first_day(self) -> date:
@@ -155,7 +162,7 @@ class Monitor:
         if not len(captured):
             return None
         try:
-            return record_live(self.engine, self.data, model, captured)
+            return record_live(self.engine, self.data, model, captured, self.first_day.isoformat())
         except CannotJoin as exc:
             check.problems.append(str(exc))
             return None
@@ -193,12 +200,17 @@ class Monitor:
     def _emit(self, model: RegisteredModel, check: ModelCheck, status: dict[str, Any]) -> None:
         """EMF metrics per dataset and model (and per service, what the alarms watch)."""
         values: dict[str, float] = {"CapturedRowsRead": float(check.new_rows)}
-        if check.drift is not None:
-            features = [r for r in check.drift if r["feature"] != SCORE]
+        # The latest check's drift on every run, not only on runs that check: the alarm
+        # (missing data is not breaching) stays in ALARM as long as the API and page do.
+        latest = status.get("drift")
+        table = check.drift if check.drift is not None else (latest or {}).get("features")
+        if table:
+            features = [r for r in table if r["feature"] != SCORE]
             values["DriftedFeatures"] = float(sum(bool(r["flagged"]) for r in features))
-            values["MaxFeaturePSI"] = max((r["psi"] for r in features), default=0.0)
-            score = next((r for r in check.drift if r["feature"] == SCORE), None)
-            if score is not None:
+            psis = [r["psi"] for r in features if r["psi"] is not None]
+            values["MaxFeaturePSI"] = max(psis, default=0.0)
+            score = next((r for r in table if r["feature"] == SCORE), None)
+            if score is not None and score["psi"] is not None:
                 values["ScorePSI"] = float(score["psi"])
         metric = ALARM_METRIC.get(model.task)
         trained = (status.get("training") or {}).get(metric) if metric else None
@@ -228,14 +240,13 @@ def monitor(
 
 
 def captured_models(store: Store, dataset: str | None = None) -> Iterator[tuple[str, str]]:
-    """(dataset, model id) of every model with captured rows, from the capture layout."""
-    root = layout.CAPTURE_ROOT + (f"{dataset}/" if dataset else "")
-    seen: set[tuple[str, str]] = set()
-    for key in store.list_keys(root):
-        parts = key[len(layout.CAPTURE_ROOT) :].split("/")
-        if len(parts) >= 3 and (parts[0], parts[1]) not in seen:
-            seen.add((parts[0], parts[1]))
-            yield parts[0], parts[1]
+    """(dataset, model id) of every model with captured rows, from the capture layout's
+    folders (not its objects: there are thousands a model)."""
+    root = layout.CAPTURE_ROOT
+    datasets = [f"{root}{dataset}/"] if dataset else store.list_folders(root)
+    for folder in datasets:
+        for model in store.list_folders(folder):
+            yield folder[len(root) :].strip("/"), model[len(folder) :].strip("/")
 
 
 def _window_values(live: list[dict[str, Any]]) -> dict[str, float]:
