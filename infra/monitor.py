@@ -62,8 +62,10 @@ class Monitor(Construct):
             reserved_concurrency=2,
         )
         self.function.add_event_source(
+            # One announcement a run: each is a whole run of its dataset, and ten in one
+            # invocation would repeat the same work, or time out together.
             sources.SqsEventSource(
-                self.queue, batch_size=10, max_concurrency=2, report_batch_item_failures=True
+                self.queue, batch_size=1, max_concurrency=2, report_batch_item_failures=True
             )
         )
         # An on-failure destination, not a dead-letter queue: its record holds the error

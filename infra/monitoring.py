@@ -21,6 +21,8 @@ from constructs import Construct
 from gallop.observability import NAMESPACE
 
 P99_LATENCY_MS = 1000
+# The stream buffers 60 s: records a quarter of an hour old have failed to reach S3.
+CAPTURE_FRESHNESS_SECONDS = 900
 # Counted by the ingest function for each upload it moves to unclaimed/ (no such dataset,
 # or a key of the wrong shape): a person has to look.
 UNCLAIMED_UPLOADS = "UnclaimedUploads"
@@ -220,15 +222,32 @@ class Monitoring(Construct):
             "training figure: see its monitoring page",
         )
 
-    def watch_capture(self) -> None:
-        """Capture never fails a prediction: it counts what it could not send instead."""
+    def watch_capture(self, stream_name: str) -> None:
+        """Capture never fails a prediction: the predict function counts what it could not
+        send instead; past the stream, records that cannot reach S3 wait in it (Firehose
+        retries for up to a day), so their age says S3 delivery is failing."""
         period = Duration.minutes(5)
         for name, what in (
             (CAPTURE_FAILURES, "predictions could not be captured (Firehose refused or failed)"),
-            (CAPTURE_DROPPED, "captured predictions were dropped (buffer full or too large)"),
+            (CAPTURE_DROPPED, "captured predictions were dropped (the sender's queue was full)"),
         ):
             metric = _gallop_metric(name, PREDICT_SERVICE, "Sum", period)
             self._alarm(name, metric, 1, what)
+        freshness = cloudwatch.Metric(
+            namespace="AWS/Firehose",
+            metric_name="DeliveryToS3.DataFreshness",
+            dimensions_map={"DeliveryStreamName": stream_name},
+            statistic="Maximum",
+            period=period,
+        )
+        self._alarm(
+            "CaptureDeliveryLate",
+            freshness,
+            CAPTURE_FRESHNESS_SECONDS,
+            f"captured predictions older than {CAPTURE_FRESHNESS_SECONDS // 60} minutes are "
+            "still in the Firehose stream: its delivery to S3 is failing (see its error log)",
+            of=2,
+        )
 
     def watch_queue_backlog(self, name: str, queue: sqs.IQueue, minutes: int) -> None:
         metric = queue.metric_approximate_age_of_oldest_message(

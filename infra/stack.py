@@ -266,7 +266,7 @@ class GallopStack(Stack):
         monitoring.watch_drift_and_quality(
             Duration.minutes(stage.monitor_every_minutes), stage.quality_margin
         )
-        monitoring.watch_capture()
+        monitoring.watch_capture(capture.stream_name)
         monitoring.watch_database(database.cluster, stage.database_max_acu)
         monitoring.watch_proxy(database.proxy)
         monitoring.watch_secret_rotation(database.secret)

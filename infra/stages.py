@@ -11,6 +11,7 @@ from aws_cdk import RemovalPolicy
 # How long raw uploads are kept (infra.storage): an unclaimed upload, which a person must
 # look at, is kept at least as long.
 RAW_EXPIRY_DAYS = 30
+CAPTURE_EXPIRY_DAYS = 400  # captured predictions under capture/
 
 
 class DeploymentRefused(ValueError):

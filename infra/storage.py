@@ -8,8 +8,14 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from gallop.layout import QUARANTINE_PREFIX, RAW_PREFIX, UNCLAIMED_PREFIX
-from infra.stages import RAW_EXPIRY_DAYS
+from gallop.layout import (
+    CAPTURE_ERRORS_ROOT,
+    CAPTURE_ROOT,
+    QUARANTINE_PREFIX,
+    RAW_PREFIX,
+    UNCLAIMED_PREFIX,
+)
+from infra.stages import CAPTURE_EXPIRY_DAYS, RAW_EXPIRY_DAYS
 
 
 class Storage(Construct):
@@ -49,6 +55,13 @@ class Storage(Construct):
                 s3.LifecycleRule(
                     prefix=UNCLAIMED_PREFIX, expiration=Duration.days(unclaimed_expiry_days)
                 ),
+                # What the models served: a year of it, and the same season again, for
+                # drift and live quality over time; records Firehose could not partition
+                # are for a person to look at.
+                s3.LifecycleRule(
+                    prefix=CAPTURE_ROOT, expiration=Duration.days(CAPTURE_EXPIRY_DAYS)
+                ),
+                s3.LifecycleRule(prefix=CAPTURE_ERRORS_ROOT, expiration=Duration.days(90)),
                 s3.LifecycleRule(noncurrent_version_expiration=Duration.days(30)),
                 s3.LifecycleRule(abort_incomplete_multipart_upload_after=Duration.days(1)),
             ],

@@ -40,15 +40,18 @@ TRAINING_PREFIX = "training/"
 MODELS_PREFIX = "models/"
 ALIASES_PREFIX = "aliases/"
 CAPTURE_ROOT = "capture/"
+CAPTURE_ERRORS_ROOT = "capture-errors/"
 
 # Captured predictions (gallop.monitoring.capture): the Firehose stream's prefixes, the
 # same strings on AWS (dynamic partitioning) and locally (gallop.local.firehose). The JQ
 # query names the partition keys from each record.
 CAPTURE_PREFIX = (
-    "capture/!{partitionKeyFromQuery:dataset}/!{partitionKeyFromQuery:model}/"
+    CAPTURE_ROOT + "!{partitionKeyFromQuery:dataset}/!{partitionKeyFromQuery:model}/"
     "date=!{timestamp:yyyy-MM-dd}/"
 )
-CAPTURE_ERROR_PREFIX = "capture-errors/!{firehose:error-output-type}/date=!{timestamp:yyyy-MM-dd}/"
+CAPTURE_ERROR_PREFIX = (
+    CAPTURE_ERRORS_ROOT + "!{firehose:error-output-type}/date=!{timestamp:yyyy-MM-dd}/"
+)
 CAPTURE_PARTITION_QUERY = "{dataset: .dataset, model: .model_id}"
 
 # A dataset version's files (curated/) and a rejected upload's (quarantine/)

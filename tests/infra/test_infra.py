@@ -141,6 +141,7 @@ def test_uploads_and_quarantine_expire_and_models_are_kept(template: Template) -
     ]
     prefixes = {r.get("Prefix"): r.get("ExpirationInDays") for rs in rules for r in rs}
     assert prefixes["raw/"] == 30 and prefixes["quarantine/"] == 90
+    assert prefixes["capture/"] == 400 and prefixes["capture-errors/"] == 90
     artifacts = [rs for rs in rules if rs and all("ExpirationInDays" not in r for r in rs)]
     assert artifacts, "the artifacts bucket expires nothing"
 
@@ -1957,6 +1958,18 @@ def test_every_new_alarm_exists_and_notifies_the_topic(templates: dict[str, Temp
             assert float(margin) == stage.quality_margin
         has_alarm(template, ours("CaptureFailures", "gallop-predict", "Sum"), 1)
         has_alarm(template, ours("CaptureDropped", "gallop-predict", "Sum"), 1)
+        # Past the stream: records that cannot reach S3 age in it.
+        stream_id, _ = the_capture_stream(template)
+        has_alarm(
+            template,
+            {
+                "Namespace": "AWS/Firehose",
+                "MetricName": "DeliveryToS3.DataFreshness",
+                "Dimensions": [{"Name": "DeliveryStreamName", "Value": {"Ref": stream_id}}],
+                "Statistic": "Maximum",
+            },
+            900,
+        )
         # Both work queues' backlogs (not their dead-letter queues: those alarm on depth).
         aged = {
             a["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
