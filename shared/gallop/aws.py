@@ -12,14 +12,23 @@ from gallop.settings import Settings, get_settings
 
 
 @lru_cache(maxsize=16)
-def _client(service: str, region: str, endpoint_url: str | None) -> Any:
-    config = Config(retries={"max_attempts": 5, "mode": "standard"}, signature_version="s3v4")
+def _client(service: str, region: str, endpoint_url: str | None, read_timeout: float | None) -> Any:
+    # A call that waits a set time is not asked again: an invoke asked again runs twice.
+    attempts = 1 if read_timeout else 5
+    config = Config(
+        retries={"max_attempts": attempts, "mode": "standard"},
+        signature_version="s3v4",
+        **({"read_timeout": read_timeout} if read_timeout else {}),
+    )
     return boto3.client(service, region_name=region, endpoint_url=endpoint_url, config=config)
 
 
-def client(service: str, settings: Settings | None = None) -> Any:
+def client(
+    service: str, settings: Settings | None = None, read_timeout: float | None = None
+) -> Any:
+    """read_timeout: seconds to wait for an answer (botocore's default: 60)."""
     settings = settings or get_settings()
-    return _client(service, settings.aws_region, settings.aws_endpoint_url)
+    return _client(service, settings.aws_region, settings.aws_endpoint_url, read_timeout)
 
 
 def reset_clients() -> None:

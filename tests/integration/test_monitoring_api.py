@@ -3,6 +3,7 @@ GET /v1/models/{id}/monitoring through the real app."""
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -356,3 +357,51 @@ def test_record_live_scores_against_the_newest_version_of_the_models_dataset(
     assert quality == live_quality(captured, results, RACES)
     shown = api.get(f"/v1/models/{model.model_id}/monitoring").json()["live"]
     assert [d["metrics"] for d in shown] == [pytest.approx(d.metrics) for d in quality.days]
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        ({"Payload": b'{"checks": []}', "StatusCode": 200}, 200),
+        (
+            {"Payload": b'{"errorMessage": "boom"}', "StatusCode": 200, "FunctionError": "Un"},
+            502,
+        ),
+        ("TooManyRequestsException", 503),
+    ],
+)
+def test_on_aws_a_check_now_is_the_monitor_functions_answer(
+    tmp_path: Path, answer: object, status: int
+) -> None:
+    """On AWS the API has no data image: it invokes the monitor function (what it sends,
+    and each of its answers as the API passes it on)."""
+    from botocore.stub import Stubber
+
+    from gallop import aws
+    from gallop.api.monitoring import INVOKE_SECONDS
+
+    settings = Settings(
+        state_dir=tmp_path,
+        api_keys=KEY,
+        monitor_function_name="gallop-monitor",
+        aws_region="eu-west-1",
+    )
+    migrate(engine_for(settings.sqlalchemy_url))
+    lambda_ = aws.client("lambda", settings, read_timeout=INVOKE_SECONDS)
+    sent = {"FunctionName": "gallop-monitor", "Payload": b'{"dataset": null, "force": true}'}
+    with (
+        Stubber(lambda_) as stub,
+        TestClient(create_app(settings), headers={"x-api-key": KEY}) as api,
+    ):
+        if isinstance(answer, str):
+            stub.add_client_error("invoke", answer, http_status_code=429, expected_params=sent)
+        else:
+            stub.add_response("invoke", {**answer, "Payload": io.BytesIO(answer["Payload"])}, sent)
+        reply = api.post("/v1/monitoring/checks", json={})
+        stub.assert_no_pending_responses()
+    assert reply.status_code == status, reply.text
+    if status == 200:
+        assert reply.json() == {"checks": []}
+    else:
+        assert reply.headers["content-type"] == "application/problem+json"
+    aws.reset_clients()

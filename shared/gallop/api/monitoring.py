@@ -19,6 +19,8 @@ from gallop.spec import NAME_PATTERN
 from gallop.storage import ObjectMissing
 
 router = APIRouter(tags=["models"])
+# How long the API waits for the monitor function: within API Gateway's 29 s.
+INVOKE_SECONDS = 25
 
 
 class LiveDay(BaseModel):
@@ -146,6 +148,8 @@ class Checks(BaseModel):
     responses={
         404: {"description": "No dataset of that name"},
         502: {"description": "The monitor function failed"},
+        503: {"description": "The monitor is busy: ask again later"},
+        504: {"description": "The check takes longer than a request may: it runs on"},
     },
 )
 def check_now(body: CheckBody, request: Request) -> Checks:
@@ -166,14 +170,32 @@ def check_now(body: CheckBody, request: Request) -> Checks:
 
 
 def _invoke_monitor(settings: Any, dataset: str | None) -> dict[str, Any]:
+    """The monitor function's answer, within API Gateway's 29 s: a check that takes longer
+    runs on, and its figures appear in GET /v1/models/{id}/monitoring when it is done."""
     import json
+
+    from botocore.exceptions import ClientError, ReadTimeoutError
 
     from gallop import aws
 
-    reply = aws.client("lambda", settings).invoke(
-        FunctionName=settings.monitor_function_name,
-        Payload=json.dumps({"dataset": dataset, "force": True}).encode(),
-    )
+    try:
+        lambda_ = aws.client("lambda", settings, read_timeout=INVOKE_SECONDS)
+        reply = lambda_.invoke(
+            FunctionName=settings.monitor_function_name,
+            Payload=json.dumps({"dataset": dataset, "force": True}).encode(),
+        )
+    except ReadTimeoutError:
+        raise HTTPException(
+            504,
+            "the check is taking longer than a request may: it runs on, and each model's "
+            "GET /v1/models/{id}/monitoring shows its figures when it is done",
+        ) from None
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "TooManyRequestsException":
+            raise HTTPException(
+                503, "the monitor is busy with other runs: ask again in a minute"
+            ) from None
+        raise
     payload = json.loads(reply["Payload"].read() or b"{}")
     if reply.get("FunctionError"):
         raise HTTPException(502, f"the monitor function failed: {payload.get('errorMessage')}")
