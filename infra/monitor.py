@@ -58,8 +58,9 @@ class Monitor(Construct):
             timeout=TIMEOUT,
             description="Live quality and drift of every serving model, on a schedule",
             # Few at a time: each run reads a window of captured rows; a run that repeats
-            # another's work stores the same figures (days are replaced whole).
-            reserved_concurrency=2,
+            # another's work stores the same figures (days are replaced whole). Two for
+            # the queue's announcements, one left for the schedule or the API.
+            reserved_concurrency=3,
         )
         self.function.add_event_source(
             # One announcement a run: each is a whole run of its dataset, and ten in one

@@ -1852,7 +1852,7 @@ def test_the_predict_function_may_only_put_record_batches_to_the_capture_stream(
     assert variables["GALLOP_CAPTURE_STREAM"] == {"Ref": stream_id}
 
 
-def test_the_monitor_runs_on_its_stages_schedule_two_at_a_time_and_keeps_failures(
+def test_the_monitor_runs_on_its_stages_schedule_a_few_at_a_time_and_keeps_failures(
     templates: dict[str, Template],
 ) -> None:
     from infra.stages import STAGES
@@ -1862,7 +1862,7 @@ def test_the_monitor_runs_on_its_stages_schedule_two_at_a_time_and_keeps_failure
         props = gallop_functions(template)["monitor"]
         assert props["ImageConfig"]["Command"] == ["monitor.handler.handler"]
         assert props["VpcConfig"]["SubnetIds"], "it reaches the database"
-        assert props["ReservedConcurrentExecutions"] == 2
+        assert props["ReservedConcurrentExecutions"] == 3
         minutes = STAGES[name].monitor_every_minutes
         every = "rate(1 hour)" if minutes == 60 else f"rate({minutes} minutes)"
         template.has_resource_properties(
