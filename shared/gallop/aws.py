@@ -20,7 +20,10 @@ def _client(service: str, region: str, endpoint_url: str | None, read_timeout: f
         signature_version="s3v4",
         **({"read_timeout": read_timeout} if read_timeout else {}),
     )
-    return boto3.client(service, region_name=region, endpoint_url=endpoint_url, config=config)
+    # A session of its own: boto3's default one keeps the credentials it first found, so
+    # a client made after the environment changed (reset_clients) would sign with old ones.
+    session = boto3.session.Session()
+    return session.client(service, region_name=region, endpoint_url=endpoint_url, config=config)
 
 
 def client(
