@@ -138,6 +138,7 @@ class Bench:
             aws_secret_access_key="bench",
         )
         self.env["GALLOP_FEATURES_QUEUE_URL"] = sqs.create_queue(QueueName="features")["QueueUrl"]
+        self.env["GALLOP_MONITOR_QUEUE_URL"] = sqs.create_queue(QueueName="monitor")["QueueUrl"]
         engine = engine_for(self.env["DATABASE_URL"])
         migrate(engine)
         self.dataset = load_spec(SPEC).name
