@@ -183,6 +183,12 @@ class Settings(BaseSettings):
         description="A scheduled drift check runs for a model once it has served this many "
         "predictions since its last check (`gallop monitor` checks at once).",
     )
+    drift_min_rows: int = Field(
+        default=1000,
+        gt=0,
+        description="Captured rows a drift check needs in its window: on fewer, PSI and KS "
+        "measure the sample's noise (20 rows flag every feature), so drift is not checked.",
+    )
     monitor_interval_seconds: float = Field(
         default=300,
         ge=0,

@@ -177,6 +177,13 @@ class Monitor:
         if not len(captured):
             check.drift_skipped = "no captured rows in the window"
             return
+        fewest = self.settings.drift_min_rows
+        if len(captured) < fewest:
+            check.drift_skipped = (
+                f"{len(captured)} captured rows in the window: a drift check needs "
+                f"{fewest:,} (drift_min_rows), or it measures the sample's noise"
+            )
+            return
         if not force and served < due:
             check.drift_skipped = f"{served} predictions since the last check, {due} make one due"
             return
