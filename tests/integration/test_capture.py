@@ -23,7 +23,6 @@ from gallop.layout import MANIFEST_FILE, ONNX_FILE, capture_prefix, model_prefix
 from gallop.local.provision import create_capture_stream
 from gallop.local.stack import LocalStack, free_port
 from gallop.monitoring.capture import Capture, firehose_client, read_captured, sampled
-from gallop.settings import Settings
 from gallop.storage import Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -313,40 +312,6 @@ def test_the_served_api_captures_by_default(stack: LocalStack, model: dict[str, 
         captured = read_captured(store, model["dataset"], model["model_id"])
     mine = captured.request_id[captured.group == race_id]
     assert mine.tolist() == [f"corr-{race_id}"] * 4
-
-
-def test_capture_lands_on_the_disk_mirror_and_survives_a_restart(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Firehose writes to moto's S3 in-process, past the local S3's front: the local
-    firehose keeps those objects on disk too."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    state = tmp_path / "state"
-    # WHEN the local Firehose delivers a record, and one it cannot partition
-    with LocalStack(state, quiet=True).start() as local:
-        assert local.settings is not None
-        settings: Settings = local.settings
-        firehose = aws.client("firehose", settings)
-        record = {"dataset": "d", "model_id": "m-0123456789abcdef", "row": 0}
-        firehose.put_record_batch(
-            DeliveryStreamName=settings.capture_stream,
-            Records=[{"Data": json.dumps(record).encode() + b"\n"}, {"Data": b"not json\n"}],
-        )
-        bucket = state / "s3" / settings.data_bucket
-        kept = [p.relative_to(bucket).as_posix() for p in bucket.rglob("*") if p.is_file()]
-    # THEN the record is on disk under its dataset, model and day; the other an error
-    today = datetime.now(UTC).strftime("%Y-%m-%d")
-    partitioned = capture_prefix("d", "m-0123456789abcdef", today) + "gallop-capture-1-"
-    errors = f"capture-errors/partitioning-failed/date={today}/gallop-capture-1-"
-    assert len(kept) == 2
-    captured = next(k for k in kept if k.startswith(partitioned))
-    assert any(k.startswith(errors) for k in kept)
-    # AND a restart restores it
-    with LocalStack(state, quiet=True).start() as again:
-        assert again.settings is not None
-        store = Store.from_settings(again.settings)
-        assert [json.loads(line) for line in store.get_bytes(captured).splitlines()] == [record]
 
 
 @pytest.fixture(scope="module")

@@ -140,6 +140,8 @@ class LocalStack:
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> LocalStack:
+        if self._aws is not None:  # a second start would leave the first's pollers running
+            raise RuntimeError("this local stack is already started: use it, or stop it")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(self.state_dir / ".lock", "a+")  # noqa: SIM115 - held while up
         try:
@@ -314,6 +316,7 @@ class LocalStack:
                 poller.stop()
         if self._aws is not None:
             self._aws.stop()
+            self._aws = None
         (self.state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
         if self.settings is not None:
             dispose_engine(self.settings.sqlalchemy_url)
