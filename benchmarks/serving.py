@@ -494,7 +494,7 @@ def main() -> None:
         print("training the default stack on 1,500 generated races ...", flush=True)
         model_dir, rows = train_model(work)
         graph_size(model_dir)
-        with LocalStack(work / "state", quiet=True).start() as stack:
+        with LocalStack(work / "state", quiet=True) as stack:
             stack.serve_api(free_port())
             assert stack.settings is not None
             card = store_snapshot(
