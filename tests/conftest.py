@@ -101,7 +101,8 @@ def _truncate(eng: Engine) -> None:
         connection.execute(
             text(
                 "TRUNCATE unclaimed_uploads, model_aliases, models, training_runs, feature_sets, "
-                "uploads, dataset_versions, datasets, live_quality, drift_checks, capture_files "
+                "uploads, dataset_versions, datasets, live_quality, drift_checks, capture_files, "
+                "alias_events, traffic_policies, retraining_policies, approvals "
                 "RESTART IDENTITY"
             )
         )

@@ -20,7 +20,8 @@ Artifacts bucket:
   models/{run_id}/                              model.onnx, manifest.json, report.html,
                                                 base_{i}.explain.json, model.tar.gz,
                                                 monitor_reference.npz (drift's reference)
-  aliases/{alias}.json                          the model id an alias names
+  aliases/{dataset}/serving.json                what a dataset's requests are answered by: its
+                                                champion and challenger, and the traffic policy
   models/{run_id}/monitoring.html               the model's monitoring page (live quality, drift)
 """
 
@@ -193,7 +194,15 @@ def monitoring_page_key(model_prefix: str) -> str:
     return model_prefix + MONITORING_HTML_FILE
 
 
-def alias_key(alias: str) -> str:
+def serving_key(dataset: str) -> str:
+    """The one object the predict path reads to know a dataset's champion, challenger and
+    traffic policy (gallop.serving.registry writes it whole)."""
+    return f"{ALIASES_PREFIX}{dataset}/serving.json"
+
+
+def legacy_alias_key(alias: str) -> str:
+    """Where an alias of the whole installation was, before aliases were per dataset (the
+    migration's publish step removes it)."""
     return f"{ALIASES_PREFIX}{alias}.json"
 
 

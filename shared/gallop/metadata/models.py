@@ -213,13 +213,123 @@ class RegisteredModel(Base):
 
 
 class ModelAlias(Base):
-    """champion or challenger: the model a request naming the alias is answered by."""
+    """champion or challenger of one dataset: the model a request naming the alias (and the
+    dataset) is answered by. Each dataset has its own."""
 
     __tablename__ = "model_aliases"
 
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
     alias: Mapped[str] = mapped_column(String(32), primary_key=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.model_id"))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+# -- renewal (issue #14): who moved an alias, and the policies that renew the champion ------
+
+
+class AliasAction(StrEnum):
+    PROMOTE = "promote"  # a person pointed the alias at a model (POST .../promote)
+    APPROVE = "approve"  # an approved request promoted its challenger
+    AUTO_PROMOTE = "auto_promote"  # the dataset promotes on a clear comparison by itself
+    REJECT = "reject"  # an approval request was rejected: the alias did not move
+    EXPIRE = "expire"  # an approval request timed out: the alias did not move
+    ROLLBACK = "rollback"  # the champion went back one step
+    RETRAIN = "retrain"  # a retraining policy's run made the challenger
+    UNREGISTER = "unregister"  # the model lost its files: the alias names none now
+    MIGRATE = "migrate"  # where the alias stood when aliases became per dataset (0011)
+
+
+class AliasEvent(Base):
+    """One line of a dataset's alias history, append-only (the database refuses UPDATE and
+    DELETE on it): who (an API key's name, or the policy or migration), when, which alias,
+    from which model to which, and why."""
+
+    __tablename__ = "alias_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), index=True)
+    alias: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(16))
+    from_model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    to_model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    approval_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class TrafficMode(StrEnum):
+    CHAMPION = "champion"  # the champion answers every request
+    SHADOW = "shadow"  # ... and the challenger also scores a share of them, off the reply path
+    SPLIT = "split"  # a share of races is answered by the challenger (stable hash of the race)
+
+
+class TrafficPolicy(Base):
+    """How a dataset's requests for its champion are shared with its challenger."""
+
+    __tablename__ = "traffic_policies"
+
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    # split: the share of races the challenger answers (champion: 1 - it)
+    challenger_share: Mapped[float] = mapped_column(Float, default=0.0)
+    # shadow and split: the share of races the model that did not answer also scores
+    shadow_share: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class RetrainingPolicy(Base):
+    """When a dataset is retrained (any of the triggers that are set), and what the policy
+    last did. A retrain makes the challenger, never the champion."""
+
+    __tablename__ = "retraining_policies"
+
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
+    every_hours: Mapped[float | None] = mapped_column(Float, nullable=True)  # schedule
+    after_rows: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # appended rows
+    on_alarm: Mapped[bool] = mapped_column(default=False)  # the champion's drift/quality alarm
+    time_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)  # seconds, per run
+    auto_promote: Mapped[bool] = mapped_column(default=False)  # on a clear comparison
+    updated_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    # What the policy last did: each trigger fires once (a failed run waits for the next).
+    last_trigger: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    last_triggered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_version_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    last_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    alarm_seen: Mapped[bool] = mapped_column(default=False)  # fire on OK -> ALARM only
+
+
+class ApprovalStatus(StrEnum):
+    PENDING = "PENDING"
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+    EXPIRED = "EXPIRED"
+
+
+class Approval(Base):
+    """A request to promote a dataset's challenger, opened by a comparison that recommends
+    it; an approver key decides it before `expires_at`. On AWS an execution of the renewal
+    state machine waits on `task_token`."""
+
+    __tablename__ = "approvals"
+
+    approval_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), index=True)
+    champion_model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    challenger_model: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    comparison: Mapped[dict[str, Any]] = mapped_column(JSON)  # what recommended it
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    task_token: Mapped[str | None] = mapped_column(Text, nullable=True)
+    execution: Mapped[str | None] = mapped_column(String(2048), nullable=True)
 
 
 # -- monitoring (issue #13): written by the monitor run, read by the API and the page --------
