@@ -44,7 +44,7 @@ FUNCTION_SETTINGS: dict[str, tuple[str, ...]] = {
         "training_launcher",
         "monitor_function_name",
     ),
-    "migrate": ("database",),
+    "migrate": ("database", "artifacts_bucket"),
     "monitor": ("database", "data_bucket", "artifacts_bucket"),
     "ingest": ("database", "data_bucket", "features_queue_url", "monitor_queue_url"),
     "features": ("database", "data_bucket"),

@@ -420,6 +420,7 @@ def test_models_list_show_promote_reach_the_api_named_by_the_environment(
     assert promoted.returncode == 0, promoted.stderr
     assert json.loads(promoted.stdout) | {"previous": None} == {
         "alias": "challenger",
+        "dataset": trained_run["dataset"],
         "model_id": model_id,
         "previous": None,
     }

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from moto import mock_aws
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from gallop import aws
@@ -282,13 +282,20 @@ def test_migrating_keeps_runs_their_models_and_aliases(
     with session_scope(engine) as session:
         session.add(RegisteredModel(model_id="m-1", **_model_fields(dataset)))
         session.flush()
-        session.add(ModelAlias(alias="champion", model_id="m-1"))
+        # the alias table of then (no dataset): raw SQL, not today's class
+        session.execute(
+            text(
+                "INSERT INTO model_aliases (alias, model_id, updated_at) "
+                "VALUES ('champion', 'm-1', CURRENT_TIMESTAMP)"
+            )
+        )
     # WHEN it is brought to the newest schema (as a local stack's start does)
     migrate(engine)
-    # THEN every row is there, and runs may be CANCELLED
+    # THEN every row is there (the alias on its model's dataset), and runs may be CANCELLED
     assert runs.find_model(engine, "ab" * 10).model_id == "m-1"  # type: ignore[union-attr]
     with session_scope(engine) as session:
-        assert session.get(ModelAlias, "champion").model_id == "m-1"  # type: ignore[union-attr]
+        alias = session.get(ModelAlias, (dataset.id, "champion"))
+        assert alias is not None and alias.model_id == "m-1"
     assert runs.mark_cancelled(engine, "ab" * 10).status == "CANCELLED"
 
 

@@ -13,8 +13,7 @@ from gallop.api.datasets import dataset_or_404
 from gallop.api.pages import Cursor, Limit, Page, fetched
 from gallop.api.schemas import ModelId
 from gallop.metadata.models import RegisteredModel
-from gallop.serving.registry import ModelNotFound, ModelUnreadable
-from gallop.serving.registry import aliases as current_aliases
+from gallop.serving.registry import ModelNotFound, ModelUnreadable, alias_names
 from gallop.serving.registry import get_model as registered_model
 from gallop.serving.registry import page_models as registered_models
 from gallop.serving.registry import promote as promote_alias
@@ -25,6 +24,9 @@ router = APIRouter(tags=["models"])
 
 class PromoteBody(BaseModel):
     alias: Literal["champion", "challenger"]
+    reason: str | None = Field(
+        default=None, max_length=1000, description="Why, for the alias history."
+    )
 
 
 class ModelSummary(BaseModel):
@@ -33,7 +35,7 @@ class ModelSummary(BaseModel):
     dataset: str | None
     task: str
     created_at: datetime
-    aliases: list[str] = Field(description="champion, challenger: the aliases naming it.")
+    aliases: list[str] = Field(description="champion, challenger: its dataset's aliases naming it.")
     metrics: dict[str, Any] | None = Field(description="The stack's held-out metrics.")
 
 
@@ -54,6 +56,7 @@ class ModelDetail(ModelSummary):
 
 class Promoted(BaseModel):
     alias: Literal["champion", "challenger"]
+    dataset: str | None = Field(description="The dataset whose alias it is: the model's.")
     model_id: str
     previous: str | None = Field(description="The model the alias named before, if any.")
 
@@ -73,10 +76,13 @@ def _model_out(
 
 
 def _alias_names(request: Request) -> dict[str, list[str]]:
-    names: dict[str, list[str]] = {}
-    for alias, model_id in sorted(current_aliases(request.app.state.engine()).items()):
-        names.setdefault(model_id, []).append(alias)
-    return names
+    return alias_names(request.app.state.engine())
+
+
+def actor_of(request: Request) -> str:
+    """Who asks, for the alias history: the API key's name (never the key)."""
+    caller = getattr(request.state, "caller", None)
+    return str(getattr(caller, "name", None) or "api")
 
 
 @router.get("/v1/models", response_model=Page[ModelSummary], responses={404: {}})
@@ -121,15 +127,27 @@ def get_model(model_id: ModelId, request: Request) -> ModelDetail:
     responses={404: {}, 409: {"description": "The model's files are gone: train it again"}},
 )
 def promote(model_id: ModelId, body: PromoteBody, request: Request) -> Promoted:
-    """Point champion or challenger at this model, in one step: requests see the old
-    model or the new one (every container within the alias TTL)."""
+    """Point the model's dataset's champion or challenger at this model, in one step:
+    requests see the old model or the new one (every container within the alias TTL).
+    The move is a line of the dataset's alias history.
+
+    Role: approver for champion, writer for challenger."""
+    state = request.app.state
     try:
-        state = request.app.state
-        previous = promote_alias(state.engine(), state.artifacts(), model_id, body.alias)
+        previous = promote_alias(
+            state.engine(),
+            state.artifacts(),
+            model_id,
+            body.alias,
+            actor=actor_of(request),
+            reason=body.reason,
+        )
         if hasattr(state, "models"):  # this process serves predictions too (gallop serve)
             state.models.forget(body.alias)  # other containers: within the alias TTL
+        model = registered_model(state.engine(), model_id)
     except ModelNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     except ModelUnreadable as exc:
         raise HTTPException(409, str(exc)) from None
-    return Promoted(alias=body.alias, model_id=model_id, previous=previous)
+    dataset = model.manifest.get("dataset")
+    return Promoted(alias=body.alias, dataset=dataset, model_id=model_id, previous=previous)

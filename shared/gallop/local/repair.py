@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from gallop.features.parts import part_keys
 from gallop.features.pointer import publish
 from gallop.features.service import FeaturesRequest
-from gallop.layout import MANIFEST_FILE, alias_key, curated_prefix
+from gallop.layout import MANIFEST_FILE, curated_prefix
 from gallop.metadata import repo
 from gallop.metadata.models import FeatureSet, FeatureStatus, VersionStatus
 from gallop.serving import registry
@@ -102,7 +102,6 @@ def _lost(data: Store, feature_set: FeatureSet) -> bool:
 
 def _unregister_lost_models(engine: Engine, artifacts: Store) -> int:
     count = 0
-    named = registry.aliases(engine)
     for model in registry.list_models(engine):
         others = [model.onnx_key, model.report_key, model.artifact_key]
         try:
@@ -111,10 +110,7 @@ def _unregister_lost_models(engine: Engine, artifacts: Store) -> int:
         except (ObjectMissing, runs.ArtifactMismatch) as exc:
             problem = f"{type(exc).__name__}: {exc}"
         log.warning("model %s lost its files (%s): unregistered", model.model_id, problem)
-        for alias, model_id in named.items():
-            if model_id == model.model_id:  # before the rows: a crash here is mended again
-                artifacts.delete(alias_key(alias))
-        runs.unregister_model(engine, model.run_id, MODEL_LOST.format(problem=problem))
+        runs.unregister_model(engine, artifacts, model.run_id, MODEL_LOST.format(problem=problem))
         count += 1
     return count
 

@@ -38,6 +38,7 @@ from gallop.local.s3_front import LocalAwsServer
 from gallop.metadata import repo
 from gallop.metadata.db import dispose_engine, engine_for, migrate, session_scope
 from gallop.metadata.models import Upload, VersionStatus
+from gallop.serving.registry import publish_all
 from gallop.settings import (
     ENV_API_KEYS,
     ENV_AWS_ENDPOINT_URL,
@@ -229,12 +230,14 @@ class LocalStack:
         )
 
         engine = engine_for(settings.sqlalchemy_url)
+        artifacts = Store(settings.artifacts_bucket, s3)
         migrate(engine)
+        publish_all(engine, artifacts)  # the serving objects, as the rows name them now
         interrupted = fail_interrupted_runs(engine)  # their thread died with the last process
         repairs = repair(
             engine,
             Store(settings.data_bucket, s3),
-            Store(settings.artifacts_bucket, s3),
+            artifacts,
             lambda request: sqs.send_message(QueueUrl=features.url, MessageBody=request.to_json()),
         )
         self.poller = SqsPoller(sqs, queue.url, queue.arn, load_handler("ingest"), "ingest")

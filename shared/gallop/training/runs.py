@@ -21,7 +21,8 @@ from gallop.crashpoint import MODEL_REGISTERED, crash_point
 from gallop.layout import MANIFEST_FILE, ONNX_FILE, REPORT_HTML_FILE, TARBALL_FILE
 from gallop.manifests import ModelManifest, NotAManifest, read_model_manifest
 from gallop.metadata.db import session_scope
-from gallop.metadata.models import ModelAlias, RegisteredModel, RunStatus, TrainingRun
+from gallop.metadata.models import RegisteredModel, RunStatus, TrainingRun
+from gallop.serving import registry
 from gallop.storage import Store
 
 LOCAL_EXECUTION = "local"
@@ -31,6 +32,8 @@ INTERRUPTED = "interrupted: the local stack stopped before the run finished; POS
 ENDED = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
 RESTARTABLE = (RunStatus.FAILED.value, RunStatus.CANCELLED.value)
 CANCELLED = "cancelled on request"
+# Who unregisters a model whose files are lost, in its aliases' history.
+REPAIR = "repair"
 
 
 class RunNotFound(LookupError):
@@ -289,13 +292,13 @@ def servable_manifest(
     return typed
 
 
-def unregister_model(engine: Engine, run_id: str, reason: str) -> None:
-    """Take back a registration whose files are lost: the model and the aliases naming it
-    go, and the run is FAILED with the reason, so that posting it again trains it again.
-    (The alias objects are the caller's: gallop.serving.registry owns them.)"""
+def unregister_model(engine: Engine, artifacts: Store, run_id: str, reason: str) -> None:
+    """Take back a registration whose files are lost: the aliases naming the model name
+    nothing (history lines, serving objects written again), the model goes, and the run is
+    FAILED with the reason, so that posting it again trains it again. One transaction."""
     model_id = model_id_for(run_id)
     with session_scope(engine) as session:
-        session.execute(delete(ModelAlias).where(ModelAlias.model_id == model_id))
+        registry.unregister_aliases(session, artifacts, model_id, actor=REPAIR, reason=reason)
         session.execute(delete(RegisteredModel).where(RegisteredModel.model_id == model_id))
         session.execute(
             update(TrainingRun)
