@@ -294,9 +294,44 @@ class GallopClient:
     def model(self, model_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/models/{model_id}")
 
-    def promote(self, model_id: str, alias: str = "champion") -> dict[str, Any]:
-        """Point an alias (champion, challenger) at a model; the reply names the previous."""
-        return self._call("POST", f"/v1/models/{model_id}/promote", json={"alias": alias})
+    def promote(
+        self, model_id: str, alias: str = "champion", reason: str | None = None
+    ) -> dict[str, Any]:
+        """Point an alias (champion, challenger) of the model's dataset at the model; the
+        reply names the previous. `reason` goes in the alias history."""
+        body = {"alias": alias} | ({"reason": reason} if reason is not None else {})
+        return self._call("POST", f"/v1/models/{model_id}/promote", json=body)
+
+    def aliases(self, dataset: str) -> dict[str, Any]:
+        """The dataset's champion, challenger and traffic policy."""
+        return self._call("GET", f"/v1/datasets/{dataset}/aliases")
+
+    def alias_history(self, dataset: str) -> list[dict[str, Any]]:
+        """Every line of the dataset's alias history, newest first."""
+        return self._pages(f"/v1/datasets/{dataset}/aliases/history")
+
+    def rollback(self, dataset: str, reason: str | None = None) -> dict[str, Any]:
+        """The dataset's champion goes back one step (409 when there is none before)."""
+        body = {"reason": reason} if reason is not None else {}
+        return self._call("POST", f"/v1/datasets/{dataset}/aliases/champion/rollback", json=body)
+
+    def put_traffic(self, dataset: str, mode: str, **shares: Any) -> dict[str, Any]:
+        """Set the dataset's traffic policy: mode champion, shadow or split, with
+        challenger_share, shadow_share or shares={"champion": .95, "challenger": .05}."""
+        body = {"mode": mode} | {k: v for k, v in shares.items() if v is not None}
+        return self._call("PUT", f"/v1/datasets/{dataset}/traffic", json=body)
+
+    def traffic(self, dataset: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/datasets/{dataset}/traffic")
+
+    def put_retraining(self, dataset: str, **policy: Any) -> dict[str, Any]:
+        """Set the dataset's retraining policy: every_hours, after_rows, on_alarm,
+        time_limit, auto_promote (those not given: off)."""
+        return self._call("PUT", f"/v1/datasets/{dataset}/retraining", json=policy)
+
+    def retraining(self, dataset: str) -> dict[str, Any]:
+        """The dataset's retraining policy and what it last did."""
+        return self._call("GET", f"/v1/datasets/{dataset}/retraining")
 
     def monitoring(self, model_id: str) -> dict[str, Any]:
         """A model's live figures by day, its latest drift table and its alarms' states."""

@@ -205,9 +205,48 @@ class Client:
             rows.append(row | metrics)
         return pd.DataFrame(rows)
 
-    def promote(self, model_id: str, alias: str = "champion") -> dict[str, Any]:
-        """Point champion (or challenger) at a model; the reply names the previous one."""
-        return self.api.promote(model_id, alias)
+    def promote(
+        self, model_id: str, alias: str = "champion", reason: str | None = None
+    ) -> dict[str, Any]:
+        """Point champion (or challenger) of the model's dataset at the model; the reply
+        names the previous one. `reason` goes in the dataset's alias history."""
+        return self.api.promote(model_id, alias, reason)
+
+    def aliases(self, dataset: str) -> dict[str, Any]:
+        """The dataset's champion, challenger and traffic policy."""
+        return self.api.aliases(dataset)
+
+    def alias_history(self, dataset: str) -> pd.DataFrame:
+        """The dataset's alias history, newest first: who moved which alias, when, from
+        which model to which, and why."""
+        return pd.DataFrame(self.api.alias_history(dataset))
+
+    def rollback(self, dataset: str, reason: str | None = None) -> dict[str, Any]:
+        """The dataset's champion goes back one step."""
+        return self.api.rollback(dataset, reason)
+
+    def put_traffic_policy(
+        self,
+        dataset: str,
+        mode: str,
+        challenger_share: float | None = None,
+        shadow_share: float | None = None,
+    ) -> dict[str, Any]:
+        """champion, shadow (the challenger also scores shadow_share of races) or split
+        (challenger_share of races answered by the challenger)."""
+        return self.api.put_traffic(
+            dataset, mode, challenger_share=challenger_share, shadow_share=shadow_share
+        )
+
+    def traffic_policy(self, dataset: str) -> dict[str, Any]:
+        return self.api.traffic(dataset)
+
+    def put_retraining_policy(self, dataset: str, **policy: Any) -> dict[str, Any]:
+        """every_hours, after_rows, on_alarm, time_limit, auto_promote (not given: off)."""
+        return self.api.put_retraining(dataset, **policy)
+
+    def retraining_policy(self, dataset: str) -> dict[str, Any]:
+        return self.api.retraining(dataset)
 
     def predict(
         self, rows: pd.DataFrame, model: str = "champion", snapshot: str | None = None

@@ -30,11 +30,11 @@ from gallop.api.app import create_app
 from gallop.api.openapi import EVERYWHERE
 from gallop.api.problems import MEDIA_TYPE
 from gallop.client import GallopClient
+from gallop.layout import serving_key
 from gallop.local.stack import LocalStack
 from gallop.metadata import repo
 from gallop.metadata.db import engine_for, session_scope
 from gallop.metadata.models import RegisteredModel
-from gallop.serving.registry import alias_key
 from gallop.settings import Settings
 from gallop.spec import DatasetSpec
 from gallop.synth.races import generate_races
@@ -110,6 +110,7 @@ def world(stack: LocalStack, races_spec: DatasetSpec) -> Iterator[dict[str, Any]
         "model_id": done["model"]["model_id"],
         "card": card,
         "gone": _model_without_files(engine, spec.name),
+        "twin": _twin(engine, done["model"]),
         "engine": engine,
         "client": client,
     }
@@ -144,6 +145,35 @@ def _model_without_files(engine: Engine, dataset: str) -> str:
             )
         )
     return model_id
+
+
+def _twin(engine: Engine, model: dict[str, Any]) -> str:
+    """Another registered model of the model's dataset with the model's files."""
+    found = runs.find_model(engine, model["run_id"])
+    assert found is not None
+    dataset = repo.get_dataset(engine, found.manifest["dataset"])
+    run_id = "ef" * 10
+    runs.start_run(
+        engine,
+        run_id=run_id,
+        dataset_id=dataset.id,
+        version_id="v-twin",
+        spec_hash=dataset.spec_hash,
+        code_version="c0de",
+        config=run_config(dataset.name, "ranking", None, {}, 0.2),
+    )
+    twin = runs.model_id_for(run_id)
+    fields = ("task", "artifact_key", "onnx_key", "manifest_key", "report_key", "manifest")
+    with session_scope(engine) as session:
+        session.add(
+            RegisteredModel(
+                model_id=twin,
+                run_id=run_id,
+                dataset_id=dataset.id,
+                **{f: getattr(found, f) for f in fields},
+            )
+        )
+    return twin
 
 
 def _unclaimed(stack: LocalStack, world: dict[str, Any], key: str) -> str:
@@ -296,6 +326,39 @@ def test_every_documented_status_of_every_route_parses_in_the_generated_client(
     call("promote", 409, gone, body=body("PromoteBody", alias="challenger"))
     call("promote", 422, "m-" + "a" * 80, body=body("PromoteBody", alias="challenger"))
     call("promote", 413, model_id, body=body("PromoteBody", alias="challenger", pad=too_big))
+    # a dataset's aliases and policies: a twin of the model (its files) makes a champion
+    # before the model's, to roll back to
+    call("promote", 200, world["twin"], body=body("PromoteBody", alias="champion"))
+    call("promote", 200, model_id, body=body("PromoteBody", alias="champion", reason="newer"))
+    call("get_aliases", 200, name)
+    call("get_aliases", 404, "nope")
+    call("get_aliases", 422, "Bad Name!")
+    call("alias_history", 200, name, limit=1)
+    call("alias_history", 404, "nope")
+    call("alias_history", 422, name, cursor="garbage")
+    call("rollback_champion", 200, name, body=body("RollbackBody", reason="worse"))
+    call("rollback_champion", 409, name, body=body("RollbackBody"))
+    call("rollback_champion", 404, "nope", body=body("RollbackBody"))
+    call("rollback_champion", 422, "Bad Name!", body=body("RollbackBody"))
+    call("rollback_champion", 413, name, body=body("RollbackBody", pad=too_big))
+    call("promote", 200, model_id, body=body("PromoteBody", alias="champion"))
+    split = body("TrafficBody", mode="split", challenger_share=0.05)
+    call("put_traffic", 200, name, body=split)
+    call("put_traffic", 404, "nope", body=split)
+    call("put_traffic", 422, name, body=body("TrafficBody", mode="split", challenger_share=2))
+    call("put_traffic", 413, name, body=body("TrafficBody", mode="champion", pad=too_big))
+    call("put_traffic", 200, name, body=body("TrafficBody", mode="champion"))
+    call("get_traffic", 200, name)
+    call("get_traffic", 404, "nope")
+    call("get_traffic", 422, "Bad Name!")
+    daily = body("RetrainingBody", every_hours=24)
+    call("put_retraining", 200, name, body=daily)
+    call("put_retraining", 404, "nope", body=daily)
+    call("put_retraining", 422, name, body=body("RetrainingBody", every_hours=-1))
+    call("put_retraining", 413, name, body=body("RetrainingBody", pad=too_big))
+    call("get_retraining", 200, name)
+    call("get_retraining", 404, "nope")
+    call("get_retraining", 422, "Bad Name!")
     # monitoring
     call("get_monitoring", 200, model_id)
     call("get_monitoring", 404, "m-nope")
@@ -306,7 +369,7 @@ def test_every_documented_status_of_every_route_parses_in_the_generated_client(
     call("check_now", 413, body=body("CheckBody", dataset=name, pad=too_big))
     # predictions and explanations
     assert stack.settings is not None
-    garbled = {"Bucket": stack.settings.artifacts_bucket, "Key": alias_key("champion")}
+    garbled = {"Bucket": stack.settings.artifacts_bucket, "Key": serving_key(name)}
     aws.client("s3", stack.settings).put_object(**garbled, Body=b"{}")  # names no model
     for route, kind in (("predict", "PredictPredictBody"), ("explain", "ExplainExplainBody")):
         call(route, 200, body=body(kind, model=model_id, rows=world["card"]))
@@ -358,6 +421,9 @@ _BODIES: dict[str, tuple[str, Callable[[str, dict[str, Any]], dict[str, Any]]]] 
     "card_feature_rows": ("CardRequest", lambda name, w: {"rows": w["card"]}),
     "start_training_run": ("TrainingRunRequest", lambda name, w: {"dataset": name}),
     "promote": ("PromoteBody", lambda name, w: {"alias": "challenger"}),
+    "rollback_champion": ("RollbackBody", lambda name, w: {}),
+    "put_traffic": ("TrafficBody", lambda name, w: {"mode": "champion"}),
+    "put_retraining": ("RetrainingBody", lambda name, w: {}),
     "check_now": ("CheckBody", lambda name, w: {"dataset": name}),
     "predict": ("PredictPredictBody", lambda name, w: {"rows": w["card"]}),
     "explain": ("ExplainExplainBody", lambda name, w: {"rows": w["card"]}),

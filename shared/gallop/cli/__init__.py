@@ -11,12 +11,14 @@ import sys
 
 from gallop import __version__
 from gallop.cli import (
+    aliases,
     db,
     demo,
     features,
     ingest,
     models,
     monitor,
+    policies,
     predict,
     runs,
     serve,
@@ -28,7 +30,21 @@ from gallop.extras import MissingExtra, missing_extra
 
 __all__ = ["SHIPPED_SPEC", "main", "parser"]
 
-COMMANDS = (serve, ingest, synth, features, train, predict, models, monitor, runs, demo, db)
+COMMANDS = (
+    serve,
+    ingest,
+    synth,
+    features,
+    train,
+    predict,
+    models,
+    aliases,
+    policies,
+    monitor,
+    runs,
+    demo,
+    db,
+)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -25,6 +25,7 @@ def add(commands: Any) -> None:
     promote = actions.add_parser("promote", help="point an alias at a model")
     promote.add_argument("model_id")
     promote.add_argument("--alias", choices=("champion", "challenger"), default="champion")
+    promote.add_argument("--reason", default=None, help="why, for the dataset's alias history")
     promote.set_defaults(run=run_promote)
 
     for action in (listing, show, promote):
@@ -61,10 +62,11 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_promote(args: argparse.Namespace) -> int:
     with api_client(args) as client:
-        promoted = client.promote(args.model_id, args.alias)
+        promoted = client.promote(args.model_id, args.alias, args.reason)
     if args.json:
         emit_json(promoted)
     else:
         before = promoted.get("previous") or "none"
-        print(f"{promoted['alias']} → {promoted['model_id']} (before: {before})")
+        where = f"{promoted['dataset']} " if promoted.get("dataset") else ""
+        print(f"{where}{promoted['alias']} → {promoted['model_id']} (before: {before})")
     return 0
