@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
+from gallop.api.auth import require_role
 from gallop.api.datasets import dataset_or_404
 from gallop.api.pages import Cursor, Limit, Page, fetched
 from gallop.api.schemas import ModelId
@@ -123,6 +124,7 @@ def get_model(model_id: ModelId, request: Request) -> ModelDetail:
 def promote(model_id: ModelId, body: PromoteBody, request: Request) -> Promoted:
     """Point champion or challenger at this model, in one step: requests see the old
     model or the new one (every container within the alias TTL)."""
+    require_role(request, "approver" if body.alias == "champion" else "writer")
     try:
         state = request.app.state
         previous = promote_alias(state.engine(), state.artifacts(), model_id, body.alias)
