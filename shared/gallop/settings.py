@@ -8,9 +8,11 @@ infrastructure and the code cannot drift apart.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +66,12 @@ STEPFUNCTIONS_SETTINGS = (
 # The most characters of a caller's text (an id, a name, a value) said back in a reply or
 # a log line: an error must not grow with the request.
 MAX_ECHO_CHARS = 80
+
+# What an API key may do (gallop.api.auth checks it): every key may read; writers change
+# datasets, runs and aliases; approvers decide what becomes champion.
+Role = Literal["reader", "writer", "approver"]
+ROLES: tuple[Role, ...] = get_args(Role)
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 # Marks a database URL whose connections authenticate with IAM tokens (value: region).
 IAM_AUTH_QUERY = "gallop_iam_region"
@@ -123,7 +131,9 @@ class Settings(BaseSettings):
     )
     api_keys: str = Field(
         default="",
-        description="Comma-separated API keys accepted in the x-api-key header.",
+        description="The keys accepted in the x-api-key header, comma-separated: each "
+        "`name:role+role:secret` (roles: reader, writer, approver; every key may read), or "
+        "a bare secret, named key-N by its position and given every role (as before roles).",
     )
     api_key_source: Literal["settings", "gateway"] = Field(
         default="settings",
@@ -281,6 +291,11 @@ class Settings(BaseSettings):
             self.max_decompressed_bytes = 4 * self.max_upload_bytes
         return self
 
+    @model_validator(mode="after")
+    def _check_api_keys(self) -> Settings:
+        parse_api_keys(self.api_keys)  # at start: a bad entry must not wait for a request
+        return self
+
     @property
     def sqlalchemy_url(self) -> str:
         if self.database_url:
@@ -335,11 +350,89 @@ class Settings(BaseSettings):
 
     @property
     def api_key_set(self) -> frozenset[str]:
-        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+        return frozenset(k.secret for k in self.api_key_entries)
+
+    @property
+    def api_key_entries(self) -> tuple[ApiKey, ...]:
+        return parse_api_keys(self.api_keys)
 
 
 class MissingSettings(RuntimeError):
     pass
+
+
+class InvalidSettings(RuntimeError):
+    """A setting that cannot be used as given. Not a ValueError on purpose: pydantic would
+    wrap that in an error quoting the input, and api_keys holds secrets."""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One entry of api_keys."""
+
+    name: str
+    roles: frozenset[str]
+    secret: str = field(repr=False)
+
+
+def api_key_entry(name: str, roles: str, secret: str) -> str:
+    """The api_keys entry of a named key (roles: "writer", "reader+writer")."""
+    return f"{name}:{roles}:{secret}"
+
+
+@lru_cache(maxsize=16)
+def parse_api_keys(text: str) -> tuple[ApiKey, ...]:
+    """The entries of an api_keys setting. Errors name the entry (its position, its name),
+    never its secret."""
+    keys: list[ApiKey] = []
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    for position, entry in enumerate(entries, start=1):
+        if ":" not in entry:  # a bare secret, as before roles: every role
+            keys.append(ApiKey(f"key-{position}", frozenset(ROLES), entry))
+            continue
+        parts = entry.split(":", 2)
+        if len(parts) < 3:
+            raise InvalidSettings(
+                f"GALLOP_API_KEYS: entry {position} is neither a bare key nor name:role+role:secret"
+            )
+        name, roles, secret = (p.strip() for p in parts)
+        if not KEY_NAME.fullmatch(name):
+            raise InvalidSettings(
+                f"GALLOP_API_KEYS: entry {position} needs a name (1 to 64 letters, digits "
+                "or . _ @ -, from a letter or digit)"
+            )
+        given = [r.strip() for r in roles.split("+")]
+        if given == [""]:
+            raise InvalidSettings(
+                f"GALLOP_API_KEYS: key {name!r} names no role (roles: {', '.join(ROLES)})"
+            )
+        unknown = [r for r in given if r not in ROLES]
+        if unknown:
+            raise InvalidSettings(
+                f"GALLOP_API_KEYS: key {name!r} has unknown role "
+                f"{unknown[0][:MAX_ECHO_CHARS]!r} (roles: {', '.join(ROLES)})"
+            )
+        if not secret:
+            raise InvalidSettings(f"GALLOP_API_KEYS: key {name!r} has no secret")
+        keys.append(ApiKey(name, frozenset({"reader", *given}), secret))
+    _check_unique(keys)
+    return tuple(keys)
+
+
+def _check_unique(keys: list[ApiKey]) -> None:
+    # A name is who acted in the alias history; a secret must say which key it is.
+    names: set[str] = set()
+    secrets: dict[str, str] = {}
+    for key in keys:
+        if key.name in names:
+            raise InvalidSettings(f"GALLOP_API_KEYS: two keys are named {key.name!r}")
+        if key.secret in secrets:
+            raise InvalidSettings(
+                f"GALLOP_API_KEYS: keys {secrets[key.secret]!r} and {key.name!r} have the "
+                "same secret"
+            )
+        names.add(key.name)
+        secrets[key.secret] = key.name
 
 
 def env_name(field: str) -> str:

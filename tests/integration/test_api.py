@@ -444,6 +444,9 @@ def test_the_api_function_imports_no_pandas_or_pyarrow(settings: Settings) -> No
 def test_behind_a_gateway_that_checks_keys_the_app_requires_its_verdict(
     settings: Settings, deployed_env: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import boto3
+    from moto import mock_aws
+
     from gallop.settings import get_settings
 
     # GIVEN the deployed configuration: API Gateway (REST, apiKeyRequired) checks the keys
@@ -456,8 +459,11 @@ def test_behind_a_gateway_that_checks_keys_the_app_requires_its_verdict(
     event["headers"].pop("x-api-key")
     event["multiValueHeaders"].pop("x-api-key")
     # WHEN the gateway names the key it validated THEN the request is served
-    event["requestContext"]["identity"]["apiKeyId"] = "k3y1d"
-    assert module.handler(event, _Context())["statusCode"] == 200  # type: ignore[attr-defined]
+    with mock_aws():  # where the app reads the key's name and roles
+        key = boto3.client("apigateway").create_api_key(name="client-x", enabled=True)
+        event["requestContext"]["identity"]["apiKeyId"] = key["id"]
+        reply = module.handler(event, _Context())  # type: ignore[attr-defined]
+    assert reply["statusCode"] == 200
     # AND a request that did not come through a key check is refused
     event["requestContext"]["identity"].pop("apiKeyId")
     reply = module.handler(event, _Context())  # type: ignore[attr-defined]

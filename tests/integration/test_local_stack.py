@@ -8,7 +8,14 @@ import pytest
 
 from gallop import aws
 from gallop.client import GallopClient
-from gallop.local.stack import LocalStack, StateDirBusy, free_port, running_endpoints
+from gallop.local.stack import (
+    LocalStack,
+    StateDirBusy,
+    api_key_for,
+    free_port,
+    running_endpoints,
+)
+from gallop.settings import Settings
 from gallop.spec import DatasetSpec
 
 
@@ -171,3 +178,20 @@ def test_runs_left_training_by_a_stopped_stack_are_failed_on_restart(
     finally:
         client.close()
         stack.stop()
+
+
+def test_the_local_key_has_every_role_and_a_test_may_ask_for_narrower_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The keys the stack would serve with (its start sets GALLOP_API_KEYS to this); the
+    # roles' effect on the routes is tests/integration/test_roles.py's.
+    monkeypatch.delenv("GALLOP_API_KEYS", raising=False)
+    stack = LocalStack(tmp_path, role_keys={"viewer": "reader", "ci": "writer"})
+    stack.api_key = api_key_for(tmp_path)
+    keys = Settings(api_keys=stack.api_keys_setting()).api_key_entries
+    assert {k.name: (sorted(k.roles), k.secret) for k in keys} == {
+        # gallop serve's key (the demo's, the CLI's): it promotes and approves
+        "local": (["approver", "reader", "writer"], stack.api_key),
+        "viewer": (["reader"], stack.api_keys["viewer"]),
+        "ci": (["reader", "writer"], stack.api_keys["ci"]),
+    }

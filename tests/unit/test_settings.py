@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gallop.settings import MissingSettings, Settings
+from gallop.settings import InvalidSettings, MissingSettings, Settings
 
 
 def test_iam_authentication_gives_every_connection_a_fresh_token(
@@ -65,3 +65,38 @@ def test_require_names_every_missing_variable(monkeypatch: pytest.MonkeyPatch) -
         "GALLOP_DATABASE_USER and GALLOP_DATABASE_IAM_AUTH=true), "
         "GALLOP_API_KEYS (or GALLOP_API_KEY_SOURCE=gateway)"
     )
+
+
+def test_api_keys_have_names_and_roles_and_a_bare_key_every_role() -> None:
+    keys = Settings(api_keys="ci:writer:s-ci, boss:reader+approver:s:b ,old-secret").api_key_entries
+    assert [(k.name, sorted(k.roles), k.secret) for k in keys] == [
+        ("ci", ["reader", "writer"], "s-ci"),  # every key may read
+        ("boss", ["approver", "reader"], "s:b"),  # the secret is what follows the roles
+        ("key-3", ["approver", "reader", "writer"], "old-secret"),  # as before roles
+    ]
+    assert "s-ci" not in repr(keys)
+
+
+@pytest.mark.parametrize(
+    ("api_keys", "message"),
+    [
+        ("ci:admin:s-1", "key 'ci' has unknown role 'admin' (roles: reader, writer, approver)"),
+        ("ci:reader+:s-1", "key 'ci' has unknown role ''"),
+        ("ci::s-1", "key 'ci' names no role (roles: reader, writer, approver)"),
+        (":writer:s-1", "entry 1 needs a name"),
+        ("s-0,has space:writer:s-1", "entry 2 needs a name"),
+        ("ci:writer:s-1,ci:reader:s-2", "two keys are named 'ci'"),
+        ("key-2:reader:s-1,s-2", "two keys are named 'key-2'"),
+        ("ci:writer:s-1,ro:reader:s-1", "keys 'ci' and 'ro' have the same secret"),
+        ("ci:writer:", "key 'ci' has no secret"),
+        ("ci:s-1", "entry 1 is neither a bare key nor name:role+role:secret"),
+    ],
+)
+def test_a_bad_api_keys_entry_fails_at_start_naming_it_not_its_secret(
+    api_keys: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GALLOP_API_KEYS", api_keys)
+    with pytest.raises(InvalidSettings) as caught:
+        Settings()
+    assert str(caught.value).startswith(f"GALLOP_API_KEYS: {message}")
+    assert "s-1" not in str(caught.value)

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
+from gallop.api.auth import require_role
 from gallop.api.datasets import dataset_or_404
 from gallop.api.pages import Cursor, Limit, Page, fetched
 from gallop.api.schemas import ModelId
@@ -132,6 +133,7 @@ def promote(model_id: ModelId, body: PromoteBody, request: Request) -> Promoted:
     The move is a line of the dataset's alias history.
 
     Role: approver for champion, writer for challenger."""
+    require_role(request, "approver" if body.alias == "champion" else "writer")
     state = request.app.state
     try:
         previous = promote_alias(

@@ -1,16 +1,19 @@
 """The OpenAPI document, complete enough for a client generator: every operation lists
-the errors it can answer (401 everywhere, as every route wants a key; 413 wherever there
-is a body; 422, 429 from the gateway's throttling, 500), each as problem+json with an
-example; every success has an example; `servers` is where the document was fetched from.
+the errors it can answer (401 everywhere, as every route wants a key; 403 where a key
+needs more than reading; 413 wherever there is a body; 422, 429 from the gateway's
+throttling, 500), each as problem+json with an example; every success has an example;
+`servers` is where the document was fetched from.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from gallop.api.auth import roles_for
 from gallop.api.problems import MEDIA_TYPE, Problem, code_of, example_of
 from gallop.layout import RAW_PREFIX, REPORT_HTML_FILE, model_prefix
 
@@ -66,8 +69,10 @@ def complete(schema: dict[str, Any]) -> dict[str, Any]:
     problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(problem.pop("$defs", {}))
     components["Problem"] = problem
-    for operations in schema.get("paths", {}).values():
-        for operation in operations.values():
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            if roles_for(method.upper(), re.sub(r"\{[^}]+\}", "x", path)) != {"reader"}:
+                operation.setdefault("responses", {}).setdefault("403", {})
             _complete_operation(operation, components)
     for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422, replaced
         components.pop(unused, None)

@@ -164,7 +164,7 @@ class Problem(BaseModel):
 
 EXAMPLE_DETAILS = {
     401: "missing x-api-key header",
-    403: "Forbidden",
+    403: "this needs the writer role: the key 'dashboard' has reader",
     404: "no dataset named 'races'",
     405: "Method Not Allowed",
     409: "the features of version 'v-2026...' are not computed yet",

@@ -48,8 +48,11 @@ from gallop.settings import (
     ENV_INGEST_QUEUE_URL,
     ENV_MONITOR_QUEUE_URL,
     MAX_RECEIVE_COUNT,
+    ROLES,
     Settings,
+    api_key_entry,
     get_settings,
+    parse_api_keys,
 )
 from gallop.storage import Store
 from gallop.training.runs import fail_interrupted_runs
@@ -57,6 +60,7 @@ from gallop.training.runs import fail_interrupted_runs
 log = logging.getLogger(__name__)
 
 ENDPOINTS_FILE = "endpoints.json"
+LOCAL_KEY_NAME = "local"  # the generated key's name: the actor in the alias history
 LOCAL_VISIBILITY_TIMEOUT = 10  # seconds before a failed message is retried locally
 CAPTURE_STREAM = "gallop-capture"  # the local capture stream, unless the environment names one
 
@@ -72,10 +76,11 @@ def free_port() -> int:
 
 
 def api_key_for(state_dir: Path) -> str:
-    """The local API key: from GALLOP_API_KEYS, else one generated once per state dir."""
-    configured = [k for k in os.environ.get(ENV_API_KEYS, "").split(",") if k.strip()]
+    """The local API key: the first of GALLOP_API_KEYS, else one generated once per state
+    dir (the key named `local`, with every role)."""
+    configured = parse_api_keys(os.environ.get(ENV_API_KEYS, ""))
     if configured:
-        return configured[0].strip()
+        return configured[0].secret
     path = state_dir / "api_key"
     if not path.exists():
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -115,13 +120,19 @@ class LocalStack:
         quiet: bool = False,
         settings_overrides: dict[str, str] | None = None,
         visibility_timeout: int = LOCAL_VISIBILITY_TIMEOUT,
+        role_keys: dict[str, str] | None = None,
     ) -> None:
+        """role_keys: more keys to accept, name -> roles ("reader", "reader+writer"), each
+        with a secret of its own (`api_keys[name]`): a test's reader-only key."""
         self.state_dir = state_dir.expanduser().resolve()
         self.fresh = fresh
         self.quiet = quiet
         self.overrides = settings_overrides or {}
         self.visibility_timeout = visibility_timeout
+        self.role_keys = role_keys or {}
         self.api_key = ""
+        # name -> secret of the role_keys: new ones each run (tests' keys, never on disk)
+        self.api_keys = {name: secrets.token_urlsafe(24) for name in self.role_keys}
         self.api_url: str | None = None
         self._lock_file: Any = None
         self._aws: LocalAwsServer | None = None
@@ -139,6 +150,14 @@ class LocalStack:
         self.resources: provision.Resources | None = None
 
     # -- lifecycle -------------------------------------------------------------------
+
+    def api_keys_setting(self) -> str:
+        """The GALLOP_API_KEYS the stack serves with: as configured, else the local key
+        with every role (the demo promotes and approves); and the role_keys."""
+        configured = os.environ.get(ENV_API_KEYS, "").strip()
+        entries = [configured or api_key_entry(LOCAL_KEY_NAME, "+".join(ROLES), self.api_key)]
+        entries += [api_key_entry(n, r, self.api_keys[n]) for n, r in self.role_keys.items()]
+        return ",".join(entries)
 
     def start(self) -> LocalStack:
         if self._aws is not None:  # a second start would leave the first's pollers running
@@ -171,7 +190,7 @@ class LocalStack:
                 "AWS_DEFAULT_REGION": "us-east-1",
                 "GALLOP_STATE_DIR": str(self.state_dir),
                 ENV_AWS_ENDPOINT_URL: endpoint,
-                ENV_API_KEYS: self.api_key,
+                ENV_API_KEYS: self.api_keys_setting(),
                 **(
                     {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "WARNING"}
                     if self.quiet
