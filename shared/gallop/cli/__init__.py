@@ -11,6 +11,7 @@ import sys
 
 from gallop import __version__
 from gallop.cli import (
+    approvals,
     db,
     demo,
     features,
@@ -28,7 +29,20 @@ from gallop.extras import MissingExtra, missing_extra
 
 __all__ = ["SHIPPED_SPEC", "main", "parser"]
 
-COMMANDS = (serve, ingest, synth, features, train, predict, models, monitor, runs, demo, db)
+COMMANDS = (
+    serve,
+    ingest,
+    synth,
+    features,
+    train,
+    predict,
+    models,
+    approvals,
+    monitor,
+    runs,
+    demo,
+    db,
+)
 
 
 def parser() -> argparse.ArgumentParser:

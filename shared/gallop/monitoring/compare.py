@@ -139,9 +139,7 @@ def compare(
         for name in METRICS[task]
     ]
     primary = PRIMARY[task]
-    recommendation, reason = recommend(
-        next(m for m in metrics if m.metric == primary), min_races
-    )
+    recommendation, reason = recommend(next(m for m in metrics if m.metric == primary), min_races)
     return Comparison(
         dataset=spec.name,
         task=task,
@@ -326,6 +324,4 @@ def compare_dataset(
         results = pd.DataFrame(columns=[c for c in (spec.group, spec.entity, spec.target) if c])
     else:
         results = read_results(data, version)
-    return compare(
-        mine, theirs, results, spec, names=(champion, challenger), min_races=min_races
-    )
+    return compare(mine, theirs, results, spec, names=(champion, challenger), min_races=min_races)
