@@ -369,6 +369,28 @@ class GallopClient:
         body = {**serving_body(model, rows, columnar, snapshot), "top_k": top_k}
         return self._call("POST", "/v1/explain", json=body)
 
+    # -- renewal: the comparison and approval requests ----------------------------------
+
+    def challenger(self, dataset: str) -> dict[str, Any]:
+        """The dataset's champion against its challenger (the latest comparison) and its
+        open approval request."""
+        return self._call("GET", f"/v1/datasets/{dataset}/challenger")
+
+    def approvals(
+        self, dataset: str | None = None, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Approval requests (of one dataset, in one status), newest first."""
+        return self._pages("/v1/approvals", dataset=dataset, status=status)
+
+    def approval(self, approval_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/approvals/{approval_id}")
+
+    def decide(self, approval_id: str, decision: str, reason: str | None = None) -> dict[str, Any]:
+        """Approve ("approve": the challenger becomes the champion) or reject ("reject")
+        a PENDING request; needs a key with the approver role."""
+        body = {"decision": decision, "reason": reason}
+        return self._call("POST", f"/v1/approvals/{approval_id}", json=body)
+
 
 def serving_body(
     model: str,

@@ -200,6 +200,16 @@ def serving_key(dataset: str) -> str:
     return f"{ALIASES_PREFIX}{dataset}/serving.json"
 
 
+COMPARISONS_PREFIX = "comparisons/"
+
+
+def comparison_key(dataset: str) -> str:
+    """A dataset's latest champion/challenger comparison (gallop.monitoring.compare), as
+    the monitor run wrote it: what GET /v1/datasets/{name}/challenger answers (the API
+    function has no pandas to compare with)."""
+    return f"{COMPARISONS_PREFIX}{dataset}.json"
+
+
 def legacy_alias_key(alias: str) -> str:
     """Where an alias of the whole installation was, before aliases were per dataset (the
     migration's publish step removes it)."""

@@ -286,6 +286,33 @@ class Client:
             tar.extractall(folder, filter="data")  # nothing outside the folder
         return folder
 
+    def challenger(self, dataset: str) -> pd.DataFrame:
+        """The dataset's champion against its challenger: one row per metric (champion,
+        challenger, difference with positive = the challenger better, its 95 % interval,
+        races); `.attrs` holds the recommendation, its reason and rule, and the open
+        approval request (or None)."""
+        reply = self.api.challenger(dataset)
+        comparison = reply.get("comparison") or {}
+        out = pd.DataFrame(comparison.get("metrics") or [])
+        out.attrs.update(
+            {k: comparison.get(k) for k in ("recommendation", "reason", "rule")}
+            | {"champion": reply["champion"], "challenger": reply["challenger"]}
+            | {"approval": reply.get("approval")}
+        )
+        return out
+
+    def approvals(self, dataset: str | None = None, status: str | None = None) -> pd.DataFrame:
+        """Approval requests, newest first, one row each (without the comparison)."""
+        rows = [
+            {k: v for k, v in a.items() if k != "comparison"}
+            for a in self.api.approvals(dataset, status)
+        ]
+        return pd.DataFrame(rows)
+
+    def decide(self, approval_id: str, decision: str, reason: str | None = None) -> dict[str, Any]:
+        """Approve or reject a PENDING approval request (the approver role)."""
+        return self.api.decide(approval_id, decision, reason)
+
 
 class Run:
     """A training run. Its state is the one last seen: `.refresh()` or `.wait()` update it."""

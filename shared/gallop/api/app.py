@@ -14,7 +14,17 @@ from fastapi import Depends, FastAPI, Request
 from sqlalchemy import Engine, text
 
 from gallop import __version__
-from gallop.api import aliases, datasets, models, monitoring, openapi, problems, training, uploads
+from gallop.api import (
+    aliases,
+    datasets,
+    models,
+    monitoring,
+    openapi,
+    problems,
+    renewal,
+    training,
+    uploads,
+)
 from gallop.api.auth import require_api_key
 from gallop.api.gateway import GatewayRootPath
 from gallop.api.limits import BodyLimit
@@ -67,6 +77,7 @@ def create_app(
     app.include_router(models.router)
     app.include_router(aliases.router)
     app.include_router(monitoring.router)
+    app.include_router(renewal.router)
     if serve_predictions:  # the deployed api leaves them to the predict function
         from gallop.api import serving
 

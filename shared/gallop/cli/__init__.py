@@ -12,6 +12,7 @@ import sys
 from gallop import __version__
 from gallop.cli import (
     aliases,
+    approvals,
     db,
     demo,
     features,
@@ -40,6 +41,7 @@ COMMANDS = (
     models,
     aliases,
     policies,
+    approvals,
     monitor,
     runs,
     demo,

@@ -315,7 +315,7 @@ class LocalStack:
             while not self._stopping.wait(seconds):
                 try:
                     assert self.settings is not None
-                    monitor(self.settings)
+                    monitor(self.settings, scheduled=True)
                 except Exception:  # the next tick tries again; the stack runs on
                     log.exception("the scheduled monitor run failed")
 

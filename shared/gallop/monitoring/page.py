@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from gallop.metadata.models import RegisteredModel
+    from gallop.monitoring.compare import Comparison
     from gallop.settings import Settings
     from gallop.storage import Store
 
@@ -76,15 +77,18 @@ def render_monitoring_page(
     calibration: list[dict[str, Any]] | None = None,
     psi_threshold: float = 0.25,
     quality_margin: float = 0.05,
+    comparison: dict[str, Any] | None = None,
 ) -> str:
     """The page as HTML text. status: monitoring_status's dict; calibration: reliability
-    bins of the served probability against outcomes (gallop.monitoring.quality)."""
+    bins of the served probability against outcomes (gallop.monitoring.quality);
+    comparison: gallop.monitoring.compare's, as a dict."""
     task = str(status.get("task", ""))
     metric = ALARM_METRIC.get(task, "")
     drift = status.get("drift") or {}
     features = drift.get("features") or []
     sections = [
         ("alarms", "Alarms", _alarms(status.get("alarms") or [])),
+        ("comparison", "Champion against challenger", _comparison(comparison)),
         (
             "calibration",
             "Live calibration (served probability against outcome)",
@@ -125,12 +129,20 @@ def publish_monitoring_page(
     model: RegisteredModel,
     calibration: list[dict[str, Any]] | None,
     settings: Settings,
+    comparison: Comparison | None = None,
 ) -> str:
     """Render the model's page from the store as it stands and put it beside its report
-    (what the monitor run does after each check); returns its key."""
+    (what the monitor run does after each check); returns its key. comparison: its
+    dataset's champion against challenger, when the model is one of them."""
     window, margin = settings.monitor_window_days, settings.quality_margin
     status = monitoring_status(engine, model, window, margin)
-    html = render_monitoring_page(status, calibration, settings.drift_psi_threshold, margin)
+    html = render_monitoring_page(
+        status,
+        calibration,
+        settings.drift_psi_threshold,
+        margin,
+        comparison.to_dict() if comparison else None,
+    )
     return write_monitoring_page(artifacts, model.model_id, html)
 
 
@@ -153,6 +165,31 @@ def _alarms(alarms: list[dict[str, Any]]) -> str | None:
     )
     head = '<tr><th>alarm</th><th class="text">state</th><th class="text">why</th></tr>'
     return f"<table><thead>{head}</thead>{rows}</table>"
+
+
+def _comparison(comparison: dict[str, Any] | None) -> str | None:
+    """The recommendation, its rule, and each metric's difference with its interval."""
+    if not comparison:
+        return None
+    head = "".join(
+        f"<th>{escape(c)}</th>"
+        for c in ("metric", "races", "champion", "challenger", "difference", "95 % interval")
+    )
+    body = "".join(
+        f"<tr><th>{escape(m['metric'])}</th><td>{m['races']}</td>"
+        f"<td>{_fmt(m['champion'])}</td><td>{_fmt(m['challenger'])}</td>"
+        f"<td>{_fmt(m['difference'])}</td>"
+        f"<td>{_fmt(m['low'])} to {_fmt(m['high'])}</td></tr>"
+        for m in comparison["metrics"]
+    )
+    facts = (
+        f"<p>Champion {escape(comparison['champion'])}, challenger "
+        f"{escape(comparison['challenger'])}, on {comparison['races']} races both scored. "
+        f"Recommendation: <b>{escape(comparison['recommendation'])}</b> "
+        f"({escape(comparison['reason'])}).</p>"
+        f"<p>Difference: positive means the challenger is better. {escape(comparison['rule'])}</p>"
+    )
+    return f"{facts}<table><thead><tr>{head}</tr></thead>{body}</table>"
 
 
 def _calibration(bins: list[dict[str, Any]] | None) -> str | None:

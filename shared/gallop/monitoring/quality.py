@@ -131,6 +131,25 @@ def record_live(
 
 def live_quality(captured: CapturedRows, results: pd.DataFrame, spec: DatasetSpec) -> LiveQuality:
     """Per UTC day of serving, the metrics of the captured rows whose results are known."""
+    joined, counts = scored_rows(captured, results, spec)
+    if joined.empty:
+        return LiveQuality(spec.task.value, [], counts)
+    grouped = spec.group is not None
+    days = [
+        _day_quality(str(day), part, spec, grouped)
+        for day, part in joined.groupby("day", sort=True)
+    ]
+    return LiveQuality(spec.task.value, days, counts, _calibration(joined, spec, grouped))
+
+
+def scored_rows(
+    captured: CapturedRows, results: pd.DataFrame, spec: DatasetSpec
+) -> tuple[pd.DataFrame, JoinCounts]:
+    """The join: each captured row whose result is known (a race's last serving, whole),
+    with its result: columns group, entity, score, out_{output}, target (ranking: share,
+    relevance), partial (its race's field holds runners not captured), day, and race (an
+    int per race, rows of a race together, by day then race then serving order).
+    Ungrouped tasks have group "" and one row per entity. With the counts of every fate."""
     grouped = spec.group is not None
     if not spec.entity:
         raise CannotJoin(
@@ -158,14 +177,10 @@ def live_quality(captured: CapturedRows, results: pd.DataFrame, spec: DatasetSpe
         **{name: int((fate == name).sum()) for name in _FATES},
     )
     if joined.empty:
-        return LiveQuality(spec.task.value, [], counts)
+        return joined, counts
     joined = _in_race_order(joined, grouped)
     joined["race"] = pd.factorize(joined["group"].to_numpy(dtype=object))[0]  # ints: fast
-    days = [
-        _day_quality(str(day), part, spec, grouped)
-        for day, part in joined.groupby("day", sort=True)
-    ]
-    return LiveQuality(spec.task.value, days, counts, _calibration(joined, spec, grouped))
+    return joined, counts
 
 
 _FATES = (SCORED, NO_KEY, AMBIGUOUS, PENDING, WITHOUT_RESULT)

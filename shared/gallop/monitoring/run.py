@@ -7,6 +7,11 @@ It runs on the monitor function's schedule (EventBridge; `gallop serve`'s timer
 locally), when ingest announces a new VALID version (its results), and when a person
 asks (`gallop monitor`, which checks drift whatever the count). Each run recomputes the
 window's days whole, so running twice, or after a crash, stores the same figures.
+
+Each run also renews (gallop.renewal.renew): a dataset's champion and challenger are
+compared (the comparison is on both models' pages), approval requests past their time
+expire, the retraining policy's triggers are checked (the schedule only by scheduled
+runs), and a "promote" opens an approval request or, with auto_promote, promotes.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from typing import Any, TextIO
 from gallop import layout
 from gallop.metadata import repo
 from gallop.metadata.db import engine_for
-from gallop.metadata.models import CaptureFile, RegisteredModel
+from gallop.metadata.models import CaptureFile, Dataset, RegisteredModel
 from gallop.monitoring.capture import CapturedRows, read_captured
+from gallop.monitoring.compare import Comparison
 from gallop.monitoring.drift import SCORE, drift_table
 from gallop.monitoring.page import publish_monitoring_page
 from gallop.monitoring.quality import CannotJoin, LiveQuality, record_live
@@ -35,9 +41,11 @@ from gallop.monitoring.status import (
     window_value,
 )
 from gallop.observability import emf_line, print_emf
+from gallop.renewal.renew import act, compare_and_store
 from gallop.serving.registry import ModelNotFound, get_model
 from gallop.settings import Settings, get_settings
 from gallop.storage import Store
+from gallop.training.launchers import Launcher, launcher_for
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +91,7 @@ class Monitor:
         *,
         now: datetime | None = None,
         metrics_out: TextIO | None = None,
+        launcher: Launcher | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine_for(settings.sqlalchemy_url)
@@ -90,26 +99,93 @@ class Monitor:
         self.artifacts = Store.artifacts_from_settings(settings)
         self.now = now or datetime.now(UTC)
         self.metrics_out = metrics_out
+        self.launcher = launcher
+        self.renewals: list[dict[str, Any]] = []  # what the last run's renewal did
 
-    def run(self, dataset: str | None = None, *, force: bool = False) -> list[ModelCheck]:
-        """force: check drift whatever the count of new predictions (a person asked). A
-        model that cannot be checked (its files gone, its results unreadable) is reported
-        in its check's problems, and the others are checked all the same."""
+    def run(
+        self, dataset: str | None = None, *, force: bool = False, scheduled: bool = False
+    ) -> list[ModelCheck]:
+        """force: check drift whatever the count of new predictions (a person asked);
+        scheduled: a run of the schedule (retraining schedules are checked). A model
+        (or a dataset's renewal) that cannot be checked is reported in its problems,
+        and the others are checked all the same."""
+        datasets = self._datasets(dataset)
+        self.renewals = []
+        comparisons: dict[str, Comparison] = {}
+        for each in datasets:
+            try:
+                compared = compare_and_store(
+                    self.engine, self.data, self.artifacts, self.settings, each, self.now
+                )
+            except Exception as exc:  # one dataset's fault must not stop the others
+                self._renewal_failed(each, exc)
+                continue
+            if compared is not None:
+                comparisons[each.name] = compared
         checks = []
         for name, model_id in captured_models(self.data, dataset):
             try:
-                checks.append(self.check(name, model_id, force=force))
+                checks.append(
+                    self.check(name, model_id, force=force, compared=comparisons.get(name))
+                )
             except Exception as exc:  # one model's fault must not stop the others' checks
                 log.exception("the monitor could not check %s", model_id)
                 failed = ModelCheck(model_id, name, 0, 0, problems=[f"{type(exc).__name__}: {exc}"])
                 checks.append(failed)
+        for each in datasets:  # after live quality: the alarms the triggers watch are fresh
+            try:
+                done = act(
+                    self.engine,
+                    self.artifacts,
+                    self.settings,
+                    each,
+                    comparisons.get(each.name),
+                    self._launcher(),
+                    now=self.now,
+                    scheduled=scheduled,
+                )
+            except Exception as exc:
+                self._renewal_failed(each, exc)
+                continue
+            self.renewals.append(done)
         return checks
+
+    def _datasets(self, name: str | None) -> list[Dataset]:
+        if name is None:
+            return repo.list_datasets(self.engine)
+        try:
+            return [repo.get_dataset(self.engine, name)]
+        except repo.DatasetNotFound:
+            return []
+
+    def _renewal_failed(self, dataset: Dataset, exc: Exception) -> None:
+        log.exception("the monitor could not renew dataset %s", dataset.name)
+        problem = f"{type(exc).__name__}: {exc}"
+        self.renewals.append({"dataset": dataset.name, "problems": [problem]})
+
+    def _launcher(self) -> Launcher:
+        """The training launcher retrains go through: the API's kind; one per process."""
+        if self.launcher is None:
+            key = (self.settings.training_launcher, self.settings.sqlalchemy_url)
+            if key not in _LAUNCHERS:
+                _LAUNCHERS[key] = launcher_for(
+                    self.settings, self.engine, self.data, self.artifacts
+                )
+            self.launcher = _LAUNCHERS[key]
+        return self.launcher
 
     @property
     def first_day(self) -> date:
         return self.now.date() - timedelta(days=self.settings.monitor_window_days - 1)
 
-    def check(self, dataset: str, model_id: str, *, force: bool = False) -> ModelCheck:
+    def check(
+        self,
+        dataset: str,
+        model_id: str,
+        *,
+        force: bool = False,
+        compared: Comparison | None = None,
+    ) -> ModelCheck:
         try:
             model = get_model(self.engine, model_id)
         except ModelNotFound:
@@ -125,6 +201,7 @@ class Monitor:
             model,
             quality.calibration if quality is not None else None,
             self.settings,
+            compared if compared and model_id in (compared.champion, compared.challenger) else None,
         )
         status = monitoring_status(
             self.engine,
@@ -239,11 +316,14 @@ class Monitor:
                 print_emf(line, self.metrics_out)
 
 
+_LAUNCHERS: dict[tuple[str, str], Launcher] = {}
+
+
 def monitor(
-    settings: Settings, dataset: str | None = None, *, force: bool = False
+    settings: Settings, dataset: str | None = None, *, force: bool = False, scheduled: bool = False
 ) -> list[ModelCheck]:
     """One monitor run (see the module's docstring)."""
-    return Monitor(settings).run(dataset, force=force)
+    return Monitor(settings).run(dataset, force=force, scheduled=scheduled)
 
 
 def captured_models(store: Store, dataset: str | None = None) -> Iterator[tuple[str, str]]:
@@ -307,5 +387,6 @@ def scheduled_or_asked(settings: Settings, event: dict[str, Any]) -> dict[str, A
     drift when due), or the API asking for a check now ({"dataset": ..., "force": true})."""
     asked = event.get("source") != "aws.events"
     dataset = event.get("dataset") if asked else None
-    checks = monitor(settings, dataset, force=bool(event.get("force")) and asked)
-    return {"checks": [check.to_dict() for check in checks]}
+    run = Monitor(settings)
+    checks = run.run(dataset, force=bool(event.get("force")) and asked, scheduled=not asked)
+    return {"checks": [check.to_dict() for check in checks], "renewals": run.renewals}

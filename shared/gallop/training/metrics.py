@@ -13,9 +13,17 @@ def ndcg_at_k(scores: np.ndarray, relevance: np.ndarray, groups: np.ndarray, k: 
     """Mean NDCG@k over groups; gain 2^rel - 1, discount log2(rank + 1); a group with no
     relevant item counts 1 (LightGBM's convention). Ties in score keep the rows' order.
     Vectorised (no loop over groups): the monitor scores 10,000 races a day by it."""
-    sizes = np.asarray(groups, dtype=np.int64)
-    if not len(sizes):
+    if not len(groups):
         return math.nan
+    return float(ndcg_per_group(scores, relevance, groups, k).mean())
+
+
+def ndcg_per_group(
+    scores: np.ndarray, relevance: np.ndarray, groups: np.ndarray, k: int
+) -> np.ndarray:
+    """Each group's NDCG@k, as ndcg_at_k defines it (the champion/challenger comparison
+    pairs them race by race)."""
+    sizes = np.asarray(groups, dtype=np.int64)
     group = np.repeat(np.arange(len(sizes)), sizes)
     rel = np.asarray(relevance, dtype=np.float64)
     # rows sorted within their group (groups are contiguous, so each keeps its place)
@@ -25,7 +33,7 @@ def ndcg_at_k(scores: np.ndarray, relevance: np.ndarray, groups: np.ndarray, k: 
     discount = np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0)
     got = np.bincount(group, (2.0 ** rel[by_score] - 1) * discount, minlength=len(sizes))
     best = np.bincount(group, (2.0 ** rel[by_relevance] - 1) * discount, minlength=len(sizes))
-    return float(np.divide(got, best, out=np.ones(len(sizes)), where=best > 0).mean())
+    return np.divide(got, best, out=np.ones(len(sizes)), where=best > 0)
 
 
 def ece(probability: np.ndarray, outcome: np.ndarray, bins: int = 15) -> float:

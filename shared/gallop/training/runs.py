@@ -11,6 +11,7 @@ imports this.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Engine, delete, or_, select, update
@@ -24,6 +25,8 @@ from gallop.metadata.db import session_scope
 from gallop.metadata.models import RegisteredModel, RunStatus, TrainingRun
 from gallop.serving import registry
 from gallop.storage import Store
+
+log = logging.getLogger(__name__)
 
 LOCAL_EXECUTION = "local"
 INTERRUPTED = "interrupted: the local stack stopped before the run finished; POST it again"
@@ -165,7 +168,19 @@ def mark_run_failed(engine: Engine, run_id: str, reason: str) -> TrainingRun:
         status=RunStatus.FAILED.value,
         reason=reason,
     )
+    _retrain_ended(engine, None, run_id)
     return get_run(engine, run_id)
+
+
+def _retrain_ended(engine: Engine, artifacts: Store | None, run_id: str) -> None:
+    """A retraining policy waiting on the run settles it: its model becomes the challenger,
+    or the failure is recorded (gallop.renewal.outcome; a no-op for any other run)."""
+    from gallop.renewal.outcome import retrain_ended
+
+    try:
+        retrain_ended(engine, artifacts, run_id)
+    except Exception:  # the run's own outcome stands; the next monitor run settles the policy
+        log.exception("the retraining policy waiting on run %s could not be settled", run_id)
 
 
 def mark_cancelled(engine: Engine, run_id: str) -> TrainingRun:
@@ -268,6 +283,7 @@ def register_model(engine: Engine, store: Store, run_id: str, model_prefix: str)
             raise
         return found
     crash_point(MODEL_REGISTERED)
+    _retrain_ended(engine, store, run_id)
     return model
 
 
