@@ -148,7 +148,7 @@ def test_a_full_queue_drops_and_counts_and_never_blocks() -> None:
 
 
 def test_shadow_jobs_a_full_queue_cannot_take_or_that_fail_are_counted_as_shadow() -> None:
-    # GIVEN a sender stuck making its client, and room for one request
+    # GIVEN a sender stuck making its client, and room for two requests (shadows: one)
     entered, release = threading.Event(), threading.Event()
 
     def stuck_client() -> Any:
@@ -157,7 +157,7 @@ def test_shadow_jobs_a_full_queue_cannot_take_or_that_fail_are_counted_as_shadow
         raise ConnectionError("no Firehose here")
 
     out = io.StringIO()
-    capture = Capture("s", stuck_client, max_queued=1, out=out)
+    capture = Capture("s", stuck_client, max_queued=2, out=out)
     model = ranker()
     columns = ["race", "runner", "x0", "going"]
     values = [["r1", 1, 1.0, "firm"], ["r1", 2, 2.0, "soft"]]
@@ -170,14 +170,18 @@ def test_shadow_jobs_a_full_queue_cannot_take_or_that_fail_are_counted_as_shadow
 
     capture.capture(model, None, columns, values, predictions, "q0")
     assert entered.wait(30)
-    # WHEN a shadow job that fails is queued, then one more finds the queue full
+    # WHEN a shadow job that fails is queued, then one more finds the shadows' half full
     capture.shadow(Shadow("m-fedcba9876543210", "races", 2, score))
     capture.shadow(Shadow("m-fedcba9876543210", "races", 2, score))
     assert capture.totals.shadow_dropped == 2
+    # AND a served request still has its room
+    capture.capture(model, None, columns, values, predictions, "q1")
+    assert capture.totals.dropped == 0
     release.set()
     assert capture.flush(timeout=30)
     # THEN the one taken ran in the sender and its failure is the shadow model's count
     assert scored == ["ran"] and capture.totals.shadow_failures == 2
+    assert capture.totals.failures == 4  # the two served requests' rows: no Firehose
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     shadow = [line for line in lines if line["model"] == "m-fedcba9876543210"]
     assert sum(line.get("ShadowDropped", 0) for line in shadow) == 2

@@ -256,7 +256,13 @@ class Capture:
         return self.sample >= 1.0 or sampled(sample_key, self.sample)
 
     def shadow(self, job: Shadow) -> None:
-        """Queue a shadow scoring (the caller checked `takes`); never raises, never waits."""
+        """Queue a shadow scoring (the caller checked `takes`); never raises, never waits.
+        Shadows may fill half the queue only: the served rows' records come first."""
+        if self._queue.qsize() >= self._queue.maxsize // 2:
+            with self._lock:
+                self._counts(_item_key(job)).shadow_dropped += job.rows
+                self.totals.shadow_dropped += job.rows
+            return
         self._put(job)
 
     def _put(self, item: Queued) -> None:
@@ -313,23 +319,22 @@ class Capture:
                 except queue.Empty:
                     break
                 rows += _rows(batch[-1])
-            try:
-                self._deliver(batch)
+            served: list[Served] = []
+            try:  # a shadow that cannot be scored is counted as such, and left out
+                served = [s for s in map(self._scored, batch) if s is not None]
+                self._deliver(served)
             except Exception:  # the thread must outlive anything; the rows are counted
                 log.exception("capture: %d rows not delivered", rows)
-                for item in batch:
-                    self._add(_item_key(item), failures=_rows(item))
+                for one in served:
+                    self._add(_key(one.model), failures=len(one.predictions))
             finally:
                 for _ in batch:
                     self._queue.task_done()
             self._emit()
 
-    def _deliver(self, batch: list[Queued]) -> None:
+    def _deliver(self, batch: list[Served]) -> None:
         records: list[tuple[Key, bytes]] = []
-        for item in batch:
-            served = self._scored(item)
-            if served is None:
-                continue
+        for served in batch:
             key = _key(served.model)
             try:
                 records.extend((key, line) for line in lines(served))
@@ -348,7 +353,9 @@ class Capture:
         if not isinstance(item, Shadow):
             return item
         try:
-            return item.score()
+            scored = item.score()
+            time.sleep(0)  # a request waiting for the GIL goes first (see _deliver)
+            return scored
         except Exception as exc:  # any failure is the shadow model's alone: counted, logged
             log.warning("shadow: %s could not score %d rows: %s", item.model_id, item.rows, exc)
             with self._lock:
