@@ -30,11 +30,11 @@ from gallop.api.app import create_app
 from gallop.api.openapi import EVERYWHERE
 from gallop.api.problems import MEDIA_TYPE
 from gallop.client import GallopClient
+from gallop.layout import serving_key
 from gallop.local.stack import LocalStack
 from gallop.metadata import repo
 from gallop.metadata.db import engine_for, session_scope
 from gallop.metadata.models import RegisteredModel
-from gallop.serving.registry import alias_key
 from gallop.settings import Settings
 from gallop.spec import DatasetSpec
 from gallop.synth.races import generate_races
@@ -306,12 +306,12 @@ def test_every_documented_status_of_every_route_parses_in_the_generated_client(
     call("check_now", 413, body=body("CheckBody", dataset=name, pad=too_big))
     # predictions and explanations
     assert stack.settings is not None
-    garbled = {"Bucket": stack.settings.artifacts_bucket, "Key": alias_key("champion")}
+    garbled = {"Bucket": stack.settings.artifacts_bucket, "Key": serving_key(name)}
     aws.client("s3", stack.settings).put_object(**garbled, Body=b"{}")  # names no model
     for route, kind in (("predict", "PredictPredictBody"), ("explain", "ExplainExplainBody")):
         call(route, 200, body=body(kind, model=model_id, rows=world["card"]))
         call(route, 404, body=body(kind, model=gone, rows=world["card"]))
-        call(route, 409, body=body(kind, model="champion", rows=world["card"]))
+        call(route, 409, body=body(kind, dataset=name, model="champion", rows=world["card"]))
         call(route, 422, body=body(kind, model=model_id, rows=broken))
         call(route, 413, body=body(kind, model=model_id, rows=[{"pad": rows_too_big}]))
     # and every route without a key
