@@ -17,6 +17,11 @@
   interleaved in blocks so both see the same machine; p50/p99 of each and the
   difference, the capture call alone, and what the sender delivered or dropped.
   `--capture-only` runs just this section (after training the model).
+- A traffic policy's cost (issue #14): the same handler, capture on, asked for the
+  dataset's champion under a split policy (95/5, the model that did not answer scoring
+  every race in shadow, in capture's sender thread) and by model id (no policy),
+  interleaved in blocks; each call a race of its own, so the split splits. The challenger
+  is a copy of the model under another run id. `--policy-only` runs just this section.
 - A load test of `gallop serve`'s API over loopback: a fixed number of concurrent
   clients for --load-seconds, requests/s, p50/p99 and errors.
 Figures are printed, not asserted. The model is the default stack trained on generated
@@ -47,6 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "shared" / "gallop" / "specs" / "races.yaml"
 RUN_ID = "0123456789abcdef0001"  # run ids are hex: model ids m-{run id}
 MODEL_ID = f"m-{RUN_ID}"
+CHALLENGER_RUN_ID = "0123456789abcdef0002"  # the same model's files again: the challenger
+CHALLENGER_ID = f"m-{CHALLENGER_RUN_ID}"
+SPLIT = {"mode": "split", "challenger_share": 0.05, "shadow_share": 1.0}
 RUNNERS = 12
 DATA_VERSION = "v-bench"  # the model's data version: its snapshot is stored under it
 
@@ -116,6 +124,35 @@ def store_snapshot(data: Path, model_dir: Path, store: Store) -> list[dict[str, 
     race["race_id"] = "card-race"
     race["race_time"] = (pd.Timestamp(end, unit="us", tz="UTC") + pd.Timedelta(days=1)).isoformat()
     return card_from_rows(race, spec)
+
+
+def publish_split(artifacts: Store, model_dir: Path) -> str:
+    """The model again under a second run id, as the challenger, and the dataset's serving
+    object (as gallop.serving.registry writes it) with the split policy; the dataset."""
+    from datetime import UTC, datetime
+
+    from gallop.layout import serving_key
+
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    copy = model_dir.parent / "challenger"
+    if not copy.exists():
+        import shutil
+
+        shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("work"))
+        (copy / "manifest.json").write_text(json.dumps(manifest | {"run_id": CHALLENGER_RUN_ID}))
+    publish_model_dir(artifacts, CHALLENGER_RUN_ID, copy)
+    dataset = str(manifest["dataset"])
+    artifacts.put_json(
+        serving_key(dataset),
+        {
+            "dataset": dataset,
+            "champion": MODEL_ID,
+            "challenger": CHALLENGER_ID,
+            "traffic": SPLIT,
+            "updated_at": datetime.now(UTC).isoformat(),
+        },
+    )
+    return dataset
 
 
 def graph_size(model_dir: Path) -> None:
@@ -222,7 +259,8 @@ def warm(
     rows: list[dict[str, Any]],
     card: list[dict[str, Any]],
     calls: int,
-    capture_only: bool = False,
+    only: str | None = None,
+    dataset: str = "races",
 ) -> None:
     """In a process of its own, as a Lambda container is: the local stack's threads (moto,
     uvicorn, pollers) would otherwise take the GIL in the middle of the timed calls."""
@@ -231,8 +269,9 @@ def warm(
         "rows": rows,
         "card": card,
         "calls": calls,
+        "dataset": dataset,
         "key": stack.api_key,
-        "capture_only": capture_only,
+        "only": only,
     }
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.serving", "--warm-child"],
@@ -249,10 +288,13 @@ def warm(
 
 def warm_child() -> None:
     job = json.loads(sys.stdin.read())
-    if not job["capture_only"]:
+    if job["only"] is None:
         measure(Path(job["model_dir"]), job["rows"], job["calls"], job["key"])
         measure_card(job["card"], job["calls"], job["key"])
-    measure_capture(job["rows"], job["calls"], job["key"])
+    if job["only"] in (None, "capture"):
+        measure_capture(job["rows"], job["calls"], job["key"])
+    if job["only"] in (None, "policy"):
+        measure_policy(job["rows"], job["calls"], job["key"], job["dataset"])
 
 
 def load_handler() -> Any:
@@ -330,6 +372,78 @@ def measure_capture(rows: list[dict[str, Any]], calls: int, key: str) -> None:
     print(
         f"- sender: {totals.captured:,} rows delivered, {totals.failures:,} failed, "
         f"{totals.dropped:,} dropped (queue full){'' if delivered else '; still sending'}"
+    )
+
+
+def measure_policy(rows: list[dict[str, Any]], calls: int, key: str, dataset: str) -> None:
+    """The 12-runner handler, capture on, for the dataset's champion under the split policy
+    and by model id (no policy), interleaved in blocks; each call a race of its own."""
+    from gallop.api.serving import capture_of
+    from gallop.monitoring.capture import Capture
+
+    module = load_handler()
+    state = module.app.state
+    capture = capture_of(state)
+    assert isinstance(capture, Capture), "the benchmark needs GALLOP_CAPTURE_STREAM"
+    group = next(c for c in rows[0] if c == "race_id")
+
+    def events(asked: dict[str, Any], n: int, tag: str) -> list[dict[str, Any]]:
+        return [
+            event_for(asked | {"rows": [r | {group: f"{tag}-{i}"} for r in rows]}, key)
+            for i in range(n)
+        ]
+
+    per_side = max(CAPTURE_BLOCK, calls // CAPTURE_BLOCK * CAPTURE_BLOCK)
+    asked = {
+        False: events({"model": MODEL_ID}, per_side + 200, "plain"),
+        True: events({"dataset": dataset, "model": "champion"}, per_side + 200, "split"),
+    }
+    samples: dict[bool, list[float]] = {False: [], True: []}
+    answered_by: dict[str, int] = {}
+    cursor = {False: 0, True: 0}
+
+    def run(policy: bool, count: int, keep: bool = True) -> None:
+        for _ in range(count):
+            event = asked[policy][cursor[policy]]
+            cursor[policy] += 1
+            started = time.perf_counter()
+            reply = module.handler(event, None)
+            if keep:
+                samples[policy].append(time.perf_counter() - started)
+            if policy and keep:
+                model_id = json.loads(reply["body"])["model_id"]
+                answered_by[model_id] = answered_by.get(model_id, 0) + 1
+
+    for policy in (False, True):  # warm both paths (both models, the sender, Firehose)
+        run(policy, 200, keep=False)
+    capture.flush(timeout=60)
+    for block in range(per_side // CAPTURE_BLOCK):
+        first = block % 2 == 0
+        run(first, CAPTURE_BLOCK)
+        run(not first, CAPTURE_BLOCK)
+    delivered = capture.flush(timeout=120)
+    levels = [50, 90, 99]
+    plain, split = (np.percentile(np.array(samples[k]) * 1000, levels) for k in (False, True))
+    share = answered_by.get(CHALLENGER_ID, 0) / max(1, len(samples[True]))
+    print(
+        f"\n## Traffic policy, {RUNNERS}-runner races, {len(samples[True]):,} calls each, "
+        "capture on, interleaved\n"
+    )
+    print(f"- handler, by model id (no policy): {percentiles(samples[False])}")
+    print(
+        f"- handler, the dataset's champion, split 95/5 + shadow 1.0: "
+        f"{percentiles(samples[True])} (challenger answered {share:.1%} of races)"
+    )
+    added = " / ".join(
+        f"p{q} {b - a:+.3f} ms" for q, a, b in zip(levels, plain, split, strict=True)
+    )
+    print(f"- the policy adds: {added}")
+    totals = capture.totals
+    print(
+        f"- sender: {totals.captured:,} rows delivered (served and shadow), "
+        f"{totals.failures:,} failed, {totals.dropped:,} dropped, "
+        f"{totals.shadow_dropped:,} shadow rows dropped, {totals.shadow_failures:,} not scored"
+        f"{'' if delivered else '; still sending'}"
     )
 
 
@@ -485,6 +599,12 @@ def main() -> None:
         action="store_true",
         help="only capture's cost: the handler with capture off and on, interleaved",
     )
+    parser.add_argument(
+        "--policy-only",
+        action="store_true",
+        help="only a traffic policy's cost: the champion under a 95/5 split with shadow 1.0 "
+        "and by model id, interleaved",
+    )
     parser.add_argument("--warm-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warm_child:
@@ -500,9 +620,12 @@ def main() -> None:
             card = store_snapshot(
                 work / "races.csv", model_dir, Store.from_settings(stack.settings)
             )
-            publish_model_dir(Store.artifacts_from_settings(stack.settings), RUN_ID, model_dir)
-            warm(stack, model_dir, rows, card, args.calls, args.capture_only)
-            if args.capture_only:
+            artifacts = Store.artifacts_from_settings(stack.settings)
+            publish_model_dir(artifacts, RUN_ID, model_dir)
+            dataset = publish_split(artifacts, model_dir)
+            only = "capture" if args.capture_only else "policy" if args.policy_only else None
+            warm(stack, model_dir, rows, card, args.calls, only, dataset)
+            if only:
                 return
             cold_start(stack, event_for({"model": MODEL_ID, "rows": rows}, stack.api_key))
             load(stack, rows, args.load_seconds)

@@ -374,7 +374,7 @@ def test_every_documented_status_of_every_route_parses_in_the_generated_client(
     for route, kind in (("predict", "PredictPredictBody"), ("explain", "ExplainExplainBody")):
         call(route, 200, body=body(kind, model=model_id, rows=world["card"]))
         call(route, 404, body=body(kind, model=gone, rows=world["card"]))
-        call(route, 409, body=body(kind, model="champion", rows=world["card"]))
+        call(route, 409, body=body(kind, dataset=name, model="champion", rows=world["card"]))
         call(route, 422, body=body(kind, model=model_id, rows=broken))
         call(route, 413, body=body(kind, model=model_id, rows=[{"pad": rows_too_big}]))
     # and every route without a key

@@ -19,6 +19,7 @@ from gallop.monitoring.capture import (
     MAX_BATCH_RECORDS,
     Capture,
     Served,
+    Shadow,
     _chunks,
     correlation_id,
     entity_column,
@@ -144,6 +145,48 @@ def test_a_full_queue_drops_and_counts_and_never_blocks() -> None:
     assert sum(line.get("CaptureDropped", 0) for line in lines) == 21
     assert sum(line.get("CaptureFailures", 0) for line in lines) == 9
     assert {line["dataset"] for line in lines} == {"_"}
+
+
+def test_shadow_jobs_a_full_queue_cannot_take_or_that_fail_are_counted_as_shadow() -> None:
+    # GIVEN a sender stuck making its client, and room for two requests (shadows: one)
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck_client() -> Any:
+        entered.set()
+        release.wait(30)
+        raise ConnectionError("no Firehose here")
+
+    out = io.StringIO()
+    capture = Capture("s", stuck_client, max_queued=2, out=out)
+    model = ranker()
+    columns = ["race", "runner", "x0", "going"]
+    values = [["r1", 1, 1.0, "firm"], ["r1", 2, 2.0, "soft"]]
+    predictions = predict_columns(model, columns, values)["predictions"]
+    scored: list[str] = []
+
+    def score() -> Served:
+        scored.append("ran")
+        raise ValueError("the challenger takes other features")
+
+    capture.capture(model, None, columns, values, predictions, "q0")
+    assert entered.wait(30)
+    # WHEN a shadow job that fails is queued, then one more finds the shadows' half full
+    capture.shadow(Shadow("m-fedcba9876543210", "races", 2, score))
+    capture.shadow(Shadow("m-fedcba9876543210", "races", 2, score))
+    assert capture.totals.shadow_dropped == 2
+    # AND a served request still has its room
+    capture.capture(model, None, columns, values, predictions, "q1")
+    assert capture.totals.dropped == 0
+    release.set()
+    assert capture.flush(timeout=30)
+    # THEN the one taken ran in the sender and its failure is the shadow model's count
+    assert scored == ["ran"] and capture.totals.shadow_failures == 2
+    assert capture.totals.failures == 4  # the two served requests' rows: no Firehose
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    shadow = [line for line in lines if line["model"] == "m-fedcba9876543210"]
+    assert sum(line.get("ShadowDropped", 0) for line in shadow) == 2
+    assert sum(line.get("ShadowFailures", 0) for line in shadow) == 2
+    assert all("ShadowDropped" not in line for line in lines if line not in shadow)
 
 
 def test_a_capture_needs_a_stream_and_a_share_from_0_to_1() -> None:

@@ -8,7 +8,8 @@ framework, not the model, is the cost. Their schema is still in the OpenAPI docu
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal
+import time
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import orjson
@@ -20,8 +21,18 @@ from gallop.api.auth import CHALLENGE, key_refusal
 from gallop.api.limits import BodyLimit, too_large
 from gallop.features.state import cached_snapshots
 from gallop.layout import SNAPSHOT_FILE
-from gallop.monitoring.capture import Capture, correlation_id
-from gallop.serving.cache import ModelCache, PointerCache
+from gallop.monitoring.capture import Capture, Served, Shadow, correlation_id
+from gallop.serving.cache import (
+    CHALLENGER,
+    CHAMPION,
+    SPLIT,
+    ModelCache,
+    PointerCache,
+    Target,
+    TargetError,
+    Traffic,
+)
+from gallop.serving.model import LoadedModel
 from gallop.serving.predict import (
     InputError,
     check_top_k,
@@ -34,6 +45,7 @@ from gallop.serving.predict import (
     predict_features,
 )
 from gallop.serving.registry import ModelNotFound, ModelUnreadable
+from gallop.serving.traffic import Part, Route, race_keys, route
 
 # predict/explain need only the artifacts (and data) bucket and onnxruntime: the predict
 # function serves them (gallop.api.models has the routes that use the database).
@@ -54,7 +66,19 @@ class PredictBody(BaseModel):
     fields) are completed from an entity snapshot of the model's dataset: the newest READY
     one built with the model's feature spec, or the one it was trained on."""
 
-    model: str = Field("champion", description="champion, challenger or a model id")
+    dataset: str | None = Field(
+        None,
+        description="The dataset whose champion or challenger answers. Without it, an alias "
+        "is the one dataset's that has it (422 naming them when more than one has); with a "
+        "model id it is checked (422 when the model is another dataset's).",
+    )
+    model: str = Field(
+        "champion",
+        description="champion, challenger or a model id. A request for the champion follows "
+        "the dataset's traffic policy (split: a share of races answered by the challenger; "
+        "shadow: the other model scores a share of races off the reply path, captured); one "
+        "for the challenger or a model id is answered by that model alone.",
+    )
     rows: list[dict[str, Value]] | None = Field(None, min_length=1, max_length=1000)
     columns: list[str] | None = None
     data: list[list[Value]] | None = Field(None, min_length=1, max_length=1000)
@@ -81,6 +105,11 @@ class Prediction(BaseModel):
     place_probability: float | None = Field(None, description="ranking")
     rank: int | None = Field(None, description="ranking: 1 is the likeliest winner")
     probability: float | None = Field(None, description="binary")
+    model_id: str | None = Field(
+        None,
+        description="Under a split policy only: the model that answered this row (all the "
+        "rows of a race get the same one).",
+    )
 
 
 class FeaturesAsOf(BaseModel):
@@ -102,7 +131,10 @@ AS_OF = "Race cards only (absent for feature rows): the snapshot that completed 
 class PredictReply(BaseModel):
     """The reply the route writes itself (orjson): this model documents it."""
 
-    model_id: str = Field(description="The model that answered (an alias resolved).")
+    model_id: str = Field(
+        description="The model that answered (an alias resolved); under a split policy, the "
+        "first row's."
+    )
     predictions: list[Prediction] = Field(description="One per row, in order.")
     features_as_of: FeaturesAsOf | None = Field(None, description=AS_OF)
 
@@ -128,13 +160,16 @@ class ExplainReply(BaseModel):
 
 
 SERVING_ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"description": "No model by that id, or the alias names none"},
+    404: {"description": "No model by that id, or the dataset's alias names none"},
     409: {
         "description": "The model's files (or entity snapshot) are gone: train it again; or "
         "a race card's race starts at or before the newest race of its entity snapshot"
     },
     413: {"description": "The body, or the reply it would get, is too large"},
-    422: {"description": "The rows are not what the model takes; a race card's `problems`"},
+    422: {
+        "description": "The rows are not what the model takes; a race card's `problems`; an "
+        "alias without a dataset that several datasets have; a model of another dataset"
+    },
 }
 
 
@@ -221,12 +256,6 @@ def _answer(
         raise Refused(422, f"the body is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise Refused(422, "the body must be a JSON object")
-    try:
-        model = model_cache(state).resolve(body.get("model", "champion"))
-    except ModelNotFound as exc:
-        raise Refused(404, str(exc)) from None
-    except ModelUnreadable as exc:
-        raise Refused(409, str(exc)) from None
     snapshot = body.get("snapshot", ONLINE)
     if snapshot not in SNAPSHOTS:
         raise Refused(
@@ -235,26 +264,38 @@ def _answer(
             f"snapshot, the default) or {TRAINING!r} (from the one the model was trained on)",
         )
     top_k = body.get("top_k", 5)
-    features = groups = as_of = None
+    request_id = None  # made when needed: a new one is a uuid4
+    cache = model_cache(state)
     try:
-        columns, values = parse(model, body)
-        if is_card(model, columns):
-            if explain:
-                check_top_k(model, top_k)
-            features, groups, as_of = _completed(state, model, columns, values, snapshot)
-            reply = (
-                explain_features(model, features, top_k)
-                if explain
-                else predict_features(model, features, groups)
-            )
-            reply["features_as_of"] = as_of
-        elif explain:
-            reply = explain_columns(model, columns, values, top_k)
-        else:  # the matrix kept for capture: what the model saw, not read twice
-            features, groups = feature_matrix(model, columns, values)
-            reply = predict_features(model, features, groups)
+        target = cache.target(body.get("model", CHAMPION), body.get("dataset"))
+        asked = Asked(*parse(target.model, body), snapshot)
+        columns, values = asked.columns, asked.values
+        # The champion explains: an explanation is of one model, never split.
+        policy = Traffic() if explain else target.policy
+        plan: Route | None = None
+        keys: list[str] = []
+        if explain:
+            parts = [_explained(state, target.model, asked, top_k)]
+        elif policy.mode == CHAMPION:
+            parts = [_part(state, target.model, target.alias, None, asked)]
+        else:
+            request_id = correlation_id(event, correlation)
+            keys = race_keys(target.model, columns, values, request_id)
+            plan = route(policy, keys)
+            parts = []
+            for part in plan.answered:  # scored per model, put back in row order below
+                model, alias = _model_of(cache, target, part.champion)
+                rows = _rows(part, plan)
+                parts.append(_part(state, model, alias, rows, asked))
+    except ModelNotFound as exc:
+        raise Refused(404, str(exc)) from None
+    except ModelUnreadable as exc:
+        raise Refused(409, str(exc)) from None
+    except TargetError as exc:
+        raise Refused(422, str(exc)) from None
     except InputError as exc:
         raise Refused(exc.status, str(exc), exc.problems) from None
+    reply = _merged(parts, len(values), split=policy.mode == SPLIT)
     payload = orjson.dumps(reply)
     if len(payload) > MAX_REPLY_BYTES:
         raise Refused(
@@ -263,20 +304,169 @@ def _answer(
             f"{MAX_REPLY_BYTES // 2**20} MB a reply may be: send fewer rows per request",
         )
     capture = None if explain else capture_of(state)
-    if capture is not None:  # references only: the sender thread writes and sends them
-        asked = body.get("model", "champion")
-        capture.capture(
-            model,
-            asked if asked != model.model_id else None,
-            columns,
-            values,
-            reply["predictions"],
-            correlation_id(event, correlation),
-            features=features,
-            groups=groups,
-            features_as_of=as_of["version_id"] if as_of else None,
-        )
+    if capture is not None:
+        request_id = request_id or correlation_id(event, correlation)
+        _capture(capture, state, cache, target, parts, plan, keys, asked, request_id)
     return payload
+
+
+class Asked(NamedTuple):
+    """A request's rows, as parse read them, and the snapshot a race card asks for."""
+
+    columns: list[str]
+    values: list[list[Any]]
+    snapshot: str
+
+    def taken(self, rows: list[int] | None) -> list[list[Any]]:
+        """The values of those rows (places in the request); None: all of them."""
+        return self.values if rows is None else [self.values[i] for i in rows]
+
+
+class Scored(NamedTuple):
+    """What one model answered for some of a request's rows (`rows`, their places; None:
+    all of them), and the matrix it saw (kept for capture: not read twice)."""
+
+    model: LoadedModel
+    alias: str | None
+    rows: list[int] | None
+    reply: dict[str, Any]
+    features: np.ndarray | None
+    groups: np.ndarray | None
+    as_of: dict[str, Any] | None
+
+
+def _model_of(cache: ModelCache, target: Target, champion: bool) -> tuple[LoadedModel, str]:
+    if champion:
+        return target.model, CHAMPION
+    assert target.challenger is not None  # a policy that routes needs one (Serving.policy)
+    return cache.model(target.challenger), CHALLENGER
+
+
+def _rows(part: Part, plan: Route) -> list[int] | None:
+    return part.rows if len(plan.answered) > 1 else None
+
+
+def _part(
+    state: Any,
+    model: LoadedModel,
+    alias: str | None,
+    rows: list[int] | None,
+    asked: Asked,
+) -> Scored:
+    """Predictions of `model` for the rows (places) of the request, as a race card
+    (completed) or as feature rows, whichever they are to this model."""
+    columns, mine = asked.columns, asked.taken(rows)
+    features = groups = as_of = None
+    if is_card(model, columns):
+        features, groups, as_of = _completed(state, model, columns, mine, asked.snapshot)
+        reply = predict_features(model, features, groups)
+        reply["features_as_of"] = as_of
+    else:
+        features, groups = feature_matrix(model, columns, mine)
+        reply = predict_features(model, features, groups)
+    return Scored(model, alias, rows, reply, features, groups, as_of)
+
+
+def _explained(state: Any, model: LoadedModel, asked: Asked, top_k: Any) -> Scored:
+    columns, values = asked.columns, asked.values
+    if is_card(model, columns):
+        check_top_k(model, top_k)
+        features, _, as_of = _completed(state, model, columns, values, asked.snapshot)
+        reply = explain_features(model, features, top_k)
+        reply["features_as_of"] = as_of
+        return Scored(model, None, None, reply, features, None, as_of)
+    return Scored(
+        model, None, None, explain_columns(model, columns, values, top_k), None, None, None
+    )
+
+
+def _merged(parts: list[Scored], n: int, split: bool) -> dict[str, Any]:
+    """One reply in row order from the parts; under a split policy every prediction names
+    its model, and the top-level model_id is the first row's."""
+    first = parts[0].reply
+    if not split:
+        return first
+    predictions: list[Any] = [None] * n
+    for part in parts:
+        at = range(n) if part.rows is None else part.rows
+        model_id = part.model.model_id
+        for i, prediction in zip(at, part.reply["predictions"], strict=True):
+            predictions[i] = prediction | {"model_id": model_id}  # capture keeps the original
+    return {**first, "predictions": predictions}
+
+
+def _capture(
+    capture: Capture,
+    state: Any,
+    cache: ModelCache,
+    target: Target,
+    parts: list[Scored],
+    plan: Route | None,
+    keys: list[str],
+    asked: Asked,
+    request_id: str,
+) -> None:
+    """References onto capture's queue (the sender thread writes and sends them), and,
+    under a shadow or split policy, the shadow jobs the sender runs: the whole request is
+    in capture's sample or not, by its first race."""
+    sample_key = keys[0] if keys else None
+    if sample_key is not None and not capture.takes(sample_key):
+        return
+    for part in parts:
+        as_of = part.as_of["version_id"] if part.as_of else None
+        capture.capture(
+            part.model,
+            part.alias,
+            asked.columns,
+            asked.taken(part.rows),
+            part.reply["predictions"],
+            request_id,
+            features=part.features,
+            groups=part.groups,
+            features_as_of=as_of,
+            rows=part.rows,
+            sample_key=sample_key,
+        )
+    for shadowed in plan.shadowed if plan else []:
+        capture.shadow(_shadow_job(state, cache, target, shadowed, asked, request_id))
+
+
+def _shadow_job(
+    state: Any,
+    cache: ModelCache,
+    target: Target,
+    shadowed: Part,
+    asked: Asked,
+    request_id: str,
+) -> Shadow:
+    """The model that did not answer these rows scores them, in the sender thread: its
+    loading and its errors are its own, never the reply's."""
+    serving = target.serving
+    assert serving is not None  # only a champion request of a dataset is shadowed
+    model_id = serving.champion if shadowed.champion else serving.challenger
+    alias = CHAMPION if shadowed.champion else CHALLENGER
+    assert model_id is not None
+    at = time.time()  # when the request was answered, as its served rows have it
+
+    def score() -> Served:
+        model = cache.model(model_id)
+        part = _part(state, model, alias, shadowed.rows, asked)
+        return Served(
+            at,
+            model,
+            alias,
+            asked.columns,
+            asked.taken(part.rows),
+            part.features,
+            part.groups,
+            part.reply["predictions"],
+            request_id,
+            part.as_of["version_id"] if part.as_of else None,
+            part.rows,
+            shadow=True,
+        )
+
+    return Shadow(model_id, serving.dataset, len(shadowed.rows), score)
 
 
 def answer_event(state: Any, event: dict[str, Any]) -> dict[str, Any] | None:

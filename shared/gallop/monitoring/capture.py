@@ -11,6 +11,13 @@ metrics (namespace gallop, service gallop-predict): CapturedRows (delivered),
 CaptureFailures (rows not delivered) and CaptureDropped (rows dropped because the queue
 was full: capture never makes a request wait).
 
+Shadow scoring rides the same queue and thread (`Capture.shadow`): the reply path queues
+a job that scores the rows with the model that did not answer, and the sender runs it
+and captures its rows with `"shadow": true`. So no capture stream means no shadow, a
+shadow never delays or fails a reply, and its rows are counted as the model's:
+ShadowDropped (the queue was full) and ShadowFailures (the model could not score them),
+on the EMF line only when not zero.
+
 On Lambda the container is frozen between invocations, its threads with it: rows queued
 when a reply left are sent when the container next runs (the thread carries on where it
 stopped), and rows still queued when a container is retired are lost (counted nowhere:
@@ -23,6 +30,7 @@ would put Firehose's latency on the reply path.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -73,6 +81,29 @@ class Served(NamedTuple):
     predictions: list[dict[str, Any]]
     request_id: str
     features_as_of: str | None
+    rows: list[int] | None = None  # each row's place in the request; None: 0, 1, ...
+    shadow: bool = False  # scored off the reply path by the model that did not answer
+
+
+class Shadow(NamedTuple):
+    """A model that did not answer, to score some of a request's rows in the sender
+    thread: `score` returns them as Served (shadow=True)."""
+
+    model_id: str
+    dataset: str
+    rows: int  # how many rows it scores: what a drop or a failure counts
+    score: Callable[[], Served]
+
+
+Queued = Served | Shadow
+
+
+def _rows(item: Queued) -> int:
+    return item.rows if isinstance(item, Shadow) else len(item.predictions)
+
+
+def _item_key(item: Queued) -> Key:
+    return (item.dataset, item.model_id) if isinstance(item, Shadow) else _key(item.model)
 
 
 def correlation_id(event: dict[str, Any] | None, header: str | None) -> str:
@@ -84,13 +115,19 @@ def correlation_id(event: dict[str, Any] | None, header: str | None) -> str:
     return header or str(uuid.uuid4())
 
 
-def sampled(key: str, share: float) -> bool:
+def sampled(key: str, share: float, salt: bytes = b"") -> bool:
     """Whether a request keyed `key` (its first group id, else its correlation id) is
     captured: the same answer for the same key in every container, so a race is captured
-    whole or not at all."""
+    whole or not at all. Another use of a stable share (a traffic split, a shadow) passes
+    a salt of its own, so its choice is independent of capture's: crc32 of a salted key
+    would not do, as it is the key's crc32 XOR a constant (a 5 % split would then fall all
+    inside or all outside a 50 % capture sample)."""
     if share >= 1.0:
         return True
-    return zlib.crc32(key.encode()) < share * 2**32
+    if not salt:  # capture's own, as it always was: the same races stay sampled
+        return zlib.crc32(key.encode()) < share * 2**32
+    digest = hashlib.blake2b(key.encode(), digest_size=4, person=salt).digest()
+    return int.from_bytes(digest, "big") < share * 2**32
 
 
 def firehose_client(settings: Settings) -> Any:
@@ -118,13 +155,19 @@ class Counts:
     captured: int = 0
     failures: int = 0
     dropped: int = 0
+    shadow_dropped: int = 0
+    shadow_failures: int = 0
 
     def values(self) -> dict[str, float]:
+        shadow: dict[str, float] = {
+            "ShadowDropped": self.shadow_dropped,
+            "ShadowFailures": self.shadow_failures,
+        }
         return {
             "CapturedRows": self.captured,
             "CaptureFailures": self.failures,
             "CaptureDropped": self.dropped,
-        }
+        } | {name: n for name, n in shadow.items() if n}  # metrics only where there is shadow
 
 
 Key = tuple[str, str]  # (dataset, model id): the metrics' dimensions
@@ -150,7 +193,7 @@ class Capture:
         self.stream, self.sample = stream, sample
         self._make_client = client
         self._client: Any = None
-        self._queue: queue.Queue[Served] = queue.Queue(maxsize=max_queued)
+        self._queue: queue.Queue[Queued] = queue.Queue(maxsize=max_queued)
         self._out = out
         self._lock = threading.Lock()  # the counts, touched by both sides
         self._pending: dict[Key, Counts] = {}  # since the last EMF line
@@ -183,15 +226,16 @@ class Capture:
         features: np.ndarray | None = None,
         groups: np.ndarray | None = None,
         features_as_of: str | None = None,
+        rows: list[int] | None = None,
+        sample_key: str | None = None,
     ) -> None:
-        """Queue what one request was answered with; never raises, never waits."""
-        if self.sample < 1.0 and not sampled(
-            _first_group(model, columns, values, groups) or request_id, self.sample
-        ):
+        """Queue what one request (or the part of it one model answered: `rows`, their
+        places in the request) was answered with; never raises, never waits. The sample
+        is decided by `sample_key` when given (one key for every part of a request),
+        else by the request's first group, else its id."""
+        key = sample_key or _first_group(model, columns, values, groups) or request_id
+        if not self.takes(key):
             return
-        thread = self._thread
-        if thread is None or not thread.is_alive():
-            self._start()
         served = Served(
             time.time(),
             model,
@@ -203,13 +247,39 @@ class Capture:
             predictions,
             request_id,
             features_as_of,
+            rows,
         )
+        self._put(served)
+
+    def takes(self, sample_key: str) -> bool:
+        """Whether a request keyed `sample_key` is in the capture sample."""
+        return self.sample >= 1.0 or sampled(sample_key, self.sample)
+
+    def shadow(self, job: Shadow) -> None:
+        """Queue a shadow scoring (the caller checked `takes`); never raises, never waits.
+        Shadows may fill half the queue only: the served rows' records come first."""
+        if self._queue.qsize() >= self._queue.maxsize // 2:
+            with self._lock:
+                self._counts(_item_key(job)).shadow_dropped += job.rows
+                self.totals.shadow_dropped += job.rows
+            return
+        self._put(job)
+
+    def _put(self, item: Queued) -> None:
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self._start()
         try:
-            self._queue.put_nowait(served)
+            self._queue.put_nowait(item)
         except queue.Full:
             with self._lock:
-                self._counts(_key(model)).dropped += len(predictions)
-                self.totals.dropped += len(predictions)
+                counts, n = self._counts(_item_key(item)), _rows(item)
+                if isinstance(item, Shadow):
+                    counts.shadow_dropped += n
+                    self.totals.shadow_dropped += n
+                else:
+                    counts.dropped += n
+                    self.totals.dropped += n
 
     def _start(self) -> None:
         with self._lock:
@@ -239,7 +309,7 @@ class Capture:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
-            rows = len(batch[0].predictions)
+            rows = _rows(batch[0])
             # Gather for a moment: one call for many requests costs the process (and the
             # requests beside it) far less than a call each.
             until = time.monotonic() + LINGER_SECONDS
@@ -248,13 +318,15 @@ class Capture:
                     batch.append(self._queue.get(timeout=max(0.0, until - time.monotonic())))
                 except queue.Empty:
                     break
-                rows += len(batch[-1].predictions)
-            try:
-                self._deliver(batch)
+                rows += _rows(batch[-1])
+            served: list[Served] = []
+            try:  # a shadow that cannot be scored is counted as such, and left out
+                served = [s for s in map(self._scored, batch) if s is not None]
+                self._deliver(served)
             except Exception:  # the thread must outlive anything; the rows are counted
                 log.exception("capture: %d rows not delivered", rows)
-                for served in batch:
-                    self._add(_key(served.model), failures=len(served.predictions))
+                for one in served:
+                    self._add(_key(one.model), failures=len(one.predictions))
             finally:
                 for _ in batch:
                     self._queue.task_done()
@@ -274,6 +346,22 @@ class Capture:
             time.sleep(0)
         for chunk in _chunks(records, self._add):
             self._send(chunk)
+
+    def _scored(self, item: Queued) -> Served | None:
+        """A shadow job's rows, scored here, off the reply path; None when they could not
+        be (counted and logged: a challenger that cannot score the champion's rows)."""
+        if not isinstance(item, Shadow):
+            return item
+        try:
+            scored = item.score()
+            time.sleep(0)  # a request waiting for the GIL goes first (see _deliver)
+            return scored
+        except Exception as exc:  # any failure is the shadow model's alone: counted, logged
+            log.warning("shadow: %s could not score %d rows: %s", item.model_id, item.rows, exc)
+            with self._lock:
+                self._counts(_item_key(item)).shadow_failures += item.rows
+                self.totals.shadow_failures += item.rows
+            return None
 
     def _send(self, chunk: list[tuple[Key, bytes]]) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -386,10 +474,12 @@ def records(served: Served) -> list[dict[str, Any]]:
     """One record per served row:
 
     {"v": 1, "at": UTC ISO time, "request_id", "dataset" ("_" without one), "model_id",
-     "alias" (the name asked for, when it was an alias), "task", "group", "entity" (the
-     entity id, or an ungrouped row's id, as text), "row" (0-based in the request),
-     "features" (as the model saw them, in its order; NaN as null), "categories" (each
-     categorical feature's text as sent), "outputs" (the reply's prediction), "shadow",
+     "alias" (the name asked for, when it was an alias; a shadow's: its own alias),
+     "task", "group", "entity" (the entity id, or an ungrouped row's id, as text), "row"
+     (0-based in the request), "features" (as the model saw them, in its order; NaN as
+     null), "categories" (each categorical feature's text as sent), "outputs" (the
+     reply's prediction; a shadow's: what its model would have answered), "shadow"
+     (true: scored off the reply path by the model that did not answer),
      "features_as_of" (a race card's snapshot version)}
     """
     model = served.model
@@ -410,6 +500,7 @@ def records(served: Served) -> list[dict[str, Any]]:
         "task": model.task,
     }
     out = []
+    places = served.rows
     for i, prediction in enumerate(served.predictions):
         row = served.values[i]
         out.append(
@@ -417,11 +508,11 @@ def records(served: Served) -> list[dict[str, Any]]:
             | {
                 "group": None if groups is None else _text(groups[i]),
                 "entity": _text(row[entity_at]) if entity_at is not None else None,
-                "row": i,
+                "row": i if places is None else places[i],
                 "features": features[i],
                 "categories": {n: _text(row[j]) if j is not None else None for n, j in categorical},
                 "outputs": prediction,
-                "shadow": False,
+                "shadow": served.shadow,
                 "features_as_of": served.features_as_of,
             }
         )
