@@ -11,7 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
 from gallop.api.datasets import dataset_or_404
-from gallop.api.models import actor_of
+from gallop.api.models import serving_changed
+from gallop.api.auth import actor_of, require_role
 from gallop.api.pages import Cursor, Limit, Page, fetched
 from gallop.api.schemas import DatasetName
 from gallop.renewal import policies
@@ -170,8 +171,7 @@ def rollback_champion(
         )
     except (NothingToRollBack, ModelUnreadable) as exc:
         raise HTTPException(409, str(exc)) from None
-    if hasattr(state, "models"):  # this process serves predictions too (gallop serve)
-        state.models.forget("champion")
+    serving_changed(state, name)
     return RolledBack(dataset=name, from_model=before, to_model=now)
 
 
@@ -194,6 +194,7 @@ def put_traffic(name: DatasetName, body: TrafficBody, request: Request) -> Traff
     stored = policies.put_traffic(
         state.engine(), state.artifacts(), dataset_id, traffic, actor=actor_of(request)
     )
+    serving_changed(state, name)
     return TrafficOut(**policies.describe_traffic(stored))
 
 
@@ -211,6 +212,8 @@ def put_retraining(name: DatasetName, body: RetrainingBody, request: Request) ->
     champion's alarm (any that are set; none: never). A retrain makes the challenger.
 
     Role: writer; approver with auto_promote true."""
+    if body.auto_promote:  # it would promote with no person deciding
+        require_role(request, "approver")
     state = request.app.state
     dataset_id = _dataset_id(request, name)
     try:

@@ -105,6 +105,12 @@ def require_role(request: Request, *roles: Role) -> Caller:
     return caller
 
 
+def actor_of(request: Request) -> str:
+    """Who asks, for the alias history and approvals: the API key's name (never the key)."""
+    caller: Caller = request.state.caller
+    return caller.name
+
+
 def key_refusal(settings: Any, key: str | None, event: dict[str, Any] | None) -> str | None:
     """Why a request with this key (and, on Lambda, this API Gateway event) is refused, or
     None when it may pass. The predict function's own path: every key may predict."""

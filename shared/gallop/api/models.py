@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from gallop.api.auth import require_role
+from gallop.api.auth import actor_of, require_role
 from gallop.api.datasets import dataset_or_404
 from gallop.api.pages import Cursor, Limit, Page, fetched
 from gallop.api.schemas import ModelId
@@ -80,10 +80,12 @@ def _alias_names(request: Request) -> dict[str, list[str]]:
     return alias_names(request.app.state.engine())
 
 
-def actor_of(request: Request) -> str:
-    """Who asks, for the alias history: the API key's name (never the key)."""
-    caller = getattr(request.state, "caller", None)
-    return str(getattr(caller, "name", None) or "api")
+def serving_changed(state: Any, dataset: str | None) -> None:
+    """The dataset's serving object changed in this process: when it serves predictions too
+    (gallop serve), it reads the object again at once; other containers within the alias
+    TTL."""
+    if hasattr(state, "models") and dataset:
+        state.models.forget(dataset)
 
 
 @router.get("/v1/models", response_model=Page[ModelSummary], responses={404: {}})
@@ -144,12 +146,11 @@ def promote(model_id: ModelId, body: PromoteBody, request: Request) -> Promoted:
             actor=actor_of(request),
             reason=body.reason,
         )
-        if hasattr(state, "models"):  # this process serves predictions too (gallop serve)
-            state.models.forget(body.alias)  # other containers: within the alias TTL
         model = registered_model(state.engine(), model_id)
     except ModelNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     except ModelUnreadable as exc:
         raise HTTPException(409, str(exc)) from None
     dataset = model.manifest.get("dataset")
+    serving_changed(state, dataset)
     return Promoted(alias=body.alias, dataset=dataset, model_id=model_id, previous=previous)

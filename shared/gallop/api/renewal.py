@@ -11,7 +11,9 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from gallop.api.auth import actor_of
 from gallop.api.datasets import dataset_or_404
+from gallop.api.models import serving_changed
 from gallop.api.pages import Cursor, Limit, Page, fetched
 from gallop.api.schemas import DatasetName
 from gallop.layout import comparison_key
@@ -152,7 +154,6 @@ def decide_approval(approval_id: ApprovalId, body: Decision, request: Request) -
     """Approve (the challenger becomes the champion, in the transaction that marks the
     request APPROVED) or reject (the champion stays) a PENDING request. Role: approver."""
     state = request.app.state
-    caller = getattr(request.state, "caller", None)
     try:
         approval = approvals.decide(
             state.engine(),
@@ -160,14 +161,16 @@ def decide_approval(approval_id: ApprovalId, body: Decision, request: Request) -
             state.settings,
             approval_id,
             body.decision,
-            actor=caller.name if caller is not None else "api",
+            actor=actor_of(request),
             reason=body.reason,
         )
     except approvals.ApprovalNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     except (approvals.ApprovalConflict, ModelUnreadable) as exc:
         raise HTTPException(409, str(exc)) from None
-    return _out(approval)
+    out = _out(approval)
+    serving_changed(state, out.dataset)
+    return out
 
 
 def _out(approval: Approval) -> ApprovalOut:

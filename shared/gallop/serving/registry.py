@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # the predict path imports no SQLAlchemy
     from gallop.metadata.models import AliasEvent, Dataset, RegisteredModel
 
 ALIASES = ("champion", "challenger")
-CHAMPION = "champion"
+CHAMPION, CHALLENGER = ALIASES
 
 
 class ModelNotFound(LookupError):
@@ -183,8 +183,38 @@ def promote(
             to_model=model_id,
             approval_id=approval_id,
         )
+        if alias == CHAMPION and _aliases(unit, dataset.id).get(CHALLENGER) == model_id:
+            _leave_challenger(unit, dataset.id, model_id, action, actor, approval_id)
         _publish(unit, artifacts, dataset)
     return previous
+
+
+def _leave_challenger(
+    session: Session,
+    dataset_id: int,
+    model_id: str,
+    action: str,
+    actor: str,
+    approval_id: str | None,
+) -> None:
+    """A challenger made champion is no longer one: a split or shadow policy would
+    otherwise send the champion's own requests to it twice, and compare it with itself."""
+    from gallop.metadata.models import ModelAlias
+
+    row = session.get(ModelAlias, (dataset_id, CHALLENGER))
+    if row is not None:
+        session.delete(row)
+        session.flush()
+    record_event(
+        session,
+        dataset_id,
+        CHALLENGER,
+        action,
+        actor=actor,
+        reason="it became the champion",
+        from_model=model_id,
+        approval_id=approval_id,
+    )
 
 
 def rollback(
