@@ -44,8 +44,17 @@ FUNCTION_SETTINGS: dict[str, tuple[str, ...]] = {
         "training_launcher",
         "monitor_function_name",
     ),
-    "migrate": ("database",),
-    "monitor": ("database", "data_bucket", "artifacts_bucket"),
+    "migrate": ("database", "artifacts_bucket"),
+    # A retrain starts a run as the API does; approval requests are announced on the
+    # alarm topic and waited on by the renewal state machine.
+    "monitor": (
+        "database",
+        "data_bucket",
+        "artifacts_bucket",
+        "training_launcher",
+        "alarm_topic_arn",
+        "renewal_state_machine_arn",
+    ),
     "ingest": ("database", "data_bucket", "features_queue_url", "monitor_queue_url"),
     "features": ("database", "data_bucket"),
     "training": ("database", "artifacts_bucket"),
@@ -212,6 +221,30 @@ class Settings(BaseSettings):
         le=1.0,
         description="Share of requests captured, chosen by a stable hash of the request's "
         "first group id (else its correlation id): a race is captured whole or not at all.",
+    )
+    # Renewal (issue #14): comparing the challenger, approvals, retraining
+    renewal_min_races: int = Field(
+        default=300,
+        gt=0,
+        description="Paired races (rows, ungrouped) the champion/challenger comparison needs "
+        "before it recommends anything but 'not enough races yet'.",
+    )
+    approval_timeout_hours: float = Field(
+        default=72,
+        gt=0,
+        description="An approval request not decided within this many hours expires: the "
+        "champion stays.",
+    )
+    alarm_topic_arn: str | None = Field(
+        default=None,
+        description="SNS topic approval requests (and retrains) are announced on; unset: "
+        "they are logged (the local stack).",
+    )
+    renewal_state_machine_arn: str | None = Field(
+        default=None,
+        description="On AWS: the renewal state machine an approval request starts (it waits "
+        "on a task token until the request is decided or times out); unset: the request "
+        "lives in the database alone.",
     )
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     max_body_bytes: int = Field(
