@@ -5,7 +5,7 @@ the api function everything else."""
 
 from __future__ import annotations
 
-from aws_cdk import Duration, Stack
+from aws_cdk import Duration, Stack, Tags
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -14,6 +14,7 @@ from constructs import Construct
 
 from gallop.api.problems import MEDIA_TYPE, TYPE_BASE, code_of
 from infra.functions import Placement, Wiring, zip_function
+from infra.stages import FIRST_KEY_ROLES, KEY_ROLES_TAG, KeySpec
 
 RATE_LIMIT = 50  # requests per second per client key, steady
 BURST_LIMIT = 100
@@ -69,6 +70,7 @@ class Api(Construct):
         stage_name: str,
         api_concurrency: int,
         predict_concurrency: int,
+        keys: tuple[KeySpec, ...] = (),
     ) -> None:
         super().__init__(scope, id)
         self.function = zip_function(
@@ -152,10 +154,21 @@ class Api(Construct):
             quota=apigw.QuotaSettings(limit=1_000_000, period=apigw.Period.MONTH),
         )
         self.plan.add_api_stage(stage=self.rest_api.deployment_stage)
-        self.first_key = self.rest_api.add_api_key("FirstClient")
-        self.plan.add_api_key(self.first_key)
+        # Every key says what it may do in its tag (the app reads it by the key's id); the
+        # first can do everything. Its name, as CloudFormation makes it, stays: a name set
+        # now would replace the key, and its secret with it.
+        self.first_key = self._key("FirstClient", FIRST_KEY_ROLES)
+        self.keys = [self.first_key]
+        for spec in keys:
+            self.keys.append(self._key(f"Key-{spec.name}", spec.roles, name=spec.name))
         self._firewall()
         self._gateway_errors()
+
+    def _key(self, id: str, roles: str, name: str | None = None) -> apigw.IApiKey:
+        key = self.rest_api.add_api_key(id, api_key_name=name)
+        Tags.of(key).add(KEY_ROLES_TAG, roles)
+        self.plan.add_api_key(key)
+        return key
 
     def _gateway_errors(self) -> None:
         for kind, status in GATEWAY_ERRORS.items():

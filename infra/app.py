@@ -13,7 +13,14 @@ import cdk_nag
 
 from infra.nag import suppress_justified
 from infra.stack import GallopStack
-from infra.stages import Deployment, DeploymentRefused, listed, stage_named
+from infra.stages import (
+    APPROVAL_TIMEOUT_HOURS,
+    Deployment,
+    DeploymentRefused,
+    api_keys,
+    listed,
+    stage_named,
+)
 
 
 def deployment(app: cdk.App) -> Deployment:
@@ -32,12 +39,19 @@ def deployment(app: cdk.App) -> Deployment:
                 f"no {key} given: pass -c {key}=... or run the cdk CLI with credentials "
                 f"(it sets {variable})"
             )
+    timeout = context("approval_timeout_hours")
+    try:
+        hours = APPROVAL_TIMEOUT_HOURS if timeout is None else float(timeout)
+    except ValueError:
+        raise DeploymentRefused(f"approval_timeout_hours {timeout!r} is not a number") from None
     return Deployment(
         stage=stage,
         account=where["account"],
         region=where["region"],
         alarm_emails=listed(context("alarm_email")),
         alarm_webhooks=listed(context("alarm_webhook")),
+        api_keys=api_keys(app.node.try_get_context("api_keys")),
+        approval_timeout_hours=hours,
     )
 
 

@@ -79,6 +79,8 @@ class Wiring:
     capture_stream: str = ""
     monitor_queue_url: str = ""
     monitor_function_name: str = ""
+    alarm_topic_arn: str = ""
+    renewal_state_machine_arn: str = ""
 
 
 def service_name(function: str) -> str:

@@ -2,7 +2,13 @@
 reaches the database) that an EventBridge schedule runs, checking every serving model's
 live quality and drift and publishing the metrics the alarms watch (infra.monitoring).
 Ingest also announces each new VALID version on its queue (results arrived), and the API
-invokes it to check now."""
+invokes it to check now.
+
+The schedule is also every retraining policy's clock (gallop.renewal): each scheduled run
+fires the policies whose `every_hours` have passed, so the stage's monitor_every_minutes
+is the finest retraining schedule there is (a policy fires at most one period late). The
+same run compares each challenger and opens approval requests; the renewal state machine
+(infra.renewal) invokes the function to wait on one and to expire it."""
 
 from __future__ import annotations
 
@@ -79,7 +85,7 @@ class Monitor(Construct):
         self.schedule = events.Rule(
             self,
             "Schedule",
-            description="Run the gallop monitor",
+            description="Run the gallop monitor: live quality, drift, retraining schedules",
             schedule=events.Schedule.rate(every),
             targets=[
                 targets.LambdaFunction(

@@ -72,20 +72,35 @@ IAM = [
     NagPackSuppression(
         id="AwsSolutions-IAM5",
         reason="Only actions without resource-level permissions, for which AWS requires "
-        "Resource '*': X-Ray tracing (functions, state machine), the state machine's log "
+        "Resource '*': X-Ray tracing (functions, state machines), the state machines' log "
         "delivery (logs:*LogDelivery*, resource policies), ECR's GetAuthorizationToken for "
-        "the training image pull, and SageMaker's training metrics (PutMetricData, held to "
-        "its namespace by a condition). A test lists each action allowed on '*'.",
+        "the training image pull, SageMaker's training metrics (PutMetricData, held to "
+        "its namespace by a condition), and answering a renewal execution's task token "
+        "(states:SendTaskSuccess/SendTaskFailure: the token names the execution). A test "
+        "lists each action allowed on '*'.",
         applies_to=["Resource::*"],
     ),
     NagPackSuppression(
         id="AwsSolutions-IAM5",
         reason="The custom-resource provider invokes the migrate function, the training "
-        "state machine the training function, and the API the monitor function (check now), "
-        "by version or alias, which the ':*' suffix covers; each is that one function.",
+        "state machine the training function, and the API (check now) and the renewal state "
+        "machine (an approval request's wait and expiry) the monitor function, by version or "
+        "alias, which the ':*' suffix covers; each is that one function.",
         applies_to=[
             RegexAppliesTo(
                 regex="/^Resource::<(Migrations|Training|Monitor)Function[0-9A-F]+\\.Arn>:\\*$/"
+            )
+        ],
+    ),
+    NagPackSuppression(
+        id="AwsSolutions-IAM5",
+        reason="The api and predict functions read an API key's name and its gallop:roles "
+        "tag by the id API Gateway gives them (apigateway:GET, read only): keys are added "
+        "after deployment, so their ids are not known at deploy time.",
+        applies_to=[
+            RegexAppliesTo(
+                regex=f"/^Resource::arn:{PARTITION}:apigateway:(<AWS::Region>|[a-z0-9-]+)"
+                "::\\/apikeys\\/\\*$/"
             )
         ],
     ),

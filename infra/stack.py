@@ -5,6 +5,7 @@ from __future__ import annotations
 import jsii
 from aws_cdk import Aspects, CfnOutput, Duration, Fn, IAspect, Stack
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct, IConstruct
@@ -21,8 +22,10 @@ from gallop.layout import (
     RAW_PREFIX,
     TRAINING_PREFIX,
     UNCLAIMED_PREFIX,
+    legacy_alias_key,
 )
 from gallop.settings import env_name
+from infra import renewal
 from infra.api import Api
 from infra.capture import Capture
 from infra.database import DATABASE_NAME, DATABASE_USER, Database
@@ -83,6 +86,7 @@ class GallopStack(Stack):
             features_queue_url: str = "",
             training: Training | None = None,
             monitor: Monitor | None = None,
+            **more: str,
         ) -> Wiring:
             launches = {}
             if training is not None:
@@ -106,23 +110,15 @@ class GallopStack(Stack):
                 monitor_queue_url=monitor.queue.queue_url if monitor else "",
                 monitor_function_name=monitor.function.function_name if monitor else "",
                 **launches,
+                **more,
             )
 
-        monitor = Monitor(
+        monitoring = Monitoring(
             self,
-            "Monitor",
-            wiring=wiring(),
-            placement=placement,
+            "Monitoring",
             key=messages_key,
-            every=Duration.minutes(stage.monitor_every_minutes),
-        )
-        pipeline = Pipeline(
-            self,
-            "Pipeline",
-            data=storage.data,
-            key=messages_key,
-            placement=placement,
-            wiring_for=lambda features_queue_url: wiring(features_queue_url, monitor=monitor),
+            emails=deployment.alarm_emails,
+            webhooks=deployment.alarm_webhooks,
         )
         training = Training(
             self,
@@ -130,6 +126,30 @@ class GallopStack(Stack):
             layers=[web, db],
             wiring=wiring(),
             placement=placement,
+        )
+        # The monitor retrains as the API trains (the same launcher), announces approval
+        # requests on the alarm topic and starts the renewal state machine on each.
+        monitor = Monitor(
+            self,
+            "Monitor",
+            wiring=wiring(
+                training=training,
+                alarm_topic_arn=monitoring.topic.topic_arn,
+                renewal_state_machine_arn=renewal.machine_arn(self),
+            ),
+            placement=placement,
+            key=messages_key,
+            every=Duration.minutes(stage.monitor_every_minutes),
+        )
+        approval_wait = Duration.seconds(round(deployment.approval_timeout_hours * 3600))
+        renewals = renewal.Renewal(self, "Renewal", function=monitor.function, wait=approval_wait)
+        pipeline = Pipeline(
+            self,
+            "Pipeline",
+            data=storage.data,
+            key=messages_key,
+            placement=placement,
+            wiring_for=lambda features_queue_url: wiring(features_queue_url, monitor=monitor),
         )
         api = Api(
             self,
@@ -141,6 +161,7 @@ class GallopStack(Stack):
             stage_name=stage.name,
             api_concurrency=stage.api_concurrency,
             predict_concurrency=stage.predict_concurrency,
+            keys=deployment.api_keys,
         )
         migrations = Migrations(
             self, "Migrations", layers=[web, db], wiring=wiring(), placement=placement
@@ -231,13 +252,37 @@ class GallopStack(Stack):
         for name in (MONITORING_HTML_FILE, MONITOR_REFERENCE_FILE):
             artifacts.grant_put(monitor.function, f"{MODELS_PREFIX}*/{name}")
 
-        monitoring = Monitoring(
-            self,
-            "Monitoring",
-            key=messages_key,
-            emails=deployment.alarm_emails,
-            webhooks=deployment.alarm_webhooks,
+        # -- renewal (#14): retraining, approvals, keys with roles -----------------------
+        # A retrain is a training run started by the monitor, as the API starts one; its
+        # end makes the new model the challenger (the training function settles the
+        # retraining policy), and an approval or a migration may move an alias: each writes
+        # the dataset's serving object under aliases/.
+        training.state_machine.grant_start_execution(monitor.function)
+        artifacts.grant_read(monitor.function, f"{ALIASES_PREFIX}*")
+        artifacts.grant_put(monitor.function, f"{ALIASES_PREFIX}*")
+        artifacts.grant_put(training.function, f"{ALIASES_PREFIX}*")
+        monitoring.topic.grant_publish(monitor.function)
+        monitor.function.add_to_role_policy(renewal.may_start(self))
+        for function in (api.function, monitor.function):
+            function.add_to_role_policy(renewal.may_answer())
+        # The monitor opens requests that expire as its state machine's wait does.
+        monitor.function.add_environment(
+            env_name("approval_timeout_hours"), str(deployment.approval_timeout_hours)
         )
+        # After migrating, the migrate function writes every dataset's serving object from
+        # the rows and deletes the objects of the aliases before they were per dataset.
+        artifacts.grant_read(migrations.function, f"{ALIASES_PREFIX}*")
+        artifacts.grant_put(migrations.function, f"{ALIASES_PREFIX}*")
+        for alias in ("champion", "challenger"):  # the only aliases there were
+            artifacts.grant_delete(migrations.function, legacy_alias_key(alias))
+        # A gateway-checked key's name (the actor of its history lines) and roles (its
+        # tag): read by its id, from API Gateway's control plane.
+        keys = f"arn:{self.partition}:apigateway:{self.region}::/apikeys/*"
+        for function in (api.function, api.predict):
+            function.add_to_role_policy(
+                iam.PolicyStatement(actions=["apigateway:GET"], resources=[keys])
+            )
+
         for name, function in (
             ("Ingest", pipeline.ingest),
             ("Features", pipeline.features),
@@ -282,9 +327,10 @@ class GallopStack(Stack):
         CfnOutput(self, "CaptureStream", value=capture.stream_name)
         CfnOutput(self, "TrainingStateMachine", value=training.state_machine.state_machine_arn)
         CfnOutput(self, "TrainingImage", value=training.image.image_uri)
+        CfnOutput(self, "RenewalStateMachine", value=renewals.state_machine.state_machine_arn)
         self.storage, self.database, self.pipeline, self.api = storage, database, pipeline, api
         self.migrations, self.monitoring, self.training = migrations, monitoring, training
-        self.capture, self.monitor = capture, monitor
+        self.capture, self.monitor, self.renewal = capture, monitor, renewals
         self.layers = {"web": web, "db": db, "numpy": numpy, "inference": inference}
 
     @property

@@ -3,6 +3,7 @@ the deployment `cdk deploy -c stage=...` asks for (where, and who hears the alar
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -38,7 +39,8 @@ class Stage:
     # Alarms that reach nobody are not monitoring: such a stage refuses to deploy without
     # an e-mail or webhook subscriber.
     needs_alarm_subscriber: bool
-    # The monitor function's schedule (drift and live quality of every serving model).
+    # The monitor function's schedule (drift and live quality of every serving model), and
+    # the finest retraining schedule: policies' every_hours are checked on each run.
     monitor_every_minutes: int = 60
     # Live quality this much worse than the training figure alarms (LiveQualityDrop is the
     # relative drop: 0.05 is 5 % worse), as gallop.settings' quality_margin says locally.
@@ -98,20 +100,57 @@ STAGES = {
     ),
 }
 
+# What an API key may do, as its `gallop:roles` tag says ("reader+writer"): the app's roles
+# (gallop.api.auth); a key without the tag may only read.
+KEY_ROLES = ("reader", "writer", "approver")
+KEY_ROLES_TAG = "gallop:roles"
+# The first key, made with the stack, can do everything, as every key could before roles.
+FIRST_KEY_ROLES = "+".join(KEY_ROLES)
+# An API key's name is the actor of the history lines its calls write.
+KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+# How long an approval request waits for a person before it expires (the renewal state
+# machine's wait, and the request's expires_at: gallop.settings' approval_timeout_hours).
+APPROVAL_TIMEOUT_HOURS = 72.0
+# A Standard workflow runs at most a year; the wait leaves an hour for what follows it.
+MAX_APPROVAL_TIMEOUT_HOURS = 365 * 24 - 1
+
 ACCOUNT = re.compile(r"^[0-9]{12}$")
 REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]$")
 EMAIL = re.compile(r"^[^@\s,]+@[^@\s,]+\.[^@\s,]+$")
 
 
 @dataclass(frozen=True)
+class KeySpec:
+    """An API key the stack makes besides the first: its name and its roles."""
+
+    name: str
+    roles: str  # "reader+approver"
+
+    def __post_init__(self) -> None:
+        if not KEY_NAME.match(self.name):
+            raise DeploymentRefused(
+                f"api key name {self.name!r}: letters, digits and . _ @ -, at most 64"
+            )
+        unknown = set(self.roles.split("+")) - set(KEY_ROLES)
+        if not self.roles or unknown:
+            raise DeploymentRefused(
+                f"api key {self.name!r}: roles {self.roles!r} are not "
+                f"{'+'.join(KEY_ROLES)} or some of them"
+            )
+
+
+@dataclass(frozen=True)
 class Deployment:
-    """One stage in one account and region, and the alarm topic's subscribers."""
+    """One stage in one account and region, the alarm topic's subscribers, the API keys
+    made besides the first, and how long approval requests wait."""
 
     stage: Stage
     account: str
     region: str
     alarm_emails: tuple[str, ...] = ()
     alarm_webhooks: tuple[str, ...] = ()
+    api_keys: tuple[KeySpec, ...] = ()
+    approval_timeout_hours: float = APPROVAL_TIMEOUT_HOURS
 
     def __post_init__(self) -> None:
         if not ACCOUNT.match(self.account):
@@ -124,6 +163,14 @@ class Deployment:
         for url in self.alarm_webhooks:
             if not url.startswith("https://") or len(url) <= len("https://"):
                 raise DeploymentRefused(f"alarm_webhook {url!r} must be an https:// URL")
+        names = [key.name for key in self.api_keys]
+        if len(set(names)) < len(names):
+            raise DeploymentRefused(f"api_keys name a key twice: {', '.join(names)}")
+        if not 0 < self.approval_timeout_hours <= MAX_APPROVAL_TIMEOUT_HOURS:
+            raise DeploymentRefused(
+                f"approval_timeout_hours {self.approval_timeout_hours} is not in "
+                f"(0, {MAX_APPROVAL_TIMEOUT_HOURS}]"
+            )
         if self.stage.needs_alarm_subscriber and not (self.alarm_emails or self.alarm_webhooks):
             raise DeploymentRefused(
                 f"stage {self.stage.name} needs someone to hear its alarms: pass "
@@ -147,3 +194,22 @@ def stage_named(name: str | None) -> Stage:
 def listed(value: str | None) -> tuple[str, ...]:
     """A context value of comma-separated items (-c alarm_email=a@x,b@x)."""
     return tuple(item.strip() for item in (value or "").split(",") if item.strip())
+
+
+def api_keys(value: object) -> tuple[KeySpec, ...]:
+    """The context's api_keys: a list of {"name", "roles"} (from cdk.json), or the same as
+    JSON text (-c api_keys='[{"name": "ops", "roles": "reader+approver"}]')."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise DeploymentRefused(f"api_keys is not JSON: {exc}") from None
+    if not isinstance(value, list) or not all(
+        isinstance(k, dict) and set(k) == {"name", "roles"} for k in value
+    ):
+        raise DeploymentRefused(
+            'api_keys must be a list of {"name": ..., "roles": "reader+writer"} objects'
+        )
+    return tuple(KeySpec(name=str(k["name"]), roles=str(k["roles"])) for k in value)

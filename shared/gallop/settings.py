@@ -47,7 +47,16 @@ FUNCTION_SETTINGS: dict[str, tuple[str, ...]] = {
         "monitor_function_name",
     ),
     "migrate": ("database", "artifacts_bucket"),
-    "monitor": ("database", "data_bucket", "artifacts_bucket"),
+    # A retrain starts a run as the API does; approval requests are announced on the
+    # alarm topic and waited on by the renewal state machine.
+    "monitor": (
+        "database",
+        "data_bucket",
+        "artifacts_bucket",
+        "training_launcher",
+        "alarm_topic_arn",
+        "renewal_state_machine_arn",
+    ),
     "ingest": ("database", "data_bucket", "features_queue_url", "monitor_queue_url"),
     "features": ("database", "data_bucket"),
     "training": ("database", "artifacts_bucket"),

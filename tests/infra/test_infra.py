@@ -25,9 +25,11 @@ CHECKOV_BIN = Path(sys.prefix) / "checkov" / "bin" / "checkov"
 CHECKOV_TARGET = ".venv/checkov/bin/checkov"  # the Makefile's target (`make test` builds it)
 # Where the tests deploy to: any account and region will do, but one must be given.
 TEST_ACCOUNT, TEST_REGION = "123456789012", "eu-west-1"
-# What each stage is deployed with (prod refuses to deploy without an alarm subscriber).
-STAGE_CONTEXT: dict[str, dict[str, str]] = {
-    "dev": {},
+# What each stage is deployed with (prod refuses to deploy without an alarm subscriber);
+# dev with a key besides the first and a shorter wait for approvals, prod with the defaults.
+OPS_KEY = {"name": "ops", "roles": "reader+approver"}
+STAGE_CONTEXT: dict[str, dict[str, Any]] = {
+    "dev": {"api_keys": [OPS_KEY], "approval_timeout_hours": 48},
     "prod": {"alarm_email": "ops@example.com", "alarm_webhook": "https://hooks.example.com/g"},
 }
 
@@ -306,6 +308,8 @@ STAR_RESOURCE_JUSTIFIED = {
     },
     "ecr:GetAuthorizationToken": "the training image pull: a registry token, no resource",
     "cloudwatch:PutMetricData": "SageMaker's training metrics; held to its namespace",
+    "states:SendTaskSuccess": "answering a task token: the token names the execution",
+    "states:SendTaskFailure": "answering a task token: the token names the execution",
 }
 
 
@@ -357,7 +361,13 @@ def test_no_resource_policy_opens_anything_to_everyone(template: Template) -> No
 
 
 def role_names(template: Template) -> dict[str, str]:
-    """Role logical id -> whose it is: a function's name, or "sagemaker" for the jobs'."""
+    """Role logical id -> whose it is: a function's name, "sagemaker" for the jobs', "state
+    machine" for the training state machine's, "renewal machine" for the renewal one's."""
+    (renewal,) = [
+        m["Properties"]["RoleArn"]["Fn::GetAtt"][0]
+        for m in resources(template, "AWS::StepFunctions::StateMachine").values()
+        if m["Properties"].get("StateMachineName", "").endswith("-renewal")
+    ]
     names = {}
     for name, props in gallop_functions(template).items():
         names[props["Role"]["Fn::GetAtt"][0]] = name
@@ -369,7 +379,7 @@ def role_names(template: Template) -> dict[str, str]:
         if principals == ["sagemaker.amazonaws.com"]:
             names[role_id] = "sagemaker"
         elif principals == ["states.amazonaws.com"]:
-            names[role_id] = "state machine"
+            names[role_id] = "renewal machine" if role_id == renewal else "state machine"
         elif principals == ["firehose.amazonaws.com"]:
             names[role_id] = "capture stream"
     return names
@@ -415,16 +425,21 @@ def test_s3_grants_are_limited_to_the_prefixes_each_function_uses(template: Temp
         # an upload no dataset claims is moved to unclaimed/
         "ingest": {("data", "/curated/*"), ("data", "/quarantine/*"), ("data", "/unclaimed/*")},
         "features": {("data", "/features/*")},
-        # presigned uploads; promotions (aliases/{alias}.json)
+        # presigned uploads; promotions (aliases/{dataset}/serving.json)
         "api": {("data", "/raw/*"), ("artifacts", "/aliases/*")},
-        "training": {("artifacts", "/models/*")},
+        # a retrain's model becomes the challenger when its run registers it
+        "training": {("artifacts", "/models/*"), ("artifacts", "/aliases/*")},
+        # every dataset's serving object, written again after migrating
+        "migrate": {("artifacts", "/aliases/*")},
         "sagemaker": {("artifacts", "/training/*")},
         # what the predict function captures, as Firehose delivers it
         "capture stream": {("data", "/capture/*"), ("data", "/capture-errors/*")},
         # a model's monitoring page and drift reference, beside its other files
+        # ... and the serving object of an automatic promotion or an expired request
         "monitor": {
             ("artifacts", "/models/*/monitoring.html"),
             ("artifacts", "/models/*/monitor_reference.npz"),
+            ("artifacts", "/aliases/*"),
         },
     }
     reads = object_grants(template, "s3:GetObject*")
@@ -462,11 +477,18 @@ def test_s3_grants_are_limited_to_the_prefixes_each_function_uses(template: Temp
         ("data", "/curated/*"),  # the results that followed
         ("data", "/features/*"),  # the training feature set: the drift reference's sample
         ("artifacts", "/models/*"),  # the model, its manifest and its drift reference
+        ("artifacts", "/aliases/*"),  # serving objects
     }
+    assert reads["migrate"] - {("artifacts", "")} == {("artifacts", "/aliases/*")}
     assert "capture stream" not in reads, "Firehose only writes"
     assert object_grants(template, "s3:DeleteObject*") == {
         "ingest": {("data", "/raw/*"), ("data", "/unclaimed/*")},
         "api": {("data", "/unclaimed/*")},  # an unclaimed upload once copied back to raw/
+        # the objects of the aliases of the whole installation, before they were per dataset
+        "migrate": {
+            ("artifacts", "/aliases/champion.json"),
+            ("artifacts", "/aliases/challenger.json"),
+        },
     }
 
 
@@ -485,6 +507,7 @@ def test_the_predict_function_may_read_its_objects_and_do_nothing_else(
         "xray:PutTraceSegments",
         "xray:PutTelemetryRecords",
         "firehose:PutRecordBatch",  # capture: to its stream only (test_capture_...)
+        "apigateway:GET",  # a key's name and roles (test_keys_...)
     }
     (key,) = {rendered(s["Resource"]) for s in statements if "kms:Decrypt" in listed(s["Action"])}
     buckets = resources(template, "AWS::S3::Bucket")
@@ -761,15 +784,18 @@ def rendered(value: Any) -> str:
     return f"<{next(iter(value))}>"  # Fn::Select ...: resolved at deploy
 
 
-def the_state_machine(template: Template) -> tuple[str, dict]:
-    ((machine_id, machine),) = resources(template, "AWS::StepFunctions::StateMachine").items()
+def the_state_machine(template: Template, renewal: bool = False) -> tuple[str, dict]:
+    """The training state machine (CloudFormation names it), or the renewal one (named)."""
+    ((machine_id, machine),) = [
+        (i, m)
+        for i, m in resources(template, "AWS::StepFunctions::StateMachine").items()
+        if ("StateMachineName" in m["Properties"]) is renewal
+    ]
     return machine_id, machine["Properties"]
 
 
-def definition(template: Template) -> dict[str, Any]:
-    import json
-
-    return json.loads(rendered(the_state_machine(template)[1]["DefinitionString"]))
+def definition(template: Template, renewal: bool = False) -> dict[str, Any]:
+    return json.loads(rendered(the_state_machine(template, renewal)[1]["DefinitionString"]))
 
 
 def function_ids(template: Template) -> dict[str, str]:
@@ -1361,6 +1387,22 @@ def test_a_code_only_build_cannot_be_deployed(tmp_path: Path) -> None:
             {"stage": "dev", "account": TEST_ACCOUNT, "region": TEST_REGION, "alarm_email": "ops"},
             "not an e-mail address",
         ),
+        *[
+            ({"stage": "dev", "account": TEST_ACCOUNT, "region": TEST_REGION, **bad}, says)
+            for bad, says in (
+                (
+                    {"api_keys": [{"name": "ops", "roles": "reader+admin"}]},
+                    "roles 'reader\\+admin'",
+                ),
+                ({"api_keys": [{"name": "ops", "roles": ""}]}, "roles '' are not"),
+                ({"api_keys": [{"name": "o p", "roles": "reader"}]}, "api key name 'o p'"),
+                ({"api_keys": [OPS_KEY, OPS_KEY]}, "name a key twice"),
+                ({"api_keys": [{"name": "ops"}]}, "a list of"),
+                ({"api_keys": "[{"}, "api_keys is not JSON"),
+                ({"approval_timeout_hours": 0}, "approval_timeout_hours 0.0 is not in"),
+                ({"approval_timeout_hours": "soon"}, "'soon' is not a number"),
+            )
+        ],
     ],
 )
 def test_a_deployment_missing_what_it_needs_is_refused_and_says_what_to_pass(
@@ -2100,4 +2142,177 @@ def test_ingest_tells_the_monitor_of_new_versions_and_the_api_may_run_it_now(
         if "lambda:InvokeFunction" in listed(statement["Action"])
         and f"<{monitor}.Arn>" in map(rendered, listed(statement["Resource"]))
     }
-    assert invokers == {"api"}
+    assert invokers == {"api", "renewal machine"}  # (an approval request's wait and expiry)
+
+
+# -- renewing the champion (#14): the renewal state machine, retraining, keys with roles --
+
+
+def test_the_renewal_machine_waits_on_a_task_token_then_approves_rejects_or_expires(
+    templates: dict[str, Template],
+) -> None:
+    for stage, template in templates.items():
+        hours = STAGE_CONTEXT[stage].get("approval_timeout_hours", 72)
+        monitor = f"<{function_ids(template)['monitor']}.Arn>"
+        machine = definition(template, renewal=True)
+        states = machine["States"]
+        # GIVEN an execution started on {"approval_id"}: the monitor function is invoked with
+        # a task token it stores on the request, and the execution waits for it
+        wait = states[machine["StartAt"]]
+        assert wait["Resource"] == "arn:<AWS::Partition>:states:::lambda:invoke.waitForTaskToken"
+        assert wait["Parameters"] == {
+            "FunctionName": monitor,
+            "Payload": {
+                "renewal": "await",
+                "approval_id.$": "$.approval_id",
+                "task_token.$": "$$.Task.Token",
+            },
+        }
+        # ... for as long as the request lives (its expires_at is set from the same hours)
+        assert wait["TimeoutSeconds"] == hours * 3600
+        assert machine["TimeoutSeconds"] > wait["TimeoutSeconds"], "a backstop only"
+        # WHEN approved (SendTaskSuccess) THEN it succeeds
+        assert states[wait["Next"]] == {"Type": "Succeed"}
+        catches = {error: c for c in wait["Catch"] for error in c["ErrorEquals"]}
+        assert set(catches) == {"States.Timeout", "REJECTED", "EXPIRED"}
+        assert {c["ResultPath"] for c in catches.values()} == {"$.error"}, "approval_id stays"
+        # WHEN rejected (SendTaskFailure, error REJECTED) THEN it fails so, saying why
+        assert states[catches["REJECTED"]["Next"]] == {
+            "Type": "Fail",
+            "Error": "REJECTED",
+            "CausePath": "$.error.Cause",
+        }
+        expired = {"Type": "Fail", "Error": "EXPIRED", "CausePath": "$.error.Cause"}
+        # WHEN expired first by a read or a monitor run THEN it fails as expired
+        assert states[catches["EXPIRED"]["Next"]] == expired
+        # WHEN nobody decides in time THEN the monitor expires the request, then it fails
+        expire = states[catches["States.Timeout"]["Next"]]
+        assert expire["Resource"] == monitor
+        assert expire["Parameters"] == {"renewal": "expire", "approval_id.$": "$.approval_id"}
+        assert any(r["ErrorEquals"] == ["States.ALL"] for r in expire["Retry"])
+        assert states[expire["Next"]] == expired
+        assert set(states) == {"AwaitDecision", "Approved", "Rejected", "Expire", "Expired"}
+
+
+def test_the_renewal_machine_is_named_as_the_monitor_is_told_and_logs_and_traces(
+    templates: dict[str, Template],
+) -> None:
+    for stage, template in templates.items():
+        _, machine = the_state_machine(template, renewal=True)
+        name = f"Gallop-{stage}-renewal"
+        assert machine["StateMachineName"] == name
+        assert machine["StateMachineType"] == "STANDARD"
+        assert machine["TracingConfiguration"] == {"Enabled": True}
+        logging = machine["LoggingConfiguration"]
+        # every event, without its data: a waiting task's parameters hold its token
+        assert logging["Level"] == "ALL" and logging["IncludeExecutionData"] is False
+        (destination,) = logging["Destinations"]
+        group_id = destination["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0]
+        group = resources(template, "AWS::Logs::LogGroup")[group_id]["Properties"]
+        assert group["LogGroupName"] == f"/aws/vendedlogs/states/{name}"
+        env = gallop_functions(template)["monitor"]["Environment"]["Variables"]
+        arn = f"arn:aws:states:{TEST_REGION}:{TEST_ACCOUNT}:stateMachine:{name}"
+        assert env["GALLOP_RENEWAL_STATE_MACHINE_ARN"] == arn
+        hours = STAGE_CONTEXT[stage].get("approval_timeout_hours", 72)
+        assert float(env["GALLOP_APPROVAL_TIMEOUT_HOURS"]) == hours
+
+
+def test_only_the_monitor_starts_renewals_and_the_api_and_monitor_answer_them(
+    template: Template,
+) -> None:
+    renewal = f"arn:aws:states:{TEST_REGION}:{TEST_ACCOUNT}:stateMachine:Gallop-prod-renewal"
+    training, _ = the_state_machine(template)
+    starters: dict[str, set[str]] = {}
+    answerers = set()
+    for name, statements in role_statements(template).items():
+        for statement in statements:
+            actions = listed(statement["Action"])
+            if "states:StartExecution" in actions:
+                starters.setdefault(name, set()).update(
+                    map(rendered, listed(statement["Resource"]))
+                )
+            if {"states:SendTaskSuccess", "states:SendTaskFailure"} & set(actions):
+                assert set(actions) >= {"states:SendTaskSuccess", "states:SendTaskFailure"}
+                assert not any(a.startswith("states:Start") for a in actions)
+                answerers.add(name)
+    # the monitor opens requests and retrains (a run, as the API starts one)
+    assert starters == {"api": {f"<{training}>"}, "monitor": {renewal, f"<{training}>"}}
+    assert answerers == {"api", "monitor"}  # a decision; an expiry
+    # The renewal machine may invoke the monitor function and nothing else.
+    monitor = function_ids(template)["monitor"]
+    statements = role_statements(template)["renewal machine"]
+    invoked = {
+        rendered(r)
+        for s in statements
+        if "lambda:InvokeFunction" in listed(s["Action"])
+        for r in listed(s["Resource"])
+    }
+    assert invoked == {f"<{monitor}.Arn>", f"<{monitor}.Arn>:*"}
+    actions = {a for s in statements for a in listed(s["Action"])}
+    assert {a.split(":")[0] for a in actions} == {"lambda", "logs", "xray"}
+
+
+def test_the_monitor_retrains_as_the_api_trains_and_announces_on_the_alarm_topic(
+    template: Template, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = gallop_functions(template)["monitor"]["Environment"]["Variables"]
+    api = gallop_functions(template)["api"]["Environment"]["Variables"]
+    for variable in [k for k in os.environ if k.startswith("GALLOP_") or k == "DATABASE_URL"]:
+        monkeypatch.delenv(variable)
+    for key, value in env.items():
+        monkeypatch.setenv(key, rendered(value))
+    settings = Settings().require_for("monitor")
+    # The same launcher, state machine, image, role and code version as the API's.
+    launch = [k for k in api if k.startswith(("GALLOP_TRAINING_", "GALLOP_SAGEMAKER_"))]
+    assert len(launch) >= 4 and settings.training_launcher == "stepfunctions"
+    for key in [*launch, "GALLOP_CODE_VERSION"]:
+        assert env[key] == api[key], key
+    # Announcements: on the alarm topic, which it may publish to (and use its key for).
+    (topic_id,) = resources(template, "AWS::SNS::Topic")
+    assert settings.alarm_topic_arn == f"<{topic_id}>"
+    statements = role_statements(template)["monitor"]
+    (publish,) = [s for s in statements if "sns:Publish" in listed(s["Action"])]
+    assert publish["Resource"] == {"Ref": topic_id}
+    publishers = {
+        name
+        for name, role in role_statements(template).items()
+        for s in role
+        if "sns:Publish" in listed(s["Action"])
+    }
+    assert publishers == {"monitor"}
+
+
+def test_every_api_key_carries_its_roles_and_is_in_the_usage_plan(
+    templates: dict[str, Template],
+) -> None:
+    for stage, template in templates.items():
+        keys = resources(template, "AWS::ApiGateway::ApiKey")
+        roles = {
+            key["Properties"].get("Name"): {t["Key"]: t["Value"] for t in key["Properties"]["Tags"]}
+            for key in keys.values()
+        }
+        # The first key (CloudFormation names it) can do everything; the context's keys
+        # are named as declared, with their roles.
+        expected = {None: {"gallop:roles": "reader+writer+approver"}}
+        for key in STAGE_CONTEXT[stage].get("api_keys", []):
+            expected[key["name"]] = {"gallop:roles": key["roles"]}
+        assert roles == expected
+        plan_keys = {
+            k["Properties"]["KeyId"]["Ref"]
+            for k in resources(template, "AWS::ApiGateway::UsagePlanKey").values()
+        }
+        assert plan_keys == set(keys), "every key is throttled and capped by the usage plan"
+
+
+def test_the_api_and_predict_functions_may_read_api_keys_and_nothing_else_of_the_gateway(
+    template: Template,
+) -> None:
+    readers = {}
+    for name, statements in role_statements(template).items():
+        for statement in statements:
+            actions = listed(statement["Action"])
+            if any(a.startswith("apigateway:") for a in actions):
+                assert actions == ["apigateway:GET"], statement
+                readers[name] = listed(statement["Resource"])
+    keys = f"arn:aws:apigateway:{TEST_REGION}::/apikeys/*"
+    assert readers == {"api": [keys], "predict": [keys]}
