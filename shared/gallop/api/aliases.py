@@ -10,9 +10,9 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
+from gallop.api.auth import actor_of, require_role
 from gallop.api.datasets import dataset_or_404
 from gallop.api.models import serving_changed
-from gallop.api.auth import actor_of, require_role
 from gallop.api.pages import Cursor, Limit, Page, fetched
 from gallop.api.schemas import DatasetName
 from gallop.renewal import policies
