@@ -37,6 +37,8 @@ ENV_CAPTURE_STREAM = "GALLOP_CAPTURE_STREAM"
 
 # What each deployed function must be configured with: its handler checks these at cold
 # start, and the CDK stack sets the variables (a test ties the two together).
+# Needed by a deployed function (training through Step Functions), not by the local stack.
+DEPLOYED_ONLY = ("alarm_topic_arn", "renewal_state_machine_arn")
 FUNCTION_SETTINGS: dict[str, tuple[str, ...]] = {
     "api": (
         "database",
@@ -372,6 +374,8 @@ class Settings(BaseSettings):
             ]
         if field == "monitor_function_name":  # unset: the API checks itself, as locally
             return []
+        if field in DEPLOYED_ONLY and self.training_launcher == "local":
+            return []  # the local stack logs announcements and keeps approvals in the database
         return [] if self._configured(field) else [env_name(field)]
 
     def _configured(self, field: str) -> bool:

@@ -67,6 +67,21 @@ def test_require_names_every_missing_variable(monkeypatch: pytest.MonkeyPatch) -
     )
 
 
+def test_the_monitor_needs_the_topic_and_renewal_machine_only_when_deployed() -> None:
+    local = Settings(database_url="sqlite:///x.db", data_bucket="d", artifacts_bucket="a")
+    assert local.require_for("monitor") is local  # logs, and keeps approvals in the database
+    deployed = local.model_copy(
+        update={
+            "training_launcher": "stepfunctions",
+            "training_state_machine_arn": "arn:aws:states:us-east-1:1:stateMachine:t",
+        }
+    )
+    with pytest.raises(MissingSettings) as caught:
+        deployed.require_for("monitor")
+    assert "GALLOP_ALARM_TOPIC_ARN" in str(caught.value)
+    assert "GALLOP_RENEWAL_STATE_MACHINE_ARN" in str(caught.value)
+
+
 def test_api_keys_have_names_and_roles_and_a_bare_key_every_role() -> None:
     keys = Settings(api_keys="ci:writer:s-ci, boss:reader+approver:s:b ,old-secret").api_key_entries
     assert [(k.name, sorted(k.roles), k.secret) for k in keys] == [
