@@ -337,24 +337,29 @@ class GallopClient:
         """A model's live figures by day, its latest drift table and its alarms' states."""
         return self._call("GET", f"/v1/models/{model_id}/monitoring")
 
-    def check_monitoring(self, dataset: str | None = None) -> list[dict[str, Any]]:
-        """Run the monitor now (drift checked whatever the count); one check per model."""
-        reply = self._call("POST", "/v1/monitoring/checks", json={"dataset": dataset})
-        return list(reply["checks"])
+    def check_monitoring(self, dataset: str | None = None) -> dict[str, Any]:
+        """Run the monitor now (drift checked whatever the count): "checks", one per model,
+        and "renewals", what renewal did per dataset."""
+        reply: dict[str, Any] = self._call(
+            "POST", "/v1/monitoring/checks", json={"dataset": dataset}
+        )
+        return reply
 
     def predict(
         self,
         model: str,
         rows: list[dict[str, Any]] | None = None,
         snapshot: str | None = None,
+        dataset: str | None = None,
         **columnar: Any,
     ) -> dict[str, Any]:
         """POST /v1/predict with row objects, or columnar: columns=[...], data=[[...]].
-        `model` is a model id or an alias; race-card rows are completed by the server from
+        `model` is a model id or an alias of `dataset` (which may be left out while one
+        dataset has that alias); race-card rows are completed by the server from
         the newest READY entity snapshot of the model's dataset (the reply's
         `features_as_of` names it), or with snapshot="training" from the one the model
         was trained on."""
-        body = serving_body(model, rows, columnar, snapshot)
+        body = serving_body(model, rows, columnar, snapshot, dataset)
         return self._call("POST", "/v1/predict", json=body)
 
     def explain(
@@ -363,10 +368,11 @@ class GallopClient:
         rows: list[dict[str, Any]] | None = None,
         top_k: int = 5,
         snapshot: str | None = None,
+        dataset: str | None = None,
         **columnar: Any,
     ) -> dict[str, Any]:
         """POST /v1/explain: each row's contributions and its top_k reasons."""
-        body = {**serving_body(model, rows, columnar, snapshot), "top_k": top_k}
+        body = {**serving_body(model, rows, columnar, snapshot, dataset), "top_k": top_k}
         return self._call("POST", "/v1/explain", json=body)
 
     # -- renewal: the comparison and approval requests ----------------------------------
@@ -397,6 +403,7 @@ def serving_body(
     rows: list[dict[str, Any]] | None,
     columnar: dict[str, Any],
     snapshot: str | None = None,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
     unknown = set(columnar) - {"columns", "data"}
     if unknown:
@@ -404,4 +411,5 @@ def serving_body(
     if (rows is None) == (not columnar):
         raise TypeError("give rows, or columns and data")
     body = {"model": model, **({"rows": rows} if rows is not None else columnar)}
-    return body | ({"snapshot": snapshot} if snapshot is not None else {})
+    chosen = {"snapshot": snapshot, "dataset": dataset}  # sent only when chosen
+    return body | {name: value for name, value in chosen.items() if value is not None}

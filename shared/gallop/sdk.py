@@ -249,14 +249,19 @@ class Client:
         return self.api.retraining(dataset)
 
     def predict(
-        self, rows: pd.DataFrame, model: str = "champion", snapshot: str | None = None
+        self,
+        rows: pd.DataFrame,
+        model: str = "champion",
+        snapshot: str | None = None,
+        dataset: str | None = None,
     ) -> pd.DataFrame:
         """Score rows (feature rows with the group column, or race-card rows the server
-        completes) with a model id or alias: one prediction per row, on the rows' index.
+        completes) with a model id or an alias of `dataset`: one prediction per row, on
+        the rows' index.
         `.attrs["model_id"]` names the model that answered; for a race card,
         `.attrs["features_as_of"]` the entity snapshot that completed it (the newest READY
         one of the model's dataset, or with snapshot="training" the model's own)."""
-        reply = self.api.predict(model, snapshot=snapshot, **_columnar(rows))
+        reply = self.api.predict(model, snapshot=snapshot, dataset=dataset, **_columnar(rows))
         out = pd.DataFrame(reply["predictions"], index=rows.index)
         out.attrs["model_id"] = reply["model_id"]
         out.attrs["features_as_of"] = reply.get("features_as_of")
@@ -268,10 +273,13 @@ class Client:
         model: str = "champion",
         top_k: int = 5,
         snapshot: str | None = None,
+        dataset: str | None = None,
     ) -> pd.DataFrame:
         """Per row: the score, the base value, each feature's part of the score (a column
         each; with the base value they add up to the score) and the top_k reasons."""
-        reply = self.api.explain(model, top_k=top_k, snapshot=snapshot, **_columnar(rows))
+        reply = self.api.explain(
+            model, top_k=top_k, snapshot=snapshot, dataset=dataset, **_columnar(rows)
+        )
         return _explanations(reply, rows.index)
 
     def download(self, model_id: str, path: str | Path) -> Path:

@@ -29,6 +29,11 @@ def add(commands: Any) -> None:
         "it), or a registered model's id or alias (champion, challenger)",
     )
     p.add_argument(
+        "--dataset",
+        default=None,
+        help="whose alias --model names (needed once two datasets have that alias)",
+    )
+    p.add_argument(
         "--input",
         required=True,
         help='JSON ({"rows": [...]}, a list of row objects, or {"columns", "data"}) or CSV, '
@@ -74,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise Failed(f"{args.model}: no such model folder")
     else:
         with api_client(args) as client:
-            reply = client.predict(args.model, snapshot=args.snapshot, **body)
+            reply = client.predict(args.model, snapshot=args.snapshot, dataset=args.dataset, **body)
             if args.explain:  # the model that answered, should the alias move meanwhile
                 explained = client.explain(
                     reply["model_id"], top_k=args.top_k, snapshot=args.snapshot, **body
