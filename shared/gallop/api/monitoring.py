@@ -139,6 +139,12 @@ class ModelCheck(BaseModel):
 
 class Checks(BaseModel):
     checks: list[ModelCheck] = Field(description="One per model with captured predictions.")
+    renewals: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Per dataset, what renewal did: approval requests expired, the "
+        "retraining policy's trigger and run, the comparison's recommendation, a promotion "
+        "or the approval request it opened; or its problems.",
+    )
 
 
 @router.post(
@@ -163,10 +169,11 @@ def check_now(body: CheckBody, request: Request) -> Checks:
         dataset_or_404(request.app.state.engine(), body.dataset)
     if settings.monitor_function_name:  # on AWS: the monitor function has the data image
         return Checks(**_invoke_monitor(settings, body.dataset))
-    from gallop.monitoring.run import monitor
+    from gallop.monitoring.run import Monitor
 
-    checks = monitor(settings, body.dataset, force=True)
-    return Checks(checks=[ModelCheck(**check.to_dict()) for check in checks])
+    run = Monitor(settings)
+    checks = run.run(body.dataset, force=True)
+    return Checks(checks=[ModelCheck(**check.to_dict()) for check in checks], renewals=run.renewals)
 
 
 def _invoke_monitor(settings: Any, dataset: str | None) -> dict[str, Any]:

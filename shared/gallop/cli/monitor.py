@@ -39,17 +39,36 @@ def add(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with api_client(args) as client:
-        checks = client.check_monitoring(args.dataset)
+        reply = client.check_monitoring(args.dataset)
     if args.json:
-        emit_json(checks)
+        emit_json(reply)
         return 0
-    if not checks:
+    if not reply["checks"]:
         where = f"of dataset {args.dataset!r} " if args.dataset else ""
         progress(f"no model {where}has captured predictions yet: nothing to check")
-        return 0
-    for check in checks:
+    for check in reply["checks"]:
         print_check(check)
+    for renewal in reply.get("renewals") or []:
+        print(f"renewal of {renewal['dataset']}: {renewal_line(renewal)}")
     return 0
+
+
+def renewal_line(renewal: dict[str, Any]) -> str:
+    """What a monitor run's renewal did for one dataset, in a line."""
+    said = []
+    retraining = renewal.get("retraining") or {}
+    if retraining.get("said"):
+        said.append(f"retraining: {retraining['said']}")
+    if renewal.get("recommendation"):
+        said.append(f"comparison: {renewal['recommendation']}")
+    if renewal.get("promoted"):
+        said.append(f"{renewal['promoted']} promoted to champion (auto promotion)")
+    if renewal.get("approval_id"):
+        said.append(f"approval request {renewal['approval_id']} opened")
+    if renewal.get("expired"):
+        said.append(f"expired: {', '.join(renewal['expired'])}")
+    said += [f"! {problem}" for problem in renewal.get("problems") or []]
+    return "; ".join(said) or "nothing to do"
 
 
 def print_check(check: dict[str, Any]) -> None:
