@@ -15,6 +15,7 @@ from typing import Any
 
 from gallop.cli.common import (
     SHIPPED_SPEC,
+    UserError,
     add_json,
     add_state_dir,
     api_client,
@@ -39,6 +40,13 @@ def add(commands: Any) -> None:
     p.add_argument("--races", type=int, default=2000)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--fresh", action="store_true", help="start with empty local state")
+    p.add_argument(
+        "--days",
+        type=int,
+        default=0,
+        help="instead: the champion's life over N days of races (cards, results, drift, a "
+        "retrain, the challenger in shadow, the comparison, an approval); 6 shows it all",
+    )
     add_state_dir(p)
     add_json(p)
     p.set_defaults(run=run)
@@ -56,6 +64,12 @@ def run(args: argparse.Namespace) -> int:
     story = sys.stderr if args.json else sys.stdout
     say = functools.partial(builtins.print, file=story, flush=True)
     state = state_dir(args)
+    if args.days < 0:
+        raise UserError("--days must be at least 1")
+    if args.days:
+        from gallop.cli.demo_days import run_days
+
+        return run_days(args, state / "demo-days", _Stages(args.days + 4, say), say)
     work = state / "demo"
     stage = _Stages(9, say)
     stage(f"generating {args.races:,} races (seed {args.seed}); the last one is held back")
