@@ -332,7 +332,7 @@ KEY = "test-key-123"
 def api(engine: Engine, artifacts: Store, tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(
         state_dir=tmp_path,
-        api_keys=KEY,
+        api_keys=f"ops:reader+writer+approver:{KEY}",
         artifacts_bucket=ARTIFACTS,
         database_url=engine.url.render_as_string(hide_password=False),
     )
@@ -370,10 +370,10 @@ def test_promote_history_and_rollback_through_the_api(
     assert api.get("/v1/datasets/letor/aliases").json()["champion"] == other
     listed = {m["model_id"]: m["aliases"] for m in api.get("/v1/models").json()["items"]}
     assert listed == {a: [], b: ["champion"], other: ["champion"]}
-    # AND the history, newest first, in pages, says who (the key has no name yet: "api")
+    # AND the history, newest first, in pages, says who: the key's name, never the key
     page = api.get("/v1/datasets/races/aliases/history", params={"limit": 1}).json()
     assert [(i["from_model"], i["to_model"], i["actor"], i["reason"]) for i in page["items"]] == [
-        (a, b, "api", "better")
+        (a, b, "ops", "better")
     ]
     rest = api.get("/v1/datasets/races/aliases/history", params={"cursor": page["next_cursor"]})
     assert [i["to_model"] for i in rest.json()["items"]] == [a]
@@ -442,7 +442,7 @@ def test_a_traffic_policy_is_served_with_the_aliases(
         "mode": "split",
         "challenger_share": 0.05,
         "shadow_share": 0.0,
-        "updated_by": "api",
+        "updated_by": "ops",
         "updated_at": None,
     }
     # THEN with no challenger it is served as champion; once there is one, as a split
@@ -472,7 +472,7 @@ def test_a_retraining_policy_is_stored_and_read_back(
     assert reply.status_code == 200, reply.text
     got = api.get("/v1/datasets/races/retraining").json()
     assert {k: got[k] for k in policy} == policy
-    assert got["auto_promote"] is False and got["updated_by"] == "api"
+    assert got["auto_promote"] is False and got["updated_by"] == "ops"
     assert got["last_trigger"] is None
     for bad, field in (({"every_hours": 0}, "every_hours"), ({"time_limit": 10**9}, "time_limit")):
         refused = api.put("/v1/datasets/races/retraining", json=bad)
@@ -508,7 +508,7 @@ def test_the_cli_promotes_shows_rolls_back_and_sets_policies(
     # GIVEN the app served over HTTP (as gallop serve serves it), a dataset with two models
     races = dataset(engine, races_spec, "races")
     a, b = model(engine, artifacts, races, "f4" * 8), model(engine, artifacts, races, "f5" * 8)
-    settings = Settings(state_dir=tmp_path, api_keys=KEY, artifacts_bucket=ARTIFACTS)
+    settings = Settings(state_dir=tmp_path, api_keys=f"ops:reader+writer+approver:{KEY}", artifacts_bucket=ARTIFACTS)
     app = create_app(settings, engine=engine, artifacts=artifacts, serve_predictions=False)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))

@@ -78,7 +78,7 @@ def world(
     """A dataset with a champion and a challenger, and the app over the same store."""
     settings = Settings(
         state_dir=tmp_path,
-        api_keys=KEY,
+        api_keys=f"lead:reader+writer+approver:{KEY}",
         artifacts_bucket="artifacts",
         database_url=str(engine.url.render_as_string(hide_password=False)),
     )
@@ -132,9 +132,10 @@ def test_approve_promotes_the_challenger_once_and_twice_is_a_409(world) -> None:
         f"/v1/approvals/{opened.approval_id}", json={"decision": "approve", "reason": "clear"}
     )
     assert reply.status_code == 200, reply.text
-    assert reply.json()["status"] == "APPROVED" and reply.json()["decided_by"] == "api"
-    # THEN the challenger is the champion, with a history line naming the request
-    assert aliases_of(engine, dataset.id)["champion"] == challenger
+    assert reply.json()["status"] == "APPROVED" and reply.json()["decided_by"] == "lead"
+    # THEN the challenger is the champion (and no longer the challenger), with history
+    # lines naming the request
+    assert aliases_of(engine, dataset.id) == {"champion": challenger}
     lines, _ = history(engine, dataset.id, 10)
     assert (lines[0].action, lines[0].from_model, lines[0].to_model) == (
         "approve",
@@ -142,11 +143,17 @@ def test_approve_promotes_the_challenger_once_and_twice_is_a_409(world) -> None:
         challenger,
     )
     assert lines[0].approval_id == opened.approval_id and lines[0].reason == "clear"
+    assert (lines[1].alias, lines[1].from_model, lines[1].to_model) == (
+        "challenger",
+        challenger,
+        None,
+    )
+    assert lines[1].approval_id == opened.approval_id
 
     # approving again changes nothing
     again = api.post(f"/v1/approvals/{opened.approval_id}", json={"decision": "approve"})
     assert again.status_code == 409
-    assert "already APPROVED by api" in again.json()["detail"]
+    assert "already APPROVED by lead" in again.json()["detail"]
     assert len(history(engine, dataset.id, 10)[0]) == len(lines)
 
 

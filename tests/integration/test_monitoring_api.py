@@ -4,6 +4,7 @@ GET /v1/models/{id}/monitoring through the real app."""
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -359,10 +360,13 @@ def test_record_live_scores_against_the_newest_version_of_the_models_dataset(
     assert [d["metrics"] for d in shown] == [pytest.approx(d.metrics) for d in quality.days]
 
 
+ANSWERED = b'{"checks": [], "renewals": [{"dataset": "races", "recommendation": "keep"}]}'
+
+
 @pytest.mark.parametrize(
     ("answer", "status"),
     [
-        ({"Payload": b'{"checks": []}', "StatusCode": 200}, 200),
+        ({"Payload": ANSWERED, "StatusCode": 200}, 200),
         (
             {"Payload": b'{"errorMessage": "boom"}', "StatusCode": 200, "FunctionError": "Un"},
             502,
@@ -401,7 +405,7 @@ def test_on_aws_a_check_now_is_the_monitor_functions_answer(
         stub.assert_no_pending_responses()
     assert reply.status_code == status, reply.text
     if status == 200:
-        assert reply.json() == {"checks": []}
+        assert reply.json() == json.loads(ANSWERED)
     else:
         assert reply.headers["content-type"] == "application/problem+json"
     aws.reset_clients()

@@ -11,7 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from moto import mock_aws
 
@@ -30,21 +30,13 @@ RACES = {
     "group": "race_id",
     "target_order": "ascending",
 }
-APPROVER_PATHS = ("/v1/approvals/ap-1", "/v1/datasets/races/aliases/champion/rollback")
-
-
-def _with_approver_routes(app: FastAPI) -> FastAPI:
-    """The approval and rollback routes (other parts of #14 add them), as bare routes: the
-    role table must cover them without anything in the route itself."""
-
-    def decided(request: Request) -> dict[str, str]:
-        return {"by": request.state.caller.name}
-
-    app.add_api_route("/v1/approvals/{approval_id}", decided, methods=["POST"], name="approve")
-    app.add_api_route(
-        "/v1/datasets/{name}/aliases/champion/rollback", decided, methods=["POST"], name="back"
-    )
-    return app
+# The routes an approver decides, with a body each takes: no such request or dataset
+# exists, so a key allowed past the role check gets the 404 of the thing missing.
+APPROVAL = "/v1/approvals/ap-" + "0" * 20
+APPROVER_CALLS = (
+    (APPROVAL, {"decision": "approve"}, "no approval request"),
+    ("/v1/datasets/races/aliases/champion/rollback", {}, "no dataset"),
+)
 
 
 @pytest.fixture()
@@ -58,7 +50,7 @@ def app(tmp_path: Path) -> FastAPI:
         ),
     )
     migrate(engine_for(settings.sqlalchemy_url))
-    return _with_approver_routes(create_app(settings))
+    return create_app(settings)
 
 
 @pytest.fixture()
@@ -84,19 +76,23 @@ def test_a_reader_reads_and_is_refused_a_write_naming_the_role(api: TestClient) 
     assert api.post("/v1/datasets", json=RACES, headers=as_key("ci")).status_code == 201
 
 
-@pytest.mark.parametrize("path", APPROVER_PATHS)
-def test_a_writer_is_refused_what_an_approver_decides(api: TestClient, path: str) -> None:
-    refused = api.post(path, headers=as_key("ci"))
+@pytest.mark.parametrize(("path", "body", "missing"), APPROVER_CALLS)
+def test_a_writer_is_refused_what_an_approver_decides(
+    api: TestClient, path: str, body: dict[str, str], missing: str
+) -> None:
+    refused = api.post(path, json=body, headers=as_key("ci"))
     assert refused.status_code == 403
     assert refused.json()["detail"] == (
         "this needs the approver role: the key 'ci' has reader, writer"
     )
-    allowed = api.post(path, headers=as_key("boss"))
-    assert allowed.status_code == 200 and allowed.json() == {"by": "boss"}
+    allowed = api.post(path, json=body, headers=as_key("boss"))
+    assert allowed.status_code == 404 and missing in allowed.json()["detail"]
 
 
 def test_a_bare_key_has_every_role_as_before_roles(api: TestClient) -> None:
-    assert api.post(APPROVER_PATHS[0], headers=as_key("legacy")).json() == {"by": "key-4"}
+    path, body, missing = APPROVER_CALLS[0]
+    allowed = api.post(path, json=body, headers=as_key("legacy"))
+    assert allowed.status_code == 404 and missing in allowed.json()["detail"]
     assert api.post("/v1/datasets", json=RACES, headers=as_key("legacy")).status_code == 201
 
 
@@ -188,7 +184,7 @@ def gateway(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
     with mock_aws():
         settings = Settings(state_dir=tmp_path, api_key_source="gateway", alias_ttl_seconds=3600)
         migrate(engine_for(settings.sqlalchemy_url))
-        handler = asgi_handler(_with_approver_routes(create_app(settings)))
+        handler = asgi_handler(create_app(settings))
         try:
             yield (lambda event: handler(event, _Context())), boto3.client("apigateway")
         finally:
@@ -210,16 +206,16 @@ def test_a_gateway_key_has_the_roles_its_tag_names(gateway: tuple[Any, Any]) -> 
     assert call(gateway_event("GET", "/v1/datasets", plain["id"]))["statusCode"] == 200
     # AND approving needs the approver role, named by the key's tag
     boss = apigateway.create_api_key(name="boss", enabled=True, tags={ROLES_TAG: "approver"})
-    assert json.loads(call(gateway_event("POST", APPROVER_PATHS[0], boss["id"]))["body"]) == {
-        "by": "boss"
-    }
-    assert call(gateway_event("POST", APPROVER_PATHS[0], ci["id"]))["statusCode"] == 403
+    decide = {"decision": "approve"}
+    allowed = call(gateway_event("POST", APPROVAL, boss["id"], decide))
+    assert allowed["statusCode"] == 404  # past the role check: no such request
+    assert call(gateway_event("POST", APPROVAL, ci["id"], decide))["statusCode"] == 403
 
 
 def test_a_misspelt_role_in_the_tag_gives_nothing(gateway: tuple[Any, Any]) -> None:
     call, apigateway = gateway
     key = apigateway.create_api_key(name="typo", enabled=True, tags={ROLES_TAG: "aprover"})
-    reply = call(gateway_event("POST", APPROVER_PATHS[0], key["id"]))
+    reply = call(gateway_event("POST", APPROVAL, key["id"], {"decision": "approve"}))
     assert reply["statusCode"] == 403
     assert "the key 'typo' has reader" in json.loads(reply["body"])["detail"]
 

@@ -45,7 +45,7 @@ def add(commands: Any) -> None:
         type=int,
         default=0,
         help="instead: the champion's life over N days of races (cards, results, drift, a "
-        "retrain, the challenger in shadow, the comparison, an approval); 6 shows it all",
+        "retrain, the challenger in shadow, the comparison, an approval); 8 show it all",
     )
     add_state_dir(p)
     add_json(p)

@@ -22,12 +22,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SUBJECT_CHARS = 100  # SNS's limit on a subject
+NAMED_IDS = ("approval_id", "run_id", "dataset")
 
 
 def announce(settings: Settings, subject: str, message: dict[str, Any]) -> None:
     """Publish on the alarm topic, or log the message when none is configured."""
-    if not settings.alarm_topic_arn:
-        log.warning("%s: %s", subject, json.dumps(message, default=str))
+    if not settings.alarm_topic_arn:  # a line, not the message: the API and CLI show it whole
+        ids = [f"{name} {message[name]}" for name in NAMED_IDS if message.get(name)]
+        log.warning("%s (%s)", subject, ", ".join(ids))
         return
     try:
         aws.client("sns", settings).publish(

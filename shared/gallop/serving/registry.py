@@ -171,6 +171,8 @@ def promote(
         model = get_model(engine, model_id, unit)
         _servable(artifacts, model, "promoted")
         dataset = _locked_dataset(unit, model.dataset_id)
+        if alias == CHAMPION and _aliases(unit, dataset.id).get(CHALLENGER) == model_id:
+            _leave_challenger(unit, dataset.id, model_id, action, actor, approval_id)
         previous = _move(unit, dataset.id, alias, model_id)
         record_event(
             unit,
@@ -183,8 +185,6 @@ def promote(
             to_model=model_id,
             approval_id=approval_id,
         )
-        if alias == CHAMPION and _aliases(unit, dataset.id).get(CHALLENGER) == model_id:
-            _leave_challenger(unit, dataset.id, model_id, action, actor, approval_id)
         _publish(unit, artifacts, dataset)
     return previous
 
@@ -197,8 +197,9 @@ def _leave_challenger(
     actor: str,
     approval_id: str | None,
 ) -> None:
-    """A challenger made champion is no longer one: a split or shadow policy would
-    otherwise send the champion's own requests to it twice, and compare it with itself."""
+    """A challenger made champion is no longer one (its history line comes first, the
+    champion's last): a split or shadow policy would otherwise send the champion's own
+    requests to it twice, and compare it with itself."""
     from gallop.metadata.models import ModelAlias
 
     row = session.get(ModelAlias, (dataset_id, CHALLENGER))
