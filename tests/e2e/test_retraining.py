@@ -29,7 +29,6 @@ from tests.conftest import spec_named, unique_name
 from tests.e2e.test_features_e2e import ingest
 from tests.integration.test_approvals import add_model
 
-SMALL = {"num_boost_round": 10, "folds": 2}
 
 
 def _policy(engine: Any, dataset_id: int) -> RetrainingPolicy:
@@ -70,7 +69,7 @@ def test_a_failed_retrain_changes_nothing_and_the_next_period_makes_a_challenger
             RetrainingPolicy(
                 dataset_id=dataset_id,
                 every_hours=24,
-                time_limit=300,  # a configuration of its own: not the champion's run
+                time_limit=20,  # a configuration of its own: not the champion's run
                 updated_by="test",
                 updated_at=set_at,
             )
