@@ -30,7 +30,6 @@ from tests.e2e.test_features_e2e import ingest
 from tests.integration.test_approvals import add_model
 
 
-
 def _policy(engine: Any, dataset_id: int) -> RetrainingPolicy:
     with session_scope(engine) as session:
         policy = session.get(RetrainingPolicy, dataset_id)

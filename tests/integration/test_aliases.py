@@ -326,13 +326,14 @@ def test_migration_0011_moves_the_global_aliases_onto_their_datasets(
 # -- the routes, through the real app (and the SDK over it) ---------------------------------
 
 KEY = "test-key-123"
+OPS_KEY = f"ops:reader+writer+approver:{KEY}"  # the history names it: ops
 
 
 @pytest.fixture()
 def api(engine: Engine, artifacts: Store, tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(
         state_dir=tmp_path,
-        api_keys=f"ops:reader+writer+approver:{KEY}",
+        api_keys=OPS_KEY,
         artifacts_bucket=ARTIFACTS,
         database_url=engine.url.render_as_string(hide_password=False),
     )
@@ -508,7 +509,7 @@ def test_the_cli_promotes_shows_rolls_back_and_sets_policies(
     # GIVEN the app served over HTTP (as gallop serve serves it), a dataset with two models
     races = dataset(engine, races_spec, "races")
     a, b = model(engine, artifacts, races, "f4" * 8), model(engine, artifacts, races, "f5" * 8)
-    settings = Settings(state_dir=tmp_path, api_keys=f"ops:reader+writer+approver:{KEY}", artifacts_bucket=ARTIFACTS)
+    settings = Settings(state_dir=tmp_path, api_keys=OPS_KEY, artifacts_bucket=ARTIFACTS)
     app = create_app(settings, engine=engine, artifacts=artifacts, serve_predictions=False)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
