@@ -13,8 +13,9 @@ from aws_cdk import aws_wafv2 as waf
 from constructs import Construct
 
 from gallop.api.problems import MEDIA_TYPE, TYPE_BASE, code_of
+from gallop.settings import ROLES_TAG
 from infra.functions import Placement, Wiring, zip_function
-from infra.stages import FIRST_KEY_ROLES, KEY_ROLES_TAG, KeySpec
+from infra.stages import FIRST_KEY_ROLES, KeySpec
 
 RATE_LIMIT = 50  # requests per second per client key, steady
 BURST_LIMIT = 100
@@ -166,7 +167,7 @@ class Api(Construct):
 
     def _key(self, id: str, roles: str, name: str | None = None) -> apigw.IApiKey:
         key = self.rest_api.add_api_key(id, api_key_name=name)
-        Tags.of(key).add(KEY_ROLES_TAG, roles)
+        Tags.of(key).add(ROLES_TAG, roles)
         self.plan.add_api_key(key)
         return key
 

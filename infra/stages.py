@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from aws_cdk import RemovalPolicy
 
+from gallop.settings import KEY_NAME, ROLES
+
 # How long raw uploads are kept (infra.storage): an unclaimed upload, which a person must
 # look at, is kept at least as long.
 RAW_EXPIRY_DAYS = 30
@@ -100,14 +102,9 @@ STAGES = {
     ),
 }
 
-# What an API key may do, as its `gallop:roles` tag says ("reader+writer"): the app's roles
-# (gallop.api.auth); a key without the tag may only read.
-KEY_ROLES = ("reader", "writer", "approver")
-KEY_ROLES_TAG = "gallop:roles"
-# The first key, made with the stack, can do everything, as every key could before roles.
-FIRST_KEY_ROLES = "+".join(KEY_ROLES)
-# An API key's name is the actor of the history lines its calls write.
-KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+# The first key, made with the stack, can do everything, as every key could before roles
+# (a key's roles are its ROLES_TAG; its name is the actor of the history lines it writes).
+FIRST_KEY_ROLES = "+".join(ROLES)
 # How long an approval request waits for a person before it expires (the renewal state
 # machine's wait, and the request's expires_at: gallop.settings' approval_timeout_hours).
 APPROVAL_TIMEOUT_HOURS = 72.0
@@ -127,15 +124,15 @@ class KeySpec:
     roles: str  # "reader+approver"
 
     def __post_init__(self) -> None:
-        if not KEY_NAME.match(self.name):
+        if not KEY_NAME.fullmatch(self.name):
             raise DeploymentRefused(
                 f"api key name {self.name!r}: letters, digits and . _ @ -, at most 64"
             )
-        unknown = set(self.roles.split("+")) - set(KEY_ROLES)
+        unknown = set(self.roles.split("+")) - set(ROLES)
         if not self.roles or unknown:
             raise DeploymentRefused(
                 f"api key {self.name!r}: roles {self.roles!r} are not "
-                f"{'+'.join(KEY_ROLES)} or some of them"
+                f"{'+'.join(ROLES)} or some of them"
             )
 
 

@@ -83,6 +83,8 @@ MAX_ECHO_CHARS = 80
 Role = Literal["reader", "writer", "approver"]
 ROLES: tuple[Role, ...] = get_args(Role)
 KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+# On AWS a key's roles are its tag ("reader+writer"); a key without it may only read.
+ROLES_TAG = "gallop:roles"
 
 # Marks a database URL whose connections authenticate with IAM tokens (value: region).
 IAM_AUTH_QUERY = "gallop_iam_region"

@@ -134,18 +134,6 @@ def test_unsigned_and_wrongly_signed_requests_are_refused(stack: LocalStack) -> 
     assert store.get_bytes("probe/signed.txt") == b"kept"
 
 
-def test_an_alias_object_naming_no_model_answers_409_not_500(
-    stack: LocalStack, client: GallopClient
-) -> None:
-    assert stack.settings is not None
-    Store.artifacts_from_settings(stack.settings).put_json("aliases/challenger.json", {})
-    for call in (client.predict, client.explain):
-        with pytest.raises(ApiError) as refused:
-            call("challenger", rows=[{"x": 1.0}])
-        assert refused.value.status_code == 409
-        assert "aliases/challenger.json names no model" in str(refused.value)
-
-
 def test_a_model_whose_files_do_not_load_answers_409_and_cannot_be_promoted_once_gone(
     stack: LocalStack, client: GallopClient, races_spec: DatasetSpec
 ) -> None:

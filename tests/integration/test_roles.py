@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 from moto import mock_aws
 
 from gallop.api.app import create_app, meter
-from gallop.api.auth import ROLES_TAG, roles_for
+from gallop.api.auth import roles_for
 from gallop.api.gateway import asgi_handler
 from gallop.metadata.db import engine_for, migrate
-from gallop.settings import Settings
+from gallop.settings import ROLES_TAG, Settings
 from tests.conftest import load_event
 
 KEYS = {"boss": "k-boss", "ci": "k-ci", "viewer": "k-viewer", "legacy": "k-legacy"}

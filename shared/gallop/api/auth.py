@@ -20,7 +20,7 @@ from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 
 from gallop.echo import clip
-from gallop.settings import ROLES, ApiKey, Role
+from gallop.settings import ROLES, ROLES_TAG, ApiKey, Role
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Logger
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 CHALLENGE = {"www-authenticate": 'ApiKey header="x-api-key"'}
 API_KEY_HEADER = APIKeyHeader(name="x-api-key", auto_error=False, description="gallop API key")
 # The tag of a deployed API key that lists its roles ("reader+writer"); untagged: reader.
-ROLES_TAG = "gallop:roles"
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Writes that need another role than writer, by method and path ({} stands for one path
