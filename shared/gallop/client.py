@@ -295,11 +295,17 @@ class GallopClient:
         return self._call("GET", f"/v1/models/{model_id}")
 
     def promote(
-        self, model_id: str, alias: str = "champion", reason: str | None = None
+        self,
+        model_id: str,
+        alias: str = "champion",
+        reason: str | None = None,
+        dataset: str | None = None,
     ) -> dict[str, Any]:
         """Point an alias (champion, challenger) of the model's dataset at the model; the
-        reply names the previous. `reason` goes in the alias history."""
-        body = {"alias": alias} | ({"reason": reason} if reason is not None else {})
+        reply names the previous. `reason` goes in the alias history; `dataset`, when
+        given, must be the model's (a 422 otherwise)."""
+        body = {"alias": alias, "reason": reason, "dataset": dataset}
+        body = {name: value for name, value in body.items() if value is not None}
         return self._call("POST", f"/v1/models/{model_id}/promote", json=body)
 
     def aliases(self, dataset: str) -> dict[str, Any]:

@@ -369,6 +369,16 @@ def test_promote_history_and_rollback_through_the_api(
         "traffic": None,
     }
     assert api.get("/v1/datasets/letor/aliases").json()["champion"] == other
+    # AND a model of letor cannot become races' champion: 422, nothing changed
+    crossed = api.post(
+        f"/v1/models/{other}/promote", json={"alias": "champion", "dataset": "races"}
+    )
+    assert crossed.status_code == 422
+    assert crossed.json()["detail"] == (
+        f"model {other} is dataset 'letor''s: it cannot be 'races''s alias (an alias names "
+        "a model of its own dataset); nothing changed"
+    )
+    assert served(artifacts, "races")["champion"] == b
     listed = {m["model_id"]: m["aliases"] for m in api.get("/v1/models").json()["items"]}
     assert listed == {a: [], b: ["champion"], other: ["champion"]}
     # AND the history, newest first, in pages, says who: the key's name, never the key

@@ -28,6 +28,12 @@ class PromoteBody(BaseModel):
     reason: str | None = Field(
         default=None, max_length=1000, description="Why, for the alias history."
     )
+    dataset: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="The dataset whose alias moves, checked: a model of another dataset "
+        "is refused (422). Default: the model's own.",
+    )
 
 
 class ModelSummary(BaseModel):
@@ -80,6 +86,16 @@ def _alias_names(request: Request) -> dict[str, list[str]]:
     return alias_names(request.app.state.engine())
 
 
+def _check_dataset(model: RegisteredModel, dataset: str) -> None:
+    own = model.manifest.get("dataset")
+    if own != dataset:
+        raise HTTPException(
+            422,
+            f"model {model.model_id} is dataset {own!r}'s: it cannot be {dataset!r}'s alias "
+            "(an alias names a model of its own dataset); nothing changed",
+        )
+
+
 def serving_changed(state: Any, dataset: str | None) -> None:
     """The dataset's serving object changed in this process: when it serves predictions too
     (gallop serve), it reads the object again at once; other containers within the alias
@@ -127,7 +143,11 @@ def get_model(model_id: ModelId, request: Request) -> ModelDetail:
 @router.post(
     "/v1/models/{model_id}/promote",
     response_model=Promoted,
-    responses={404: {}, 409: {"description": "The model's files are gone: train it again"}},
+    responses={
+        404: {},
+        409: {"description": "The model's files are gone: train it again"},
+        422: {"description": "The model is another dataset's"},
+    },
 )
 def promote(model_id: ModelId, body: PromoteBody, request: Request) -> Promoted:
     """Point the model's dataset's champion or challenger at this model, in one step:
@@ -138,6 +158,8 @@ def promote(model_id: ModelId, body: PromoteBody, request: Request) -> Promoted:
     require_role(request, "approver" if body.alias == "champion" else "writer")
     state = request.app.state
     try:
+        if body.dataset is not None:
+            _check_dataset(registered_model(state.engine(), model_id), body.dataset)
         previous = promote_alias(
             state.engine(),
             state.artifacts(),
