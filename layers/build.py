@@ -135,7 +135,9 @@ def copy_gallop(target: Path) -> None:
 def build_code(out: Path, function: str) -> Path:
     target = out / "lambda" / function
     shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
+    # exist_ok: a bundle's import check may still be writing __pycache__ into it, which
+    # rmtree then cannot remove; the copies below overwrite whatever stays.
+    target.mkdir(parents=True, exist_ok=True)
     shutil.copy2(ROOT / "functions" / function / "handler.py", target / "handler.py")
     copy_gallop(target)
     return target

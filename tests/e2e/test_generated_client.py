@@ -110,7 +110,7 @@ def world(stack: LocalStack, races_spec: DatasetSpec) -> Iterator[dict[str, Any]
         "model_id": done["model"]["model_id"],
         "card": card,
         "gone": _model_without_files(engine, spec.name),
-        "twin": _twin(engine, done["model"]),
+        "twin": _twin(engine, done["run_id"]),
         "engine": engine,
         "client": client,
     }
@@ -147,9 +147,9 @@ def _model_without_files(engine: Engine, dataset: str) -> str:
     return model_id
 
 
-def _twin(engine: Engine, model: dict[str, Any]) -> str:
-    """Another registered model of the model's dataset with the model's files."""
-    found = runs.find_model(engine, model["run_id"])
+def _twin(engine: Engine, trained_run: str) -> str:
+    """Another registered model of the run's model's dataset with the model's files."""
+    found = runs.find_model(engine, trained_run)
     assert found is not None
     dataset = repo.get_dataset(engine, found.manifest["dataset"])
     run_id = "ef" * 10

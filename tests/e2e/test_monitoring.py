@@ -155,8 +155,13 @@ def test_captured_cards_meet_their_results_and_a_shifted_feature_raises_drift(
     command += ["--api", stack.api_url, "--api-key", stack.api_key]
     shown = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr
-    [check] = json.loads(shown.stdout)
-    # THEN the shifted feature drifted, and an untouched one did not
+    reply = json.loads(shown.stdout)
+    [check] = reply["checks"]
+    # THEN the shifted feature drifted, and an untouched one did not; renewal had nothing
+    # to do (the dataset has no policy and no challenger)
+    assert reply["renewals"] == [
+        {"dataset": spec.name, "expired": [], "recommendation": None, "retraining": None}
+    ]
     table = {row["feature"]: row for row in check["drift"]}
     assert table[SHIFTED]["psi"] > 0.25 and table[SHIFTED]["flagged"]
     assert table[UNTOUCHED]["psi"] < 0.1
