@@ -168,8 +168,17 @@ def model_and_rows(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.D
     races = work / "races.csv"
     write_races(200, seed=3, out=races)
     spec = str(SHIPPED_SPEC)
+    small = ("--bases", "lambdarank,linear", "--set", "num_boost_round=30")  # any model will do
     trained = gallop(
-        "train", "--data", str(races), "--spec", spec, "--out", str(work / "model"), state=work
+        "train",
+        "--data",
+        str(races),
+        "--spec",
+        spec,
+        "--out",
+        str(work / "model"),
+        *small,
+        state=work,
     )
     assert trained.returncode == 0, trained.stdout + trained.stderr
     built = gallop(

@@ -28,6 +28,7 @@ from tests.e2e.test_features_e2e import ingest
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"num_boost_round": 20, "folds": 3}
+BASES = ["lambdarank", "binary_win", "linear"]  # a stack of three kinds: serving is the point
 # Never on the predict path: a test imports the handler and predicts in a fresh process.
 HEAVY = ("pandas", "pyarrow", "lightgbm", "scipy", "sklearn", "sqlalchemy")
 
@@ -146,7 +147,7 @@ def served(stack: LocalStack, races_spec: DatasetSpec) -> dict[str, Any]:
     models = []
     for rounds in (20, 30):
         run = client.start_training_run(
-            spec.name, hyperparameters={**SMALL, "num_boost_round": rounds}
+            spec.name, bases=BASES, hyperparameters={**SMALL, "num_boost_round": rounds}
         )
         done = client.wait_for_training_run(run["run_id"], timeout=600)
         assert done["status"] == "SUCCEEDED", done["reason"]
