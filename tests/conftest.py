@@ -128,6 +128,9 @@ def races_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+READER = "viewer"
+
+
 def unique_name(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -147,6 +150,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         quiet=True,
         settings_overrides=TEST_LIMITS,
         visibility_timeout=1,
+        role_keys={READER: "reader"},  # stack.api_keys[READER]: a key that may only read
     ).start()
     local.serve_api(free_port())
     yield local

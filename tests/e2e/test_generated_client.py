@@ -35,12 +35,13 @@ from gallop.local.stack import LocalStack
 from gallop.metadata import repo
 from gallop.metadata.db import engine_for, session_scope
 from gallop.metadata.models import RegisteredModel
+from gallop.renewal import approvals
 from gallop.settings import Settings
 from gallop.spec import DatasetSpec
 from gallop.synth.races import generate_races
 from gallop.training import runs
 from gallop.training.config import run_config
-from tests.conftest import spec_named, unique_name
+from tests.conftest import READER, spec_named, unique_name
 
 PACKAGE = "gallop_api_client"
 SMALL = {"bases": ["lambdarank"], "hyperparameters": {"num_boost_round": 10, "folds": 2}}
@@ -209,6 +210,12 @@ def test_every_documented_status_of_every_route_parses_in_the_generated_client(
     anonymous = package.AuthenticatedClient(
         base_url=stack.api_url, token="", prefix="", auth_header_name="x-api-key"
     )
+    reader = package.AuthenticatedClient(
+        base_url=stack.api_url,
+        token=stack.api_keys[READER],
+        prefix="",
+        auth_header_name="x-api-key",
+    )
     operations = {
         operation["operationId"]: (operation["tags"][0], operation)
         for methods in document["paths"].values()
@@ -359,6 +366,30 @@ def test_every_documented_status_of_every_route_parses_in_the_generated_client(
     call("get_retraining", 200, name)
     call("get_retraining", 404, "nope")
     call("get_retraining", 422, "Bad Name!")
+    # the comparison and approval requests: the twin challenges the model
+    call("promote", 200, world["twin"], body=body("PromoteBody", alias="challenger"))
+    call("get_challenger", 200, name)
+    call("get_challenger", 404, "nope")
+    call("get_challenger", 422, "Bad Name!")
+    dataset = repo.get_dataset(world["engine"], name)
+    compared = {"dataset": name, "champion": model_id, "challenger": world["twin"]}
+    opened = approvals.open_approval(
+        world["engine"], stack.settings, dataset.id, compared | {"recommendation": "promote"}
+    )
+    assert opened is not None
+    call("list_approvals", 200, dataset=name)
+    call("list_approvals", 404, dataset="nope")
+    call("list_approvals", 422, limit=0)
+    call("get_approval", 200, opened.approval_id)
+    call("get_approval", 404, "ap-" + "0" * 20)
+    call("get_approval", 422, "nope")
+    approve = body("Decision", decision="approve")
+    call("decide_approval", 200, opened.approval_id, body=approve)
+    call("decide_approval", 409, opened.approval_id, body=approve)
+    call("decide_approval", 404, "ap-" + "0" * 20, body=approve)
+    call("decide_approval", 422, "nope", body=approve)
+    call("decide_approval", 413, opened.approval_id, body=body("Decision", decision="approve", pad=too_big))
+    call("promote", 200, model_id, body=body("PromoteBody", alias="champion"))
     # monitoring
     call("get_monitoring", 200, model_id)
     call("get_monitoring", 404, "m-nope")
@@ -377,10 +408,12 @@ def test_every_documented_status_of_every_route_parses_in_the_generated_client(
         call(route, 409, body=body(kind, dataset=name, model="champion", rows=world["card"]))
         call(route, 422, body=body(kind, model=model_id, rows=broken))
         call(route, 413, body=body(kind, model=model_id, rows=[{"pad": rows_too_big}]))
-    # and every route without a key
-    for operation_id in operations:
-        args = _any_arguments(operations[operation_id][1], body, name, model_id, world)
+    # and every route without a key, and each that needs more than reading with a reader's
+    for operation_id, (_, operation) in operations.items():
+        args = _any_arguments(operation, body, name, model_id, world)
         call(operation_id, 401, *args["path"], client=anonymous, **args["named"])
+        if "403" in operation["responses"]:
+            call(operation_id, 403, *args["path"], client=reader, **args["named"])
 
     documented = {
         (operation_id, int(status))
@@ -406,7 +439,7 @@ def _any_arguments(
     path = [p["name"] for p in operation.get("parameters", []) if p["in"] == "path"]
     values = {"name": name, "model_id": model_id, "run_id": world["run_id"]}
     values |= {"version_id": world["version_id"], "upload_id": world["upload_id"]}
-    values |= {"unclaimed_id": "nope"}
+    values |= {"unclaimed_id": "nope", "approval_id": "ap-" + "0" * 20}
     named: dict[str, Any] = {}
     if "requestBody" in operation:
         kind, fields = _BODIES[operation["operationId"]]
@@ -425,6 +458,7 @@ _BODIES: dict[str, tuple[str, Callable[[str, dict[str, Any]], dict[str, Any]]]] 
     "put_traffic": ("TrafficBody", lambda name, w: {"mode": "champion"}),
     "put_retraining": ("RetrainingBody", lambda name, w: {}),
     "check_now": ("CheckBody", lambda name, w: {"dataset": name}),
+    "decide_approval": ("Decision", lambda name, w: {"decision": "approve"}),
     "predict": ("PredictPredictBody", lambda name, w: {"rows": w["card"]}),
     "explain": ("ExplainExplainBody", lambda name, w: {"rows": w["card"]}),
 }

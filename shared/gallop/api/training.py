@@ -28,7 +28,6 @@ from gallop.training.config import (
     hyperparameter_problems,
     run_config,
 )
-from gallop.training.identity import code_version, run_id_for
 
 router = APIRouter(prefix="/v1/training-runs", tags=["training"])
 
@@ -86,16 +85,7 @@ def start_training_run(
         )
     except BadRunConfig as exc:
         raise HTTPException(422, str(exc)) from None
-    code = code_version(state.settings)
-    run, started = runs.start_run(
-        engine,
-        run_id=run_id_for(config, version.version_id, dataset.spec_hash, code),
-        dataset_id=dataset.id,
-        version_id=version.version_id,
-        spec_hash=dataset.spec_hash,
-        code_version=code,
-        config=config,
-    )
+    run, started = runs.start_run_of(engine, state.settings, dataset, version.version_id, config)
     if started:
         run = state.launcher().launch(run)
         _accepted(request, response, run.run_id)

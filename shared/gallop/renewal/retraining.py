@@ -47,7 +47,6 @@ from gallop.renewal.outcome import (
 from gallop.serving.registry import aliases_of, get_model
 from gallop.training import runs
 from gallop.training.config import BadRunConfig, CostBounds, run_config
-from gallop.training.identity import code_version, run_id_for
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -229,16 +228,7 @@ def _start_run(
         config["test_share"],
         CostBounds.of(settings),
     )
-    code = code_version(settings)
-    return runs.start_run(
-        engine,
-        run_id=run_id_for(chosen, version.version_id, dataset.spec_hash, code),
-        dataset_id=dataset.id,
-        version_id=version.version_id,
-        spec_hash=dataset.spec_hash,
-        code_version=code,
-        config=chosen,
-    )
+    return runs.start_run_of(engine, settings, dataset, version.version_id, chosen)
 
 
 def _settle(engine: Engine, artifacts: Store, policy: RetrainingPolicy) -> str | None:

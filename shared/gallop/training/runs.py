@@ -22,9 +22,11 @@ from gallop.crashpoint import MODEL_REGISTERED, crash_point
 from gallop.layout import MANIFEST_FILE, ONNX_FILE, REPORT_HTML_FILE, TARBALL_FILE
 from gallop.manifests import ModelManifest, NotAManifest, read_model_manifest
 from gallop.metadata.db import session_scope
-from gallop.metadata.models import RegisteredModel, RunStatus, TrainingRun
+from gallop.metadata.models import Dataset, RegisteredModel, RunStatus, TrainingRun
 from gallop.serving import registry
+from gallop.settings import Settings
 from gallop.storage import Store
+from gallop.training.identity import code_version, run_id_for
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,23 @@ def start_run(engine: Engine, **fields: Any) -> tuple[TrainingRun, bool]:
         return existing, False
     restarted = _restart(engine, existing)
     return get_run(engine, run_id), restarted
+
+
+def start_run_of(
+    engine: Engine, settings: Settings, dataset: Dataset, version_id: str, config: dict[str, Any]
+) -> tuple[TrainingRun, bool]:
+    """start_run for a configuration on a dataset version, identified by what it is made
+    of (gallop.training.identity): the API's runs and the retraining policy's alike."""
+    code = code_version(settings)
+    return start_run(
+        engine,
+        run_id=run_id_for(config, version_id, dataset.spec_hash, code),
+        dataset_id=dataset.id,
+        version_id=version_id,
+        spec_hash=dataset.spec_hash,
+        code_version=code,
+        config=config,
+    )
 
 
 def _restart(engine: Engine, failed: TrainingRun) -> bool:
