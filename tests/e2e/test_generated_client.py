@@ -388,7 +388,12 @@ def test_every_documented_status_of_every_route_parses_in_the_generated_client(
     call("decide_approval", 409, opened.approval_id, body=approve)
     call("decide_approval", 404, "ap-" + "0" * 20, body=approve)
     call("decide_approval", 422, "nope", body=approve)
-    call("decide_approval", 413, opened.approval_id, body=body("Decision", decision="approve", pad=too_big))
+    call(
+        "decide_approval",
+        413,
+        opened.approval_id,
+        body=body("Decision", decision="approve", pad=too_big),
+    )
     call("promote", 200, model_id, body=body("PromoteBody", alias="champion"))
     # monitoring
     call("get_monitoring", 200, model_id)
