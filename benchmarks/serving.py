@@ -445,6 +445,22 @@ def measure_policy(rows: list[dict[str, Any]], calls: int, key: str, dataset: st
         f"{totals.shadow_dropped:,} shadow rows dropped, {totals.shadow_failures:,} not scored"
         f"{'' if delivered else '; still sending'}"
     )
+    # The answering path alone: capture off, so no sender shares the GIL (and no shadow,
+    # which rides on capture): what the split itself costs the model that answers.
+    state.capture = None
+    samples.update({False: [], True: []})
+    cursor.update({False: 0, True: 0})
+    for block in range(per_side // CAPTURE_BLOCK):
+        first = block % 2 == 0
+        run(first, CAPTURE_BLOCK)
+        run(not first, CAPTURE_BLOCK)
+    print(f"- capture off: by model id {percentiles(samples[False])}")
+    print(f"- capture off: the champion, split 95/5 {percentiles(samples[True])}")
+    plain, split = (np.percentile(np.array(samples[k]) * 1000, levels) for k in (False, True))
+    added = " / ".join(
+        f"p{q} {b - a:+.3f} ms" for q, a, b in zip(levels, plain, split, strict=True)
+    )
+    print(f"- capture off, the split adds: {added}")
 
 
 def measure_card(card: list[dict[str, Any]], calls: int, key: str) -> None:
