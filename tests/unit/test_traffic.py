@@ -12,7 +12,7 @@ from gallop.monitoring.capture import sampled
 from gallop.serving.cache import Serving, Target, Traffic
 from gallop.serving.predict import InputError
 from gallop.serving.registry import ModelUnreadable
-from gallop.serving.traffic import SHADOW_SALT, SPLIT_SALT, race_keys, route
+from gallop.serving.traffic import SHADOW_SALT, SPLIT_SALT, _by_rows, race_keys, route
 from tests.unit.test_capture import ranker
 
 RACES = [f"race-{i}" for i in range(10_000)]
@@ -69,6 +69,22 @@ def test_under_a_split_with_full_shadow_each_race_is_scored_by_the_other_model_t
     answered = {(p.champion, i) for p in plan.answered for i in p.rows}
     shadowed = {(not p.champion, i) for p in plan.shadowed for i in p.rows}
     assert answered == shadowed  # the other model of every row
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        Traffic("champion", 0.0, 0.0),
+        Traffic("shadow", 0.0, 0.3),
+        Traffic("split", 0.3, 0.0),
+        Traffic("split", 0.3, 1.0),
+        Traffic("split", 1.0, 0.5),
+    ],
+)
+def test_a_request_of_one_race_is_routed_as_its_rows_would_be(policy: Traffic) -> None:
+    # The one-race shortcut (a race card) and the row by row route agree on every race
+    for race in RACES[:400]:
+        assert route(policy, [race] * 12) == _by_rows(policy, [race] * 12), race
 
 
 def test_race_keys_are_the_group_else_the_entity_else_the_request() -> None:

@@ -71,6 +71,27 @@ def chosen(keys: list[str], share: float, salt: bytes) -> np.ndarray:
 def route(policy: Traffic, keys: list[str]) -> Route:
     """The parts of a champion request under `policy` (a request for the challenger or a
     model id is one part, never split nor shadowed: its caller does not route it)."""
+    if keys and keys.count(keys[0]) == len(keys):
+        return _one_race(policy, keys[0], len(keys))
+    return _by_rows(policy, keys)
+
+
+def _one_race(policy: Traffic, key: str, n: int) -> Route:
+    """A request of one race (a race card): one choice for all its rows, without the
+    arrays _by_rows builds (they were a third of a split's cost to a 12-runner reply)."""
+    rows = list(range(n))
+    to_challenger = policy.mode == SPLIT and _picked(key, policy.challenger_share, SPLIT_SALT)
+    answered = [Part(not to_challenger, rows)]
+    if policy.mode not in (SHADOW, SPLIT) or not _picked(key, policy.shadow_share, SHADOW_SALT):
+        return Route(answered, [])
+    return Route(answered, [Part(to_challenger, rows)])
+
+
+def _picked(key: str, share: float, salt: bytes) -> bool:
+    return share > 0.0 and sampled(key, share, salt)
+
+
+def _by_rows(policy: Traffic, keys: list[str]) -> Route:
     n = len(keys)
     if policy.mode == SPLIT:
         challenger = chosen(keys, policy.challenger_share, SPLIT_SALT)
