@@ -8,16 +8,23 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from gallop.client import GallopClient
+from gallop.layout import MANIFEST_FILE, ONNX_FILE, REPORT_HTML_FILE, TARBALL_FILE
 from gallop.local.stack import LocalStack, free_port
-from gallop.metadata.db import engine_for, migrate
+from gallop.metadata.db import engine_for, migrate, session_scope
+from gallop.metadata.models import Dataset, RegisteredModel
+from gallop.serving.registry import model_prefix
 from gallop.spec import DatasetSpec, load_spec
+from gallop.storage import Store
 from gallop.synth.races import write_races
+from gallop.training import runs
+from gallop.training.config import run_config
 
 EVENTS = Path(__file__).parent / "events"
 SHIPPED_SPEC = Path(__file__).resolve().parents[1] / "shared" / "gallop" / "specs" / "races.yaml"
@@ -133,6 +140,50 @@ READER = "viewer"
 
 def unique_name(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def registered_model(
+    engine: Engine,
+    dataset: Dataset,
+    run_id: str,
+    *,
+    version: str = "v-1",
+    config: dict[str, Any] | None = None,
+    manifest: dict[str, Any] | None = None,
+    files: Store | None = None,
+) -> str:
+    """A ranking model registered for a run of the dataset, as training leaves its row (the
+    run's `config`: the default bases by default; `manifest` adds to the stored one); with
+    `files`, the files promotion checks (model.onnx, manifest.json) put in that store."""
+    runs.start_run(
+        engine,
+        run_id=run_id,
+        dataset_id=dataset.id,
+        version_id=version,
+        spec_hash=dataset.spec_hash,
+        code_version="c0de",
+        config=config or run_config(dataset.name, "ranking", None, {}, 0.2),
+    )
+    model_id = runs.model_id_for(run_id)
+    prefix = model_prefix(model_id)
+    with session_scope(engine) as session:
+        session.add(
+            RegisteredModel(
+                model_id=model_id,
+                run_id=run_id,
+                dataset_id=dataset.id,
+                task="ranking",
+                artifact_key=prefix + TARBALL_FILE,
+                onnx_key=prefix + ONNX_FILE,
+                manifest_key=prefix + MANIFEST_FILE,
+                report_key=prefix + REPORT_HTML_FILE,
+                manifest={"task": "ranking", "dataset": dataset.name} | (manifest or {}),
+            )
+        )
+    if files is not None:
+        files.put_bytes(prefix + ONNX_FILE, b"onnx", "application/octet-stream")
+        files.put_json(prefix + MANIFEST_FILE, {"run_id": run_id})
+    return model_id
 
 
 # -- the local stack over HTTP -----------------------------------------------------------

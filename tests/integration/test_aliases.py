@@ -19,20 +19,19 @@ from sqlalchemy.exc import DBAPIError
 import gallop
 from gallop.api.app import create_app
 from gallop.cli import main
-from gallop.layout import MANIFEST_FILE, ONNX_FILE, legacy_alias_key, serving_key
+from gallop.layout import MANIFEST_FILE, legacy_alias_key, serving_key
 from gallop.local.repair import repair
 from gallop.local.stack import free_port
 from gallop.metadata import repo
 from gallop.metadata.db import migrate, session_scope
-from gallop.metadata.models import AliasEvent, Dataset, ModelAlias, RegisteredModel
+from gallop.metadata.models import AliasEvent, Dataset, ModelAlias
 from gallop.serving import registry
 from gallop.serving.registry import ModelUnreadable, NothingToRollBack
 from gallop.settings import Settings
 from gallop.spec import DatasetSpec
 from gallop.storage import ObjectMissing, Store
 from gallop.training import runs
-from gallop.training.config import run_config
-from tests.conftest import spec_named
+from tests.conftest import registered_model, spec_named
 
 ARTIFACTS = "artifacts"
 
@@ -53,35 +52,7 @@ def model(
     engine: Engine, artifacts: Store | None, of: Dataset, run_id: str, *, files: bool = True
 ) -> str:
     """A registered model of a run of the dataset, with the files promotion checks."""
-    runs.start_run(
-        engine,
-        run_id=run_id,
-        dataset_id=of.id,
-        version_id="v-1",
-        spec_hash=of.spec_hash,
-        code_version="c0de",
-        config=run_config(of.name, "ranking", None, {}, 0.2),
-    )
-    model_id = runs.model_id_for(run_id)
-    prefix = registry.model_prefix(model_id)
-    with session_scope(engine) as session:
-        session.add(
-            RegisteredModel(
-                model_id=model_id,
-                run_id=run_id,
-                dataset_id=of.id,
-                task="ranking",
-                artifact_key=prefix + "model.tar.gz",
-                onnx_key=prefix + ONNX_FILE,
-                manifest_key=prefix + MANIFEST_FILE,
-                report_key=prefix + "report.html",
-                manifest={"task": "ranking", "dataset": of.name},
-            )
-        )
-    if files and artifacts is not None:
-        artifacts.put_bytes(prefix + ONNX_FILE, b"onnx", "application/octet-stream")
-        artifacts.put_json(prefix + MANIFEST_FILE, {"run_id": run_id})
-    return model_id
+    return registered_model(engine, of, run_id, files=artifacts if files else None)
 
 
 def served(artifacts: Store, name: str) -> dict:

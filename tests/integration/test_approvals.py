@@ -17,19 +17,16 @@ from moto import mock_aws
 from sqlalchemy import Engine
 
 from gallop.api.app import create_app
-from gallop.layout import MANIFEST_FILE, ONNX_FILE, REPORT_HTML_FILE, TARBALL_FILE
 from gallop.metadata import repo
-from gallop.metadata.db import session_scope
-from gallop.metadata.models import Dataset, RegisteredModel
+from gallop.metadata.models import Dataset
 from gallop.renewal import approvals
 from gallop.renewal.approvals import ApprovalConflict, state_machine_event
-from gallop.serving.registry import aliases_of, history, model_prefix, promote
+from gallop.serving.registry import aliases_of, history, promote
 from gallop.settings import Settings
 from gallop.spec import DatasetSpec
 from gallop.storage import Store
-from gallop.training import runs
 from gallop.training.config import run_config
-from tests.conftest import spec_named, unique_name
+from tests.conftest import registered_model, spec_named, unique_name
 
 KEY = "test-key-123"
 
@@ -37,38 +34,12 @@ KEY = "test-key-123"
 def add_model(
     engine: Engine, artifacts: Store, dataset: Dataset, run_id: str, version: str = "v-1"
 ) -> str:
-    """A registered model whose files are there (promotion checks them), as training
-    leaves it, from a small run's configuration on `version`."""
-    runs.start_run(
-        engine,
-        run_id=run_id,
-        dataset_id=dataset.id,
-        version_id=version,
-        spec_hash=dataset.spec_hash,
-        code_version="c0de",
-        config=run_config(
-            dataset.name, "ranking", ["lambdarank"], {"num_boost_round": 10, "folds": 2}, 0.2
-        ),
+    """A registered model whose files are there (promotion checks them), from a small
+    run's configuration on `version` (what a retrain of it copies)."""
+    small = run_config(
+        dataset.name, "ranking", ["lambdarank"], {"num_boost_round": 10, "folds": 2}, 0.2
     )
-    model_id = runs.model_id_for(run_id)
-    prefix = model_prefix(model_id)
-    for name in (ONNX_FILE, MANIFEST_FILE):
-        artifacts.put_bytes(prefix + name, b"{}", "application/json")
-    with session_scope(engine) as session:
-        session.add(
-            RegisteredModel(
-                model_id=model_id,
-                run_id=run_id,
-                dataset_id=dataset.id,
-                task="ranking",
-                artifact_key=prefix + TARBALL_FILE,
-                onnx_key=prefix + ONNX_FILE,
-                manifest_key=prefix + MANIFEST_FILE,
-                report_key=prefix + REPORT_HTML_FILE,
-                manifest={"task": "ranking", "dataset": dataset.name},
-            )
-        )
-    return model_id
+    return registered_model(engine, dataset, run_id, version=version, config=small, files=artifacts)
 
 
 @pytest.fixture()

@@ -21,10 +21,6 @@ from gallop.api.app import create_app
 from gallop.ingest.canonical import to_parquet
 from gallop.layout import (
     DATA_FILE,
-    MANIFEST_FILE,
-    ONNX_FILE,
-    REPORT_HTML_FILE,
-    TARBALL_FILE,
     curated_prefix,
     monitoring_page_key,
 )
@@ -39,13 +35,11 @@ from gallop.monitoring.page import (
 )
 from gallop.monitoring.quality import DayQuality, live_quality, record_live
 from gallop.monitoring.status import monitoring_status
-from gallop.serving.registry import model_prefix
+from gallop.serving.registry import get_model, model_prefix
 from gallop.settings import Settings
 from gallop.spec import DatasetSpec
 from gallop.storage import Store
-from gallop.training import runs
-from gallop.training.config import run_config
-from tests.conftest import unique_name
+from tests.conftest import registered_model, unique_name
 from tests.unit.test_live_quality import RACES, served_races
 
 KEY = "test-key-123"
@@ -71,30 +65,8 @@ def add_model(engine: Engine, spec: DatasetSpec, run_id: str) -> RegisteredModel
     """A registered model of a run, as training leaves it (no files needed here)."""
     dataset, _ = repo.register_dataset(engine, spec)
     assert isinstance(dataset, Dataset)
-    runs.start_run(
-        engine,
-        run_id=run_id,
-        dataset_id=dataset.id,
-        version_id="v-1",
-        spec_hash=dataset.spec_hash,
-        code_version="c0de",
-        config=run_config(dataset.name, "ranking", None, {}, 0.2),
-    )
-    prefix = model_prefix(runs.model_id_for(run_id))
-    model = RegisteredModel(
-        model_id=runs.model_id_for(run_id),
-        run_id=run_id,
-        dataset_id=dataset.id,
-        task="ranking",
-        artifact_key=prefix + TARBALL_FILE,
-        onnx_key=prefix + ONNX_FILE,
-        manifest_key=prefix + MANIFEST_FILE,
-        report_key=prefix + REPORT_HTML_FILE,
-        manifest={"task": "ranking", "dataset": dataset.name, "metrics": {"stack": TRAINING}},
-    )
-    with session_scope(engine) as session:
-        session.add(model)
-    return model
+    stack = {"metrics": {"stack": TRAINING}}
+    return get_model(engine, registered_model(engine, dataset, run_id, manifest=stack))
 
 
 # -- the store -----------------------------------------------------------------------------
