@@ -158,8 +158,9 @@ def promote(model_id: ModelId, body: PromoteBody, request: Request) -> Promoted:
     require_role(request, "approver" if body.alias == "champion" else "writer")
     state = request.app.state
     try:
+        model = registered_model(state.engine(), model_id)
         if body.dataset is not None:
-            _check_dataset(registered_model(state.engine(), model_id), body.dataset)
+            _check_dataset(model, body.dataset)
         previous = promote_alias(
             state.engine(),
             state.artifacts(),
@@ -168,7 +169,6 @@ def promote(model_id: ModelId, body: PromoteBody, request: Request) -> Promoted:
             actor=actor_of(request),
             reason=body.reason,
         )
-        model = registered_model(state.engine(), model_id)
     except ModelNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     except ModelUnreadable as exc:

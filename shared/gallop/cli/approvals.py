@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from gallop.cli.common import add_api, add_json, api_client, emit_json, print_table
+from gallop.cli.monitor import table_number
 
 STATUSES = ("PENDING", "APPROVED", "REJECTED", "EXPIRED")
 
@@ -108,16 +109,12 @@ def print_approval(approval: dict[str, Any]) -> None:
                 [
                     m["metric"],
                     str(m["races"]),
-                    _number(m.get("champion")),
-                    _number(m.get("challenger")),
-                    _number(m.get("difference")),
-                    f"{_number(m.get('low'))} to {_number(m.get('high'))}",
+                    table_number(m.get("champion")),
+                    table_number(m.get("challenger")),
+                    table_number(m.get("difference")),
+                    f"{table_number(m.get('low'))} to {table_number(m.get('high'))}",
                 ]
                 for m in comparison.get("metrics") or []
             ],
         )
         print(f"  {comparison.get('rule')}")
-
-
-def _number(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"

@@ -85,7 +85,7 @@ def print_check(check: dict[str, Any]) -> None:
             ["day", "races", "rows", *shown],
             [
                 [d["day"], str(d["groups"]), str(d["rows"])]
-                + [_number(d["metrics"].get(name)) for name in shown]
+                + [table_number(d["metrics"].get(name)) for name in shown]
                 for d in check["live"]
             ],
         )
@@ -96,11 +96,11 @@ def print_check(check: dict[str, Any]) -> None:
             [
                 [
                     row["feature"],
-                    _number(row.get("psi")),
-                    _number(row.get("ks_statistic")),
+                    table_number(row.get("psi")),
+                    table_number(row.get("ks_statistic")),
                     _p_value(row.get("ks_p")),
-                    _number(row.get("missing_share")),
-                    _number(row.get("unseen_share")),
+                    table_number(row.get("missing_share")),
+                    table_number(row.get("unseen_share")),
                     "DRIFTED" if row.get("flagged") else "",
                 ]
                 for row in check["drift"]
@@ -115,7 +115,8 @@ def print_check(check: dict[str, Any]) -> None:
     print()
 
 
-def _number(value: float | None) -> str:
+def table_number(value: float | None) -> str:
+    """A figure as the tables show it (empty when there is none)."""
     return "" if value is None else f"{value:.4f}"
 
 

@@ -37,7 +37,7 @@ import pandas as pd
 
 from gallop.models.stack import group_starts
 from gallop.monitoring.capture import CapturedRows
-from gallop.monitoring.quality import JoinCounts, scored_rows
+from gallop.monitoring.quality import JoinCounts, output_of, race_sizes, scored_rows
 from gallop.monitoring.status import lower_is_better
 from gallop.spec import DatasetSpec, Task
 from gallop.training.metrics import ndcg_per_group
@@ -188,25 +188,24 @@ def per_race(joined: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
         return _ranking(joined)
     target = joined["target"].to_numpy(np.float64)
     if spec.task is Task.BINARY:
-        p = np.clip(_output(joined, "probability"), 1e-15, 1 - 1e-15)
+        p = np.clip(output_of(joined, "probability"), 1e-15, 1 - 1e-15)
         values = {
             "log_loss": -(target * np.log(p) + (1 - target) * np.log(1 - p)),
             "brier": (p - target) ** 2,
         }
     else:
-        values = {"rmse": (target - _output(joined, "value")) ** 2}
+        values = {"rmse": (target - output_of(joined, "value")) ** 2}
     key = joined["group"] if spec.group else joined["entity"]
     return pd.DataFrame(values).groupby(key.to_numpy(dtype=object), sort=False).mean()
 
 
 def _ranking(joined: pd.DataFrame) -> pd.DataFrame:
-    race = joined["race"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, race[1:] != race[:-1]])
-    sizes = np.diff(np.r_[starts, len(race)])
+    sizes = race_sizes(joined)
+    starts = group_starts(sizes)
     share = joined["share"].to_numpy(np.float64)
     relevance = joined["relevance"].to_numpy(np.float64)
     score = joined["score"].to_numpy(np.float64)
-    probability = _output(joined, "win_probability")
+    probability = output_of(joined, "win_probability")
     decided = np.add.reduceat(share, starts) > 0
     winners = np.add.reduceat((share > 0).astype(np.int64), starts)
     whole = ~joined["partial"].to_numpy(dtype=bool)[starts]
@@ -221,12 +220,6 @@ def _ranking(joined: pd.DataFrame) -> pd.DataFrame:
         "top1_hit_rate": (share[top] > 0).astype(np.float64) * undecided,
     }
     return pd.DataFrame(values, index=joined["group"].to_numpy(dtype=object)[starts])
-
-
-def _output(rows: pd.DataFrame, name: str) -> np.ndarray:
-    if f"out_{name}" not in rows:
-        raise ValueError(f"the captured outputs have no {name!r}")
-    return rows[f"out_{name}"].to_numpy(dtype=np.float64)
 
 
 # -- the difference and its interval ----------------------------------------------------
@@ -308,20 +301,18 @@ def compare_dataset(
     champion: str,
     challenger: str,
     min_races: int,
+    read: dict[str, pd.DataFrame] | None = None,
 ) -> Comparison:
     """Compare the two models' captured rows since the challenger's first (the champion's
-    earlier races have no pair) against the dataset's newest VALID version."""
+    earlier races have no pair) against the dataset's newest VALID version (`read`: as
+    gallop.monitoring.quality.newest_results takes it)."""
     from gallop.metadata import repo
     from gallop.monitoring.capture import read_captured
-    from gallop.monitoring.quality import read_results
+    from gallop.monitoring.quality import newest_results
 
     spec = repo.spec_of(dataset)
     theirs = read_captured(data, dataset.name, challenger)
     since = str(theirs.at[0].astype("datetime64[D]")) if len(theirs) else None
     mine = read_captured(data, dataset.name, champion, since) if since else theirs
-    version = repo.newest_valid_version(engine, dataset)
-    if version is None:
-        results = pd.DataFrame(columns=[c for c in (spec.group, spec.entity, spec.target) if c])
-    else:
-        results = read_results(data, version)
+    results = newest_results(engine, data, dataset, read)
     return compare(mine, theirs, results, spec, names=(champion, challenger), min_races=min_races)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from gallop.manifests import FeatureManifest
-    from gallop.metadata.models import DatasetVersion, RegisteredModel
+    from gallop.metadata.models import Dataset, DatasetVersion, RegisteredModel
     from gallop.storage import Store
 
 TOP1_ROI = "top1_roi"  # 1 unit on the top-ranked runner of each race at the market's odds
@@ -103,6 +103,7 @@ def record_live(
     model: RegisteredModel,
     captured: CapturedRows,
     since_day: str | None = None,
+    read: dict[str, pd.DataFrame] | None = None,
 ) -> LiveQuality:
     """Score a model's captured rows against the newest VALID version of its dataset and
     store the figures of every day they cover from `since_day` on (a day is replaced
@@ -118,15 +119,32 @@ def record_live(
     if dataset is None:
         raise CannotJoin(f"model {model.model_id} names no dataset")
     spec = repo.spec_of(dataset)
-    version = repo.newest_valid_version(engine, dataset)
-    if version is None:  # nothing to join with yet: every row waits
-        results = pd.DataFrame(columns=[c for c in (spec.group, spec.entity, spec.target) if c])
-    else:
-        results = read_results(data_store, version)
-    quality = live_quality(captured, results, spec)
+    quality = live_quality(captured, newest_results(engine, data_store, dataset, read), spec)
     days = [d for d in quality.days if since_day is None or d.day >= since_day]
     repo.record_live_quality(engine, model.model_id, days)
     return quality
+
+
+def newest_results(
+    engine: Engine,
+    data_store: Store,
+    dataset: Dataset,
+    read: dict[str, pd.DataFrame] | None = None,
+) -> pd.DataFrame:
+    """The results captured rows are scored against: the dataset's newest VALID version's
+    (none yet: an empty table, and every row waits). `read`: versions read already, by
+    id (a version's data never changes), so that one monitor run reads each once."""
+    from gallop.metadata import repo
+
+    spec = repo.spec_of(dataset)
+    version = repo.newest_valid_version(engine, dataset)
+    if version is None:
+        return pd.DataFrame(columns=[c for c in (spec.group, spec.entity, spec.target) if c])
+    if read is None:
+        return read_results(data_store, version)
+    if version.version_id not in read:
+        read[version.version_id] = read_results(data_store, version)
+    return read[version.version_id]
 
 
 def live_quality(captured: CapturedRows, results: pd.DataFrame, spec: DatasetSpec) -> LiveQuality:
@@ -328,18 +346,19 @@ def _day_quality(day: str, rows: pd.DataFrame, spec: DatasetSpec, grouped: bool)
     if spec.task is Task.RANKING:
         metrics = _ranking(rows, spec)
     elif spec.task is Task.BINARY:
-        metrics = binary_metrics(_output(rows, "probability"), rows["target"].to_numpy())
+        metrics = binary_metrics(output_of(rows, "probability"), rows["target"].to_numpy())
     else:
         metrics = regression_metrics(
-            _output(rows, "value"),
+            output_of(rows, "value"),
             rows["target"].to_numpy(),
-            _output(rows, "lower"),
-            _output(rows, "upper"),
+            output_of(rows, "lower"),
+            output_of(rows, "upper"),
         )
     return DayQuality(day, groups, len(rows), {k: float(v) for k, v in metrics.items()})
 
 
-def _output(rows: pd.DataFrame, name: str) -> np.ndarray:
+def output_of(rows: pd.DataFrame, name: str) -> np.ndarray:
+    """A captured output of the joined rows (gallop.monitoring.capture: out_{name})."""
     if f"out_{name}" not in rows:
         raise ValueError(f"the captured outputs have no {name!r}")
     return rows[f"out_{name}"].to_numpy(dtype=np.float64)
@@ -356,7 +375,8 @@ def _outcomes(rows: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray, np.nda
     return race_results(rows, cast("FeatureManifest", manifest))
 
 
-def _sizes(rows: pd.DataFrame) -> np.ndarray:
+def race_sizes(rows: pd.DataFrame) -> np.ndarray:
+    """The joined rows' races' sizes, in order (a race's rows are contiguous)."""
     race = rows["race"].to_numpy()
     starts = np.flatnonzero(np.r_[True, race[1:] != race[:-1]])
     return np.diff(np.r_[starts, len(race)]).astype(np.int64)
@@ -364,8 +384,8 @@ def _sizes(rows: pd.DataFrame) -> np.ndarray:
 
 def _ranking(rows: pd.DataFrame, spec: DatasetSpec) -> dict[str, float]:
     share, relevance = rows["share"].to_numpy(), rows["relevance"].to_numpy()
-    sizes, score = _sizes(rows), rows["score"].to_numpy()
-    probability = _output(rows, "win_probability")
+    sizes, score = race_sizes(rows), rows["score"].to_numpy()
+    probability = output_of(rows, "win_probability")
     with warnings.catch_warnings():  # a day without a decided race: NaN, said by the value
         warnings.simplefilter("ignore", RuntimeWarning)
         metrics = ranking_metrics(score, probability, relevance, share, sizes)
@@ -405,7 +425,7 @@ def _calibration(joined: pd.DataFrame, spec: DatasetSpec, grouped: bool) -> list
     if spec.task is Task.REGRESSION:
         return []
     if spec.task is Task.BINARY:
-        return reliability(_output(joined, "probability"), joined["target"].to_numpy())
-    share, sizes = joined["share"].to_numpy(), _sizes(joined)
+        return reliability(output_of(joined, "probability"), joined["target"].to_numpy())
+    share, sizes = joined["share"].to_numpy(), race_sizes(joined)
     decided = np.repeat(np.add.reduceat(share, group_starts(sizes)) > 0, sizes)
-    return reliability(_output(joined, "win_probability")[decided], share[decided])
+    return reliability(output_of(joined, "win_probability")[decided], share[decided])

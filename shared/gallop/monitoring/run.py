@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TextIO
 
+import pandas as pd
+
 from gallop import layout
 from gallop.metadata import repo
 from gallop.metadata.db import engine_for
@@ -101,6 +103,9 @@ class Monitor:
         self.metrics_out = metrics_out
         self.launcher = launcher
         self.renewals: list[dict[str, Any]] = []  # what the last run's renewal did
+        # The results each dataset version had when this run read them, by version id:
+        # the comparison and each model's live quality score against the same ones.
+        self.results_read: dict[str, pd.DataFrame] = {}
 
     def run(
         self, dataset: str | None = None, *, force: bool = False, scheduled: bool = False
@@ -111,11 +116,18 @@ class Monitor:
         and the others are checked all the same."""
         datasets = self._datasets(dataset)
         self.renewals = []
+        self.results_read = {}  # a run reads a version's results once; the next, anew
         comparisons: dict[str, Comparison] = {}
         for each in datasets:
             try:
                 compared = compare_and_store(
-                    self.engine, self.data, self.artifacts, self.settings, each, self.now
+                    self.engine,
+                    self.data,
+                    self.artifacts,
+                    self.settings,
+                    each,
+                    self.now,
+                    self.results_read,
                 )
             except Exception as exc:  # one dataset's fault must not stop the others
                 self._renewal_failed(each, exc)
@@ -239,7 +251,8 @@ class Monitor:
         if not len(captured):
             return None
         try:
-            return record_live(self.engine, self.data, model, captured, self.first_day.isoformat())
+            since = self.first_day.isoformat()
+            return record_live(self.engine, self.data, model, captured, since, self.results_read)
         except CannotJoin as exc:
             check.problems.append(str(exc))
             return None

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from gallop.metadata.db import session_scope
 from gallop.metadata.models import AliasAction, Approval, ApprovalStatus, ModelAlias, utcnow
 from gallop.renewal import notify
+from gallop.serving.registry import CHAMPION
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from gallop.settings import Settings
     from gallop.storage import Store
 
-CHAMPION = "champion"
 TIMEOUT_ACTOR = "approval timeout"
 APPROVE, REJECT = "approve", "reject"
 
@@ -227,19 +227,6 @@ def get_approval(engine: Engine, approval_id: str) -> Approval:
 def pending_for(engine: Engine, dataset_id: int) -> Approval | None:
     with session_scope(engine) as session:
         return _pending(session, dataset_id)
-
-
-def list_approvals(
-    engine: Engine, dataset_id: int | None = None, status: str | None = None
-) -> list[Approval]:
-    """Newest first."""
-    query = select(Approval).order_by(Approval.opened_at.desc(), Approval.approval_id.desc())
-    if dataset_id is not None:
-        query = query.where(Approval.dataset_id == dataset_id)
-    if status is not None:
-        query = query.where(Approval.status == status)
-    with session_scope(engine) as session:
-        return list(session.scalars(query))
 
 
 def describe(approval: Approval) -> dict[str, Any]:

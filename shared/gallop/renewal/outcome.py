@@ -25,6 +25,7 @@ from gallop.metadata.models import (
     RunStatus,
     TrainingRun,
 )
+from gallop.serving.registry import CHALLENGER
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ACTOR = "retraining policy"
-CHALLENGER = "challenger"
 # RetrainingPolicy.last_outcome
 RUNNING, SUCCEEDED, FAILED, SKIPPED = "running", "succeeded", "failed", "skipped"
 

@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
 from gallop.metadata.db import session_scope
 from gallop.metadata.models import (
-    Dataset,
     RetrainingPolicy,
     TrafficMode,
     TrafficPolicy,
@@ -98,7 +96,7 @@ def put_traffic(
     """Store the dataset's traffic policy and write its serving object, in one
     transaction: if the object cannot be written, the policy is not changed."""
     with session_scope(engine) as session:
-        _lock(session, dataset_id)
+        registry.locked_dataset(session, dataset_id)  # two first policies take turns
         policy = session.get(TrafficPolicy, dataset_id)
         if policy is None:
             policy = TrafficPolicy(dataset_id=dataset_id)
@@ -110,12 +108,6 @@ def put_traffic(
         policy.updated_at = utcnow()
         registry.publish_serving(engine, artifacts, dataset_id, session)
     return policy
-
-
-def _lock(session: Session, dataset_id: int) -> None:
-    """The dataset's row, locked first (as gallop.serving.registry locks it): two first
-    policies of a dataset take turns rather than both inserting one."""
-    session.get(Dataset, dataset_id, with_for_update=True)
 
 
 def traffic_of(engine: Engine, dataset_id: int) -> TrafficPolicy | None:
@@ -168,7 +160,7 @@ def put_retraining(
 ) -> RetrainingPolicy:
     """Store the dataset's retraining policy; what it last did (last_*) is kept."""
     with session_scope(engine) as session:
-        _lock(session, dataset_id)
+        registry.locked_dataset(session, dataset_id)  # two first policies take turns
         policy = session.get(RetrainingPolicy, dataset_id)
         if policy is None:
             policy = RetrainingPolicy(dataset_id=dataset_id, alarm_seen=False)

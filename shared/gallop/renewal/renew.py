@@ -17,13 +17,15 @@ from sqlalchemy import select
 
 from gallop.layout import comparison_key
 from gallop.metadata.db import session_scope
-from gallop.metadata.models import AliasAction, Approval, RetrainingPolicy
+from gallop.metadata.models import AliasAction, Approval
 from gallop.monitoring.compare import PROMOTE, Comparison, compare_dataset
 from gallop.monitoring.status import ALARM, OK, monitoring_status
 from gallop.renewal import approvals, retraining
+from gallop.renewal.policies import retraining_of
 from gallop.serving.registry import aliases_of, get_model, promote
 
 if TYPE_CHECKING:
+    import pandas as pd
     from sqlalchemy import Engine
 
     from gallop.metadata.models import Dataset
@@ -43,15 +45,17 @@ def compare_and_store(
     settings: Settings,
     dataset: Dataset,
     now: datetime,
+    read: dict[str, pd.DataFrame] | None = None,
 ) -> Comparison | None:
     """The dataset's comparison, written where GET /v1/datasets/{name}/challenger reads
-    it; None when it has no champion and challenger (two different models) to compare."""
+    it; None when it has no champion and challenger (two different models) to compare.
+    `read`: the results read already (gallop.monitoring.quality.newest_results)."""
     aliases = aliases_of(engine, dataset.id)
     champion, challenger = aliases.get("champion"), aliases.get("challenger")
     if not champion or not challenger or champion == challenger:
         return None
     comparison = compare_dataset(
-        engine, data, dataset, champion, challenger, settings.renewal_min_races
+        engine, data, dataset, champion, challenger, settings.renewal_min_races, read
     )
     artifacts.put_json(
         comparison_key(dataset.name), comparison.to_dict() | {"compared_at": now.isoformat()}
@@ -90,7 +94,8 @@ def act(
     done["retraining"] = evaluation.to_dict() if evaluation else None
     if comparison is None or comparison.recommendation != PROMOTE:
         return done
-    if _auto_promotes(engine, dataset.id):
+    policy = retraining_of(engine, dataset.id)  # as evaluate left it
+    if policy is not None and policy.auto_promote:
         promote(
             engine,
             artifacts,
@@ -126,12 +131,6 @@ def _champion_alarmed(
     if ALARM in states:
         return True
     return False if OK in states else None
-
-
-def _auto_promotes(engine: Engine, dataset_id: int) -> bool:
-    with session_scope(engine) as session:
-        policy = session.get(RetrainingPolicy, dataset_id)
-        return bool(policy and policy.auto_promote)
 
 
 def _asked_before(engine: Engine, dataset_id: int, comparison: Comparison) -> bool:

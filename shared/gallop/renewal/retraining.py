@@ -44,6 +44,7 @@ from gallop.renewal.outcome import (
     retrain_ended,
     update_policy,
 )
+from gallop.renewal.policies import retraining_of
 from gallop.serving.registry import aliases_of, get_model
 from gallop.training import runs
 from gallop.training.config import BadRunConfig, CostBounds, run_config
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCHEDULE, ROWS, ALARM = "schedule", "rows", "alarm"
-ENDED = (RunStatus.SUCCEEDED.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value)
 
 
 @dataclass(frozen=True)
@@ -95,14 +95,14 @@ def evaluate(
     champion's alarm state now (None: not known in this run); scheduled: a scheduled run
     (the schedule trigger is checked only then). None when the dataset has no policy."""
     now = now or utcnow()
-    policy = _policy(engine, dataset.id)
+    policy = retraining_of(engine, dataset.id)
     if policy is None:
         return None
     if policy.last_outcome == RUNNING:
         settled = _settle(engine, artifacts, policy)
         if settled is None:
             return Evaluation(dataset.name, None, f"retrain {policy.last_run_id} is running")
-        policy = _policy(engine, dataset.id) or policy
+        policy = retraining_of(engine, dataset.id) or policy
     champion = aliases_of(engine, dataset.id).get("champion")
     version = repo.newest_valid_version(engine, dataset)
     trigger = _due(engine, policy, champion, version, now, alarmed, scheduled)
@@ -200,7 +200,7 @@ def _retrain(
             dataset.name, trigger, "nothing to retrain: the champion is that run", run.run_id
         )
     # the same run exists: settled now if it has ended, by its end otherwise
-    settled = _settle(engine, artifacts, _policy(engine, dataset.id) or policy)
+    settled = _settle(engine, artifacts, retraining_of(engine, dataset.id) or policy)
     return Evaluation(
         dataset.name, trigger, f"retrain {run.run_id}: {settled or 'running'}", run.run_id
     )
@@ -241,7 +241,7 @@ def _settle(engine: Engine, artifacts: Store, policy: RetrainingPolicy) -> str |
         run = runs.get_run(engine, policy.last_run_id)
     except runs.RunNotFound:
         return record_failure(engine, policy.last_run_id, f"run {policy.last_run_id} is gone")
-    if run.status not in ENDED:
+    if run.status not in runs.ENDED:
         return None
     return retrain_ended(engine, artifacts, run.run_id)
 
@@ -263,11 +263,6 @@ def _trained_rows(engine: Engine, model_id: str) -> int | None:
 def _features_ready(engine: Engine, dataset: Dataset, version: DatasetVersion) -> bool:
     found = repo.find_feature_set(engine, dataset, version.version_id, dataset.spec_hash)
     return found is not None and found.status == FeatureStatus.READY.value
-
-
-def _policy(engine: Engine, dataset_id: int) -> RetrainingPolicy | None:
-    with session_scope(engine) as session:
-        return session.get(RetrainingPolicy, dataset_id)
 
 
 def _update(engine: Engine, dataset_id: int, **values: Any) -> None:

@@ -170,7 +170,7 @@ def promote(
     with _unit(engine, session) as unit:
         model = get_model(engine, model_id, unit)
         _servable(artifacts, model, "promoted")
-        dataset = _locked_dataset(unit, model.dataset_id)
+        dataset = locked_dataset(unit, model.dataset_id)
         if alias == CHAMPION and _aliases(unit, dataset.id).get(CHALLENGER) == model_id:
             _leave_challenger(unit, dataset.id, model_id, action, actor, approval_id)
         previous = _move(unit, dataset.id, alias, model_id)
@@ -226,7 +226,7 @@ def rollback(
     from gallop.metadata.models import AliasAction
 
     with _unit(engine, None) as unit:
-        dataset = _locked_dataset(unit, dataset_id)
+        dataset = locked_dataset(unit, dataset_id)
         current = _aliases(unit, dataset_id).get(CHAMPION)
         stack = _champion_stack(unit, dataset_id)
         if stack and stack[-1] == current:
@@ -263,7 +263,7 @@ def unregister_aliases(
 
     rows = list(session.scalars(select(ModelAlias).where(ModelAlias.model_id == model_id)))
     for dataset_id in sorted({row.dataset_id for row in rows}):
-        dataset = _locked_dataset(session, dataset_id)
+        dataset = locked_dataset(session, dataset_id)
         for row in [r for r in rows if r.dataset_id == dataset_id]:
             session.delete(row)
             record_event(
@@ -320,7 +320,7 @@ def _servable(artifacts: Store, model: RegisteredModel, what: str) -> None:
             ) from None
 
 
-def _locked_dataset(session: Session, dataset_id: int) -> Dataset:
+def locked_dataset(session: Session, dataset_id: int) -> Dataset:
     """The dataset's row, locked until the transaction ends: changes to one dataset's
     aliases and policy take turns, so each serving object written is the last one's
     (SQLite takes one writer at a time anyway)."""
@@ -426,7 +426,7 @@ def publish_serving(
     """Write the dataset's serving object again from the rows (in the caller's
     transaction when it gives one: a traffic policy changes with its object)."""
     with _unit(engine, session) as unit:
-        _publish(unit, artifacts, _locked_dataset(unit, dataset_id))
+        _publish(unit, artifacts, locked_dataset(unit, dataset_id))
 
 
 def publish_all(engine: Engine, artifacts: Store) -> None:
