@@ -384,12 +384,8 @@ class Settings(BaseSettings):
         if field == "database":
             return self.has_database
         if field == "api_key_source":  # keys to check, or the gateway checks them
-            return self.api_key_source == "gateway" or bool(self.api_key_set)
+            return self.api_key_source == "gateway" or bool(self.api_key_entries)
         return bool(getattr(self, field))
-
-    @property
-    def api_key_set(self) -> frozenset[str]:
-        return frozenset(k.secret for k in self.api_key_entries)
 
     @property
     def api_key_entries(self) -> tuple[ApiKey, ...]:

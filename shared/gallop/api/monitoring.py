@@ -169,11 +169,9 @@ def check_now(body: CheckBody, request: Request) -> Checks:
         dataset_or_404(request.app.state.engine(), body.dataset)
     if settings.monitor_function_name:  # on AWS: the monitor function has the data image
         return Checks(**_invoke_monitor(settings, body.dataset))
-    from gallop.monitoring.run import Monitor
+    from gallop.monitoring.run import scheduled_or_asked  # as the monitor function answers
 
-    run = Monitor(settings)
-    checks = run.run(body.dataset, force=True)
-    return Checks(checks=[ModelCheck(**check.to_dict()) for check in checks], renewals=run.renewals)
+    return Checks(**scheduled_or_asked(settings, {"dataset": body.dataset, "force": True}))
 
 
 def _invoke_monitor(settings: Any, dataset: str | None) -> dict[str, Any]:

@@ -233,8 +233,9 @@ class Capture:
         places in the request) was answered with; never raises, never waits. The sample
         is decided by `sample_key` when given (one key for every part of a request),
         else by the request's first group, else its id."""
-        key = sample_key or _first_group(model, columns, values, groups) or request_id
-        if not self.takes(key):
+        if self.sample < 1.0 and not self.takes(  # all taken: no key to find
+            sample_key or _first_group(model, columns, values, groups) or request_id
+        ):
             return
         served = Served(
             time.time(),
@@ -259,9 +260,7 @@ class Capture:
         """Queue a shadow scoring (the caller checked `takes`); never raises, never waits.
         Shadows may fill half the queue only: the served rows' records come first."""
         if self._queue.qsize() >= self._queue.maxsize // 2:
-            with self._lock:
-                self._counts(_item_key(job)).shadow_dropped += job.rows
-                self.totals.shadow_dropped += job.rows
+            self._add(_item_key(job), shadow_dropped=job.rows)
             return
         self._put(job)
 
@@ -272,14 +271,10 @@ class Capture:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            with self._lock:
-                counts, n = self._counts(_item_key(item)), _rows(item)
-                if isinstance(item, Shadow):
-                    counts.shadow_dropped += n
-                    self.totals.shadow_dropped += n
-                else:
-                    counts.dropped += n
-                    self.totals.dropped += n
+            if isinstance(item, Shadow):
+                self._add(_item_key(item), shadow_dropped=item.rows)
+            else:
+                self._add(_item_key(item), dropped=_rows(item))
 
     def _start(self) -> None:
         with self._lock:
@@ -358,9 +353,7 @@ class Capture:
             return scored
         except Exception as exc:  # any failure is the shadow model's alone: counted, logged
             log.warning("shadow: %s could not score %d rows: %s", item.model_id, item.rows, exc)
-            with self._lock:
-                self._counts(_item_key(item)).shadow_failures += item.rows
-                self.totals.shadow_failures += item.rows
+            self._add(_item_key(item), shadow_failures=item.rows)
             return None
 
     def _send(self, chunk: list[tuple[Key, bytes]]) -> None:
@@ -408,13 +401,23 @@ class Capture:
             found = self._pending[key] = Counts()
         return found
 
-    def _add(self, key: Key, captured: int = 0, failures: int = 0) -> None:
+    def _add(
+        self,
+        key: Key,
+        captured: int = 0,
+        failures: int = 0,
+        dropped: int = 0,
+        shadow_dropped: int = 0,
+        shadow_failures: int = 0,
+    ) -> None:
+        """Rows counted for a (dataset, model), since its last EMF line and in the totals."""
         with self._lock:
-            counts = self._counts(key)
-            counts.captured += captured
-            counts.failures += failures
-            self.totals.captured += captured
-            self.totals.failures += failures
+            for counts in (self._counts(key), self.totals):
+                counts.captured += captured
+                counts.failures += failures
+                counts.dropped += dropped
+                counts.shadow_dropped += shadow_dropped
+                counts.shadow_failures += shadow_failures
 
     def _emit(self) -> None:
         """One EMF line per (dataset, model) counted since the last lines."""

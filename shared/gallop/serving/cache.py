@@ -25,12 +25,18 @@ from gallop.echo import clip
 from gallop.features.pointer import Pointer, read_pointer
 from gallop.layout import ALIASES_PREFIX, serving_key
 from gallop.serving.model import LoadedModel
-from gallop.serving.registry import ALIASES, ModelNotFound, ModelUnreadable, model_prefix
+from gallop.serving.registry import (
+    ALIASES,
+    CHALLENGER,
+    CHAMPION,
+    ModelNotFound,
+    ModelUnreadable,
+    model_prefix,
+)
 from gallop.spec import NAME_PATTERN
 from gallop.storage import ObjectMissing, Store
 
 MAX_LOADED = 4  # models kept warm per container (a champion, a challenger, spares)
-CHAMPION, CHALLENGER = ALIASES
 SHADOW, SPLIT = "shadow", "split"
 MODES = (CHAMPION, SHADOW, SPLIT)
 K = TypeVar("K", bound=Hashable)
