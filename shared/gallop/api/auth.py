@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -21,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gallop.echo import clip
 from gallop.settings import ROLES, ROLES_TAG, ApiKey, Role
+from gallop.trusted import Trusted
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Logger
@@ -149,14 +149,12 @@ class GatewayKeys:
 
     def __init__(self, client: Callable[[], Any], ttl: float) -> None:
         self._client = client
-        self._ttl = ttl
-        self._known: dict[str, tuple[float, Caller]] = {}
+        self._known: Trusted[str, Caller] = Trusted(ttl)
 
     def caller(self, key_id: str) -> Caller:
-        now = time.monotonic()
-        known = self._known.get(key_id)
-        if known and now - known[0] < self._ttl:
-            return known[1]
+        return self._known.get(key_id, lambda: self._read(key_id))
+
+    def _read(self, key_id: str) -> Caller:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -169,9 +167,7 @@ class GatewayKeys:
                 detail=f"could not read the roles of API key {clip(key_id)} from API Gateway "
                 f"({code}): try again shortly",
             ) from None
-        caller = Caller(key.get("name") or key_id, tagged_roles(key_id, key.get("tags") or {}))
-        self._known[key_id] = (now, caller)
-        return caller
+        return Caller(key.get("name") or key_id, tagged_roles(key_id, key.get("tags") or {}))
 
 
 def tagged_roles(key_id: str, tags: dict[str, str]) -> frozenset[str]:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import orjson
 
@@ -35,41 +35,16 @@ from gallop.serving.registry import (
 )
 from gallop.spec import NAME_PATTERN
 from gallop.storage import ObjectMissing, Store
+from gallop.trusted import Trusted
 
 MAX_LOADED = 4  # models kept warm per container (a champion, a challenger, spares)
 SHADOW, SPLIT = "shadow", "split"
 MODES = (CHAMPION, SHADOW, SPLIT)
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
 
 
 class TargetError(ValueError):
     """A request whose dataset and model do not name one model (422): a bare alias that
     more than one dataset has, or a model id of another dataset."""
-
-
-class Trusted(Generic[K, V]):
-    """What S3 said of a key, trusted for `ttl` seconds, then read again. A read that
-    raises is not kept: the next request reads again."""
-
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._ttl, self._clock = ttl, clock
-        self._read: dict[K, tuple[V, float]] = {}  # key -> (value, read at)
-        self._lock = threading.Lock()
-
-    def get(self, key: K, read: Callable[[], V]) -> V:
-        found = self._read.get(key)
-        if found is None or self._clock() - found[1] > self._ttl:
-            found = (read(), self._clock())
-            with self._lock:
-                self._read[key] = found
-        return found[0]
-
-    def forget(self, key: K) -> None:
-        self._read.pop(key, None)
-
-    def clear(self) -> None:
-        self._read.clear()
 
 
 class PointerCache:
