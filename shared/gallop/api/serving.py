@@ -338,8 +338,9 @@ class Scored(NamedTuple):
 def _model_of(cache: ModelCache, target: Target, champion: bool) -> tuple[LoadedModel, str]:
     if champion:
         return target.model, CHAMPION
-    assert target.challenger is not None  # a policy that routes needs one (Serving.policy)
-    return cache.model(target.challenger), CHALLENGER
+    challenger = target.serving.challenger if target.serving else None
+    assert challenger is not None  # a policy that routes needs one (Serving.policy)
+    return cache.model(challenger), CHALLENGER
 
 
 def _rows(part: Part, plan: Route) -> list[int] | None:
@@ -443,8 +444,8 @@ def _shadow_job(
     loading and its errors are its own, never the reply's."""
     serving = target.serving
     assert serving is not None  # only a champion request of a dataset is shadowed
-    model_id = serving.champion if shadowed.champion else serving.challenger
     alias = CHAMPION if shadowed.champion else CHALLENGER
+    model_id = serving.named(alias)
     assert model_id is not None
     at = time.time()  # when the request was answered, as its served rows have it
 

@@ -152,10 +152,6 @@ class Target:
             return Traffic()
         return self.serving.policy
 
-    @property
-    def challenger(self) -> str | None:
-        return self.serving.challenger if self.serving else None
-
 
 class ModelCache:
     def __init__(
