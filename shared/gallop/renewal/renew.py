@@ -88,7 +88,7 @@ def act(
         dataset,
         launcher,
         now=now,
-        alarmed=_champion_alarmed(engine, settings, dataset, now),
+        alarmed=lambda: _champion_alarmed(engine, settings, dataset, now),
         scheduled=scheduled,
     )
     done["retraining"] = evaluation.to_dict() if evaluation else None

@@ -50,6 +50,8 @@ from gallop.training import runs
 from gallop.training.config import BadRunConfig, CostBounds, run_config
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sqlalchemy import Engine
 
     from gallop.settings import Settings
@@ -88,12 +90,13 @@ def evaluate(
     launcher: Launcher,
     *,
     now: datetime | None = None,
-    alarmed: bool | None = None,
+    alarmed: Callable[[], bool | None] | None = None,
     scheduled: bool = False,
 ) -> Evaluation | None:
-    """Check the dataset's policy's triggers; start a retrain if one fires. alarmed: the
-    champion's alarm state now (None: not known in this run); scheduled: a scheduled run
-    (the schedule trigger is checked only then). None when the dataset has no policy."""
+    """Check the dataset's policy's triggers; start a retrain if one fires. alarmed: asks
+    the champion's alarm state now (None: not known in this run), only of a policy that
+    watches alarms; scheduled: a scheduled run (the schedule trigger is checked only
+    then). None when the dataset has no policy."""
     now = now or utcnow()
     policy = retraining_of(engine, dataset.id)
     if policy is None:
@@ -105,8 +108,10 @@ def evaluate(
         policy = retraining_of(engine, dataset.id) or policy
     champion = aliases_of(engine, dataset.id).get("champion")
     version = repo.newest_valid_version(engine, dataset)
-    trigger = _due(engine, policy, champion, version, now, alarmed, scheduled)
-    if alarmed is False and policy.alarm_seen:  # back to OK: the next ALARM fires again
+    watched = policy.on_alarm or policy.alarm_seen  # else the state is not worth asking
+    state = alarmed() if alarmed is not None and watched else None
+    trigger = _due(engine, policy, champion, version, now, state, scheduled)
+    if state is False and policy.alarm_seen:  # back to OK: the next ALARM fires again
         _update(engine, dataset.id, alarm_seen=False)
     if trigger is None:
         return Evaluation(dataset.name, None, "no trigger is due")
