@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from gallop.layout import MANIFEST_FILE, ONNX_FILE, REPORT_HTML_FILE, explain_file
-from gallop.manifests import ModelManifest
+from gallop.manifests import ModelManifest, kind_of_metrics_key
 from gallop.training import stacking
 from gallop.training.config import (
     STACK_CHECKS,
@@ -145,6 +145,7 @@ def manifest_of(
             },
         },
         "metrics": judged.metrics,
+        "against_best_base": stacking.against_best_base(judged),
         "onnx_parity": parity,
         "evaluated_on": "test" if judged.held_out else "out-of-fold",
         "rows": {
@@ -218,6 +219,7 @@ def report_of(artifact: ModelManifest, judged: stacking.Judged) -> dict[str, Any
         "task": artifact["task"],
         "facts": facts,
         "metrics": metrics,
+        "against_best_base": against_rows(artifact["against_best_base"]),
         "calibration": judged.curves,
         "weights": [{"model": m, "weight": w} for m, w in artifact["meta"]["weights"].items()],
         "selection": selection,
@@ -245,6 +247,22 @@ def report_of(artifact: ModelManifest, judged: stacking.Judged) -> dict[str, Any
             "width": stack["interval_width"],
         }
     return report
+
+
+def against_rows(against: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The stack against its best base, a table row per metric."""
+    return {
+        m["metric"]: {
+            "best base": kind_of_metrics_key(m["base"]),
+            "stack": m["stack"],
+            "best base's": m["best_base"],
+            "stack's advantage": m["advantage"],
+            "95 % interval": f"{m['low']:+.4f} to {m['high']:+.4f}",
+            f"{against['unit']}s": m["units"],
+            "verdict": "not below" if m["not_below"] else "below",
+        }
+        for m in against["metrics"]
+    }
 
 
 if __name__ == "__main__":

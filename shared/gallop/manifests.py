@@ -80,6 +80,9 @@ class ModelManifest(TypedDict):
     meta: MetaEntry
     # Per model ("stack", each base); null where a metric has no value on the rows
     metrics: Mapping[str, Mapping[str, float | None]]
+    # The stack against its best base on each metric, with the paired interval
+    # (gallop.training.stacking.against_best_base); absent from models trained before it.
+    against_best_base: NotRequired[dict[str, Any]]
     onnx_parity: dict[str, float]
     evaluated_on: str  # "test" | "out-of-fold"
     rows: dict[str, int]

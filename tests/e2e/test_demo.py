@@ -54,6 +54,25 @@ def test_the_demo_runs_every_stage_and_prints_its_wall_time(
     assert wall > 0
 
 
+def test_the_demos_stack_is_not_below_its_best_base_on_the_held_out_races(
+    demo: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    _, result = demo
+    # each metric: the stack, the base best on it, the advantage and its 95 % interval
+    lines = re.findall(
+        r"^  (\S+) +stack ([\d.]+)  (\w+) ([\d.]+)  advantage ([-+][\d.]+) "
+        r"\[([-+][\d.]+), ([-+][\d.]+)\]: (not below|BELOW)$",
+        result.stdout,
+        re.MULTILINE,
+    )
+    assert [line[0] for line in lines] == ["race_log_loss", "ndcg@1", "ndcg@3", "top1_hit_rate"]
+    for _, _, _, _, advantage, low, high, verdict in lines:
+        assert float(low) <= float(advantage) <= float(high)
+        assert verdict == ("not below" if float(high) >= 0 else "BELOW")
+    # the README's promise for the demo (issue #10): not below on any of them
+    assert all(line[-1] == "not below" for line in lines)
+
+
 def test_the_demo_appends_the_latest_results_and_scores_the_card_on_that_form(
     demo: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:

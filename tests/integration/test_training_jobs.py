@@ -307,6 +307,24 @@ def test_stack_job_fits_evaluates_and_exports_one_graph_with_parity(
         manifest["metrics"]["stack"]
     )
     assert "#metric race_log_loss=" in done.stdout and "#metric ndcg_at_1=" in done.stdout
+    # AND beside them, the stack against its best base on each metric, with the interval
+    # of its advantage its verdict rests on, in the manifest and in the report
+    against = manifest["against_best_base"]
+    races = pd.read_parquet(test / "features.parquet")["race_id"].nunique()
+    for m in against["metrics"]:
+        best = min if m["metric"] == "race_log_loss" else max
+        bases = [
+            manifest["metrics"][b][m["metric"]] for b in ("base_0_lambdarank", "base_1_binary_win")
+        ]
+        assert m["best_base"] == pytest.approx(best(bases), rel=1e-9)
+        assert m["stack"] == pytest.approx(manifest["metrics"]["stack"][m["metric"]], rel=1e-9)
+        assert m["low"] <= m["advantage"] <= m["high"] and m["not_below"] == (m["high"] >= 0)
+        assert 0 < m["units"] <= races
+    assert [m["metric"] for m in against["metrics"]][:2] == ["race_log_loss", "ndcg@1"]
+    report = (stack / "model" / "report.html").read_text()
+    verdicts = {"not below" if m["not_below"] else "below" for m in against["metrics"]}
+    assert 'id="against_best_base"' in report
+    assert all(f"<td>{verdict}</td>" in report for verdict in verdicts)
     weights = [b["weight"] for b in manifest["base_models"]]
     assert all(w >= 0 for w in weights) and sum(weights) > 0
     # AND the one graph gives the stacked score of the test races, equal to the native stack

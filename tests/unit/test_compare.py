@@ -11,13 +11,8 @@ import pandas as pd
 import pytest
 
 from gallop.models.stack import softmax_within_groups
-from gallop.monitoring.compare import (
-    KEEP,
-    NOT_ENOUGH,
-    PROMOTE,
-    compare,
-    paired_bootstrap,
-)
+from gallop.monitoring.compare import KEEP, NOT_ENOUGH, PROMOTE, compare
+from gallop.paired import paired_bootstrap
 from gallop.spec import DatasetSpec
 
 RACES = DatasetSpec(

@@ -59,6 +59,13 @@ class ModelDetail(ModelSummary):
     evaluated_on: str | None = Field(
         default=None, description="test (held-out rows) or out-of-fold: what the figures rest on."
     )
+    against_best_base: Mapping[str, Any] | None = Field(
+        default=None,
+        description="The stack against its best base on each metric of the judged rows: the "
+        "stack's advantage (positive: the stack is better), its paired 95 % bootstrap "
+        "interval, and the verdict (not below unless the interval lies wholly below zero). "
+        "Null for a model trained before it was reported.",
+    )
 
 
 class Promoted(BaseModel):
@@ -137,6 +144,7 @@ def get_model(model_id: ModelId, request: Request) -> ModelDetail:
         artifact_url=state.artifacts().presigned_get(model.artifact_key, expiry),
         leaderboard=model.manifest.get("metrics"),
         evaluated_on=model.manifest.get("evaluated_on"),
+        against_best_base=model.manifest.get("against_best_base"),
     )
 
 

@@ -24,6 +24,7 @@ from gallop.cli.common import (
 )
 from gallop.cli.ingest import ingest_file, print_version
 from gallop.layout import APPEND
+from gallop.manifests import kind_of_metrics_key
 
 # What the form line of the demo shows of a runner: its career, its last run, its rest.
 FORM = {
@@ -273,7 +274,23 @@ def _train_through_api(
             if name in metrics
         )
         say(f"model {run['model']['model_id']}; on the held-out races: {shown}")
+        _print_against_best_base(client.model(run["model"]["model_id"]), say)
     return run
+
+
+def _print_against_best_base(model: dict[str, Any], say: Any) -> None:
+    """The stack beside its best base on each metric, with the interval the verdict rests on."""
+    against = model.get("against_best_base")
+    if not against:
+        return
+    say(f"the stack against its best base on each metric ({against['unit']}s paired):")
+    for m in against["metrics"]:
+        verdict = "not below" if m["not_below"] else "BELOW"
+        say(
+            f"  {m['metric']:<14} stack {m['stack']:.4f}  {kind_of_metrics_key(m['base'])} "
+            f"{m['best_base']:.4f}  advantage {m['advantage']:+.4f} "
+            f"[{m['low']:+.4f}, {m['high']:+.4f}]: {verdict}"
+        )
 
 
 def _print_predictions(

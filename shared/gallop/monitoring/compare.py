@@ -4,17 +4,9 @@ Both models' captured rows (served or shadow: a challenger in shadow scores the 
 champion answers) are joined with the newest VALID version's results by
 gallop.monitoring.quality's join, each model on its own: a race counts for a model only
 whole and settled, judged on its last serving. The races both models have are paired,
-and each metric is computed race by race:
-
-- ranking: race log loss (races with one winner whose whole field was served), NDCG@1,
-  NDCG@3 and top-1 hit (decided races);
-- binary: log loss and Brier score (per row; a grouped task's race is the mean of its rows);
-- regression: squared error (the metric is its root mean, RMSE).
-
-Each metric's difference is oriented so that positive means the challenger is better
-(champion - challenger for the lower-is-better ones), with a 95 % interval from a paired
-bootstrap over races (B = 2,000 resamples of the races, a fixed seed: the same races give
-the same interval).
+and each metric is computed race by race, with the 95 % interval of each difference from a
+paired bootstrap over races (gallop.paired: the metrics, the orientation, positive meaning
+the challenger is better, and the resampling).
 
 The recommendation rule, on the task's primary metric (ranking: race log loss; binary:
 log loss; regression: RMSE):
@@ -38,9 +30,17 @@ import pandas as pd
 from gallop.models.stack import group_starts
 from gallop.monitoring.capture import CapturedRows
 from gallop.monitoring.quality import JoinCounts, output_of, race_sizes, scored_rows
-from gallop.monitoring.status import lower_is_better
+from gallop.paired import (
+    METRICS,
+    PRIMARY,
+    RESAMPLES,
+    SEED,
+    MetricDifference,
+    difference,
+    ranking_values,
+    row_values,
+)
 from gallop.spec import DatasetSpec, Task
-from gallop.training.metrics import ndcg_per_group
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -49,18 +49,6 @@ if TYPE_CHECKING:
     from gallop.storage import Store
 
 PROMOTE, KEEP, NOT_ENOUGH = "promote", "keep", "not enough races yet"
-PRIMARY = {"ranking": "race_log_loss", "binary": "log_loss", "regression": "rmse"}
-METRICS = {
-    "ranking": ("race_log_loss", "ndcg@1", "ndcg@3", "top1_hit_rate"),
-    "binary": ("log_loss", "brier"),
-    "regression": ("rmse",),
-}
-ROOT_MEAN = ("rmse",)  # per race: the squared error; the metric: the root of its mean
-RESAMPLES = 2000
-SEED = 14
-LEVEL = 0.95
-# Resampled values held at once (resamples x races): 2,000 x 10,000 races would be 160 MB.
-CHUNK_VALUES = 2_000_000
 
 RULE = (
     "Decided on the primary metric ({primary}) over the races both models scored whose "
@@ -68,18 +56,6 @@ RULE = (
     "95 % paired-bootstrap interval of the difference (positive: the challenger is better) "
     "entirely above zero: 'promote'; otherwise: 'keep'."
 )
-
-
-@dataclass(frozen=True)
-class MetricDifference:
-    metric: str
-    races: int  # paired races with this metric for both models
-    champion: float
-    challenger: float
-    difference: float  # positive: the challenger is better
-    low: float  # the 95 % bootstrap interval of the difference
-    high: float
-    better: str  # "lower" or "higher": which way the metric itself is better
 
 
 @dataclass(frozen=True)
@@ -129,7 +105,7 @@ def compare(
     mine, theirs = (per_race(joined[r], spec) for r in ("champion", "challenger"))
     paired = mine.add_suffix("_a").join(theirs.add_suffix("_b"), how="inner")
     metrics = [
-        _difference(
+        difference(
             name,
             paired[f"{name}_a"].to_numpy(np.float64),
             paired[f"{name}_b"].to_numpy(np.float64),
@@ -185,103 +161,23 @@ def per_race(joined: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     if joined.empty:
         return pd.DataFrame(columns=list(names), dtype=np.float64)
     if spec.task is Task.RANKING:
-        return _ranking(joined)
-    target = joined["target"].to_numpy(np.float64)
-    if spec.task is Task.BINARY:
-        p = np.clip(output_of(joined, "probability"), 1e-15, 1 - 1e-15)
-        values = {
-            "log_loss": -(target * np.log(p) + (1 - target) * np.log(1 - p)),
-            "brier": (p - target) ** 2,
-        }
-    else:
-        values = {"rmse": (target - output_of(joined, "value")) ** 2}
+        sizes = race_sizes(joined)
+        starts = group_starts(sizes)
+        values = ranking_values(
+            joined["score"].to_numpy(np.float64),
+            output_of(joined, "win_probability"),
+            joined["share"].to_numpy(np.float64),
+            joined["relevance"].to_numpy(np.float64),
+            sizes,
+            whole=~joined["partial"].to_numpy(dtype=bool)[starts],
+        )
+        return pd.DataFrame(values, index=joined["group"].to_numpy(dtype=object)[starts])
+    output = "probability" if spec.task is Task.BINARY else "value"
+    values = row_values(
+        spec.task.value, joined["target"].to_numpy(np.float64), output_of(joined, output)
+    )
     key = joined["group"] if spec.group else joined["entity"]
     return pd.DataFrame(values).groupby(key.to_numpy(dtype=object), sort=False).mean()
-
-
-def _ranking(joined: pd.DataFrame) -> pd.DataFrame:
-    sizes = race_sizes(joined)
-    starts = group_starts(sizes)
-    share = joined["share"].to_numpy(np.float64)
-    relevance = joined["relevance"].to_numpy(np.float64)
-    score = joined["score"].to_numpy(np.float64)
-    probability = output_of(joined, "win_probability")
-    decided = np.add.reduceat(share, starts) > 0
-    winners = np.add.reduceat((share > 0).astype(np.int64), starts)
-    whole = ~joined["partial"].to_numpy(dtype=bool)[starts]
-    loss = -np.add.reduceat(share * np.log(np.maximum(probability, 1e-300)), starts)
-    ranked = np.lexsort((-score, np.repeat(np.arange(len(sizes)), sizes)))  # stable
-    top = ranked[group_starts(sizes)]
-    undecided = np.where(decided, 1.0, np.nan)
-    values = {
-        "race_log_loss": np.where((winners == 1) & whole, loss, np.nan),
-        "ndcg@1": ndcg_per_group(score, relevance, sizes, 1) * undecided,
-        "ndcg@3": ndcg_per_group(score, relevance, sizes, 3) * undecided,
-        "top1_hit_rate": (share[top] > 0).astype(np.float64) * undecided,
-    }
-    return pd.DataFrame(values, index=joined["group"].to_numpy(dtype=object)[starts])
-
-
-# -- the difference and its interval ----------------------------------------------------
-
-
-def _difference(
-    metric: str, champion: np.ndarray, challenger: np.ndarray, resamples: int, seed: int
-) -> MetricDifference:
-    both = np.isfinite(champion) & np.isfinite(challenger)
-    a, b = champion[both], challenger[both]
-    lower = lower_is_better(metric)
-    better = "lower" if lower else "higher"
-    if not len(a):
-        nan = math.nan
-        return MetricDifference(metric, 0, nan, nan, nan, nan, nan, better)
-    root = metric in ROOT_MEAN
-    stats = paired_bootstrap(a, b, lower=lower, root=root, resamples=resamples, seed=seed)
-    low, high = np.percentile(stats, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
-    first, second = _aggregate(a, root), _aggregate(b, root)
-    return MetricDifference(
-        metric,
-        len(a),
-        float(first),
-        float(second),
-        float(_oriented(first, second, lower)),
-        float(low),
-        float(high),
-        better,
-    )
-
-
-def paired_bootstrap(
-    champion: np.ndarray,
-    challenger: np.ndarray,
-    *,
-    lower: bool,
-    root: bool = False,
-    resamples: int = RESAMPLES,
-    seed: int = SEED,
-) -> np.ndarray:
-    """The oriented difference (positive: the challenger better) on `resamples` resamples
-    of the races, drawn with replacement, each race keeping its pair."""
-    rng = np.random.default_rng(seed)
-    n = len(champion)
-    stats = np.empty(resamples, dtype=np.float64)
-    step = max(1, CHUNK_VALUES // n)
-    for start in range(0, resamples, step):
-        rows = min(step, resamples - start)
-        index = rng.integers(0, n, size=(rows, n))
-        first = _aggregate(champion[index], root, axis=1)
-        second = _aggregate(challenger[index], root, axis=1)
-        stats[start : start + rows] = _oriented(first, second, lower)
-    return stats
-
-
-def _aggregate(values: np.ndarray, root: bool, axis: int | None = None) -> Any:
-    mean = values.mean(axis=axis)
-    return np.sqrt(mean) if root else mean
-
-
-def _oriented(champion: Any, challenger: Any, lower: bool) -> Any:
-    return champion - challenger if lower else challenger - champion
 
 
 def _finite(values: dict[str, Any]) -> dict[str, Any]:

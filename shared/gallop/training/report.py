@@ -46,6 +46,11 @@ def render_report(report: dict[str, Any]) -> str:
     sections = [
         ("facts", "Run", _definitions(facts)),
         ("metrics", "Metrics", _grid(report.get("metrics") or {}, "model", True, nominal)),
+        (
+            "against_best_base",
+            "The stack against its best base (paired 95 % bootstrap interval)",
+            _grid(report.get("against_best_base") or {}, "metric"),
+        ),
         ("calibration", "Calibration", _calibration_chart(report.get("calibration") or {})),
         ("ndcg", "NDCG@k", _ndcg_chart(report.get("ndcg") or {})),
         ("weights", "Meta-learner weights", _bar_chart(weights, "weight")),

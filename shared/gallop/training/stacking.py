@@ -29,6 +29,8 @@ from gallop.models.meta import Selection, fit_candidate, select_meta
 from gallop.models.onnx_export import stack_to_onnx
 from gallop.models.stack import Meta, group_starts
 from gallop.models.treebag import TreeBag
+from gallop.monitoring.status import lower_is_better
+from gallop.paired import METRICS, aggregate, difference, ranking_values, row_values
 from gallop.training.contract import JobError
 from gallop.training.jobdata import JobData
 from gallop.training.metrics import (
@@ -177,6 +179,66 @@ def judge(bases: list[Base], data: JobData, settings: dict[str, Any]) -> Judged:
             counted = decided(rows)
             curves[key] = reliability(probability[counted], rows.share[counted])
     return Judged(metrics, curves, predictions, selection, rows, held)
+
+
+# The budgets' rule for "no worse": the stack is not below a base on a metric unless the
+# 95 % paired-bootstrap interval of its advantage lies wholly below zero (on a few
+# hundred races a point figure alone is noise).
+NOT_BELOW_RULE = (
+    "For each metric, the base best on the judged rows; the stack is not below it unless "
+    "the 95 % paired-bootstrap interval of its advantage (positive: the stack is better) "
+    "lies wholly below zero."
+)
+
+
+def against_best_base(judged: Judged) -> dict[str, Any]:
+    """The stack against its best base on each of the task's metrics (the base best on
+    that metric, on the judged rows), race by race (row by row without groups), with the
+    95 % paired-bootstrap interval of the stack's advantage."""
+    rows, task = judged.rows, judged.rows.task
+    values = {name: unit_values(rows, p) for name, p in judged.predictions.items()}
+    bases = [name for name in values if name != "stack"]
+    compared = []
+    for metric in METRICS[task]:
+        sign = 1.0 if lower_is_better(metric) else -1.0
+        levels = {b: sign * aggregate(metric, values[b][metric]) for b in bases}
+        ranked = [b for b in bases if np.isfinite(levels[b])]
+        if not ranked:
+            continue
+        best = min(ranked, key=levels.__getitem__)
+        d = difference(metric, values[best][metric], values["stack"][metric])
+        compared.append(
+            {
+                "metric": metric,
+                "base": best,
+                "units": d.races,
+                "stack": d.challenger,
+                "best_base": d.champion,
+                "advantage": d.difference,
+                "low": d.low,
+                "high": d.high,
+                "not_below": bool(d.high >= 0),
+            }
+        )
+    return {
+        "rule": NOT_BELOW_RULE,
+        "unit": "race" if rows.sizes is not None else "row",
+        "metrics": compared,
+        "not_below": all(m["not_below"] for m in compared),
+    }
+
+
+def unit_values(rows: Rows, output: np.ndarray) -> dict[str, np.ndarray]:
+    """Each race's (or, without groups, each row's) metrics of a model's main output."""
+    sizes = rows.sizes
+    if rows.task == "ranking":
+        assert sizes is not None
+        return ranking_values(output, output, rows.share, rows.relevance, sizes)
+    values = row_values(rows.task, rows.target, output)
+    if sizes is None:
+        return values
+    starts = group_starts(sizes)
+    return {k: np.add.reduceat(v, starts) / sizes for k, v in values.items()}
 
 
 def served_meta(
