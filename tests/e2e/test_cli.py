@@ -364,6 +364,29 @@ def test_train_with_a_test_file_on_a_task_without_groups(task: str, tmp_path: Pa
     }
 
 
+def test_train_with_a_test_file_of_later_races(tmp_path: Path) -> None:
+    # GIVEN 60 generated races, the last 15 of them in a file of their own
+    write_races(60, seed=3, out=tmp_path / "all.csv")
+    runners = pd.read_csv(tmp_path / "all.csv", dtype=str, keep_default_na=False)
+    later = runners["race_id"].isin(runners["race_id"].unique()[-15:])
+    runners[~later].to_csv(tmp_path / "train.csv", index=False)
+    runners[later].to_csv(tmp_path / "test.csv", index=False)
+    # WHEN it trains with that file as its test set
+    done = gallop(
+        "train", "--data", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
+        "--spec", str(SHIPPED_SPEC), "--bases", "lambdarank,linear",
+        "--set", "num_boost_round=30", "--out", str(tmp_path / "model"), state=tmp_path,
+    )  # fmt: skip
+    # THEN its races are judged on exactly those runners (their form from the earlier
+    # races), and the served model is fitted on every runner
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert manifest["evaluated_on"] == "test"
+    assert manifest["rows"]["evaluated"] == int(later.sum())
+    assert manifest["rows"]["served_model_fitted_on"] == len(runners)
+    assert manifest["metrics"]["stack"]["ndcg@1"] is not None
+
+
 def test_train_refuses_a_test_file_sharing_group_ids_with_the_data(tmp_path: Path) -> None:
     # GIVEN two race files numbered from R0000000 each, as LETOR-style files are
     write_races(30, seed=1, out=tmp_path / "a.csv")
