@@ -256,7 +256,7 @@ def against_rows(against: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "best base": kind_of_metrics_key(m["base"]),
             "stack": m["stack"],
             "best base's": m["best_base"],
-            "stack's advantage": m["advantage"],
+            "stack's advantage": f"{m['advantage']:+.4f}",
             "95 % interval": f"{m['low']:+.4f} to {m['high']:+.4f}",
             f"{against['unit']}s": m["units"],
             "verdict": "not below" if m["not_below"] else "below",
