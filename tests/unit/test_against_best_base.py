@@ -53,20 +53,21 @@ def judged(rows: Rows, predictions: dict[str, np.ndarray]) -> Judged:
     return Judged({}, {}, predictions, None, rows, True)  # type: ignore[arg-type]
 
 
-def test_a_stack_far_worse_than_a_base_is_below_it_on_every_metric() -> None:
+def against_the_truth(stack_noise: float, other_noise: float) -> tuple[dict[str, Any], Rows, Any]:
+    """A stack, a base blurred by other_noise, and a base that is the true chances."""
     rows, chance = races()
+    predictions = {
+        "stack": blurred(chance, stack_noise, 1),
+        "base_0_other": blurred(chance, other_noise, 2),
+        "base_1_truth": chance,
+    }
+    return against_best_base(judged(rows, predictions)), rows, chance
+
+
+def test_a_stack_far_worse_than_a_base_is_below_it_on_every_metric() -> None:
     # GIVEN a base that knows the true chances, another that nearly does, and a stack
     # whose chances are mostly noise
-    against = against_best_base(
-        judged(
-            rows,
-            {
-                "stack": blurred(chance, 2.0, 1),
-                "base_0_close": blurred(chance, 0.3, 2),
-                "base_1_truth": chance,
-            },
-        )
-    )
+    against, _, _ = against_the_truth(stack_noise=2.0, other_noise=0.3)
     # THEN every metric names the truth as the best base and finds the stack below it:
     # the whole interval of its advantage lies under zero
     assert [m["metric"] for m in against["metrics"]] == [
@@ -83,18 +84,8 @@ def test_a_stack_far_worse_than_a_base_is_below_it_on_every_metric() -> None:
 
 
 def test_a_stack_level_with_its_best_base_is_not_below_it() -> None:
-    rows, chance = races()
     # GIVEN a stack that is a slightly blurred copy of the truth, and the truth as a base
-    against = against_best_base(
-        judged(
-            rows,
-            {
-                "stack": blurred(chance, 0.05, 1),
-                "base_0_noise": blurred(chance, 1.5, 2),
-                "base_1_truth": chance,
-            },
-        )
-    )
+    against, rows, chance = against_the_truth(stack_noise=0.05, other_noise=1.5)
     # THEN its point figures may fall either side of the truth's, but no interval lies
     # wholly below zero: not below
     loss = against["metrics"][0]
