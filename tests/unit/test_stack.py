@@ -161,3 +161,28 @@ def test_an_interval_bound_near_zero_is_held_to_parity_as_its_score_is() -> None
     assert gaps["lower"] <= 1e-5
     lower = meta.outputs(meta.score(margins), None)["lower"]
     assert np.abs(lower).min() < 0.01  # some bounds did sit near 0
+
+
+@pytest.mark.parametrize("loss", ["conditional_logit", "logistic"])
+def test_a_linear_fit_started_from_a_nearby_one_reaches_the_same_optimum(loss: str) -> None:
+    from gallop.models.linear import fit_linear
+
+    # GIVEN races (or rows) whose outcome follows the features, on their own scales
+    sizes, features = races(seed=21, n=1500)
+    features = features * np.array([1.0, 30.0, 0.01]) + np.array([0.0, 500.0, -2.0])
+    strength = features @ np.array([0.8, -0.01, 40.0])
+    if loss == "conditional_logit":
+        labels = draw_winners(strength - strength.mean(), sizes, seed=22)
+    else:
+        rng = np.random.default_rng(23)
+        labels = (rng.random(len(strength)) < sigmoid(strength - strength.mean())).astype(float)
+    group = sizes if loss == "conditional_logit" else None
+    everything = fit_linear(features, labels, loss, 1e-2, group)
+    # WHEN a fold of four fifths of the races is fitted from nothing and from the fit on all
+    keep = np.repeat(np.arange(len(sizes)) % 5 != 0, sizes)
+    part = sizes[np.arange(len(sizes)) % 5 != 0] if group is not None else None
+    cold = fit_linear(features[keep], labels[keep], loss, 1e-2, part)
+    warm = fit_linear(features[keep], labels[keep], loss, 1e-2, part, near=everything)
+    # THEN both are the same model: the loss is convex, only the optimiser's path differs
+    assert warm.margin(features) == pytest.approx(cold.margin(features), abs=1e-4)
+    assert warm.margin(features) != pytest.approx(everything.margin(features), abs=1e-3)

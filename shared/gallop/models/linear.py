@@ -113,11 +113,13 @@ def fit_linear(
     l2: float = 1e-2,
     sizes: np.ndarray | None = None,
     categorical: list[int] | None = None,
+    near: LinearModel | None = None,
 ) -> LinearModel:
     """Minimises the mean loss ("squared", "logistic", or "conditional_logit" with labels
     a runner's share of its race's win and `sizes` the races' contiguous rows) + l2 *
     |coef|^2 on standardised features; the bias is not penalised. Categorical columns
-    (codes, not quantities) are left out: their coefficient is 0."""
+    (codes, not quantities) are left out: their coefficient is 0. near: a fit on much the
+    same rows (all of them, for a fold's), whose solution the optimiser starts from."""
     from gallop.models.stack import fit_conditional_logit, fit_logistic_stack
 
     values = np.asarray(features, dtype=np.float64).copy()
@@ -140,12 +142,17 @@ def fit_linear(
     n, d = z.shape
     if loss == "conditional_logit":
         assert sizes is not None, "a conditional logit needs the races' sizes"
-        logit = fit_conditional_logit(z, y, sizes, l2=l2, non_negative=False)
+        start = None if near is None else near.coef * scales / near.scales
+        logit = fit_conditional_logit(z, y, sizes, l2=l2, non_negative=False, start=start)
         return LinearModel(means, scales, logit.weights, 0.0, low, high)
     if loss == "squared":
         bias = float(y.mean())
         coef = np.linalg.solve(z.T @ z / n + l2 * np.eye(d), z.T @ (y - bias) / n)
         return LinearModel(means, scales, coef, bias, low, high)
 
-    logistic = fit_logistic_stack(z, y, l2=l2, non_negative=False)
+    start = None
+    if near is not None:  # its terms in this fit's standardised features
+        coef = near.coef * scales / near.scales
+        start = np.r_[coef, near.bias + float(coef @ ((means - near.means) / scales))]
+    logistic = fit_logistic_stack(z, y, l2=l2, non_negative=False, start=start)
     return LinearModel(means, scales, logistic.weights, logistic.bias, low, high)

@@ -44,10 +44,11 @@ def fit_conditional_logit(
     sizes: np.ndarray,
     l2: float = 1e-3,
     non_negative: bool = True,
+    start: np.ndarray | None = None,
 ) -> ConditionalLogit:
     """margins [n, k], won [n] (1 for the winner; a dead heat shares the race), sizes: the
     rows of each race, contiguous. Races with no winner carry no information and are
-    left out."""
+    left out. start: weights to start the optimiser from (a nearby fit's)."""
     margins = np.asarray(margins, dtype=np.float64)
     won = np.asarray(won, dtype=np.float64)
     winners = np.add.reduceat(won, group_starts(sizes))
@@ -57,17 +58,24 @@ def fit_conditional_logit(
     # Only decided races from here on, taken once: copying every row on every one of the
     # optimiser's steps was most of a base job's time on 100,000 runners.
     used = np.repeat(decided, sizes)
-    margins, sizes = np.ascontiguousarray(margins[used]), np.asarray(sizes)[decided]
+    # Column-major: both products below (margins @ w, margins.T @ r) run about twice as
+    # fast on it as on rows (measured on 84,000 x 59 here).
+    margins, sizes = np.asfortranarray(margins[used]), np.asarray(sizes)[decided]
     target = won[used] / np.repeat(winners[decided], sizes)
     races = len(sizes)
+    starts = group_starts(sizes)
+    race = np.repeat(np.arange(races), sizes)
 
     def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
-        probability = softmax_within_groups(margins @ w, sizes)
+        score = margins @ w
+        exp = np.exp(score - np.maximum.reduceat(score, starts)[race])
+        probability = exp / np.add.reduceat(exp, starts)[race]
         nll = -float(target @ np.log(np.maximum(probability, 1e-300)))
         gradient = margins.T @ (probability - target)
         return nll / races + l2 * float(w @ w), gradient / races + 2 * l2 * w
 
-    start = np.full(margins.shape[1], 1.0 / margins.shape[1] if non_negative else 0.0)
+    if start is None:
+        start = np.full(margins.shape[1], 1.0 / margins.shape[1] if non_negative else 0.0)
     bounds = [(0.0 if non_negative else None, None)] * margins.shape[1]
     result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds)
     weights = np.maximum(result.x, 0.0) if non_negative else result.x
@@ -93,7 +101,11 @@ def sigmoid(score: np.ndarray) -> np.ndarray:
 
 
 def fit_logistic_stack(
-    margins: np.ndarray, y: np.ndarray, l2: float = 1e-3, non_negative: bool = True
+    margins: np.ndarray,
+    y: np.ndarray,
+    l2: float = 1e-3,
+    non_negative: bool = True,
+    start: np.ndarray | None = None,
 ) -> LogisticStack:
     """Logistic regression of y on the columns (base margins, or standardised features
     for the linear base model with non_negative=False) with an unpenalised bias."""
@@ -108,7 +120,10 @@ def fit_logistic_stack(
         gradient = design.T @ (sigmoid(z) - y) / len(y)
         return nll + l2 * float((penalised * w) @ w), gradient + 2 * l2 * penalised * w
 
-    start = np.r_[np.full(margins.shape[1], 1.0 / margins.shape[1] if non_negative else 0.0), 0.0]
+    if start is None:  # else a nearby fit's weights and bias, to start the optimiser from
+        start = np.r_[
+            np.full(margins.shape[1], 1.0 / margins.shape[1] if non_negative else 0.0), 0.0
+        ]
     bounds = [(0.0 if non_negative else None, None)] * margins.shape[1] + [(None, None)]
     result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds)
     weights = np.maximum(result.x[:-1], 0.0) if non_negative else result.x[:-1]
