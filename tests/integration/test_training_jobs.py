@@ -479,7 +479,7 @@ def test_the_same_inputs_and_time_limit_give_a_byte_identical_model(tmp_path: Pa
             built.manifest,
             tmp_path / name,
             progress=lambda _: None,
-            base_hyperparameters={"num_boost_round": 100, "time_limit": 6},
+            base_hyperparameters={"num_boost_round": 100, "time_limit": 40},
             stack_hyperparameters=tags,
         )
         for name in ("first", "second")
@@ -489,13 +489,13 @@ def test_the_same_inputs_and_time_limit_give_a_byte_identical_model(tmp_path: Pa
     manifest = json.loads((models[0] / "manifest.json").read_text())
     assert {k: manifest[k] for k in tags} == tags
     # Each LightGBM base searched (the linear one has nothing to search, CatBoost is not
-    # searched), in its share of the limit: 7 bases two at a time are 4 waves sharing
-    # 40 % of 6 s.
+    # searched), in its share of the limit (7 bases two at a time are 4 waves sharing
+    # 40 % of 40 s) less the job's own work beside it.
     boosted = set(manifest["meta"]["weights"]) - {"linear", "catboost"}
     assert set(manifest["search"]) == boosted
     for search in manifest["search"].values():
         trials = search["trials"]
-        assert search["budget_seconds"] == 0.6 and len(trials) > 2
+        assert 0 < search["budget_seconds"] < 4.0 and len(trials) > 2
         assert trials[0]["params"] == {}  # the kind's defaults are the first trial
         assert search["chosen"] == min(trials, key=lambda t: t["loss"])["params"]
         assert search["estimated_seconds"] <= search["budget_seconds"]

@@ -166,7 +166,7 @@ def test_the_market_offset_weighs_the_odds_as_the_winners_do(favourites_win: flo
 def test_a_time_limited_base_fits_its_folds_within_its_share_by_the_estimate(name: str) -> None:
     from gallop.models.catalogue import FAMILIES
     from gallop.training.bases import fit_base
-    from gallop.training.search import dataset_seconds, round_seconds
+    from gallop.training.search import SUBSET_SECONDS, dataset_seconds, round_seconds
 
     # GIVEN a boosted kind whose folds would take many rounds, and a job budget for fitting
     # them that allows only a few by the estimate of a round's seconds (a LightGBM round
@@ -179,10 +179,35 @@ def test_a_time_limited_base_fits_its_folds_within_its_share_by_the_estimate(nam
     cost = FAMILIES[CATALOGUE[name].family].round_cost
     # LightGBM bins the rows once; another family each fold's datasets (every row)
     binning = dataset_seconds(len(rows) * (1 if name == "regression" else 3), features)
-    budget = {**settings, "fit_seconds": binning + 3 * per_fit * cost * 40.5}  # 40 rounds
+    subsets = SUBSET_SECONDS * 3 * len(rows) * features  # each fold's training and its fold
+    budget = {**settings, "fit_seconds": binning + subsets + 3 * per_fit * cost * 40.5}
     # WHEN it is fitted with and without that budget
     limited = fit_base(name, budget, rows, None, None, progress=lambda _: None)
     free = fit_base(name, settings, rows, None, None, progress=lambda _: None)
     # THEN each fold model keeps to the rounds the budget pays for; without it, it goes on
     assert max(limited.trace["final"]["iterations"]) == 40
     assert min(free.trace["final"]["iterations"]) > 40
+
+
+def test_a_limit_too_short_for_the_search_skips_it_and_trials_take_the_fits_rounds() -> None:
+    from gallop.training.bases import fit_base, fit_round_cap, search_budget
+
+    frame, manifest = table("regression")
+    rows = Rows.of(frame, manifest, training=True)
+    settings = {**BASE_DEFAULTS, "folds": 3, "num_boost_round": 2000}
+    said: list[str] = []
+    # GIVEN a job whose search share is less than the job's own work beside it
+    short = {**settings, "search_seconds": 1.0, "fit_seconds": 5.0}
+    assert search_budget(CATALOGUE["regression"], short, rows, None) == 0.0
+    # WHEN it is fitted THEN it skips the search, says so, and fits the kind's defaults
+    fitted = fit_base("regression", short, rows, None, None, progress=said.append)
+    assert fitted.trace["search"]["trials"] == [] and fitted.trace["search"]["chosen"] == {}
+    assert any("search: skipped" in line for line in said)
+    # GIVEN a search share that pays for trials, and fits the limit holds to a few rounds
+    roomy = {**settings, "search_seconds": 6.0, "fit_seconds": 0.05}
+    cap = fit_round_cap(CATALOGUE["regression"], roomy, rows, None)
+    assert cap < 100
+    # THEN no trial takes more rounds than the fold models will be allowed
+    fitted = fit_base("regression", roomy, rows, None, None, progress=said.append)
+    trials = fitted.trace["search"]["trials"]
+    assert len(trials) > 2 and max(t["rounds"] for t in trials) <= cap

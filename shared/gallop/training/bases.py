@@ -32,7 +32,7 @@ from gallop.models.lightgbm import Binned, LightGBMBase, fit_booster, offset_for
 from gallop.models.linear import LinearModel, fit_linear
 from gallop.models.treebag import TreeBag
 from gallop.training.rows import Rows
-from gallop.training.search import fit_rounds, search
+from gallop.training.search import FEWEST_ROUNDS, FitCost, fit_cost, job_seconds, search
 
 BaseModel = LightGBMBase | LinearModel | TreeBag
 LINEAR_LOSS = {"ranking": "conditional_logit", "binary": "logistic", "regression": "squared"}
@@ -81,12 +81,23 @@ def fit_base(
     settings = {**settings, "learning_rate": learning_rate(settings, len(train))}
     searched = None
     if kind.family == "lightgbm" and settings.get("search_seconds"):
+        budget = search_budget(kind, settings, train, everything)
         folds = assign_folds(train, settings["folds"], settings["split"], settings["seed"])
-        params, trials = search(kind, settings, train, folds, settings["search_seconds"])
-        progress(f"{kind.name} search: {len(trials)} trials, chose {params or 'the defaults'}")
+        # Each trial is judged at the rounds the fits will be allowed: a slow learning rate
+        # that wins at 300 rounds loses when the limit lets the fold models take 20.
+        trial_settings = {
+            **settings,
+            "num_boost_round": fit_round_cap(kind, settings, train, everything),
+        }
+        params, trials = search(kind, trial_settings, train, folds, budget)
+        if trials:
+            said = f"{len(trials)} trials, chose {params or 'the defaults'}"
+        else:
+            said = "skipped: the time limit leaves it no time beside the fits"
+        progress(f"{kind.name} search: {said}")
         settings = {**settings, "lightgbm": {**(settings.get("lightgbm") or {}), **params}}
         searched = {
-            "budget_seconds": settings["search_seconds"],
+            "budget_seconds": round(budget, 3),
             "estimated_seconds": round(sum(t.seconds for t in trials), 3),
             "chosen": params,
             "trials": [asdict(t) for t in trials],
@@ -120,16 +131,44 @@ def within_fit_budget(
     """The settings with num_boost_round cut so that every fold model of both phases fits
     in the job's fit_seconds (a run with a time_limit), by the same estimate the search
     spends its budget by: the same inputs give the same rounds, on any machine's load."""
-    k = settings["folds"]
-    phases = [train] if everything is None else [train, everything]
-    learnt = [len(rows) * (k - 1) // k for rows in phases for _ in range(k)]
-    # LightGBM bins each phase's rows once; the other families each fit's
-    binned = sum(len(rows) * (1 if kind.family == "lightgbm" else k) for rows in phases)
-    rounds = fit_rounds(kind, settings, learnt, binned, train)
+    rounds = fit_round_cap(kind, settings, train, everything)
     if rounds >= settings["num_boost_round"]:
         return settings
     progress(f"{kind.name}: at most {rounds} rounds a fold model, to keep to the time limit")
     return {**settings, "num_boost_round": rounds}
+
+
+def fit_round_cap(
+    kind: Kind, settings: dict[str, Any], train: Rows, everything: Rows | None
+) -> int:
+    """The most rounds a fold model may take: the run's, or fewer under a time limit."""
+    if not settings.get("fit_seconds"):
+        return int(settings["num_boost_round"])
+    planned = planned_fits(kind, settings, train, everything).rounds(settings["fit_seconds"])
+    return min(int(settings["num_boost_round"]), planned)
+
+
+def planned_fits(
+    kind: Kind, settings: dict[str, Any], train: Rows, everything: Rows | None
+) -> FitCost:
+    """The estimate of the job's fold models: both phases, k each."""
+    phases = [len(train)] if everything is None else [len(train), len(everything)]
+    # LightGBM bins each phase's rows once; the other families each fit's
+    binned = sum(phases) * (1 if kind.family == "lightgbm" else settings["folds"])
+    return fit_cost(kind, settings, phases, binned, train)
+
+
+def search_budget(
+    kind: Kind, settings: dict[str, Any], train: Rows, everything: Rows | None
+) -> float:
+    """The job's search_seconds less what its limit must also pay for beside the search:
+    the job's own work, and what its fits cost beyond fit_seconds when even their fewest
+    rounds do not fit in it (large data under a short limit)."""
+    rows = len(everything or train)
+    overhead = job_seconds(rows, train.features.shape[1])
+    fewest = planned_fits(kind, settings, train, everything).seconds(FEWEST_ROUNDS)
+    beyond = max(0.0, fewest - settings.get("fit_seconds", fewest))
+    return max(0.0, settings["search_seconds"] - overhead - beyond)
 
 
 def assign_folds(rows: Rows, folds: int, split: str, seed: int) -> np.ndarray:
@@ -254,12 +293,15 @@ def _linear_phase(
     loss = LINEAR_LOSS[rows.task]
     by_group = _group_folds(rows, folds)
 
-    def fit(mask: np.ndarray, group_mask: np.ndarray) -> LinearModel:
+    def fit(mask: np.ndarray, group_mask: np.ndarray, near: LinearModel | None) -> LinearModel:
         x, y, sizes = _part(rows, labels, mask, group_mask)
-        return fit_linear(x, y, loss, settings["l2"], sizes, rows.categorical)
+        return fit_linear(x, y, loss, settings["l2"], sizes, rows.categorical, near)
 
+    # The fit on all rows first: each fold's, on most of the same rows, starts from it and
+    # takes fewer of the optimiser's steps (the same optimum: the loss is convex).
+    model = fit(np.ones(len(rows), dtype=bool), np.ones_like(by_group, bool), None)
     oof = np.empty(len(rows))
     for fold in range(settings["folds"]):
         held = folds == fold
-        oof[held] = fit(~held, by_group != fold).margin(rows.features[held])
-    return Phase(oof, fit(np.ones(len(rows), dtype=bool), np.ones_like(by_group, bool)))
+        oof[held] = fit(~held, by_group != fold, model).margin(rows.features[held])
+    return Phase(oof, model)

@@ -43,7 +43,18 @@ BINS = 255
 # Seconds of binning one value into a LightGBM Dataset (a fit's training and validation
 # rows): 0.29 s for 40,000 rows x 59 features here, as long as 17 rounds of 31 leaves.
 DATASET_SECONDS = 1.2e-7
+# Seconds of taking one value into a fold model's training or validation subset of the
+# binned rows: 0.1 s a fold for 80,000 rows x 59 features here.
+SUBSET_SECONDS = 2.2e-8
+# A base job's own seconds beside its search and fits: starting Python and importing its
+# libraries (2.3 s here), then reading its channels, predicting and writing its margins
+# and saving its model (about 1.5 s for 100,000 rows x 59 features here).
+JOB_SECONDS, JOB_VALUE_SECONDS = 2.5, 2.5e-7
 FEWEST_ROUNDS = 20  # a trial that cannot take as many is not started
+# A round's seconds against a regression round's, by LightGBM objective: LambdaRank's
+# gradients go pair by pair within each group (25.7 ms a round against 21.3 ms on 80,000
+# runners x 59 features here).
+OBJECTIVE_COST = {"lambdarank": 1.2, "rank_xendcg": 1.2}
 
 
 @dataclass(frozen=True)
@@ -58,25 +69,57 @@ def round_seconds(rows: int, features: int, leaves: int) -> float:
     return HISTOGRAM_SECONDS * rows * features + SPLIT_SECONDS * leaves * features * BINS
 
 
+def round_cost(kind: Kind, task: str, settings: dict[str, Any]) -> float:
+    """A round of this kind against a default LightGBM regression round on the same rows
+    and leaves: its family's cost, and its objective's."""
+    if kind.family != "lightgbm":
+        return FAMILIES[kind.family].round_cost
+    return OBJECTIVE_COST.get(str(params_for(kind, task, settings)["objective"]), 1.0)
+
+
 def dataset_seconds(rows: int, features: int) -> float:
     return DATASET_SECONDS * rows * features
 
 
-def fit_rounds(
-    kind: Kind, settings: dict[str, Any], learnt: list[int], binned: int, rows: Rows
-) -> int:
-    """The most rounds each fold model may take for the job's fits (`learnt`: the rows
-    each learns from; `binned`: the rows binned for them) to keep to its `fit_seconds`, by
-    the estimate of the binning's and the rounds' seconds; never fewer than FEWEST_ROUNDS.
-    `rows`: the job's training rows (their task and features)."""
+def job_seconds(rows: int, features: int) -> float:
+    """A base job's estimated seconds beside its search and its fits."""
+    return JOB_SECONDS + JOB_VALUE_SECONDS * rows * features
+
+
+@dataclass(frozen=True)
+class FitCost:
+    """The estimate of a job's fits: seconds that do not depend on the rounds (binning,
+    taking each fold's subsets), and seconds a round of every fold model."""
+
+    fixed: float
+    per_round: float
+
+    def rounds(self, seconds: float) -> int:
+        """The most rounds each fold model may take within `seconds`, never fewer than
+        FEWEST_ROUNDS."""
+        return max(FEWEST_ROUNDS, int((seconds - self.fixed) / self.per_round))
+
+    def seconds(self, rounds: int) -> float:
+        return self.fixed + rounds * self.per_round
+
+
+def fit_cost(
+    kind: Kind, settings: dict[str, Any], phases: list[int], binned: int, rows: Rows
+) -> FitCost:
+    """The estimate for the job's fold models: `phases`, each phase's rows (k fold models
+    each, learning from (k-1)/k of them, judged on the rest); `binned`: the rows binned for
+    them; `rows`: the job's training rows (their task and features)."""
     # another family's round is costed as a default LightGBM round's (31 leaves), scaled
     lightgbm = kind.family == "lightgbm"
     leaves = params_for(kind, rows.task, settings)["num_leaves"] if lightgbm else 31
     features = rows.features.shape[1]
-    cost = FAMILIES[kind.family].round_cost
-    per_round = cost * sum(round_seconds(n, features, leaves) for n in learnt)
-    left = settings["fit_seconds"] - dataset_seconds(binned, features)
-    return max(FEWEST_ROUNDS, int(left / per_round))
+    k = settings["folds"]
+    learnt = [n * (k - 1) // k for n in phases for _ in range(k)]
+    per_round = round_cost(kind, rows.task, settings) * sum(
+        round_seconds(n, features, leaves) for n in learnt
+    )
+    subsets = SUBSET_SECONDS * k * sum(phases) * features
+    return FitCost(dataset_seconds(binned, features) + subsets, per_round)
 
 
 def draw(rng: np.random.Generator, fixed: set[str]) -> dict[str, Any]:
@@ -101,8 +144,17 @@ def search(
     folds: np.ndarray,
     budget: float,
 ) -> tuple[dict[str, Any], list[Trial]]:
-    """(the best trial's params, every trial) within `budget` estimated seconds."""
+    """(the best trial's params, every trial) within `budget` estimated seconds; ({}, [])
+    when it cannot pay for the first trial (the kind's defaults) to take FEWEST_ROUNDS."""
     held = folds == 0
+    spent = dataset_seconds(len(rows), rows.features.shape[1])
+    leaves = params_for(kind, rows.task, settings)["num_leaves"]
+    objective_scale = round_cost(kind, rows.task, settings)
+    first = objective_scale * round_seconds(
+        int(held.size - held.sum()), rows.features.shape[1], leaves
+    )
+    if budget - spent < first * min(FEWEST_ROUNDS, kind.rounds(settings["num_boost_round"])):
+        return {}, []
     train, valid = rows.take(~held), rows.take(held)
     labels = rows.label(label_of(kind, rows.task))
     judged = valid.meta_target()
@@ -114,12 +166,13 @@ def search(
     # binned once for every trial; no feature left out for the leaf size a trial sets
     unfiltered = {**params_for(kind, rows.task, settings), "feature_pre_filter": False}
     binned = Binned(unfiltered, (rows.features, labels, rows.sizes), rows.categorical, offset)
-    spent = dataset_seconds(len(rows), rows.features.shape[1])
     trials: list[Trial] = []
     params: dict[str, Any] = {}
     while True:
         chosen = params_for(kind, rows.task, {**settings, "lightgbm": params})
-        per_round = round_seconds(len(train), rows.features.shape[1], chosen["num_leaves"])
+        per_round = objective_scale * round_seconds(
+            len(train), rows.features.shape[1], chosen["num_leaves"]
+        )
         rounds = min(cap, int((budget - spent) / per_round))
         if rounds < min(FEWEST_ROUNDS, cap) and trials:
             break
