@@ -490,12 +490,12 @@ def test_the_same_inputs_and_time_limit_give_a_byte_identical_model(tmp_path: Pa
     assert {k: manifest[k] for k in tags} == tags
     # Each LightGBM base searched (the linear one has nothing to search, CatBoost is not
     # searched), in its share of the limit (7 bases two at a time are 4 waves sharing
-    # 40 % of 40 s) less the job's own work beside it.
+    # 35 % of 40 s) less the job's own work beside it.
     boosted = set(manifest["meta"]["weights"]) - {"linear", "catboost"}
     assert set(manifest["search"]) == boosted
     for search in manifest["search"].values():
         trials = search["trials"]
-        assert 0 < search["budget_seconds"] < 4.0 and len(trials) > 2
+        assert 0 < search["budget_seconds"] < 3.5 and len(trials) > 2
         assert trials[0]["params"] == {}  # the kind's defaults are the first trial
         assert search["chosen"] == min(trials, key=lambda t: t["loss"])["params"]
         assert search["estimated_seconds"] <= search["budget_seconds"]

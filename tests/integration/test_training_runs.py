@@ -738,9 +738,9 @@ def test_the_stepfunctions_launcher_starts_an_execution_with_complete_training_j
             "num_boost_round": 20,
             "test_share": 0.2,
             "time_limit": 240,
-            # seven bases, four at a time: two waves share 40 % of the limit for their
+            # seven bases, four at a time: two waves share 35 % of the limit for their
             # search and 30 % for their folds' fits
-            "search_seconds": 48,
+            "search_seconds": 42,
             "fit_seconds": 36,
         }
         for model in DEFAULT_BASES["ranking"]
