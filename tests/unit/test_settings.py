@@ -115,3 +115,16 @@ def test_a_bad_api_keys_entry_fails_at_start_naming_it_not_its_secret(
         Settings()
     assert str(caught.value).startswith(f"GALLOP_API_KEYS: {message}")
     assert "s-1" not in str(caught.value)
+
+
+def test_a_new_local_api_key_is_taken_as_a_value_on_a_command_line() -> None:
+    import argparse
+
+    from gallop.local.stack import new_api_key
+
+    # token_urlsafe alone starts one key in 64 with "-", which argparse reads as an option
+    keys = {new_api_key() for _ in range(2000)}
+    assert len(keys) == 2000 and not any(key.startswith("-") for key in keys)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--api-key")
+    assert all(parser.parse_args(["--api-key", key]).api_key == key for key in list(keys)[:200])

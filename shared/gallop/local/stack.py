@@ -75,6 +75,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def new_api_key() -> str:
+    """A random key, never starting with "-": a command line takes `--api-key KEY` as an
+    option there (one key in 64 of token_urlsafe's did, and `gallop monitor` refused it)."""
+    return "gk" + secrets.token_urlsafe(24)
+
+
 def api_key_for(state_dir: Path) -> str:
     """The local API key: the first of GALLOP_API_KEYS, else one generated once per state
     dir (the key named `local`, with every role)."""
@@ -84,7 +90,7 @@ def api_key_for(state_dir: Path) -> str:
     path = state_dir / "api_key"
     if not path.exists():
         state_dir.mkdir(parents=True, exist_ok=True)
-        write_private(path, secrets.token_urlsafe(24))
+        write_private(path, new_api_key())
     return path.read_text().strip()
 
 
@@ -132,7 +138,7 @@ class LocalStack:
         self.role_keys = role_keys or {}
         self.api_key = ""
         # name -> secret of the role_keys: new ones each run (tests' keys, never on disk)
-        self.api_keys = {name: secrets.token_urlsafe(24) for name in self.role_keys}
+        self.api_keys = {name: new_api_key() for name in self.role_keys}
         self.api_url: str | None = None
         self._lock_file: Any = None
         self._aws: LocalAwsServer | None = None
