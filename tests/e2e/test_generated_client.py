@@ -41,7 +41,7 @@ from gallop.spec import DatasetSpec
 from gallop.synth.races import generate_races
 from gallop.training import runs
 from gallop.training.config import run_config
-from tests.conftest import READER, spec_named, unique_name
+from tests.conftest import READER, registered_model, spec_named, unique_name
 
 PACKAGE = "gallop_api_client"
 SMALL = {"bases": ["lambdarank"], "hyperparameters": {"num_boost_round": 10, "folds": 2}}
@@ -121,31 +121,8 @@ def world(stack: LocalStack, races_spec: DatasetSpec) -> Iterator[dict[str, Any]
 def _model_without_files(engine: Engine, dataset: str) -> str:
     """A registered model whose files are not in the bucket: it cannot answer (409)."""
     found = repo.get_dataset(engine, dataset)
-    run_id = "cd" * 10
-    config = run_config(dataset, "ranking", None, {}, 0.2)
-    runs.start_run(
-        engine,
-        run_id=run_id,
-        dataset_id=found.id,
-        version_id="v-gone",
-        spec_hash=found.spec_hash,
-        code_version="c0de",
-        config=config,
-    )
-    model_id = runs.model_id_for(run_id)
-    with session_scope(engine) as session:
-        session.add(
-            RegisteredModel(
-                model_id=model_id,
-                run_id=run_id,
-                dataset_id=found.id,
-                task="ranking",
-                **{k: f"models/{run_id}/gone" for k in ("artifact_key", "onnx_key")},
-                **{k: f"models/{run_id}/gone" for k in ("manifest_key", "report_key")},
-                manifest={"dataset": dataset, "features": [], "base_models": []},
-            )
-        )
-    return model_id
+    extra = {"features": [], "base_models": []}
+    return registered_model(engine, found, "cd" * 10, version="v-gone", manifest=extra)
 
 
 def _twin(engine: Engine, trained_run: str) -> str:
